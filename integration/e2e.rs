@@ -1,0 +1,398 @@
+//! End-to-end tests: real namespaces, real nftables rules, real NFQUEUE, real mbox and
+//! victim processes, real curl, python3 http.server and iperf3. Root only.
+//!
+//! Each test builds its own testbed under its own prefix, so tests may run in parallel;
+//! guards tear everything down even when an assertion fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mpolice::stats::EngineStats;
+use mpolice::testbed::{
+    self, EngineProcess, Host, HttpServer, KernelQueue, RoleConfig, Testbed, VICTIM_V4, VICTIM_V6,
+};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mpolice"))
+}
+
+/// Skip (pass with a note) when not root: namespaces and NFQUEUE need CAP_NET_ADMIN.
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0;
+    if !ok {
+        eprintln!("skipped: needs root");
+    }
+    ok
+}
+
+/// Wait until the engine has received at least `n` packets, or the deadline passes.
+fn wait_received(engine: &EngineProcess, n: u64, within: Duration) -> EngineStats {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = engine.stats().expect("stats");
+        if s.total().engine.received >= n || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Read the engine's and the kernel's counters once they agree: the engine publishes
+/// its counters every 100 ms, so right after traffic stops they may lag the kernel's.
+fn settled(tb: &Testbed, engine: &EngineProcess, host: Host) -> (EngineStats, Vec<KernelQueue>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let kernel = tb.kernel_queues(host).unwrap();
+        let stats = engine.stats().unwrap();
+        let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
+        if queued == stats.total().engine.received || Instant::now() > deadline {
+            return (stats, kernel);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Assert every packet the kernel queued reached the engine and none were lost.
+fn assert_all_through_queue(
+    tb: &Testbed,
+    engine: &EngineProcess,
+    host: Host,
+    at_least: u64,
+) -> EngineStats {
+    let (stats, kernel) = settled(tb, engine, host);
+    let t = stats.total();
+    let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
+    assert!(
+        t.engine.received >= at_least,
+        "{} received < {at_least}\n{}",
+        t.engine.received,
+        stats.table()
+    );
+    assert_eq!(
+        queued,
+        t.engine.received,
+        "kernel queued vs engine received\n{}",
+        stats.table()
+    );
+    assert_eq!(
+        t.engine.received,
+        t.engine.accepted + t.engine.modified + t.engine.dropped
+    );
+    for k in kernel {
+        assert_eq!(
+            (k.queue_dropped, k.user_dropped),
+            (0, 0),
+            "kernel drops on queue {}",
+            k.queue
+        );
+    }
+    assert_eq!(
+        (t.engine.errors, t.engine.enobufs),
+        (0, 0),
+        "{}",
+        stats.table()
+    );
+    stats
+}
+
+/// Stop both engines and assert they exited cleanly and removed their tables.
+fn stop_clean(tb: &Testbed, engines: &mut [(&mut EngineProcess, Host)]) {
+    for (e, host) in engines.iter_mut() {
+        let status = e.stop().expect("stop");
+        assert!(status.success(), "{status}: {}", e.log_text());
+        let tables = tb.nft_tables(*host).unwrap();
+        assert!(
+            !tables.iter().any(|t| t.contains("mpolice")),
+            "left behind: {tables:?}"
+        );
+    }
+}
+
+#[test]
+fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mpcurl").unwrap();
+    let cfg = RoleConfig {
+        queues: 2,
+        ..Default::default()
+    };
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+    let www = tb.workdir().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let file = www.join("f.bin");
+    testbed::random_file(&file, 20).unwrap();
+    let want = testbed::sha256(&file).unwrap();
+    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        let got = tb.workdir().join("got.bin");
+        testbed::download(
+            &tb,
+            Host::Client,
+            &format!("http://{addr}:8080/f.bin"),
+            &got,
+        )
+        .unwrap();
+        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+    }
+    // Two 20 MB downloads are at least 2 × 20 MiB / 1448 B ≈ 29,000 data segments.
+    for (engine, host) in [(&mbox, Host::Mbox), (&victim, Host::Victim)] {
+        let s = assert_all_through_queue(&tb, engine, host, 29_000);
+        assert_eq!(s.queues.len(), 2);
+        assert_eq!(s.total().engine.dropped, 0, "{}", s.table());
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
+fn iperf3_tcp_through_both_engines() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mpiperf").unwrap();
+    let cfg = RoleConfig::default();
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+    let bps = testbed::iperf3_tcp(&tb, VICTIM_V6, 2).unwrap();
+    assert!(bps > 1e6, "iperf3 goodput {bps} bit/s");
+    for (engine, host) in [(&mbox, Host::Mbox), (&victim, Host::Victim)] {
+        assert_all_through_queue(&tb, engine, host, 1_000);
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
+fn burst_of_200k_packets_loses_none_with_default_buffers() {
+    if !root() {
+        return;
+    }
+    const BURST: u32 = 200_000;
+    let tb = Testbed::up("mpburst").unwrap();
+    let mut mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
+    let took = testbed::udp_burst(&tb, Host::Client, to, BURST, 64).unwrap();
+    wait_received(&mbox, u64::from(BURST), Duration::from_secs(60));
+    let s = assert_all_through_queue(&tb, &mbox, Host::Mbox, u64::from(BURST));
+    eprintln!("burst of {BURST} sent in {took:?}\n{}", s.table());
+    stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
+}
+
+#[test]
+fn fragments_are_counted_and_dropped_as_malformed() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mpfrag").unwrap();
+    let mut mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    // A 3000-byte datagram leaves the client as fragments; the first carries the UDP
+    // header, so the rules queue it, and the parser refuses it as a fragment.
+    let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
+    testbed::udp_burst(&tb, Host::Client, to, 3, 3000).unwrap();
+    let s = wait_received(&mbox, 3, Duration::from_secs(10));
+    let t = s.total().engine;
+    assert_eq!(t.malformed, 3, "{}", s.table());
+    assert_eq!(t.dropped, 3, "{}", s.table());
+    assert_eq!(t.reasons.get("fragment"), Some(&3), "{}", s.table());
+    stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
+}
+
+/// Run the binary in a namespace; return (success, stderr).
+fn run_in(tb: &Testbed, host: Host, args: &[&str]) -> (bool, String) {
+    let bin = bin();
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let out = tb.command(host, &argv).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn write_config(tb: &Testbed, name: &str, text: &str) -> String {
+    let p = tb.workdir().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn start_up_errors_name_the_problem_and_leave_no_rule() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mperr").unwrap();
+    let good = RoleConfig::default().toml(&tb.workdir().join("a.sock"));
+    let cases = [
+        (
+            "unknown key",
+            good.replace("[protect]", "[protect]\nportz = [1]"),
+            "unknown field `portz`",
+        ),
+        (
+            "bad address",
+            good.replace(VICTIM_V4, "198.18.2.256"),
+            "protect.addresses[0]",
+        ),
+        (
+            "bad port",
+            good.replace("8080", "80800"),
+            "protect.tcp_ports[0]",
+        ),
+        // This kernel has no nft_queue: forcing the native expression must fail cleanly.
+        (
+            "missing kernel feature",
+            good.replace("[queue]", "[queue]\nkind = \"native\""),
+            "nft_queue",
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let path = write_config(&tb, "bad.toml", &text);
+        let (ok, err) = run_in(&tb, Host::Mbox, &["mbox", "--config", &path]);
+        assert!(!ok, "{what}: should fail");
+        assert!(err.contains(expect), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(
+            tb.nft_tables(Host::Mbox).unwrap().is_empty(),
+            "{what}: rule left behind"
+        );
+    }
+
+    // A second engine on a queue that is already bound fails, and leaves the first alone.
+    let first =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let second = write_config(
+        &tb,
+        "second.toml",
+        &RoleConfig::default().toml(&tb.workdir().join("b.sock")),
+    );
+    let (ok, err) = run_in(&tb, Host::Mbox, &["mbox", "--config", &second]);
+    assert!(!ok);
+    assert!(
+        err.contains("NFQUEUE 0") && err.contains("already bound"),
+        "{err}"
+    );
+    assert_eq!(
+        tb.nft_tables(Host::Mbox).unwrap(),
+        vec!["inet mpolice".to_string()]
+    );
+    assert!(first.stats().is_ok(), "first engine still serving");
+    drop(first);
+    assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
+
+    // Not root: refused before anything is touched.
+    let cfg = write_config(&tb, "ok.toml", &good);
+    let bin = bin();
+    let out = tb
+        .command(
+            Host::Mbox,
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.to_str().unwrap(),
+                "mbox",
+                "--config",
+                &cfg,
+            ],
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("must run as root"), "{err}");
+}
+
+#[test]
+fn rules_cli_installs_idempotently_and_removes_only_our_table() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mprules").unwrap();
+    let cfg = write_config(
+        &tb,
+        "m.toml",
+        &RoleConfig::default().toml(Path::new("/tmp/unused.sock")),
+    );
+    tb.exec(Host::Mbox, &["nft", "add", "table", "inet", "operator"])
+        .unwrap();
+    let (ok, out) = run_in(
+        &tb,
+        Host::Mbox,
+        &["rules", "install", "--role", "mbox", "--config", &cfg],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("installed table inet mpolice"), "{out}");
+    let once = tb
+        .exec(Host::Mbox, &["nft", "list", "table", "inet", "mpolice"])
+        .unwrap();
+    assert!(
+        once.contains("hook forward") && once.contains("hook prerouting"),
+        "{once}"
+    );
+    let (ok, out) = run_in(
+        &tb,
+        Host::Mbox,
+        &["rules", "install", "--role", "mbox", "--config", &cfg],
+    );
+    assert!(ok, "{out}");
+    let twice = tb
+        .exec(Host::Mbox, &["nft", "list", "table", "inet", "mpolice"])
+        .unwrap();
+    assert_eq!(once, twice, "a second install changes nothing");
+    let (ok, out) = run_in(&tb, Host::Mbox, &["rules", "remove"]);
+    assert!(ok && out.contains("removed table inet mpolice"), "{out}");
+    assert_eq!(
+        tb.nft_tables(Host::Mbox).unwrap(),
+        vec!["inet operator".to_string()]
+    );
+    let (ok, out) = run_in(&tb, Host::Mbox, &["rules", "remove"]);
+    assert!(ok && out.contains("no table"), "{out}");
+}
+
+#[test]
+fn stats_command_reads_a_running_engine_from_another_shell() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mpstats").unwrap();
+    let mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let sock = tb.workdir().join("mbox.sock");
+    // From the host's own namespace: the control socket is a file, not a network address.
+    let out = Command::new(bin())
+        .args(["stats", "--socket", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("mbox (pid") && table.contains("k.qdrop"),
+        "{table}"
+    );
+    let out = Command::new(bin())
+        .args(["stats", "--json", "--socket", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let s: EngineStats = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s.role, "mbox");
+    assert!(
+        s.queues[0].kernel.is_some(),
+        "kernel counters read in the engine's namespace"
+    );
+    drop(mbox);
+}

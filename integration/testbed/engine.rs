@@ -1,0 +1,164 @@
+//! Start `mpolice mbox|victim` as a real process inside a testbed namespace.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Host, Testbed, VICTIM_V4, VICTIM_V6};
+use crate::driver::control;
+use crate::stats::EngineStats;
+
+/// How long an engine may take to bind its queues and install its rules.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an engine may take to clean up after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parts of a role's config a test chooses; the rest is the testbed's.
+#[derive(Debug, Clone)]
+pub struct RoleConfig {
+    /// First queue number and number of queues (one worker each).
+    pub first_queue: u16,
+    pub queues: u16,
+    pub tcp_ports: Vec<u16>,
+    pub udp_ports: Vec<u16>,
+    /// More `[queue]` lines, verbatim (e.g. `fail_open = true`).
+    pub queue_extra: String,
+}
+
+impl Default for RoleConfig {
+    fn default() -> Self {
+        RoleConfig {
+            first_queue: 0,
+            queues: 1,
+            tcp_ports: vec![8080, 5201],
+            udp_ports: vec![9000],
+            queue_extra: String::new(),
+        }
+    }
+}
+
+impl RoleConfig {
+    /// Render the TOML an operator would write for this testbed.
+    pub fn toml(&self, socket: &Path) -> String {
+        let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        format!(
+            "[queue]\nfirst = {}\ncount = {}\n{}\n\n[protect]\naddresses = [\"{VICTIM_V4}\", \"{VICTIM_V6}\"]\n\
+             tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n",
+            self.first_queue,
+            self.queues,
+            self.queue_extra,
+            list(&self.tcp_ports),
+            list(&self.udp_ports),
+            socket.display()
+        )
+    }
+}
+
+/// A running engine process; dropping it stops it (SIGTERM, then SIGKILL).
+pub struct EngineProcess {
+    role: &'static str,
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl EngineProcess {
+    /// Start `bin ROLE --config …` in the host's namespace and wait until it serves stats.
+    pub fn start(
+        tb: &Testbed,
+        host: Host,
+        role: &'static str,
+        bin: &Path,
+        cfg: &RoleConfig,
+    ) -> Result<Self> {
+        let dir = tb.workdir();
+        let socket = dir.join(format!("{role}.sock"));
+        let config = dir.join(format!("{role}.toml"));
+        let log = dir.join(format!("{role}.log"));
+        std::fs::write(&config, cfg.toml(&socket))?;
+        let bin = bin.to_str().context("engine path is not UTF-8")?;
+        let conf = config.to_str().context("config path is not UTF-8")?;
+        let child = tb
+            .command(host, &[bin, role, "--config", conf])
+            .stdin(Stdio::null())
+            .stdout(File::create(&log)?)
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("start mpolice {role}"))?;
+        let mut engine = EngineProcess {
+            role,
+            child: Some(child),
+            socket,
+            log,
+        };
+        engine.wait_ready()?;
+        Ok(engine)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if control::query(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "mpolice {} exited at start ({status}): {}",
+                    self.role,
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("mpolice {} did not come up: {}", self.role, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ask the engine for its counters through its control socket.
+    pub fn stats(&self) -> Result<EngineStats> {
+        control::query(&self.socket)
+    }
+
+    /// Everything the engine wrote to stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for a clean exit; return its status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("mpolice {} already stopped", self.role);
+        };
+        let pid = i32::try_from(child.id()).context("pid")?;
+        // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("mpolice {} ignored SIGTERM for {STOP_TIMEOUT:?}", self.role);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The netns testbed: client ⇄ mbox ⇄ victim as three network namespaces on this machine.
+//!
+//! Addresses come only from the benchmarking ranges (198.18.0.0/15, 2001:2::/48) and no
+//! namespace gets a route to the host's network, so nothing sent here leaves the machine.
+//! Every namespace, process and file a `Testbed` creates is removed when it is dropped,
+//! also when a test fails and unwinds.
+//!
+//! ```text
+//!  client 198.18.1.2 ──{p}-c0──{p}-m0── mbox 198.18.1.1 / 198.18.2.1 ──{p}-m1──{p}-v0── victim 198.18.2.2
+//!         2001:2:0:1::2                      2001:2:0:1::1 / 2001:2:0:2::1                   2001:2:0:2::2
+//! ```
+
+mod engine;
+mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+pub use engine::{EngineProcess, RoleConfig};
+pub use traffic::{HttpServer, download, iperf3_tcp, random_file, sha256, udp_burst};
+
+/// The victim's IPv4 address.
+pub const VICTIM_V4: &str = "198.18.2.2";
+/// The victim's IPv6 address.
+pub const VICTIM_V6: &str = "2001:2:0:2::2";
+/// The client's IPv4 address.
+pub const CLIENT_V4: &str = "198.18.1.2";
+/// The client's IPv6 address.
+pub const CLIENT_V6: &str = "2001:2:0:1::2";
+
+/// The three hosts of the testbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Client,
+    Mbox,
+    Victim,
+}
+
+impl Host {
+    fn suffix(self) -> &'static str {
+        match self {
+            Host::Client => "client",
+            Host::Mbox => "mbox",
+            Host::Victim => "victim",
+        }
+    }
+}
+
+/// A built testbed; dropping it tears everything down.
+pub struct Testbed {
+    prefix: String,
+    workdir: PathBuf,
+    up: Vec<String>,
+}
+
+impl Testbed {
+    /// Build the three namespaces, links, addresses and routes under a name prefix
+    /// (at most 10 characters, so interface names fit in 15).
+    pub fn up(prefix: &str) -> Result<Testbed> {
+        if prefix.is_empty()
+            || prefix.len() > 10
+            || !prefix.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            bail!("testbed prefix {prefix:?}: use 1 to 10 letters or digits");
+        }
+        let workdir = std::env::temp_dir().join(format!("mpolice-{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&workdir).context("testbed work directory")?;
+        let mut tb = Testbed {
+            prefix: prefix.to_string(),
+            workdir,
+            up: Vec::new(),
+        };
+        // A namespace left by a killed run would make `ip netns add` fail.
+        for h in [Host::Client, Host::Mbox, Host::Victim] {
+            let _ = run_quiet("ip", &["netns", "del", &tb.ns(h)]);
+        }
+        for h in [Host::Client, Host::Mbox, Host::Victim] {
+            let ns = tb.ns(h);
+            run("ip", &["netns", "add", &ns])?;
+            tb.up.push(ns.clone());
+            tb.write_netns_etc(&ns)?;
+            tb.exec(h, &["ip", "link", "set", "lo", "up"])?;
+        }
+        let p = &tb.prefix;
+        let (c0, m0, m1, v0) = (
+            format!("{p}-c0"),
+            format!("{p}-m0"),
+            format!("{p}-m1"),
+            format!("{p}-v0"),
+        );
+        let (cns, mns, vns) = (tb.ns(Host::Client), tb.ns(Host::Mbox), tb.ns(Host::Victim));
+        run(
+            "ip",
+            &[
+                "link", "add", &c0, "netns", &cns, "type", "veth", "peer", "name", &m0, "netns",
+                &mns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "link", "add", &m1, "netns", &mns, "type", "veth", "peer", "name", &v0, "netns",
+                &vns,
+            ],
+        )?;
+        for (h, dev, v4, v6) in [
+            (Host::Client, &c0, "198.18.1.2/24", "2001:2:0:1::2/64"),
+            (Host::Mbox, &m0, "198.18.1.1/24", "2001:2:0:1::1/64"),
+            (Host::Mbox, &m1, "198.18.2.1/24", "2001:2:0:2::1/64"),
+            (Host::Victim, &v0, "198.18.2.2/24", "2001:2:0:2::2/64"),
+        ] {
+            tb.exec(h, &["ip", "addr", "add", v4, "dev", dev])?;
+            tb.exec(h, &["ip", "addr", "add", v6, "dev", dev, "nodad"])?;
+            tb.exec(h, &["ip", "link", "set", dev, "up"])?;
+        }
+        tb.exec(
+            Host::Client,
+            &["ip", "route", "add", "default", "via", "198.18.1.1"],
+        )?;
+        tb.exec(
+            Host::Client,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "2001:2:0:1::1",
+            ],
+        )?;
+        tb.exec(
+            Host::Victim,
+            &["ip", "route", "add", "default", "via", "198.18.2.1"],
+        )?;
+        tb.exec(
+            Host::Victim,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "2001:2:0:2::1",
+            ],
+        )?;
+        tb.exec(
+            Host::Mbox,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
+        Ok(tb)
+    }
+
+    /// Name the namespace of a host.
+    pub fn ns(&self, h: Host) -> String {
+        format!("{}-{}", self.prefix, h.suffix())
+    }
+
+    /// A directory for this testbed's files, removed at teardown.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// Build a command that runs inside a host's namespace.
+    pub fn command(&self, h: Host, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(h)]).args(argv);
+        c
+    }
+
+    /// Run a command inside a host's namespace; fail with its stderr if it fails.
+    pub fn exec(&self, h: Host, argv: &[&str]) -> Result<String> {
+        checked(self.command(h, argv), &argv.join(" "))
+    }
+
+    /// Read the kernel's NFQUEUE counters in a host's namespace.
+    pub fn kernel_queues(&self, h: Host) -> Result<Vec<KernelQueue>> {
+        let text = self.exec(h, &["cat", "/proc/net/netfilter/nfnetlink_queue"])?;
+        Ok(text.lines().filter_map(KernelQueue::parse).collect())
+    }
+
+    /// List the nftables tables in a host's namespace, as `family name` lines.
+    pub fn nft_tables(&self, h: Host) -> Result<Vec<String>> {
+        let text = self.exec(h, &["nft", "list", "tables"])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("table "))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Give a namespace its own resolv.conf and hosts, so servers that look up their own
+    /// name ask a resolver inside the namespace and nothing goes out of the testbed.
+    fn write_netns_etc(&self, ns: &str) -> Result<()> {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+        std::fs::write(
+            dir.join("hosts"),
+            format!(
+                "127.0.0.1 localhost {ns}\n::1 localhost ip6-localhost\n\
+                 {CLIENT_V4} client\n{CLIENT_V6} client\n{VICTIM_V4} victim\n{VICTIM_V6} victim\n"
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for ns in self.up.iter().rev() {
+            // Anything still running inside (a server, an engine) goes with its namespace.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = run_quiet("kill", &["-9", pid]);
+                }
+            }
+            let _ = run_quiet("ip", &["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
+        }
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// One line of `/proc/net/netfilter/nfnetlink_queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelQueue {
+    pub queue: u32,
+    pub portid: u32,
+    pub waiting: u32,
+    pub queue_dropped: u32,
+    pub user_dropped: u32,
+    pub last_id: u32,
+}
+
+impl KernelQueue {
+    fn parse(line: &str) -> Option<KernelQueue> {
+        let f: Vec<u32> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(KernelQueue {
+            queue: *f.first()?,
+            portid: *f.get(1)?,
+            waiting: *f.get(2)?,
+            queue_dropped: *f.get(5)?,
+            user_dropped: *f.get(6)?,
+            last_id: *f.get(7)?,
+        })
+    }
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<String> {
+    let mut c = Command::new(prog);
+    c.args(args);
+    checked(c, &format!("{prog} {}", args.join(" ")))
+}
+
+fn run_quiet(prog: &str, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(prog).args(args).stderr(Stdio::null()).output()
+}
+
+fn checked(mut c: Command, what: &str) -> Result<String> {
+    let out = c.output().with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

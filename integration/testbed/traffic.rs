@@ -1,0 +1,177 @@
+//! Real traffic in the testbed: an HTTP server and curl, iperf3, and a bounded UDP burst.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Host, Testbed};
+
+/// Write `mb` megabytes of random bytes to `path`.
+pub fn random_file(path: &Path, mb: u32) -> Result<()> {
+    let mut src = File::open("/dev/urandom")?;
+    let mut out = File::create(path)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..mb {
+        src.read_exact(&mut chunk)?;
+        out.write_all(&chunk)?;
+    }
+    Ok(())
+}
+
+/// The sha256 of a file, as hex (coreutils' sha256sum).
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = std::process::Command::new("sha256sum").arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(h) if out.status.success() => Ok(h.to_string()),
+        _ => bail!(
+            "sha256sum {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// `python3 -m http.server` in a namespace, serving one directory; killed on drop.
+pub struct HttpServer {
+    child: Child,
+}
+
+impl HttpServer {
+    /// Serve `dir` on `port` (IPv4 and IPv6) in the host's namespace.
+    pub fn start(tb: &Testbed, host: Host, dir: &Path, port: u16) -> Result<HttpServer> {
+        let dir = dir.to_str().context("directory is not UTF-8")?;
+        let port_s = port.to_string();
+        let child = tb
+            .command(
+                host,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    &port_s,
+                    "--bind",
+                    "::",
+                    "--directory",
+                    dir,
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start python3 -m http.server")?;
+        let server = HttpServer { child };
+        // Ready when something listens on the port inside the namespace.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ss = tb.exec(host, &["ss", "-Htln", &format!("sport = :{port}")])?;
+            if !ss.trim().is_empty() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("http server on port {port} did not start")
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Download `url` with curl from a host into `out`; return the seconds it took.
+pub fn download(tb: &Testbed, host: Host, url: &str, out: &Path) -> Result<f64> {
+    let out = out.to_str().context("path is not UTF-8")?;
+    let t = Instant::now();
+    tb.exec(
+        host,
+        &[
+            "curl",
+            "-sS",
+            "-g",
+            "--fail",
+            "--max-time",
+            "120",
+            "-o",
+            out,
+            url,
+        ],
+    )?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Run iperf3 TCP from client to `server` for `secs`; return received bits per second.
+pub fn iperf3_tcp(tb: &Testbed, server: &str, secs: u32) -> Result<f64> {
+    let mut srv = tb
+        .command(Host::Victim, &["iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start iperf3 server")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let result = tb.exec(
+        Host::Client,
+        &[
+            "timeout",
+            &(secs + 20).to_string(),
+            "iperf3",
+            "-c",
+            server,
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let json: serde_json::Value = serde_json::from_str(&result?).context("iperf3 -J output")?;
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result has no end.sum_received.bits_per_second")
+}
+
+/// Send exactly `count` UDP datagrams of `len` bytes from inside a host's namespace to
+/// `to`, as fast as the socket takes them; return how long it took.
+pub fn udp_burst(
+    tb: &Testbed,
+    host: Host,
+    to: SocketAddr,
+    count: u32,
+    len: usize,
+) -> Result<Duration> {
+    let ns_path = format!("/var/run/netns/{}", tb.ns(host));
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<Duration> {
+            let ns = File::open(&ns_path).with_context(|| format!("open {ns_path}"))?;
+            // SAFETY: setns only switches this scoped thread's network namespace; the fd is valid.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {ns_path}: {}", std::io::Error::last_os_error());
+            }
+            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+            let sock = UdpSocket::bind(bind)?;
+            let payload = vec![0x5au8; len];
+            let t = Instant::now();
+            let mut sent = 0;
+            while sent < count {
+                match sock.send_to(&payload, to) {
+                    Ok(_) => sent += 1,
+                    // The local qdisc is full for a moment: retry this datagram.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(t.elapsed())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("udp burst thread panicked"))?
+    })
+}

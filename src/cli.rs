@@ -1,0 +1,248 @@
+//! The command line: one binary, a subcommand per job.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config;
+use crate::driver::{control, engine, nft};
+
+/// MiddlePolice DDoS defence as a netfilter (NFQUEUE) verdict engine.
+///
+/// nftables rules queue the protected traffic to this process, which parses each
+/// packet, rewrites it if its role requires, and returns a verdict. Run `mbox` on the
+/// policing middlebox and `victim` on the protected server.
+#[derive(Debug, Parser)]
+#[command(name = "mpolice", version, propagate_version = true)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info", env = "MPOLICE_LOG")]
+    pub log_level: tracing::Level,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the policing middlebox: queue traffic to and from the protected addresses.
+    ///
+    /// Installs table `inet mpolice` (removed again on SIGINT/SIGTERM), binds one
+    /// NFQUEUE queue per worker and serves stats on the control socket.
+    Mbox(RunArgs),
+    /// Run on the protected server: queue its inbound and outbound protected traffic.
+    ///
+    /// Installs table `inet mpolice` (removed again on SIGINT/SIGTERM), binds one
+    /// NFQUEUE queue per worker and serves stats on the control socket.
+    Victim(RunArgs),
+    /// Install, remove or print the nftables rules of a role without running it.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Print a running engine's counters, per queue, beside the kernel's own.
+    ///
+    /// With no --socket, asks every engine with a socket in /run/mpolice.
+    Stats(StatsArgs),
+    /// Build a client ⇄ mbox ⇄ victim testbed in network namespaces, push real
+    /// traffic through both engines, print a summary and clean up.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The role's TOML config (see examples/mbox.toml and examples/victim.toml).
+    #[arg(short, long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Install the role's rules in table `inet mpolice` (replacing any earlier copy).
+    ///
+    /// Without a running engine, queued packets are dropped (or accepted, with
+    /// `queue.bypass = true`).
+    Install(RoleConfig),
+    /// Delete table `inet mpolice` and nothing else.
+    Remove,
+    /// Print, as nft text, the rules the role would install.
+    Show(RoleConfig),
+}
+
+#[derive(Debug, Args)]
+pub struct RoleConfig {
+    /// Which role's rules.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// The role's TOML config.
+    #[arg(short, long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Mbox,
+    Victim,
+}
+
+impl From<RoleArg> for nft::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Mbox => nft::Role::Mbox,
+            RoleArg::Victim => nft::Role::Victim,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Control socket of the engine to ask (repeatable).
+    #[arg(short, long)]
+    pub socket: Vec<PathBuf>,
+    /// Print JSON (one object per engine, one per line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the file downloaded over each address family, in MB.
+    #[arg(long, default_value_t = 20)]
+    pub size_mb: u32,
+    /// Seconds of iperf3 TCP traffic.
+    #[arg(long, default_value_t = 3)]
+    pub iperf_secs: u32,
+    /// Prefix of the namespace names (change it to run two demos at once).
+    #[arg(long, default_value = "mpd")]
+    pub prefix: String,
+}
+
+/// Directory where engines put their control sockets by default.
+const RUN_DIR: &str = "/run/mpolice";
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Mbox(a) => run_role(nft::Role::Mbox, &a.config),
+        Command::Victim(a) => run_role(nft::Role::Victim, &a.config),
+        Command::Rules(r) => rules(r),
+        Command::Stats(s) => stats(s),
+        Command::Demo(d) => crate::demo::run(&d),
+    }
+}
+
+fn run_role(role: nft::Role, path: &Path) -> Result<()> {
+    let cfg = config::load(path, &role.to_string())?;
+    let stats = engine::run(role, &cfg)?;
+    eprint!("{}", stats.table());
+    Ok(())
+}
+
+fn rules(cmd: RulesCommand) -> Result<()> {
+    match cmd {
+        RulesCommand::Install(rc) => {
+            let role = nft::Role::from(rc.role);
+            let cfg = config::load(&rc.config, &role.to_string())?;
+            let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+            let kind = nft::install(&spec, cfg.queue.kind).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "installed table inet {} for {role} with the {} queue rule",
+                nft::TABLE,
+                engine::kind_name(kind)
+            );
+        }
+        RulesCommand::Remove => {
+            let existed = nft::remove(nft::TABLE).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if existed {
+                println!("removed table inet {}", nft::TABLE);
+            } else {
+                println!("no table inet {} to remove", nft::TABLE);
+            }
+        }
+        RulesCommand::Show(rc) => {
+            let role = nft::Role::from(rc.role);
+            let cfg = config::load(&rc.config, &role.to_string())?;
+            let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+            print!("{}", nft::render(&spec, nft::QueueKind::Native));
+        }
+    }
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let sockets = if args.socket.is_empty() {
+        discover_sockets()?
+    } else {
+        args.socket
+    };
+    for path in &sockets {
+        let s = control::query(path)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            print!("{}", s.table());
+        }
+    }
+    Ok(())
+}
+
+fn discover_sockets() -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(RUN_DIR) {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {RUN_DIR}")),
+    };
+    if found.is_empty() {
+        bail!(
+            "no engine sockets in {RUN_DIR}; is `mpolice mbox|victim` running? (or pass --socket)"
+        );
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator-readable rulesets in nft-rules/ are what `rules show` prints.
+    #[test]
+    fn nft_rules_files_match_the_example_configs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for role in [nft::Role::Mbox, nft::Role::Victim] {
+            let cfg = config::load(
+                &root.join(format!("examples/{role}.toml")),
+                &role.to_string(),
+            )
+            .unwrap();
+            let text = nft::render(
+                &nft::plan(role, &cfg.protect, &cfg.queue.target),
+                nft::QueueKind::Native,
+            );
+            let file = root.join(format!("nft-rules/{role}.nft"));
+            let committed = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                committed == text,
+                "{} is stale; regenerate it with\n  cargo run -- rules show --role {role} \
+                 --config examples/{role}.toml > nft-rules/{role}.nft",
+                file.display()
+            );
+        }
+    }
+
+    #[test]
+    fn every_subcommand_has_help() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for sub in Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+        }
+    }
+}

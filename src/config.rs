@@ -1,0 +1,355 @@
+//! The engine's TOML configuration: parsed strictly, then validated in one pass.
+//!
+//! Invariant: a `Config` that `load` returned is complete and consistent; nothing later
+//! re-checks it. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::driver::nfqueue::{DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
+use crate::driver::nft::{PortRange, Prefix, QueuePreference, QueueTarget, Selection};
+
+/// What the engine does with a packet it cannot parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MalformedVerdict {
+    /// Drop it (default): a defence must not forward what it cannot police.
+    Drop,
+    /// Let it through unchanged.
+    Accept,
+}
+
+/// A validated engine configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub queue: QueueSettings,
+    pub protect: Selection,
+    pub control_socket: PathBuf,
+}
+
+/// Queue numbers and the kernel-side queue behaviour.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub target: QueueTarget,
+    pub kind: QueuePreference,
+    pub fail_open: bool,
+    pub max_len: u32,
+    pub rcvbuf_bytes: usize,
+    pub malformed: MalformedVerdict,
+}
+
+impl QueueSettings {
+    /// List the queue numbers the engine binds, one worker each.
+    pub fn numbers(&self) -> impl Iterator<Item = u16> + use<> {
+        let first = self.target.first;
+        (0..self.target.count).map(move |i| first + i)
+    }
+}
+
+/// A configuration error: names the file, the key and what to do.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    queue: RawQueue,
+    protect: RawProtect,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default)]
+    first: u16,
+    #[serde(default = "one")]
+    count: u16,
+    #[serde(default)]
+    bypass: bool,
+    #[serde(default)]
+    fanout: bool,
+    #[serde(default)]
+    fail_open: bool,
+    #[serde(default = "default_max_len")]
+    max_len: u32,
+    #[serde(default = "default_rcvbuf")]
+    rcvbuf_bytes: usize,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_malformed")]
+    malformed: MalformedVerdict,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            first: 0,
+            count: 1,
+            bypass: false,
+            fanout: false,
+            fail_open: false,
+            max_len: DEFAULT_MAX_LEN,
+            rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
+            kind: default_kind(),
+            malformed: MalformedVerdict::Drop,
+        }
+    }
+}
+
+fn one() -> u16 {
+    1
+}
+fn default_max_len() -> u32 {
+    DEFAULT_MAX_LEN
+}
+fn default_rcvbuf() -> usize {
+    DEFAULT_RCVBUF_BYTES
+}
+fn default_kind() -> String {
+    "auto".into()
+}
+fn default_malformed() -> MalformedVerdict {
+    MalformedVerdict::Drop
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtect {
+    addresses: Vec<String>,
+    #[serde(default)]
+    tcp_ports: Vec<RawPort>,
+    #[serde(default)]
+    udp_ports: Vec<RawPort>,
+}
+
+/// A port as an operator writes it: `80` or `"8000-8100"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+}
+
+/// Read and validate the config file for a role (`mbox` or `victim`).
+pub fn load(path: &Path, role: &str) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config {}: cannot read: {e}", path.display())))?;
+    parse(&text, role).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))
+}
+
+/// Parse and validate config text; errors name the key at fault.
+pub fn parse(text: &str, role: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        // toml's own message spans several lines; name the line and quote it instead.
+        let msg = e.message();
+        match e.span() {
+            Some(span) => {
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                ConfigError(format!("line {line_no}: `{line}`: {msg}"))
+            }
+            None => ConfigError(msg.to_string()),
+        }
+    })?;
+    validate(raw, role)
+}
+
+fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
+    let err = |m: String| Err(ConfigError(m));
+    let q = raw.queue;
+    let target = QueueTarget {
+        first: q.first,
+        count: q.count,
+        bypass: q.bypass,
+        fanout: q.fanout,
+    };
+    if let Err(e) = target.last() {
+        return err(format!("queue.first, queue.count: {e}"));
+    }
+    if q.max_len == 0 {
+        return err("queue.max_len: must be at least 1".into());
+    }
+    if q.rcvbuf_bytes < 65536 {
+        return err("queue.rcvbuf_bytes: must be at least 65536 (one full-size packet)".into());
+    }
+    let kind = match q.kind.as_str() {
+        "auto" => QueuePreference::Auto,
+        "native" => QueuePreference::Native,
+        "xt" => QueuePreference::Xt,
+        other => {
+            return err(format!(
+                "queue.kind: unknown value {other:?}; use \"auto\", \"native\" or \"xt\""
+            ));
+        }
+    };
+    let p = raw.protect;
+    if p.addresses.is_empty() {
+        return err("protect.addresses: list at least one protected address or prefix".into());
+    }
+    let addresses = p
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<Prefix>()
+                .map_err(|e| ConfigError(format!("protect.addresses[{i}]: {a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tcp_ports = ports("protect.tcp_ports", &p.tcp_ports)?;
+    let udp_ports = ports("protect.udp_ports", &p.udp_ports)?;
+    if tcp_ports.is_empty() && udp_ports.is_empty() {
+        return err("protect: list at least one of tcp_ports or udp_ports".into());
+    }
+    let control_socket = raw
+        .control
+        .socket
+        .unwrap_or_else(|| PathBuf::from(format!("/run/mpolice/{role}.sock")));
+    Ok(Config {
+        queue: QueueSettings {
+            target,
+            kind,
+            fail_open: q.fail_open,
+            max_len: q.max_len,
+            rcvbuf_bytes: q.rcvbuf_bytes,
+            malformed: q.malformed,
+        },
+        protect: Selection {
+            addresses,
+            tcp_ports,
+            udp_ports,
+        },
+        control_socket,
+    })
+}
+
+fn ports(key: &str, raw: &[RawPort]) -> Result<Vec<PortRange>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let text = match p {
+                RawPort::Number(n) => n.to_string(),
+                RawPort::Text(s) => s.clone(),
+            };
+            text.parse::<PortRange>()
+                .map_err(|e| ConfigError(format!("{key}[{i}]: {text:?}: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [queue]
+        first = 4
+        count = 2
+        bypass = true
+        [protect]
+        addresses = ["198.18.2.2", "2001:2:0:2::/64"]
+        tcp_ports = [80, "5201-5202"]
+        [control]
+        socket = "/tmp/x.sock"
+    "#;
+
+    fn error_of(text: &str) -> String {
+        parse(text, "mbox").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = parse(GOOD, "mbox").unwrap();
+        assert_eq!(c.queue.numbers().collect::<Vec<_>>(), vec![4, 5]);
+        assert!(c.queue.target.bypass);
+        assert!(!c.queue.fail_open);
+        assert_eq!(c.queue.malformed, MalformedVerdict::Drop);
+        assert_eq!(c.protect.addresses.len(), 2);
+        assert_eq!(c.protect.tcp_ports.len(), 2);
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn defaults_follow_the_role() {
+        let c = parse(
+            "[protect]\naddresses=[\"198.18.2.2\"]\nudp_ports=[53]",
+            "victim",
+        )
+        .unwrap();
+        assert_eq!(c.control_socket, PathBuf::from("/run/mpolice/victim.sock"));
+        assert_eq!(c.queue.max_len, DEFAULT_MAX_LEN);
+        assert_eq!(c.queue.kind, QueuePreference::Auto);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = error_of("[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\nportz=[1]");
+        assert!(e.contains("portz"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = error_of("[protect]\naddresses=[\"198.18.2.300\"]\ntcp_ports=[80]");
+        assert!(e.starts_with("protect.addresses[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_port_is_named() {
+        for bad in ["0", "70000", "\"90-80\"", "\"x\"", "-1"] {
+            let e = error_of(&format!(
+                "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[{bad}]"
+            ));
+            assert!(e.starts_with("protect.tcp_ports[0]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_selection_is_refused() {
+        let e = error_of("[protect]\naddresses=[\"198.18.2.2\"]");
+        assert!(e.contains("tcp_ports or udp_ports"), "{e}");
+        let e = error_of("[protect]\naddresses=[]\ntcp_ports=[80]");
+        assert!(e.contains("protect.addresses"), "{e}");
+    }
+
+    #[test]
+    fn queue_values_are_checked() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[queue]\n";
+        for (bad, key) in [
+            ("count = 0", "queue.count"),
+            ("first = 65535\ncount = 2", "queue.first"),
+            ("kind = \"fast\"", "queue.kind"),
+            ("rcvbuf_bytes = 10", "queue.rcvbuf_bytes"),
+            ("max_len = 0", "queue.max_len"),
+            ("malformed = \"maybe\"", "malformed"),
+        ] {
+            let e = error_of(&format!("{base}{bad}"));
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        for (file, role) in [("mbox.toml", "mbox"), ("victim.toml", "victim")] {
+            load(&dir.join(file), role).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `mpolice demo`: the testbed, both engines and real traffic, summarised for a person.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::DemoArgs;
+use crate::stats::EngineStats;
+use crate::testbed::{
+    self, EngineProcess, Host, HttpServer, RoleConfig, Testbed, VICTIM_V4, VICTIM_V6,
+};
+
+/// Tools the demo runs, and the Debian package of each.
+const TOOLS: [(&str, &str); 6] = [
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("curl", "curl"),
+    ("iperf3", "iperf3"),
+    ("python3", "python3"),
+    ("sha256sum", "coreutils"),
+];
+
+/// Run the demo and print its summary.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the demo creates network namespaces: run it as root");
+    }
+    for (tool, package) in TOOLS {
+        if which(tool).is_none() {
+            bail!(
+                "{tool} not found: install the Debian package {package} (integration/install-deps.sh installs all)"
+            );
+        }
+    }
+    let bin = std::env::current_exe().context("find the mpolice binary")?;
+    println!(
+        "building testbed {}-client ⇄ {}-mbox ⇄ {}-victim ...",
+        args.prefix, args.prefix, args.prefix
+    );
+    let tb = Testbed::up(&args.prefix)?;
+    let cfg = RoleConfig::default();
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin, &cfg)?;
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin, &cfg)?;
+    println!("engines running; table inet mpolice installed in both namespaces");
+
+    let www = tb.workdir().join("www");
+    std::fs::create_dir_all(&www)?;
+    let file = www.join("file.bin");
+    testbed::random_file(&file, args.size_mb)?;
+    let want = testbed::sha256(&file)?;
+    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080)?;
+
+    let mut out = String::new();
+    for (family, addr) in [
+        ("IPv4", VICTIM_V4.to_string()),
+        ("IPv6", format!("[{VICTIM_V6}]")),
+    ] {
+        let got = tb.workdir().join(format!("got-{family}.bin"));
+        let secs = testbed::download(
+            &tb,
+            Host::Client,
+            &format!("http://{addr}:8080/file.bin"),
+            &got,
+        )?;
+        let same = testbed::sha256(&got)? == want;
+        let _ = writeln!(
+            out,
+            "  curl {} MB over {family}: {secs:.2} s, {:.0} Mbit/s, sha256 {}",
+            args.size_mb,
+            f64::from(args.size_mb) * 8.0 * 1.048_576 / secs,
+            if same { "identical" } else { "DIFFERENT" }
+        );
+        if !same {
+            bail!("the {family} download differs from the served file{out}");
+        }
+    }
+    let bps = testbed::iperf3_tcp(&tb, VICTIM_V4, args.iperf_secs)?;
+    let _ = writeln!(
+        out,
+        "  iperf3 TCP {} s over IPv4: {:.2} Gbit/s",
+        args.iperf_secs,
+        bps / 1e9
+    );
+
+    let (ms, vs) = (mbox.stats()?, victim.stats()?);
+    let (mk, vk) = (
+        tb.kernel_queues(Host::Mbox)?,
+        tb.kernel_queues(Host::Victim)?,
+    );
+    let (mstat, vstat) = (mbox.stop()?, victim.stop()?);
+    let leftover: Vec<String> = [Host::Mbox, Host::Victim]
+        .iter()
+        .map(|h| tb.nft_tables(*h))
+        .collect::<Result<Vec<_>>>()?
+        .concat()
+        .into_iter()
+        .filter(|t| t.contains("mpolice"))
+        .collect();
+
+    println!("\nmpolice demo summary");
+    print!("{out}");
+    println!(
+        "  {:<7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8} {:>8}  rule",
+        "role",
+        "k.queued",
+        "received",
+        "accepted",
+        "modified",
+        "dropped",
+        "malformed",
+        "errors",
+        "k.qdrop",
+        "k.udrop"
+    );
+    for (s, k) in [(&ms, &mk), (&vs, &vk)] {
+        println!("  {}", role_line(s, k));
+    }
+    println!(
+        "  clean-up: mbox {mstat}, victim {vstat}; {}",
+        if leftover.is_empty() {
+            "no table inet mpolice left".to_string()
+        } else {
+            format!("LEFT BEHIND: {leftover:?}")
+        }
+    );
+    if !mstat.success() || !vstat.success() || !leftover.is_empty() {
+        bail!("an engine did not exit cleanly");
+    }
+    Ok(())
+}
+
+fn role_line(s: &EngineStats, kernel: &[testbed::KernelQueue]) -> String {
+    let t = s.total().engine;
+    let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
+    let qd: u64 = kernel.iter().map(|k| u64::from(k.queue_dropped)).sum();
+    let ud: u64 = kernel.iter().map(|k| u64::from(k.user_dropped)).sum();
+    format!(
+        "{:<7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
+        s.role,
+        queued,
+        t.received,
+        t.accepted,
+        t.modified,
+        t.dropped,
+        t.malformed,
+        t.errors,
+        qd,
+        ud,
+        s.queue_rule
+    )
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}

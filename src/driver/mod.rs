@@ -1,0 +1,8 @@
+//! Everything that touches the kernel: NFQUEUE sockets, nftables rules, the control socket,
+//! and the threads that run them. Nothing outside this module opens a socket.
+
+pub mod control;
+pub mod engine;
+pub mod nfqueue;
+pub mod nft;
+pub mod worker;

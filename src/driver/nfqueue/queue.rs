@@ -1,0 +1,360 @@
+//! One bound NFQUEUE: receive packets, send verdicts.
+//!
+//! Invariants: the queue is bound only after the kernel acked the bind (and is
+//! unbound on drop only then); verdicts are sent without NLM_F_ACK; a
+//! `PacketMsg` payload is only meaningful until the next `recv`.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use super::config::QueueConfig;
+use super::error::{ConfigStep, QueueError};
+use super::inbox::{Inbox, QueueCounters};
+use super::netlink;
+use super::packet::{PacketMsg, Verdict};
+use super::socket::{NlSocket, Received};
+use super::stats::kernel_queue_stats;
+
+/// Room for a 64 KiB payload plus every metadata attribute the kernel adds.
+const RECV_BUF_LEN: usize = 0x10000 + 8192;
+/// How long `open` waits for the kernel to acknowledge its configuration.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest payload an attribute can carry (16-bit length including its header).
+const MAX_PAYLOAD: usize = u16::MAX as usize - netlink::NLA_HDRLEN;
+
+/// A bound queue owning its netlink socket and buffers.
+pub struct Queue {
+    sock: NlSocket,
+    num: u16,
+    inbox: Inbox,
+    send_buf: Vec<u8>,
+    bound: bool,
+}
+
+impl Queue {
+    /// Open a socket in the calling thread's network namespace and bind queue `cfg.num`.
+    pub fn open(cfg: &QueueConfig) -> Result<Queue, QueueError> {
+        let sock = NlSocket::open()?;
+        // Buffer first: packets may flood in the moment the bind is acked.
+        sock.set_rcvbuf(cfg.rcvbuf_bytes)?;
+        // Without CAP_NET_ADMIN the kernel silently caps the buffer at rmem_max.
+        match sock.rcvbuf() {
+            Ok(got) if got < cfg.rcvbuf_bytes => {
+                tracing::warn!(
+                    queue = cfg.num,
+                    asked = cfg.rcvbuf_bytes,
+                    got,
+                    "NFQUEUE receive buffer capped"
+                )
+            }
+            _ => {}
+        }
+        sock.set_recv_timeout(cfg.recv_timeout)?;
+        let mut q = Queue {
+            sock,
+            num: cfg.num,
+            inbox: Inbox::new(RECV_BUF_LEN),
+            send_buf: Vec::with_capacity(256),
+            bound: false,
+        };
+        q.configure(cfg)?;
+        Ok(q)
+    }
+
+    /// Send bind, copy mode, max length and flags in one datagram (shortest window in
+    /// which the kernel queues packets without copy mode), then collect one ack each.
+    fn configure(&mut self, cfg: &QueueConfig) -> Result<(), QueueError> {
+        let steps = [
+            ConfigStep::Bind,
+            ConfigStep::CopyMode,
+            ConfigStep::MaxLen,
+            ConfigStep::Flags,
+        ];
+        let mut flags = 0;
+        if cfg.fail_open {
+            flags |= netlink::NFQA_CFG_F_FAIL_OPEN;
+        }
+        if cfg.gso {
+            flags |= netlink::NFQA_CFG_F_GSO;
+        }
+        let mask = netlink::NFQA_CFG_F_FAIL_OPEN | netlink::NFQA_CFG_F_GSO;
+        let b = &mut self.send_buf;
+        b.clear();
+        netlink::config_cmd(b, 1, cfg.num, netlink::NFQNL_CFG_CMD_BIND, true);
+        netlink::config_params(b, 2, cfg.num, cfg.copy_range);
+        netlink::config_maxlen(b, 3, cfg.num, cfg.max_len);
+        netlink::config_flags(b, 4, cfg.num, flags, mask);
+        self.sock
+            .send(&[IoSlice::new(&self.send_buf)])
+            .map_err(|source| QueueError::Io {
+                op: "send config",
+                source,
+            })?;
+        self.await_acks(&steps)
+    }
+
+    /// Wait for acks with seq 1..=steps.len(); map the first error to its step.
+    fn await_acks(&mut self, steps: &[ConfigStep]) -> Result<(), QueueError> {
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut acked = 0;
+        while acked < steps.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = steps.get(acked).copied().unwrap_or(ConfigStep::Bind);
+            if left.is_zero() {
+                return Err(QueueError::NoAck {
+                    queue: self.num,
+                    step,
+                });
+            }
+            let readable = self
+                .sock
+                .poll_readable(left)
+                .map_err(|source| QueueError::Io { op: "poll", source })?;
+            if !readable {
+                continue;
+            }
+            let len = match self.sock.recv(self.inbox.recv_buf(), false) {
+                Ok(Received::Data(n)) => n,
+                Ok(Received::Overrun) => {
+                    self.inbox.counters.enobufs += 1;
+                    continue;
+                }
+                Ok(Received::Truncated) => {
+                    self.inbox.counters.truncated += 1;
+                    continue;
+                }
+                Ok(Received::Empty) => continue,
+                Err(source) => return Err(QueueError::Io { op: "recv", source }),
+            };
+            let data = self.inbox.datagram(len);
+            let mut off = 0;
+            let mut other = false;
+            while let Some((msg, next)) = netlink::next_msg(data, off) {
+                off = next;
+                let ack = (msg.msg_type == netlink::NLMSG_ERROR)
+                    .then(|| data.get(msg.body.clone()).and_then(netlink::error_body))
+                    .flatten();
+                match ack {
+                    Some((errno, seq)) if (1..=steps.len() as u32).contains(&seq) => {
+                        let step = steps
+                            .get(seq as usize - 1)
+                            .copied()
+                            .unwrap_or(ConfigStep::Bind);
+                        if errno != 0 {
+                            return Err(self.config_error(step, errno));
+                        }
+                        if step == ConfigStep::Bind {
+                            self.bound = true;
+                        }
+                        acked += 1;
+                    }
+                    _ => other = true,
+                }
+            }
+            if other {
+                // A packet overtook an ack: keep it for the first recv.
+                let copy = data.to_vec();
+                self.inbox.stash(copy);
+            }
+        }
+        Ok(())
+    }
+
+    /// Map a config errno to an operator-facing error.
+    fn config_error(&self, step: ConfigStep, errno: i32) -> QueueError {
+        let queue = self.num;
+        // The kernel answers EPERM both to the unprivileged and when another
+        // socket owns the queue (EBUSY only when this socket bound it already):
+        // the per-namespace queue table tells the two apart.
+        let owner = || {
+            kernel_queue_stats()
+                .ok()
+                .and_then(|v| {
+                    v.into_iter()
+                        .find(|s| s.queue == queue && s.portid != self.sock.portid())
+                })
+                .map(|s| s.portid)
+        };
+        match errno {
+            libc::EBUSY => QueueError::QueueBusy {
+                queue,
+                portid: owner(),
+            },
+            libc::EPERM => match owner() {
+                Some(portid) => QueueError::QueueBusy {
+                    queue,
+                    portid: Some(portid),
+                },
+                None => QueueError::PermissionDenied { queue },
+            },
+            _ => QueueError::Rejected {
+                queue,
+                step,
+                source: io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
+    /// Return the next packet; `None` on timeout, EAGAIN or EINTR. With `wait`
+    /// false the socket is not blocked on, so a caller can drain a burst and
+    /// then send one batch verdict.
+    pub fn recv(&mut self, wait: bool) -> Result<Option<PacketMsg>, QueueError> {
+        loop {
+            if let Some(p) = self.inbox.next_packet(self.num) {
+                return Ok(Some(p));
+            }
+            if self.inbox.load_stashed() {
+                continue;
+            }
+            match self.sock.recv(self.inbox.recv_buf(), wait) {
+                Ok(Received::Data(n)) => self.inbox.loaded(n),
+                Ok(Received::Overrun) => self.inbox.counters.enobufs += 1,
+                Ok(Received::Truncated) => self.inbox.counters.truncated += 1,
+                Ok(Received::Empty) => return Ok(None),
+                Err(source) => return Err(QueueError::Io { op: "recv", source }),
+            }
+        }
+    }
+
+    /// Return a packet's payload (empty if `m` came from an earlier `recv`'s buffer
+    /// that no longer covers its range).
+    pub fn payload(&self, m: &PacketMsg) -> &[u8] {
+        self.inbox.payload(m)
+    }
+
+    /// Return a packet's payload for editing in place before `verdict_in_place`.
+    pub fn payload_mut(&mut self, m: &PacketMsg) -> &mut [u8] {
+        self.inbox.payload_mut(m)
+    }
+
+    /// Send a verdict for packet `id`, replacing its content with `new_payload` if given.
+    pub fn verdict(
+        &mut self,
+        id: u32,
+        v: Verdict,
+        new_payload: Option<&[u8]>,
+    ) -> Result<(), QueueError> {
+        if new_payload.is_some_and(|p| p.len() > MAX_PAYLOAD) {
+            return Err(payload_too_large());
+        }
+        self.send_buf.clear();
+        netlink::verdict(
+            &mut self.send_buf,
+            false,
+            self.num,
+            id,
+            v.code(),
+            new_payload.map(<[u8]>::len),
+        );
+        send_with_payload(&self.sock, &self.send_buf, new_payload.unwrap_or(&[]))
+    }
+
+    /// Send a verdict for `m` whose payload (edited via `payload_mut`) replaces the packet.
+    /// Refused for packets truncated by `copy_range`: the kernel would cut them short.
+    pub fn verdict_in_place(&mut self, m: &PacketMsg, v: Verdict) -> Result<(), QueueError> {
+        let payload = self.inbox.payload(m);
+        if m.orig_len.is_some() {
+            return Err(QueueError::Io {
+                op: "verdict",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "payload truncated by copy_range",
+                ),
+            });
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(payload_too_large());
+        }
+        self.send_buf.clear();
+        netlink::verdict(
+            &mut self.send_buf,
+            false,
+            self.num,
+            m.id,
+            v.code(),
+            Some(payload.len()),
+        );
+        send_with_payload(&self.sock, &self.send_buf, payload)
+    }
+
+    /// Apply `v` to every queued packet with id <= `max_id` (NFQNL_MSG_VERDICT_BATCH).
+    pub fn verdict_batch(&mut self, max_id: u32, v: Verdict) -> Result<(), QueueError> {
+        self.send_buf.clear();
+        netlink::verdict(&mut self.send_buf, true, self.num, max_id, v.code(), None);
+        send_with_payload(&self.sock, &self.send_buf, &[])
+    }
+
+    /// Return how often the socket overflowed (ENOBUFS) so far.
+    pub fn enobufs(&self) -> u64 {
+        self.inbox.counters.enobufs
+    }
+
+    /// Return every receive-path counter.
+    pub fn counters(&self) -> QueueCounters {
+        self.inbox.counters
+    }
+
+    /// Return the queue number.
+    pub fn num(&self) -> u16 {
+        self.num
+    }
+
+    /// Return our netlink portid (the `portid` column of the kernel queue table).
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// Return the receive buffer the kernel granted, in bytes.
+    pub fn rcvbuf_bytes(&self) -> io::Result<usize> {
+        self.sock.rcvbuf()
+    }
+
+    /// Return the socket descriptor for epoll; it stays owned by the queue.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.sock.raw_fd()
+    }
+}
+
+impl Drop for Queue {
+    /// Unbind the queue (best effort: closing the socket unbinds it as well).
+    fn drop(&mut self) {
+        if self.bound {
+            self.send_buf.clear();
+            netlink::config_cmd(
+                &mut self.send_buf,
+                0,
+                self.num,
+                netlink::NFQNL_CFG_CMD_UNBIND,
+                false,
+            );
+            let _ = self.sock.send(&[IoSlice::new(&self.send_buf)]);
+        }
+    }
+}
+
+/// Send `head` followed by `payload` and its alignment padding as one datagram.
+fn send_with_payload(sock: &NlSocket, head: &[u8], payload: &[u8]) -> Result<(), QueueError> {
+    const PAD: [u8; 3] = [0; 3];
+    let pad = netlink::align4(payload.len()) - payload.len();
+    let parts = [
+        IoSlice::new(head),
+        IoSlice::new(payload),
+        IoSlice::new(&PAD[..pad]),
+    ];
+    let n = if payload.is_empty() { 1 } else { 3 };
+    sock.send(&parts[..n]).map_err(|source| QueueError::Io {
+        op: "send verdict",
+        source,
+    })
+}
+
+fn payload_too_large() -> QueueError {
+    QueueError::Io {
+        op: "verdict",
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "payload longer than 65531 bytes",
+        ),
+    }
+}

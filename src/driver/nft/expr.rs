@@ -1,0 +1,135 @@
+//! The two queue statements nftnl 0.9.4 lacks: native `queue` and the xt `NFQUEUE` target.
+//!
+//! Invariants: both send the same queue range and flags (NFT_QUEUE_FLAG_* and NFQ_FLAG_*
+//! share values); `total` is at least 1 (checked by the caller, the kernel rejects 0).
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use nftnl::Rule;
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys as sys;
+
+/// Bytes of `struct xt_NFQ_info_v3 { u16 queuenum; u16 queues_total; u16 flags; }` as
+/// nft_compat wants them: XT_ALIGN(6) = 8 (it compares aligned sizes, iptables sends 8).
+const XT_NFQ_INFO_LEN: usize = 8;
+
+/// Revision of the NFQUEUE target whose info carries queues_total and flags.
+const XT_NFQ_REVISION: u32 = 3;
+
+/// Native nftables `queue` expression (kernel module nft_queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    pub num: u16,
+    pub total: u16,
+    pub flags: u16,
+}
+
+impl Expression for Queue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"queue");
+        // SAFETY: `expr` is a live queue expression; these attributes are u16 in libnftnl.
+        unsafe {
+            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_NUM as u16, self.num);
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_TOTAL as u16,
+                self.total,
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_FLAGS as u16,
+                self.flags,
+            );
+        }
+        expr
+    }
+}
+
+/// The xt `NFQUEUE` target (revision 3) run through nft_compat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XtNfqueue {
+    pub num: u16,
+    pub total: u16,
+    pub flags: u16,
+}
+
+impl XtNfqueue {
+    /// Return the target info as the kernel reads it (host byte order, zero padded).
+    fn info(&self) -> [u8; XT_NFQ_INFO_LEN] {
+        let mut info = [0u8; XT_NFQ_INFO_LEN];
+        info[0..2].copy_from_slice(&self.num.to_ne_bytes());
+        info[2..4].copy_from_slice(&self.total.to_ne_bytes());
+        info[4..6].copy_from_slice(&self.flags.to_ne_bytes());
+        info
+    }
+}
+
+impl Expression for XtNfqueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"target");
+        let info = self.info();
+        // SAFETY: libnftnl takes ownership of the TG_INFO buffer and frees it with free(),
+        // so it must come from malloc; it is fully initialised before being handed over.
+        unsafe {
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_NAME as u16,
+                c"NFQUEUE".as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_REV as u16,
+                XT_NFQ_REVISION,
+            );
+            let buf = libc::malloc(XT_NFQ_INFO_LEN).cast::<u8>();
+            if buf.is_null() {
+                // Out of memory: the trait cannot report it, and nftnl aborts likewise.
+                std::process::abort();
+            }
+            std::ptr::copy_nonoverlapping(info.as_ptr(), buf, XT_NFQ_INFO_LEN);
+            let rc = sys::nftnl_expr_set(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_INFO as u16,
+                buf.cast::<c_void>(),
+                XT_NFQ_INFO_LEN as u32,
+            );
+            if rc < 0 {
+                // Not taken over by libnftnl, so still ours to free.
+                libc::free(buf.cast::<c_void>());
+            }
+        }
+        expr
+    }
+}
+
+/// Allocate an nftnl expression of kind `name`, aborting on out-of-memory as nftnl does.
+fn alloc_expr(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: `name` is a valid NUL-terminated string; libnftnl copies what it needs.
+    let raw = unsafe { sys::nftnl_expr_alloc(name.as_ptr()) };
+    match NonNull::new(raw) {
+        Some(expr) => expr,
+        None => std::process::abort(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xt_info_layout() {
+        let info = XtNfqueue {
+            num: 0x0102,
+            total: 3,
+            flags: 1,
+        }
+        .info();
+        assert_eq!(info[0..2], 0x0102u16.to_ne_bytes());
+        assert_eq!(info[2..4], 3u16.to_ne_bytes());
+        assert_eq!(
+            info[4..8],
+            [1u16.to_ne_bytes()[0], 1u16.to_ne_bytes()[1], 0, 0]
+        );
+    }
+}

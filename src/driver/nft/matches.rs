@@ -1,0 +1,72 @@
+//! Turn a rule's match into nftnl expressions (all through register 1).
+//!
+//! Invariants: the family is checked (`meta nfproto`) before any network-header load, and
+//! the transport protocol (`meta l4proto`) before any transport-header load, as nft does.
+
+use std::net::IpAddr;
+
+use nftnl::Rule;
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Ipv4HeaderField, Ipv6HeaderField, Meta, NetworkHeaderField, Payload,
+    TcpHeaderField, TransportHeaderField, UdpHeaderField,
+};
+
+use super::spec::{Field, Proto, RuleSpec};
+
+/// Append `meta nfproto`, the address match, `meta l4proto` and the port match.
+pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
+    let prefix = spec.prefix;
+    let v4 = matches!(prefix.addr(), IpAddr::V4(_));
+    let nfproto = if v4 {
+        libc::NFPROTO_IPV4
+    } else {
+        libc::NFPROTO_IPV6
+    } as u8;
+    rule.add_expr(&Meta::NfProto);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto));
+    // A zero-length prefix matches the whole family: nothing to load.
+    if !prefix.is_empty() {
+        rule.add_expr(&addr_payload(v4, spec.addr_field));
+        let addr = prefix.addr_bytes();
+        if !prefix.is_host() {
+            let mask = prefix.mask_bytes();
+            let zero = vec![0u8; mask.len()];
+            rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
+        }
+        rule.add_expr(&Cmp::new(CmpOp::Eq, addr.as_slice()));
+    }
+    rule.add_expr(&Meta::L4Proto);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, spec.proto.number()));
+    rule.add_expr(&port_payload(spec.proto, spec.port_field));
+    // Ports are compared as big-endian bytes, which memcmp orders numerically.
+    let lo = spec.ports.lo().to_be_bytes();
+    let hi = spec.ports.hi().to_be_bytes();
+    if spec.ports.is_single() {
+        rule.add_expr(&Cmp::new(CmpOp::Eq, &lo[..]));
+    } else {
+        rule.add_expr(&Cmp::new(CmpOp::Gte, &lo[..]));
+        rule.add_expr(&Cmp::new(CmpOp::Lte, &hi[..]));
+    }
+}
+
+/// Return the load of the source or destination address.
+fn addr_payload(v4: bool, field: Field) -> Payload {
+    let header = match (v4, field) {
+        (true, Field::Src) => NetworkHeaderField::Ipv4(Ipv4HeaderField::Saddr),
+        (true, Field::Dst) => NetworkHeaderField::Ipv4(Ipv4HeaderField::Daddr),
+        (false, Field::Src) => NetworkHeaderField::Ipv6(Ipv6HeaderField::Saddr),
+        (false, Field::Dst) => NetworkHeaderField::Ipv6(Ipv6HeaderField::Daddr),
+    };
+    Payload::Network(header)
+}
+
+/// Return the load of the source or destination port (same offsets in TCP and UDP).
+fn port_payload(proto: Proto, field: Field) -> Payload {
+    let header = match (proto, field) {
+        (Proto::Tcp, Field::Src) => TransportHeaderField::Tcp(TcpHeaderField::Sport),
+        (Proto::Tcp, Field::Dst) => TransportHeaderField::Tcp(TcpHeaderField::Dport),
+        (Proto::Udp, Field::Src) => TransportHeaderField::Udp(UdpHeaderField::Sport),
+        (Proto::Udp, Field::Dst) => TransportHeaderField::Udp(UdpHeaderField::Dport),
+    };
+    Payload::Transport(header)
+}

@@ -1,0 +1,432 @@
+//! Root tests: each runs in throwaway network namespaces (skipped when not root).
+//!
+//! Netlink calls run on a thread that joined the namespace with setns; the `nft` CLI runs
+//! through `ip netns exec`. Addresses come only from 198.18.0.0/15 and 2001:2::/48.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::render::render_accept;
+use super::*;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace deleted on drop, even when the test fails.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Create a namespace with lo up, or None when not root (the test is then skipped).
+    fn new() -> Option<Netns> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let name = format!(
+            "nftt-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec_ok("ip", &["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Run `f` on a thread inside this namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).expect("open netns");
+                // SAFETY: the fd is a valid netns file for the call; setns only affects
+                // this short-lived thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        })
+    }
+
+    fn exec(&self, prog: &str, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", &self.name, prog];
+        all.extend_from_slice(args);
+        Command::new("ip")
+            .args(&all)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    fn exec_ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.exec(prog, args);
+        assert!(
+            out.status.success(),
+            "{prog} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn list(&self) -> String {
+        self.exec_ok("nft", &["list", "table", "inet", TABLE])
+    }
+
+    /// Load nft text with `nft -f -`; return stderr on failure.
+    fn nft_load(&self, text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write nft");
+        let out = child.wait_with_output().expect("wait nft");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+fn run_ok(prog: &str, args: &[&str]) {
+    let out = Command::new(prog).args(args).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn selection() -> Selection {
+    Selection {
+        addresses: vec![
+            "198.18.1.2".parse().unwrap(),
+            "2001:2:0:1::/64".parse().unwrap(),
+        ],
+        tcp_ports: vec!["80".parse().unwrap()],
+        udp_ports: vec!["5000-5010".parse().unwrap()],
+    }
+}
+
+const Q: QueueTarget = QueueTarget {
+    first: 0,
+    count: 2,
+    bypass: true,
+    fanout: false,
+};
+
+/// Return each chain's header line, e.g. "chain inbound { type filter hook prerouting ...".
+fn chain_headers(listing: &str) -> Vec<String> {
+    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("chain "))
+        .map(|w| format!("{} {}", w[0], w[1]))
+        .collect()
+}
+
+#[test]
+fn install_each_role_uses_xt_on_this_kernel() {
+    let expect = [
+        (
+            Role::Mbox,
+            [
+                "chain to_victim { type filter hook forward priority filter; policy accept;",
+                "chain from_victim { type filter hook prerouting priority raw; policy accept;",
+            ],
+        ),
+        (
+            Role::Victim,
+            [
+                "chain inbound { type filter hook prerouting priority raw; policy accept;",
+                "chain outbound { type filter hook postrouting priority filter; policy accept;",
+            ],
+        ),
+    ];
+    for (role, headers) in expect {
+        let Some(ns) = Netns::new() else { return };
+        let spec = plan(role, &selection(), &Q);
+        let kind = ns
+            .run(|| install(&spec, QueuePreference::Auto))
+            .expect("install");
+        assert_eq!(kind, QueueKind::XtCompat);
+        assert!(ns.run(|| table_exists(TABLE)).expect("table_exists"));
+        let listing = ns.list();
+        assert_eq!(chain_headers(&listing), headers, "{listing}");
+        let queued = listing
+            .lines()
+            .filter(|l| l.contains("queue num 0-1 bypass") || l.contains("xt target \"NFQUEUE\""))
+            .count();
+        assert_eq!(queued, 8, "{listing}");
+        assert!(listing.contains("comment \"mpolice"), "{listing}");
+    }
+}
+
+#[test]
+fn install_is_idempotent_and_atomic() {
+    let Some(ns) = Netns::new() else { return };
+    let spec = plan(Role::Victim, &selection(), &Q);
+    ns.run(|| install(&spec, QueuePreference::Auto))
+        .expect("first install");
+    let first = ns.list();
+    ns.run(|| install(&spec, QueuePreference::Xt))
+        .expect("second install");
+    assert_eq!(ns.list(), first);
+    // A refused batch leaves the previous ruleset untouched.
+    let err = ns
+        .run(|| install(&spec, QueuePreference::Native))
+        .unwrap_err();
+    assert!(matches!(err, RulesError::NoNativeQueue), "{err}");
+    assert_eq!(ns.list(), first);
+}
+
+#[test]
+fn native_preference_fails_clearly_and_leaves_nothing() {
+    let Some(ns) = Netns::new() else { return };
+    let spec = plan(Role::Mbox, &selection(), &Q);
+    let err = ns
+        .run(|| install(&spec, QueuePreference::Native))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "kernel lacks nft_queue (module nft_queue); use queue_kind = xt"
+    );
+    assert!(!ns.run(|| table_exists(TABLE)).expect("table_exists"));
+}
+
+#[test]
+fn remove_deletes_only_our_table() {
+    let Some(ns) = Netns::new() else { return };
+    ns.exec_ok("nft", &["add", "table", "inet", "other"]);
+    ns.exec_ok(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "other",
+            "c",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    let spec = plan(Role::Mbox, &selection(), &Q);
+    ns.run(|| install(&spec, QueuePreference::Auto))
+        .expect("install");
+    assert!(ns.run(|| remove(TABLE)).expect("remove"));
+    assert!(!ns.run(|| table_exists(TABLE)).expect("table_exists"));
+    assert!(!ns.run(|| remove(TABLE)).expect("second remove"));
+    let other = ns.exec_ok("nft", &["list", "table", "inet", "other"]);
+    assert!(other.contains("chain c"), "{other}");
+    assert!(
+        ns.run(|| table_exists("other"))
+            .expect("table_exists other")
+    );
+}
+
+#[test]
+fn without_cap_net_admin_reports_permission() {
+    let Some(ns) = Netns::new() else { return };
+    let spec = plan(Role::Victim, &selection(), &Q);
+    let err = ns.run(|| {
+        drop_net_admin();
+        install(&spec, QueuePreference::Auto)
+    });
+    let err = err.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "permission denied: run as root (CAP_NET_ADMIN)"
+    );
+}
+
+/// Drop CAP_NET_ADMIN from this thread's effective set (capset is per thread).
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data match the kernel's v3 layout and outlive both calls.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn rendered_text_loads_with_nft() {
+    for role in [Role::Mbox, Role::Victim] {
+        let Some(ns) = Netns::new() else { return };
+        let spec = plan(role, &selection(), &Q);
+        // On this kernel the queue statement itself is refused with ENOENT, nothing else.
+        if let Err(e) = ns.nft_load(&render(&spec, QueueKind::XtCompat)) {
+            assert!(
+                e.contains("No such file or directory") && e.contains("queue flags bypass num 0-1"),
+                "{e}"
+            );
+        }
+        let accept = render_accept(&spec);
+        ns.nft_load(&accept).expect("accept variant loads");
+        ns.nft_load(&accept)
+            .expect("accept variant loads again over the existing table");
+        let listing = ns.list();
+        let names: Vec<_> = spec.chains.iter().map(|c| c.name.as_str()).collect();
+        let headers = chain_headers(&listing);
+        assert_eq!(headers.len(), 2, "{listing}");
+        for ((header, chain), name) in headers.iter().zip(&spec.chains).zip(names) {
+            let prio = if chain.priority == 0 { "filter" } else { "raw" };
+            let want = format!(
+                "chain {name} {{ type filter hook {} priority {prio};",
+                chain.hook.keyword()
+            );
+            assert!(header.starts_with(&want), "{header} vs {want}");
+        }
+        assert_eq!(listing.matches(" accept comment").count(), 8, "{listing}");
+    }
+}
+
+/// Client namespace `c` (198.18.1.1, 2001:2:0:1::1) wired by veth to victim `v` (…::2).
+struct Pair {
+    c: Netns,
+    v: Netns,
+}
+
+impl Pair {
+    fn new() -> Option<Pair> {
+        let c = Netns::new()?;
+        let v = Netns::new()?;
+        c.exec_ok(
+            "ip",
+            &[
+                "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &v.name,
+            ],
+        );
+        for (ns, dev, last) in [(&c, "veth0", "1"), (&v, "veth1", "2")] {
+            ns.exec_ok(
+                "ip",
+                &["addr", "add", &format!("198.18.1.{last}/24"), "dev", dev],
+            );
+            ns.exec_ok(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("2001:2:0:1::{last}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            ns.exec_ok("ip", &["link", "set", dev, "up"]);
+        }
+        Some(Pair { c, v })
+    }
+
+    /// Send one UDP datagram from `c` to `to`; report whether `v` received it.
+    fn delivered(&self, to: SocketAddr) -> std::io::Result<bool> {
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .unwrap();
+        let rx = self
+            .v
+            .run(|| UdpSocket::bind(SocketAddr::new(any.ip(), to.port())))?;
+        rx.set_read_timeout(Some(Duration::from_millis(500)))?;
+        self.c
+            .run(|| UdpSocket::bind(any)?.send_to(b"mpolice", to))?;
+        let mut buf = [0u8; 16];
+        Ok(rx.recv_from(&mut buf).is_ok())
+    }
+}
+
+#[test]
+fn queued_packets_drop_without_listener_and_pass_with_bypass() {
+    let Some(pair) = Pair::new() else { return };
+    let v4: SocketAddr = "198.18.1.2:5005".parse().unwrap();
+    let v6: SocketAddr = "[2001:2:0:1::2]:5005".parse().unwrap();
+    let open4: SocketAddr = "198.18.1.2:6000".parse().unwrap();
+    let open6: SocketAddr = "[2001:2:0:1::2]:6000".parse().unwrap();
+    // Wait for the link and neighbour discovery, so a lost datagram is down to the rules.
+    for to in [open4, open6] {
+        assert!(
+            (0..10).any(|_| matches!(pair.delivered(to), Ok(true))),
+            "no connectivity to {to}"
+        );
+    }
+    let strict = QueueTarget { bypass: false, ..Q };
+    let spec = plan(Role::Victim, &selection(), &strict);
+    assert_eq!(
+        pair.v
+            .run(|| install(&spec, QueuePreference::Auto))
+            .expect("install"),
+        QueueKind::XtCompat
+    );
+    for to in [v4, v6] {
+        assert!(
+            !pair.delivered(to).expect("send"),
+            "{to}: a protected port must be queued (and dropped)"
+        );
+    }
+    for to in [open4, open6] {
+        assert!(
+            pair.delivered(to).expect("send"),
+            "{to}: unprotected ports pass"
+        );
+    }
+    let spec = plan(Role::Victim, &selection(), &Q);
+    pair.v
+        .run(|| install(&spec, QueuePreference::Auto))
+        .expect("install with bypass");
+    for to in [v4, v6] {
+        assert!(
+            pair.delivered(to).expect("send"),
+            "{to}: bypass accepts when nobody is bound"
+        );
+    }
+}

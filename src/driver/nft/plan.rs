@@ -1,0 +1,224 @@
+//! Map a role and a selection to the chains and rules that queue its traffic.
+//!
+//! Invariants: every chain is a filter base chain in table `mpolice`; each chain holds one
+//! rule per (prefix, protocol, port range), in selection order (TCP before UDP).
+
+use super::spec::{
+    ChainSpec, Field, Hook, Proto, QueueTarget, Role, RuleSpec, RulesetSpec, Selection,
+};
+
+/// Name of the table all our chains live in (family inet).
+pub const TABLE: &str = "mpolice";
+
+/// Priority of the raw hook slot: ahead of conntrack (-200).
+const PRIO_RAW: i32 = -300;
+/// Priority of the filter slot: after conntrack has seen the packet.
+const PRIO_FILTER: i32 = 0;
+
+/// Return the ruleset that queues `role`'s traffic for the protected selection.
+pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
+    let chains = match role {
+        Role::Mbox => vec![
+            // Client traffic is stamped after conntrack has tracked it.
+            chain(
+                "to_victim",
+                Hook::Forward,
+                PRIO_FILTER,
+                "mbox: client traffic to the protected server, stamped here",
+                Field::Dst,
+                sel,
+                q,
+            ),
+            // Feedback trailers are stripped before conntrack judges the longer segment.
+            chain(
+                "from_victim",
+                Hook::Prerouting,
+                PRIO_RAW,
+                "mbox: protected server replies, feedback stripped before conntrack",
+                Field::Src,
+                sel,
+                q,
+            ),
+        ],
+        Role::Victim => vec![
+            // Trailers are stripped before conntrack and TCP see the segment.
+            chain(
+                "inbound",
+                Hook::Prerouting,
+                PRIO_RAW,
+                "victim: stamped traffic, trailer stripped before conntrack",
+                Field::Dst,
+                sel,
+                q,
+            ),
+            // Conntrack's output hook (-200) has run, so it never sees the appended feedback.
+            chain(
+                "outbound",
+                Hook::Postrouting,
+                PRIO_FILTER,
+                "victim: replies, feedback appended after conntrack",
+                Field::Src,
+                sel,
+                q,
+            ),
+        ],
+    };
+    RulesetSpec {
+        table: TABLE.to_owned(),
+        role,
+        chains,
+    }
+}
+
+/// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
+fn chain(
+    name: &str,
+    hook: Hook,
+    priority: i32,
+    comment: &str,
+    side: Field,
+    sel: &Selection,
+    q: &QueueTarget,
+) -> ChainSpec {
+    let ports = [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)];
+    let mut rules = Vec::new();
+    for prefix in &sel.addresses {
+        for (proto, ranges) in ports {
+            for range in ranges {
+                let dir = match side {
+                    Field::Dst => "to",
+                    Field::Src => "from",
+                };
+                rules.push(RuleSpec {
+                    prefix: *prefix,
+                    addr_field: side,
+                    proto,
+                    port_field: side,
+                    ports: *range,
+                    queue: *q,
+                    comment: format!(
+                        "mpolice {name}: {} {dir} {prefix} port {range}",
+                        proto.keyword()
+                    ),
+                });
+            }
+        }
+    }
+    ChainSpec {
+        name: name.to_owned(),
+        hook,
+        priority,
+        comment: comment.to_owned(),
+        rules,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection() -> Selection {
+        Selection {
+            addresses: vec![
+                "198.18.2.2".parse().unwrap(),
+                "2001:2:0:2::/64".parse().unwrap(),
+            ],
+            tcp_ports: vec!["80".parse().unwrap(), "8000-8100".parse().unwrap()],
+            udp_ports: vec!["5201".parse().unwrap()],
+        }
+    }
+
+    const Q: QueueTarget = QueueTarget {
+        first: 0,
+        count: 2,
+        bypass: true,
+        fanout: false,
+    };
+
+    #[test]
+    fn mbox_chains() {
+        let spec = plan(Role::Mbox, &selection(), &Q);
+        assert_eq!(spec.table, "mpolice");
+        let shape: Vec<_> = spec
+            .chains
+            .iter()
+            .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("to_victim", Hook::Forward, 0, 6),
+                ("from_victim", Hook::Prerouting, -300, 6)
+            ]
+        );
+        assert!(
+            spec.chains[0]
+                .rules
+                .iter()
+                .all(|r| r.addr_field == Field::Dst && r.port_field == Field::Dst)
+        );
+        assert!(
+            spec.chains[1]
+                .rules
+                .iter()
+                .all(|r| r.addr_field == Field::Src && r.port_field == Field::Src)
+        );
+    }
+
+    #[test]
+    fn victim_chains() {
+        let spec = plan(Role::Victim, &selection(), &Q);
+        let shape: Vec<_> = spec
+            .chains
+            .iter()
+            .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("inbound", Hook::Prerouting, -300, 6),
+                ("outbound", Hook::Postrouting, 0, 6)
+            ]
+        );
+        assert!(
+            spec.chains[0]
+                .rules
+                .iter()
+                .all(|r| r.addr_field == Field::Dst)
+        );
+        assert!(
+            spec.chains[1]
+                .rules
+                .iter()
+                .all(|r| r.port_field == Field::Src)
+        );
+    }
+
+    #[test]
+    fn rule_order_and_queue() {
+        let spec = plan(Role::Victim, &selection(), &Q);
+        let rules = &spec.chains[0].rules;
+        let order: Vec<_> = rules
+            .iter()
+            .map(|r| (r.prefix.to_string(), r.proto, r.ports.to_string()))
+            .collect();
+        assert_eq!(order[0], ("198.18.2.2".into(), Proto::Tcp, "80".into()));
+        assert_eq!(order[2], ("198.18.2.2".into(), Proto::Udp, "5201".into()));
+        assert_eq!(
+            order[4],
+            ("2001:2:0:2::/64".into(), Proto::Tcp, "8000-8100".into())
+        );
+        assert!(rules.iter().all(|r| r.queue == Q && !r.comment.is_empty()));
+        assert_eq!(
+            rules[0].comment,
+            "mpolice inbound: tcp to 198.18.2.2 port 80"
+        );
+    }
+
+    #[test]
+    fn empty_selection_gives_empty_chains() {
+        let spec = plan(Role::Mbox, &Selection::default(), &Q);
+        assert_eq!(spec.chains.len(), 2);
+        assert!(spec.chains.iter().all(|c| c.rules.is_empty()));
+    }
+}

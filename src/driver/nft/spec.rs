@@ -1,0 +1,502 @@
+//! Pure data model of the ruleset: roles, selections, prefixes, port ranges, chains, rules.
+//!
+//! Invariants: a parsed [`Prefix`] has no host bits set and a length within its family's
+//! width; a parsed [`PortRange`] has `1 <= lo <= hi`. Nothing here does I/O.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Which end of the MiddlePolice path this host plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The policing middlebox that forwards traffic to the protected server.
+    Mbox,
+    /// The protected server itself.
+    Victim,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Mbox => "mbox",
+            Role::Victim => "victim",
+        })
+    }
+}
+
+/// The protected addresses and service ports whose traffic is queued.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    pub addresses: Vec<Prefix>,
+    pub tcp_ports: Vec<PortRange>,
+    pub udp_ports: Vec<PortRange>,
+}
+
+/// The NFQUEUE queues a matching packet goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTarget {
+    /// First queue number.
+    pub first: u16,
+    /// Number of queues (>= 1); more than one balances over `first..first + count`.
+    pub count: u16,
+    /// Accept the packet instead of dropping it when no process is bound to the queue.
+    pub bypass: bool,
+    /// Pick the queue by CPU instead of by flow hash.
+    pub fanout: bool,
+}
+
+impl QueueTarget {
+    /// Return the last queue number, or an error if the range is empty or overflows u16.
+    pub fn last(&self) -> Result<u16, SpecError> {
+        if self.count == 0 {
+            return Err(SpecError::QueueCount);
+        }
+        self.first
+            .checked_add(self.count - 1)
+            .ok_or(SpecError::QueueRange {
+                first: self.first,
+                count: self.count,
+            })
+    }
+
+    /// Return the flag bits shared by the native queue expression and xt NFQUEUE v3.
+    pub fn flag_bits(&self) -> u16 {
+        // NFT_QUEUE_FLAG_BYPASS / NFQ_FLAG_BYPASS and ..._CPU_FANOUT have the same values.
+        u16::from(self.bypass) | (u16::from(self.fanout) << 1)
+    }
+}
+
+/// A whole `table inet <table>` with its base chains; the family is always inet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesetSpec {
+    pub table: String,
+    /// The role the ruleset was planned for (shown in rendered text).
+    pub role: Role,
+    pub chains: Vec<ChainSpec>,
+}
+
+/// A base chain of type filter with policy accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub name: String,
+    pub hook: Hook,
+    pub priority: i32,
+    pub comment: String,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// The netfilter hooks our chains attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Forward,
+    Postrouting,
+}
+
+impl Hook {
+    /// Return the nft keyword for this hook.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Forward => "forward",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// One rule: address prefix, transport protocol and port range, then queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub prefix: Prefix,
+    pub addr_field: Field,
+    pub proto: Proto,
+    pub port_field: Field,
+    pub ports: PortRange,
+    pub queue: QueueTarget,
+    pub comment: String,
+}
+
+/// Source or destination (address or port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Src,
+    Dst,
+}
+
+/// Transport protocol matched by a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// Return the IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    /// Return the nft keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// How the queue statement is expressed in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// The native nftables `queue` expression (module nft_queue).
+    Native,
+    /// The xt `NFQUEUE` target through nft_compat.
+    XtCompat,
+}
+
+/// Which queue statement `install` tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueuePreference {
+    /// Native, and xt NFQUEUE if the kernel lacks nft_queue.
+    #[default]
+    Auto,
+    Native,
+    Xt,
+}
+
+/// An IPv4 or IPv6 network: address with host bits cleared, and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    /// Build a prefix, clearing host bits; fail if `len` exceeds the family's width.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self, SpecError> {
+        let width = max_len(addr);
+        if len > width {
+            return Err(SpecError::PrefixLen { len, max: width });
+        }
+        let masked = match addr {
+            IpAddr::V4(a) => IpAddr::from((u32::from(a) & mask4(len)).to_be_bytes()),
+            IpAddr::V6(a) => IpAddr::from((u128::from(a) & mask6(len)).to_be_bytes()),
+        };
+        Ok(Prefix { addr: masked, len })
+    }
+
+    /// Return the network address (host bits are zero).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// Return the prefix length.
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// Return true for a zero-length prefix (the whole address family).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Return true if the prefix covers a single address.
+    pub fn is_host(&self) -> bool {
+        self.len == max_len(self.addr)
+    }
+
+    /// Return true if `ip` lies in this prefix (an address of the other family never does).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => u32::from(a) & mask4(self.len) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(a)) => u128::from(a) & mask6(self.len) == u128::from(net),
+            _ => false,
+        }
+    }
+
+    /// Return the network mask as bytes in network order (4 or 16 bytes).
+    pub fn mask_bytes(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(_) => mask4(self.len).to_be_bytes().to_vec(),
+            IpAddr::V6(_) => mask6(self.len).to_be_bytes().to_vec(),
+        }
+    }
+
+    /// Return the network address as bytes in network order.
+    pub fn addr_bytes(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        }
+    }
+}
+
+fn max_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// Return an IPv4 mask with the top `len` bits set (a shift by 32 yields None, hence 0).
+fn mask4(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+/// Return an IPv6 mask with the top `len` bits set.
+fn mask6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+impl FromStr for Prefix {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| SpecError::Prefix {
+            input: s.to_owned(),
+            why: why.to_owned(),
+        };
+        let (addr_text, len_text) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_text
+            .trim()
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let len = match len_text {
+            None => max_len(addr),
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| bad("prefix length is not a number from 0 to 128"))?,
+        };
+        Prefix::new(addr, len).map_err(|e| bad(&e.to_string()))
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+/// An inclusive range of transport ports, `1 <= lo <= hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    lo: u16,
+    hi: u16,
+}
+
+impl PortRange {
+    /// Build a range; fail on port 0 or `lo > hi`.
+    pub fn new(lo: u16, hi: u16) -> Result<Self, SpecError> {
+        if lo == 0 {
+            return Err(SpecError::PortZero);
+        }
+        if lo > hi {
+            return Err(SpecError::PortOrder { lo, hi });
+        }
+        Ok(PortRange { lo, hi })
+    }
+
+    /// Return the first port.
+    pub fn lo(&self) -> u16 {
+        self.lo
+    }
+
+    /// Return the last port.
+    pub fn hi(&self) -> u16 {
+        self.hi
+    }
+
+    /// Return true if `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+
+    /// Return true if the range holds exactly one port.
+    pub fn is_single(&self) -> bool {
+        self.lo == self.hi
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let port = |t: &str| {
+            t.trim().parse::<u16>().map_err(|_| SpecError::Port {
+                input: s.to_owned(),
+                why: format!("{:?} is not a port number from 1 to 65535", t.trim()),
+            })
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(s)?;
+                (p, p)
+            }
+        };
+        PortRange::new(lo, hi).map_err(|e| SpecError::Port {
+            input: s.to_owned(),
+            why: e.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_single() {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// Why a prefix, port range or queue target is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid address prefix {input:?}: {why}")]
+    Prefix { input: String, why: String },
+    #[error("prefix length {len} is longer than the address ({max} bits)")]
+    PrefixLen { len: u8, max: u8 },
+    #[error("invalid port range {input:?}: {why} (expected \"80\" or \"8000-8100\")")]
+    Port { input: String, why: String },
+    #[error("port 0 is not a valid service port")]
+    PortZero,
+    #[error("first port {lo} is greater than last port {hi}")]
+    PortOrder { lo: u16, hi: u16 },
+    #[error("queue count must be at least 1")]
+    QueueCount,
+    #[error("queues {first}..{first}+{count} run past queue number 65535")]
+    QueueRange { first: u16, count: u16 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_ranges_contain_what_they_cover() {
+        let v4: Prefix = "198.18.2.0/24".parse().unwrap();
+        assert!(v4.contains("198.18.2.200".parse().unwrap()));
+        assert!(!v4.contains("198.18.3.1".parse().unwrap()));
+        assert!(
+            !v4.contains("::ffff:198.18.2.1".parse().unwrap()),
+            "other family"
+        );
+        let v6: Prefix = "2001:2:0:2::/64".parse().unwrap();
+        assert!(v6.contains("2001:2:0:2::99".parse().unwrap()));
+        assert!(!v6.contains("2001:2:0:3::1".parse().unwrap()));
+        let all: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let r = PortRange::new(80, 90).unwrap();
+        assert!(r.contains(80) && r.contains(90) && !r.contains(79) && !r.contains(91));
+    }
+
+    #[test]
+    fn parses_prefixes() {
+        let p: Prefix = "198.18.2.2".parse().unwrap();
+        assert_eq!(
+            (p.to_string(), p.len(), p.is_host()),
+            ("198.18.2.2".into(), 32, true)
+        );
+        let p: Prefix = "198.18.2.0/24".parse().unwrap();
+        assert_eq!(p.to_string(), "198.18.2.0/24");
+        assert_eq!(p.mask_bytes(), vec![255, 255, 255, 0]);
+        let p: Prefix = "2001:2:0:2::/64".parse().unwrap();
+        assert_eq!(p.to_string(), "2001:2:0:2::/64");
+        assert_eq!(p.mask_bytes()[7..9], [0xff, 0]);
+        let p: Prefix = "2001:2::5".parse().unwrap();
+        assert_eq!((p.len(), p.to_string()), (128, "2001:2::5".into()));
+        let p: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.mask_bytes(), vec![0; 4]);
+    }
+
+    #[test]
+    fn masks_host_bits() {
+        let p: Prefix = "198.18.2.77/24".parse().unwrap();
+        assert_eq!(p.to_string(), "198.18.2.0/24");
+        let p: Prefix = "2001:2:0:2::1/64".parse().unwrap();
+        assert_eq!(p.to_string(), "2001:2:0:2::/64");
+        let p: Prefix = "198.18.3.255/15".parse().unwrap();
+        assert_eq!(p.to_string(), "198.18.0.0/15");
+    }
+
+    #[test]
+    fn rejects_bad_prefixes() {
+        for bad in [
+            "",
+            "198.18.2",
+            "198.18.2.0/33",
+            "2001::/129",
+            "x/8",
+            "1.2.3.4/",
+            "1.2.3.4/-1",
+        ] {
+            let err = bad.parse::<Prefix>().unwrap_err().to_string();
+            assert!(err.starts_with("invalid address prefix"), "{bad}: {err}");
+        }
+        let err = "198.18.2.0/33".parse::<Prefix>().unwrap_err().to_string();
+        assert!(err.contains("longer than the address (32 bits)"), "{err}");
+    }
+
+    #[test]
+    fn parses_port_ranges() {
+        let r: PortRange = "80".parse().unwrap();
+        assert_eq!((r.lo(), r.hi(), r.to_string()), (80, 80, "80".into()));
+        let r: PortRange = "8000-8100".parse().unwrap();
+        assert_eq!(
+            (r.lo(), r.hi(), r.to_string()),
+            (8000, 8100, "8000-8100".into())
+        );
+        let r: PortRange = " 1 - 65535 ".parse().unwrap();
+        assert_eq!((r.lo(), r.hi()), (1, 65535));
+    }
+
+    #[test]
+    fn rejects_bad_port_ranges() {
+        for bad in ["", "0", "0-10", "100-10", "65536", "http", "1-2-3", "-5"] {
+            let err = bad.parse::<PortRange>().unwrap_err().to_string();
+            assert!(err.starts_with("invalid port range"), "{bad}: {err}");
+        }
+        let err = "100-10".parse::<PortRange>().unwrap_err().to_string();
+        assert!(
+            err.contains("first port 100 is greater than last port 10"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn queue_target_range_and_flags() {
+        let q = QueueTarget {
+            first: 3,
+            count: 2,
+            bypass: true,
+            fanout: true,
+        };
+        assert_eq!((q.last(), q.flag_bits()), (Ok(4), 3));
+        let q = QueueTarget {
+            first: 65535,
+            count: 2,
+            bypass: false,
+            fanout: false,
+        };
+        assert!(q.last().is_err());
+        let q = QueueTarget {
+            first: 0,
+            count: 0,
+            bypass: false,
+            fanout: true,
+        };
+        assert_eq!((q.last(), q.flag_bits()), (Err(SpecError::QueueCount), 2));
+    }
+}

@@ -1,0 +1,36 @@
+//! What the pipeline decides for a packet, and why.
+
+use crate::wire::WireError;
+
+/// The fate of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through as it arrived.
+    Accept,
+    /// Let it through with the rewritten buffer.
+    AcceptModified,
+    /// Let it through unchanged, counted under a reason (e.g. malformed, fail-open).
+    Pass(Reason),
+    /// Drop it, for a counted reason.
+    Drop(Reason),
+}
+
+/// Why a packet was dropped, or let through without being handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The parser refused the packet.
+    Malformed(WireError),
+    /// The packet matched our rules but not the configured selection (rules and
+    /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
+    Unselected,
+}
+
+impl Reason {
+    /// Name the reason as a stable counter label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Malformed(e) => e.as_str(),
+            Reason::Unselected => "unselected",
+        }
+    }
+}

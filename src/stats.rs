@@ -1,0 +1,235 @@
+//! Counters: what each queue worker did with every packet, and the kernel's own view.
+//!
+//! A worker owns its `QueueCounters` as plain fields (no atomics on the per-packet path)
+//! and publishes copies; `EngineStats` is the snapshot the control socket serves.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// What happened to the packets of one queue, counted by its worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounters {
+    pub queue: u16,
+    /// Packets read from the queue socket.
+    pub received: u64,
+    /// Packets accepted unchanged.
+    pub accepted: u64,
+    /// Packets accepted with a rewritten payload.
+    pub modified: u64,
+    /// Packets dropped by the engine (any reason, malformed included).
+    pub dropped: u64,
+    /// Packets the parser refused (also counted in `accepted` or `dropped`).
+    pub malformed: u64,
+    /// Verdicts or reads that failed, and kernel error messages received.
+    pub errors: u64,
+    /// Times the socket overflowed (ENOBUFS): packets the kernel could not deliver to us.
+    pub enobufs: u64,
+    /// Drops and malformed packets by reason.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+impl QueueCounters {
+    /// Start the counters of one queue.
+    pub fn new(queue: u16) -> Self {
+        QueueCounters {
+            queue,
+            ..Default::default()
+        }
+    }
+
+    /// Count one packet under a named reason.
+    pub fn count_reason(&mut self, reason: &'static str) {
+        // Reasons are few and fixed; the map holds at most one entry per reason.
+        match self.reasons.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                self.reasons.insert(reason.to_string(), 1);
+            }
+        }
+    }
+}
+
+/// The kernel's counters for one queue (`/proc/net/netfilter/nfnetlink_queue`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounters {
+    /// Packets waiting for a verdict now.
+    pub waiting: u64,
+    /// Packets dropped because the queue was full (`max_len`).
+    pub queue_dropped: u64,
+    /// Packets dropped because our socket buffer overflowed.
+    pub user_dropped: u64,
+    /// Id of the last packet queued: packets ever queued, since ids start at 1.
+    pub last_id: u64,
+}
+
+/// One queue's line in the stats: our counters beside the kernel's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    #[serde(flatten)]
+    pub engine: QueueCounters,
+    /// None when the kernel has no entry for the queue (not bound).
+    pub kernel: Option<KernelCounters>,
+}
+
+/// A running engine's whole state, as served to `mpolice stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub role: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    /// Which queue rule the kernel took: "native" (nft queue) or "xt" (NFQUEUE via nft_compat).
+    pub queue_rule: String,
+    pub queues: Vec<QueueStats>,
+}
+
+impl EngineStats {
+    /// Sum the counters of every queue.
+    pub fn total(&self) -> QueueStats {
+        let mut t = QueueStats::default();
+        let mut k = KernelCounters::default();
+        for q in &self.queues {
+            let e = &q.engine;
+            t.engine.received += e.received;
+            t.engine.accepted += e.accepted;
+            t.engine.modified += e.modified;
+            t.engine.dropped += e.dropped;
+            t.engine.malformed += e.malformed;
+            t.engine.errors += e.errors;
+            t.engine.enobufs += e.enobufs;
+            for (r, n) in &e.reasons {
+                *t.engine.reasons.entry(r.clone()).or_default() += n;
+            }
+            if let Some(kq) = &q.kernel {
+                k.waiting += kq.waiting;
+                k.queue_dropped += kq.queue_dropped;
+                k.user_dropped += kq.user_dropped;
+                k.last_id += kq.last_id;
+            }
+        }
+        t.kernel = Some(k);
+        t
+    }
+
+    /// Render the stats as a table a person reads in a terminal.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} (pid {}, up {} s, queue rule: {})",
+            self.role, self.pid, self.uptime_secs, self.queue_rule
+        );
+        let _ = writeln!(
+            s,
+            "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+            "queue",
+            "received",
+            "accepted",
+            "modified",
+            "dropped",
+            "malformed",
+            "errors",
+            "enobufs",
+            "k.wait",
+            "k.qdrop",
+            "k.udrop"
+        );
+        for q in &self.queues {
+            let e = &q.engine;
+            let (w, qd, ud) = q.kernel.as_ref().map_or(
+                ("-".to_string(), "-".to_string(), "-".to_string()),
+                |k| {
+                    (
+                        k.waiting.to_string(),
+                        k.queue_dropped.to_string(),
+                        k.user_dropped.to_string(),
+                    )
+                },
+            );
+            let _ = writeln!(
+                s,
+                "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+                e.queue,
+                e.received,
+                e.accepted,
+                e.modified,
+                e.dropped,
+                e.malformed,
+                e.errors,
+                e.enobufs,
+                w,
+                qd,
+                ud
+            );
+        }
+        let reasons = self.total().engine.reasons;
+        if !reasons.is_empty() {
+            let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let _ = writeln!(s, "reasons: {}", list.join(" "));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> EngineStats {
+        let mut a = QueueCounters::new(0);
+        a.received = 10;
+        a.accepted = 7;
+        a.dropped = 3;
+        a.malformed = 2;
+        a.count_reason("fragment");
+        a.count_reason("fragment");
+        let mut b = QueueCounters::new(1);
+        b.received = 5;
+        b.accepted = 5;
+        EngineStats {
+            role: "mbox".into(),
+            pid: 42,
+            uptime_secs: 3,
+            queue_rule: "xt".into(),
+            queues: vec![
+                QueueStats {
+                    engine: a,
+                    kernel: Some(KernelCounters {
+                        user_dropped: 1,
+                        ..Default::default()
+                    }),
+                },
+                QueueStats {
+                    engine: b,
+                    kernel: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn totals_add_up_across_queues() {
+        let t = sample().total();
+        assert_eq!(t.engine.received, 15);
+        assert_eq!(t.engine.accepted, 12);
+        assert_eq!(t.engine.reasons["fragment"], 2);
+        assert_eq!(t.kernel.unwrap().user_dropped, 1);
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"received\":10"), "{text}");
+        assert_eq!(serde_json::from_str::<EngineStats>(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn table_shows_every_queue_and_reason() {
+        let t = sample().table();
+        assert!(t.contains("queue rule: xt"));
+        assert_eq!(t.lines().count(), 5, "{t}");
+        assert!(t.contains("fragment=2"));
+    }
+}
