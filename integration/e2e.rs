@@ -40,21 +40,6 @@ fn wait_received(engine: &EngineProcess, n: u64, within: Duration) -> EngineStat
     }
 }
 
-/// Read the engine's and the kernel's counters once they agree: the engine publishes
-/// its counters every 100 ms, so right after traffic stops they may lag the kernel's.
-fn settled(tb: &Testbed, engine: &EngineProcess, host: Host) -> (EngineStats, Vec<KernelQueue>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let kernel = tb.kernel_queues(host).unwrap();
-        let stats = engine.stats().unwrap();
-        let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
-        if queued == stats.total().engine.received || Instant::now() > deadline {
-            return (stats, kernel);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Assert every packet the kernel queued reached the engine and none were lost.
 fn assert_all_through_queue(
     tb: &Testbed,
@@ -62,7 +47,7 @@ fn assert_all_through_queue(
     host: Host,
     at_least: u64,
 ) -> EngineStats {
-    let (stats, kernel) = settled(tb, engine, host);
+    let (stats, kernel) = engine.settled_stats(tb, host).unwrap();
     let t = stats.total();
     let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
     assert!(

@@ -11,7 +11,8 @@ use crate::testbed::{
 };
 
 /// Tools the demo runs, and the Debian package of each.
-const TOOLS: [(&str, &str); 6] = [
+const TOOLS: [(&str, &str); 7] = [
+    ("ping", "iputils-ping"),
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("curl", "curl"),
@@ -83,11 +84,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bps / 1e9
     );
 
-    let (ms, vs) = (mbox.stats()?, victim.stats()?);
-    let (mk, vk) = (
-        tb.kernel_queues(Host::Mbox)?,
-        tb.kernel_queues(Host::Victim)?,
-    );
+    let (ms, mk) = mbox.settled_stats(&tb, Host::Mbox)?;
+    let (vs, vk) = victim.settled_stats(&tb, Host::Victim)?;
     let (mstat, vstat) = (mbox.stop()?, victim.stop()?);
     let leftover: Vec<String> = [Host::Mbox, Host::Victim]
         .iter()

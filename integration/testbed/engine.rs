@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Host, Testbed, VICTIM_V4, VICTIM_V6};
+use super::{Host, KernelQueue, Testbed, VICTIM_V4, VICTIM_V6};
 use crate::driver::control;
 use crate::stats::EngineStats;
 
@@ -125,6 +125,25 @@ impl EngineProcess {
     /// Ask the engine for its counters through its control socket.
     pub fn stats(&self) -> Result<EngineStats> {
         control::query(&self.socket)
+    }
+
+    /// Read the engine's and the kernel's queue counters once they agree (or after 5 s):
+    /// the engine publishes every 100 ms, so right after traffic stops it may lag.
+    pub fn settled_stats(
+        &self,
+        tb: &Testbed,
+        host: Host,
+    ) -> Result<(EngineStats, Vec<KernelQueue>)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let kernel = tb.kernel_queues(host)?;
+            let stats = self.stats()?;
+            let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
+            if queued == stats.total().engine.received || Instant::now() > deadline {
+                return Ok((stats, kernel));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Everything the engine wrote to stdout and stderr so far.

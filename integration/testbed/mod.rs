@@ -82,6 +82,17 @@ impl Testbed {
             tb.up.push(ns.clone());
             tb.write_netns_etc(&ns)?;
             tb.exec(h, &["ip", "link", "set", "lo", "up"])?;
+            // Without this, link-local addresses stay tentative for a second and the first
+            // IPv6 packet waits a whole neighbour-solicitation retry (1 s) to be forwarded.
+            tb.exec(
+                h,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                ],
+            )?;
         }
         let p = &tb.prefix;
         let (c0, m0, m1, v0) = (
@@ -156,6 +167,12 @@ impl Testbed {
                 "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
+        // Prove the path end to end before any engine runs. This also resolves the
+        // neighbours: the first forwarded IPv6 packet on fresh links waits about a second.
+        for addr in [VICTIM_V4, VICTIM_V6] {
+            tb.exec(Host::Client, &["ping", "-c", "1", "-W", "5", addr])
+                .with_context(|| format!("testbed: client cannot reach {addr}"))?;
+        }
         Ok(tb)
     }
 
