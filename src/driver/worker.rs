@@ -118,6 +118,7 @@ impl Loop {
                         hook: msg.hook,
                         indev: msg.indev,
                         outdev: msg.outdev,
+                        truncated: msg.orig_len.is_some(),
                     };
                     let verdict = self.pipeline.process(&meta, &mut self.buf, now);
                     pipeline::count(&mut self.counters, &verdict);

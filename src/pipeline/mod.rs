@@ -26,6 +26,9 @@ pub struct PacketMeta {
     pub indev: u32,
     /// Ifindex of the output device, 0 if none.
     pub outdev: u32,
+    /// The kernel copied only part of the packet (copy range), so it can be neither
+    /// parsed whole nor rewritten.
+    pub truncated: bool,
 }
 
 /// One role's processing, owned by one queue worker.
@@ -55,20 +58,28 @@ impl Pipeline {
     ///
     /// `buf` is a `Vec` because a rewrite may grow the packet (a capability trailer).
     #[allow(clippy::ptr_arg)]
-    pub fn process(&mut self, _meta: &PacketMeta, buf: &mut Vec<u8>, _now: Instant) -> Verdict {
+    pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, _now: Instant) -> Verdict {
+        if meta.truncated {
+            return self.unparsable(Reason::TruncatedCopy);
+        }
         let parsed = match wire::parse(buf) {
             Ok(p) => p,
-            Err(e) => {
-                return match self.malformed {
-                    MalformedVerdict::Drop => Verdict::Drop(Reason::Malformed(e)),
-                    MalformedVerdict::Accept => Verdict::Pass(Reason::Malformed(e)),
-                };
-            }
+            Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
         match direction(&self.selection, &parsed) {
             // Both roles pass traffic through unchanged until capabilities land.
             Some(Direction::ToProtected | Direction::FromProtected) => Verdict::Accept,
             None => Verdict::Pass(Reason::Unselected),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Apply the configured verdict to a packet the pipeline cannot read.
+    fn unparsable(&self, why: Reason) -> Verdict {
+        match self.malformed {
+            MalformedVerdict::Drop => Verdict::Drop(why),
+            MalformedVerdict::Accept => Verdict::Pass(why),
         }
     }
 }
@@ -90,8 +101,11 @@ pub fn count(c: &mut QueueCounters, v: &Verdict) {
 }
 
 fn count_reason(c: &mut QueueCounters, r: &Reason) {
-    if let Reason::Malformed(_) = r {
+    if let Reason::Malformed(_) | Reason::TruncatedCopy = r {
         c.malformed += 1;
     }
     c.count_reason(r.as_str());
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,8 @@ pub enum Verdict {
 pub enum Reason {
     /// The parser refused the packet.
     Malformed(WireError),
+    /// The kernel copied only part of the packet to us.
+    TruncatedCopy,
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -30,6 +32,7 @@ impl Reason {
     pub fn as_str(&self) -> &'static str {
         match self {
             Reason::Malformed(e) => e.as_str(),
+            Reason::TruncatedCopy => "truncated_copy",
             Reason::Unselected => "unselected",
         }
     }

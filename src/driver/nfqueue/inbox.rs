@@ -97,11 +97,6 @@ impl Inbox {
     pub fn payload(&self, m: &PacketMsg) -> &[u8] {
         self.buf.get(m.payload.clone()).unwrap_or(&[])
     }
-
-    /// Return a packet's payload for editing in place.
-    pub fn payload_mut(&mut self, m: &PacketMsg) -> &mut [u8] {
-        self.buf.get_mut(m.payload.clone()).unwrap_or(&mut [])
-    }
 }
 
 /// Interpret one message of `data`; return it if it is a packet.

@@ -223,11 +223,6 @@ impl Queue {
         self.inbox.payload(m)
     }
 
-    /// Return a packet's payload for editing in place before `verdict_in_place`.
-    pub fn payload_mut(&mut self, m: &PacketMsg) -> &mut [u8] {
-        self.inbox.payload_mut(m)
-    }
-
     /// Send a verdict for packet `id`, replacing its content with `new_payload` if given.
     pub fn verdict(
         &mut self,
@@ -248,34 +243,6 @@ impl Queue {
             new_payload.map(<[u8]>::len),
         );
         send_with_payload(&self.sock, &self.send_buf, new_payload.unwrap_or(&[]))
-    }
-
-    /// Send a verdict for `m` whose payload (edited via `payload_mut`) replaces the packet.
-    /// Refused for packets truncated by `copy_range`: the kernel would cut them short.
-    pub fn verdict_in_place(&mut self, m: &PacketMsg, v: Verdict) -> Result<(), QueueError> {
-        let payload = self.inbox.payload(m);
-        if m.orig_len.is_some() {
-            return Err(QueueError::Io {
-                op: "verdict",
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "payload truncated by copy_range",
-                ),
-            });
-        }
-        if payload.len() > MAX_PAYLOAD {
-            return Err(payload_too_large());
-        }
-        self.send_buf.clear();
-        netlink::verdict(
-            &mut self.send_buf,
-            false,
-            self.num,
-            m.id,
-            v.code(),
-            Some(payload.len()),
-        );
-        send_with_payload(&self.sock, &self.send_buf, payload)
     }
 
     /// Apply `v` to every queued packet with id <= `max_id` (NFQNL_MSG_VERDICT_BATCH).
