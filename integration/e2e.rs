@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mpolice::stats::EngineStats;
 use mpolice::testbed::{
-    self, EngineProcess, Host, HttpServer, KernelQueue, RoleConfig, Testbed, VICTIM_V4, VICTIM_V6,
+    self, EngineProcess, Host, HttpServer, RoleConfig, Testbed, VICTIM_V4, VICTIM_V6,
 };
 
 fn bin() -> PathBuf {

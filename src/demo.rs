@@ -131,8 +131,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 fn role_line(s: &EngineStats, kernel: &[testbed::KernelQueue]) -> String {
     let t = s.total().engine;
     let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
-    let qd: u64 = kernel.iter().map(|k| u64::from(k.queue_dropped)).sum();
-    let ud: u64 = kernel.iter().map(|k| u64::from(k.user_dropped)).sum();
+    let qd: u64 = kernel.iter().map(|k| k.queue_dropped).sum();
+    let ud: u64 = kernel.iter().map(|k| k.user_dropped).sum();
     format!(
         "{:<7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
         s.role,

@@ -18,6 +18,9 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::driver::nfqueue::KernelQueueStats as KernelQueue;
+use crate::driver::nfqueue::parse_kernel_queue_stats;
+
 pub use engine::{EngineProcess, RoleConfig};
 pub use traffic::{HttpServer, download, iperf3_tcp, random_file, sha256, udp_burst};
 
@@ -201,7 +204,7 @@ impl Testbed {
     /// Read the kernel's NFQUEUE counters in a host's namespace.
     pub fn kernel_queues(&self, h: Host) -> Result<Vec<KernelQueue>> {
         let text = self.exec(h, &["cat", "/proc/net/netfilter/nfnetlink_queue"])?;
-        Ok(text.lines().filter_map(KernelQueue::parse).collect())
+        Ok(parse_kernel_queue_stats(&text)?)
     }
 
     /// List the nftables tables in a host's namespace, as `family name` lines.
@@ -244,35 +247,6 @@ impl Drop for Testbed {
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
         let _ = std::fs::remove_dir_all(&self.workdir);
-    }
-}
-
-/// One line of `/proc/net/netfilter/nfnetlink_queue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelQueue {
-    pub queue: u32,
-    pub portid: u32,
-    pub waiting: u32,
-    pub queue_dropped: u32,
-    pub user_dropped: u32,
-    pub last_id: u32,
-}
-
-impl KernelQueue {
-    fn parse(line: &str) -> Option<KernelQueue> {
-        let f: Vec<u32> = line
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        Some(KernelQueue {
-            queue: *f.first()?,
-            portid: *f.get(1)?,
-            waiting: *f.get(2)?,
-            queue_dropped: *f.get(5)?,
-            user_dropped: *f.get(6)?,
-            last_id: *f.get(7)?,
-        })
     }
 }
 
