@@ -167,7 +167,7 @@ fn rules(cmd: RulesCommand) -> Result<()> {
             let role = nft::Role::from(rc.role);
             let cfg = config::load(&rc.config, &role.to_string())?;
             let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
-            print!("{}", nft::render(&spec, nft::QueueKind::Native));
+            print!("{}", nft::render(&spec));
         }
     }
     Ok(())
@@ -222,10 +222,7 @@ mod tests {
                 &role.to_string(),
             )
             .unwrap();
-            let text = nft::render(
-                &nft::plan(role, &cfg.protect, &cfg.queue.target),
-                nft::QueueKind::Native,
-            );
+            let text = nft::render(&nft::plan(role, &cfg.protect, &cfg.queue.target));
             let file = root.join(format!("nft-rules/{role}.nft"));
             let committed = std::fs::read_to_string(&file).unwrap_or_default();
             assert!(

@@ -248,6 +248,10 @@ pub fn set_tcp_reserved(buf: &mut [u8], p: &Parsed, bits: u8) -> Result<Parsed, 
 fn mss_value_offset(buf: &[u8], p: &Parsed) -> Option<usize> {
     fresh(buf, p).ok()?;
     let opt = p.tcp()?.mss_offset?;
+    // A forged `Parsed` may point anywhere: the option must lie within the TCP header.
+    if opt < p.l4_offset || opt.saturating_add(4) > p.payload_offset {
+        return None;
+    }
     let head: [u8; 2] = array(buf, opt)?;
     (head == [tcp::OPT_MSS, 4]).then_some(opt + 2)
 }

@@ -306,7 +306,7 @@ fn rendered_text_loads_with_nft() {
         let Some(ns) = Netns::new() else { return };
         let spec = plan(role, &selection(), &Q);
         // On this kernel the queue statement itself is refused with ENOENT, nothing else.
-        if let Err(e) = ns.nft_load(&render(&spec, QueueKind::XtCompat)) {
+        if let Err(e) = ns.nft_load(&render(&spec)) {
             assert!(
                 e.contains("No such file or directory") && e.contains("queue flags bypass num 0-1"),
                 "{e}"
