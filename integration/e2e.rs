@@ -381,3 +381,84 @@ fn stats_command_reads_a_running_engine_from_another_shell() {
     );
     drop(mbox);
 }
+
+/// Not a pass/fail test: TCP goodput through the mbox for kernel forwarding, the C
+/// per-packet floor (if `NFQ_BASELINE` names a build of ../shared/bench/nfq_baseline.c)
+/// and `mpolice mbox`, interleaved, medians of `BENCH_REPS` runs of `BENCH_SECS` s.
+/// Run: `cargo test --release --test e2e -- --ignored bench_goodput --nocapture`
+#[test]
+#[ignore]
+fn bench_goodput_through_the_mbox() {
+    if !root() {
+        return;
+    }
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (secs, reps) = (env("BENCH_SECS", 3), env("BENCH_REPS", 3));
+    let baseline = std::env::var("NFQ_BASELINE").ok();
+    let tb = Testbed::up("mpbench").unwrap();
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("no queue", vec![]),
+        ("C accept", vec![]),
+        ("mpolice mbox", vec![]),
+    ];
+    for _ in 0..reps {
+        rows[0]
+            .1
+            .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
+        if let Some(b) = &baseline {
+            tb.exec(
+                Host::Mbox,
+                &[
+                    "iptables-nft",
+                    "-A",
+                    "FORWARD",
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "0",
+                ],
+            )
+            .unwrap();
+            let mut c = tb
+                .command(Host::Mbox, &[b, "0", "accept"])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            rows[1]
+                .1
+                .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
+            let _ = c.kill();
+            let _ = c.wait();
+            tb.exec(Host::Mbox, &["nft", "flush", "ruleset"]).unwrap();
+        }
+        let cfg = RoleConfig {
+            udp_ports: vec![],
+            ..Default::default()
+        };
+        let e = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+        rows[2]
+            .1
+            .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
+        drop(e);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let floor = median(&mut rows[1].1.clone());
+    eprintln!("TCP goodput client -> victim through the mbox, median of {reps} x {secs} s:");
+    for (name, v) in &mut rows {
+        if let Some(m) = median(v) {
+            let ratio = floor.map_or(String::new(), |f| format!("  {:.2}x C accept", m / f));
+            eprintln!("  {name:<14} {:6.2} Gbit/s{ratio}", m / 1e9);
+        }
+    }
+}
