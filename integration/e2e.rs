@@ -18,6 +18,15 @@ fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mpolice"))
 }
 
+/// Tests run one at a time: each pushes the 2 CPUs hard, and a neighbour's load would
+/// make the kernel drop packets in its own backlog queues, which no test here is about.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Take the machine for one test; a failed test must not block the others.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Skip (pass with a note) when not root: namespaces and NFQUEUE need CAP_NET_ADMIN.
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -101,6 +110,7 @@ fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mpcurl").unwrap();
     let cfg = RoleConfig {
         queues: 2,
@@ -142,6 +152,7 @@ fn iperf3_tcp_through_both_engines() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mpiperf").unwrap();
     let cfg = RoleConfig::default();
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
@@ -162,6 +173,7 @@ fn burst_of_200k_packets_loses_none_with_default_buffers() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     const BURST: u32 = 200_000;
     let tb = Testbed::up("mpburst").unwrap();
     let mut mbox =
@@ -175,10 +187,43 @@ fn burst_of_200k_packets_loses_none_with_default_buffers() {
 }
 
 #[test]
+fn stopping_mid_burst_answers_every_queued_packet() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    const BURST: u32 = 200_000;
+    let tb = Testbed::up("mpdrain").unwrap();
+    let mut mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let sink = testbed::UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(2)).unwrap();
+    let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
+    std::thread::scope(|s| {
+        let burst = s.spawn(|| testbed::udp_burst(&tb, Host::Client, to, BURST, 64).unwrap());
+        // SIGTERM while the burst runs: the rules go first (later packets are no longer
+        // queued), then the engine answers every packet still queued before unbinding.
+        while mbox.stats().unwrap().total().engine.received < 10_000 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = mbox.stop().unwrap();
+        assert!(status.success(), "{}", mbox.log_text());
+        burst.join().unwrap();
+    });
+    assert_eq!(
+        sink.count().unwrap(),
+        u64::from(BURST),
+        "{}",
+        mbox.log_text()
+    );
+    assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
+}
+
+#[test]
 fn fragments_are_counted_and_dropped_as_malformed() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mpfrag").unwrap();
     let mut mbox =
         EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
@@ -219,6 +264,7 @@ fn start_up_errors_name_the_problem_and_leave_no_rule() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mperr").unwrap();
     let good = RoleConfig::default().toml(&tb.workdir().join("a.sock"));
     let cases = [
@@ -307,6 +353,7 @@ fn rules_cli_installs_idempotently_and_removes_only_our_table() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mprules").unwrap();
     let cfg = write_config(
         &tb,
@@ -354,6 +401,7 @@ fn stats_command_reads_a_running_engine_from_another_shell() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let tb = Testbed::up("mpstats").unwrap();
     let mbox =
         EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
@@ -392,6 +440,7 @@ fn bench_goodput_through_the_mbox() {
     if !root() {
         return;
     }
+    let _machine = exclusive();
     let env = |k: &str, d: u32| {
         std::env::var(k)
             .ok()
@@ -431,7 +480,9 @@ fn bench_goodput_through_the_mbox() {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            while tb.kernel_queues(Host::Mbox).unwrap().is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             rows[1]
                 .1
                 .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());

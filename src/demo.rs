@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, Result, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::cli::DemoArgs;
 use crate::stats::EngineStats;
@@ -34,6 +38,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             );
         }
     }
+    // Ctrl-C reaches curl, iperf3 and the engines too; the demo itself must live on
+    // long enough to tear the testbed down.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
+    }
+    let check = || {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted; the testbed is removed");
+        }
+        Ok(())
+    };
     let bin = std::env::current_exe().context("find the mpolice binary")?;
     println!(
         "building testbed {}-client ⇄ {}-mbox ⇄ {}-victim ...",
@@ -44,6 +60,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin, &cfg)?;
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin, &cfg)?;
     println!("engines running; table inet mpolice installed in both namespaces");
+    check()?;
 
     let www = tb.workdir().join("www");
     std::fs::create_dir_all(&www)?;
@@ -51,6 +68,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     testbed::random_file(&file, args.size_mb)?;
     let want = testbed::sha256(&file)?;
     let _http = HttpServer::start(&tb, Host::Victim, &www, 8080)?;
+    check()?;
 
     let mut out = String::new();
     for (family, addr) in [
@@ -76,6 +94,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             bail!("the {family} download differs from the served file{out}");
         }
     }
+    check()?;
     let bps = testbed::iperf3_tcp(&tb, VICTIM_V4, args.iperf_secs)?;
     let _ = writeln!(
         out,
@@ -84,8 +103,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bps / 1e9
     );
 
-    let (ms, mk) = mbox.settled_stats(&tb, Host::Mbox)?;
-    let (vs, vk) = victim.settled_stats(&tb, Host::Victim)?;
+    let (ms, _) = mbox.settled_stats(&tb, Host::Mbox)?;
+    let (vs, _) = victim.settled_stats(&tb, Host::Victim)?;
     let (mstat, vstat) = (mbox.stop()?, victim.stop()?);
     let leftover: Vec<String> = [Host::Mbox, Host::Victim]
         .iter()
@@ -111,8 +130,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "k.qdrop",
         "k.udrop"
     );
-    for (s, k) in [(&ms, &mk), (&vs, &vk)] {
-        println!("  {}", role_line(s, k));
+    for s in [&ms, &vs] {
+        println!("  {}", role_line(s));
     }
     println!(
         "  clean-up: mbox {mstat}, victim {vstat}; {}",
@@ -128,23 +147,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn role_line(s: &EngineStats, kernel: &[testbed::KernelQueue]) -> String {
-    let t = s.total().engine;
-    let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
-    let qd: u64 = kernel.iter().map(|k| k.queue_dropped).sum();
-    let ud: u64 = kernel.iter().map(|k| k.user_dropped).sum();
+fn role_line(s: &EngineStats) -> String {
+    let t = s.total();
+    let k = t.kernel.unwrap_or_default();
+    let e = t.engine;
     format!(
         "{:<7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8} {:>8}  {}",
         s.role,
-        queued,
-        t.received,
-        t.accepted,
-        t.modified,
-        t.dropped,
-        t.malformed,
-        t.errors,
-        qd,
-        ud,
+        k.last_id,
+        e.received,
+        e.accepted,
+        e.modified,
+        e.dropped,
+        e.malformed,
+        e.errors,
+        k.queue_dropped,
+        k.user_dropped,
         s.queue_rule
     )
 }

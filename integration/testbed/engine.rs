@@ -81,11 +81,12 @@ impl EngineProcess {
         std::fs::write(&config, cfg.toml(&socket))?;
         let bin = bin.to_str().context("engine path is not UTF-8")?;
         let conf = config.to_str().context("config path is not UTF-8")?;
+        let out = File::create(&log)?;
         let child = tb
             .command(host, &[bin, role, "--config", conf])
             .stdin(Stdio::null())
-            .stdout(File::create(&log)?)
-            .stderr(File::create(&log)?)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
             .with_context(|| format!("start mpolice {role}"))?;
         let mut engine = EngineProcess {

@@ -22,7 +22,9 @@ pub use crate::driver::nfqueue::KernelQueueStats as KernelQueue;
 use crate::driver::nfqueue::parse_kernel_queue_stats;
 
 pub use engine::{EngineProcess, RoleConfig};
-pub use traffic::{HttpServer, download, iperf3_tcp, random_file, sha256, udp_burst};
+pub use traffic::{
+    HttpServer, UdpSink, download, iperf3_tcp, random_file, sha256, udp_burst, wait_listening,
+};
 
 /// The victim's IPv4 address.
 pub const VICTIM_V4: &str = "198.18.2.2";
@@ -75,9 +77,18 @@ impl Testbed {
             workdir,
             up: Vec::new(),
         };
-        // A namespace left by a killed run would make `ip netns add` fail.
+        // Never take over namespaces of a testbed that may still be running.
+        let existing = run("ip", &["netns", "list"])?;
         for h in [Host::Client, Host::Mbox, Host::Victim] {
-            let _ = run_quiet("ip", &["netns", "del", &tb.ns(h)]);
+            let ns = tb.ns(h);
+            if existing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+            {
+                bail!(
+                    "namespace {ns} exists: a testbed with prefix {prefix} is running, or a killed run left it (remove it with `ip netns del {ns}`)"
+                );
+            }
         }
         for h in [Host::Client, Host::Mbox, Host::Victim] {
             let ns = tb.ns(h);

@@ -68,16 +68,8 @@ impl HttpServer {
             .spawn()
             .context("start python3 -m http.server")?;
         let server = HttpServer { child };
-        // Ready when something listens on the port inside the namespace.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let ss = tb.exec(host, &["ss", "-Htln", &format!("sport = :{port}")])?;
-            if !ss.trim().is_empty() {
-                return Ok(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("http server on port {port} did not start")
+        wait_listening(tb, host, port)?;
+        Ok(server)
     }
 }
 
@@ -86,6 +78,19 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait until a TCP socket listens on `port` inside the host's namespace.
+pub fn wait_listening(tb: &Testbed, host: Host, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ss = tb.exec(host, &["ss", "-Htln", &format!("sport = :{port}")])?;
+        if !ss.trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} in {}", tb.ns(host))
 }
 
 /// Download `url` with curl from a host into `out`; return the seconds it took.
@@ -117,20 +122,21 @@ pub fn iperf3_tcp(tb: &Testbed, server: &str, secs: u32) -> Result<f64> {
         .stderr(Stdio::null())
         .spawn()
         .context("start iperf3 server")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let result = tb.exec(
-        Host::Client,
-        &[
-            "timeout",
-            &(secs + 20).to_string(),
-            "iperf3",
-            "-c",
-            server,
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    );
+    let result = wait_listening(tb, Host::Victim, 5201).and_then(|()| {
+        tb.exec(
+            Host::Client,
+            &[
+                "timeout",
+                &(secs + 20).to_string(),
+                "iperf3",
+                "-c",
+                server,
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ],
+        )
+    });
     let _ = srv.kill();
     let _ = srv.wait();
     let json: serde_json::Value = serde_json::from_str(&result?).context("iperf3 -J output")?;
@@ -148,14 +154,10 @@ pub fn udp_burst(
     count: u32,
     len: usize,
 ) -> Result<Duration> {
-    let ns_path = format!("/var/run/netns/{}", tb.ns(host));
+    let ns = tb.ns(host);
     std::thread::scope(|s| {
         s.spawn(|| -> Result<Duration> {
-            let ns = File::open(&ns_path).with_context(|| format!("open {ns_path}"))?;
-            // SAFETY: setns only switches this scoped thread's network namespace; the fd is valid.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {ns_path}: {}", std::io::Error::last_os_error());
-            }
+            enter_netns(&ns)?;
             let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
             let sock = UdpSocket::bind(bind)?;
             let payload = vec![0x5au8; len];
@@ -174,4 +176,68 @@ pub fn udp_burst(
         .join()
         .map_err(|_| anyhow::anyhow!("udp burst thread panicked"))?
     })
+}
+
+/// Move the calling thread into a testbed namespace (sockets it opens then live there).
+fn enter_netns(ns: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let fd = File::open(&path).with_context(|| format!("open {path}"))?;
+    // SAFETY: setns switches only this thread's network namespace; the fd is valid.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Counts the UDP datagrams that reach a port inside a namespace.
+pub struct UdpSink {
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl UdpSink {
+    /// Listen on `port` (IPv4 and IPv6) in the host's namespace, with a socket buffer
+    /// large enough that the sink itself loses nothing of a burst.
+    pub fn start(tb: &Testbed, host: Host, port: u16, idle: Duration) -> Result<UdpSink> {
+        let ns = tb.ns(host);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || -> Result<u64> {
+            enter_netns(&ns)?;
+            let sock = UdpSocket::bind(("::", port))?;
+            let size: libc::c_int = 256 << 20;
+            // SAFETY: `size` outlives the call and its length is passed exactly.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&raw const size).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            sock.set_read_timeout(Some(idle))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            let mut count = 0u64;
+            // Wait up to a minute for the first datagram, then until `idle` passes quietly.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(_) => count += 1,
+                    Err(_) if count > 0 || Instant::now() > deadline => return Ok(count),
+                    Err(_) => {}
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("udp sink did not start")?;
+        Ok(UdpSink { thread })
+    }
+
+    /// Wait until the traffic has stopped; return how many datagrams arrived.
+    pub fn count(self) -> Result<u64> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("udp sink thread panicked"))?
+    }
 }

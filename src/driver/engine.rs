@@ -1,29 +1,35 @@
 //! Start-up and shut-down of a role: bind queues, install rules, run workers, clean up.
 //!
 //! Order matters. Queues are bound and the control socket opened before any rule is
-//! installed, so a start-up error leaves no rule behind. On SIGINT/SIGTERM the rules go
-//! first (no new packets are queued), then the workers answer what is still queued.
+//! installed, so a start-up error leaves no rule behind. On SIGINT/SIGTERM/SIGHUP/SIGQUIT
+//! the rules are flushed first (no new packets are queued), the workers answer everything
+//! still queued, the queues unbind, and only then is the table deleted: unbinding a queue
+//! or unregistering a hook makes the kernel drop whatever is still queued.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
 use crate::driver::control::ControlSocket;
-use crate::driver::nfqueue::{self, Queue, QueueConfig};
-use crate::driver::nft::{self, QueueKind, Role, TABLE};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+
+use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
+use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, TABLE};
 use crate::driver::worker::Worker;
 use crate::pipeline::Pipeline;
-use crate::stats::{EngineStats, KernelCounters, QueueStats};
+use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 
 /// How long a blocked worker waits before it checks the stop flag.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// Longest wait at shut-down for the workers to answer what is still queued.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How often the main thread checks for signals and dead workers.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Run a role until SIGINT or SIGTERM; return its final stats.
+/// Run a role until SIGINT, SIGTERM, SIGHUP or SIGQUIT; return its final stats.
 pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -32,32 +38,13 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // SIGHUP and SIGQUIT too: a closed terminal must not leave the rules behind.
+    for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
-    let queues = cfg
-        .queue
-        .numbers()
-        .map(|num| {
-            Queue::open(&QueueConfig {
-                max_len: cfg.queue.max_len,
-                rcvbuf_bytes: cfg.queue.rcvbuf_bytes,
-                fail_open: cfg.queue.fail_open,
-                // Roles rewrite packets, and a rewritten GSO super-packet loses its
-                // segmentation: take packets the kernel already segmented.
-                gso: false,
-                recv_timeout: RECV_TIMEOUT,
-                ..QueueConfig::new(num)
-            })
-            .map(|q| (num, q))
-            .map_err(anyhow::Error::from)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
-
-    let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
-    let kind = nft::install(&spec, cfg.queue.kind).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
-    let rules = InstalledRules;
+    let (rules, kind) = InstalledRules::install(role, cfg)?;
     tracing::info!(
         "{role}: table inet {TABLE} installed with the {} queue rule; queues {:?}; control socket {}",
         kind_name(kind),
@@ -76,19 +63,26 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             Arc::clone(&worker_stop),
         )?);
     }
-    let started = Instant::now();
-    let shared: Arc<Vec<(u16, Arc<std::sync::Mutex<crate::stats::QueueCounters>>)>> = Arc::new(
+    let counters: Arc<Vec<Published>> = Arc::new(
         workers
             .iter()
             .map(|w| (w.queue, Arc::clone(&w.counters)))
             .collect(),
     );
-    let snapshot = {
-        let shared = Arc::clone(&shared);
-        let role = role.to_string();
-        move || collect(&role, kind, started, &shared)
+    let header = Header {
+        role: role.to_string(),
+        kind,
+        started: Instant::now(),
     };
-    let control_thread = control.serve(Arc::clone(&worker_stop), snapshot.clone())?;
+    let control_thread = {
+        let (counters, header) = (Arc::clone(&counters), header.clone());
+        control.serve(Arc::clone(&worker_stop), move || {
+            header.stats(
+                &counters,
+                &nfqueue::kernel_queue_stats().unwrap_or_default(),
+            )
+        })?
+    };
 
     let mut failed = None;
     while !stop.load(Ordering::Relaxed) {
@@ -99,15 +93,16 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         std::thread::sleep(TICK);
     }
     tracing::info!("{role}: stopping; removing table inet {TABLE}");
-    drop(rules);
-    // Let the workers answer what was queued before the rules went.
-    std::thread::sleep(RECV_TIMEOUT);
+    // Stop queueing, answer every packet still queued, and only then unbind the queues
+    // and delete the table: both would make the kernel drop what is still queued.
+    rules.quiesce();
+    let kernel = drain(&counters);
     worker_stop.store(true, Ordering::Relaxed);
-    let final_stats = snapshot();
     let all_joined = workers
         .into_iter()
         .map(Worker::join)
         .fold(true, |a, b| a & b);
+    drop(rules);
     let _ = control_thread.join();
     if let Some(q) = failed {
         bail!("worker of queue {q} stopped unexpectedly; rules removed");
@@ -115,11 +110,122 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     if !all_joined {
         bail!("a worker panicked; rules removed");
     }
-    Ok(final_stats)
+    Ok(header.stats(&counters, &kernel))
+}
+
+fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue)>> {
+    cfg.queue
+        .numbers()
+        .map(|num| {
+            let q = Queue::open(&QueueConfig {
+                max_len: cfg.queue.max_len,
+                rcvbuf_bytes: cfg.queue.rcvbuf_bytes,
+                fail_open: cfg.queue.fail_open,
+                // Roles rewrite packets, and a rewritten GSO super-packet loses its
+                // segmentation: take packets the kernel already segmented.
+                gso: false,
+                recv_timeout: RECV_TIMEOUT,
+                ..QueueConfig::new(num)
+            })?;
+            Ok((num, q))
+        })
+        .collect()
+}
+
+/// Wait until the kernel holds no packet of ours awaiting a verdict (or the deadline
+/// passes); return the kernel's counters as they stand then, before the queues unbind.
+fn drain(counters: &[Published]) -> Vec<KernelQueueStats> {
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    loop {
+        let kernel = nfqueue::kernel_queue_stats().unwrap_or_default();
+        let waiting: u64 = kernel
+            .iter()
+            .filter(|k| counters.iter().any(|(q, _)| *q == k.queue))
+            .map(|k| u64::from(k.waiting))
+            .sum();
+        if waiting == 0 {
+            return kernel;
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(
+                "{waiting} packets still queued after {DRAIN_DEADLINE:?}; unbinding drops them"
+            );
+            return kernel;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A worker's queue number and its published counters.
+type Published = (u16, Arc<Mutex<QueueCounters>>);
+
+/// What every stats snapshot of this engine starts with.
+#[derive(Clone)]
+struct Header {
+    role: String,
+    kind: QueueKind,
+    started: Instant,
+}
+
+impl Header {
+    /// Build the stats from the workers' published counters and the kernel's.
+    fn stats(&self, counters: &[Published], kernel: &[KernelQueueStats]) -> EngineStats {
+        let queues = counters
+            .iter()
+            .map(|(num, c)| {
+                let engine = match c.lock() {
+                    Ok(c) => c.clone(),
+                    Err(p) => p.into_inner().clone(),
+                };
+                let kernel = kernel
+                    .iter()
+                    .find(|k| k.queue == *num)
+                    .map(|k| KernelCounters {
+                        waiting: u64::from(k.waiting),
+                        queue_dropped: k.queue_dropped,
+                        user_dropped: k.user_dropped,
+                        last_id: u64::from(k.last_id),
+                    });
+                QueueStats { engine, kernel }
+            })
+            .collect();
+        EngineStats {
+            role: self.role.clone(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            queue_rule: kind_name(self.kind).to_string(),
+            queues,
+        }
+    }
 }
 
 /// Removes our table when dropped: on a normal stop, an error, or a panic unwinding.
-struct InstalledRules;
+struct InstalledRules(RulesetSpec);
+
+impl InstalledRules {
+    /// Install the role's rules and return the guard that removes them.
+    fn install(role: Role, cfg: &Config) -> Result<(InstalledRules, QueueKind)> {
+        let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+        match nft::install(&spec, cfg.queue.kind) {
+            Ok(kind) => Ok((InstalledRules(spec), kind)),
+            Err(e) => {
+                // A batch the kernel committed can still fail to be acknowledged: make
+                // sure no rule outlives a failed start.
+                let _ = nft::remove(TABLE);
+                bail!("rules: {e}")
+            }
+        }
+    }
+}
+
+impl InstalledRules {
+    /// Stop queueing packets but keep the hooks registered (see `nft::flush_rules`).
+    fn quiesce(&self) {
+        if let Err(e) = nft::flush_rules(&self.0) {
+            tracing::warn!("could not flush the rules of table inet {TABLE}: {e}");
+        }
+    }
+}
 
 impl Drop for InstalledRules {
     fn drop(&mut self) {
@@ -136,42 +242,5 @@ pub fn kind_name(kind: QueueKind) -> &'static str {
     match kind {
         QueueKind::Native => "native",
         QueueKind::XtCompat => "xt",
-    }
-}
-
-type SharedCounters = (u16, Arc<std::sync::Mutex<crate::stats::QueueCounters>>);
-
-fn collect(
-    role: &str,
-    kind: QueueKind,
-    started: Instant,
-    shared: &[SharedCounters],
-) -> EngineStats {
-    let kernel = nfqueue::kernel_queue_stats().unwrap_or_default();
-    let queues = shared
-        .iter()
-        .map(|(num, c)| {
-            let engine = match c.lock() {
-                Ok(c) => c.clone(),
-                Err(p) => p.into_inner().clone(),
-            };
-            let kernel = kernel
-                .iter()
-                .find(|k| k.queue == *num)
-                .map(|k| KernelCounters {
-                    waiting: u64::from(k.waiting),
-                    queue_dropped: k.queue_dropped,
-                    user_dropped: k.user_dropped,
-                    last_id: u64::from(k.last_id),
-                });
-            QueueStats { engine, kernel }
-        })
-        .collect();
-    EngineStats {
-        role: role.to_string(),
-        pid: std::process::id(),
-        uptime_secs: started.elapsed().as_secs(),
-        queue_rule: kind_name(kind).to_string(),
-        queues,
     }
 }

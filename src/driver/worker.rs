@@ -16,6 +16,10 @@ use crate::stats::QueueCounters;
 
 /// Unchanged packets answered by one batch verdict at most.
 const BATCH_MAX: u32 = 64;
+/// Receive errors in a row after which a worker gives up (the engine then stops).
+const MAX_RECV_FAILURES: u32 = 100;
+/// Pause after a receive error, so a broken socket does not spin a CPU.
+const RECV_BACKOFF: Duration = Duration::from_millis(10);
 /// How often a worker publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Room for the largest packet plus what a role may append.
@@ -103,6 +107,7 @@ impl Loop {
     fn run(mut self, stop: &AtomicBool) {
         let mut now = Instant::now();
         let mut last_publish = now;
+        let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             // Block only when nothing awaits a verdict; otherwise drain, then flush.
             let wait = self.pending.is_none();
@@ -130,10 +135,22 @@ impl Loop {
                 }
                 Err(e) => {
                     self.send_errors += 1;
+                    failures += 1;
                     tracing::warn!(queue = self.counters.queue, "receive: {e}");
                     self.flush();
+                    if failures >= MAX_RECV_FAILURES {
+                        // The engine sees this worker end, removes the rules and exits.
+                        tracing::error!(
+                            queue = self.counters.queue,
+                            "{failures} receive errors in a row; giving up"
+                        );
+                        break;
+                    }
+                    std::thread::sleep(RECV_BACKOFF);
+                    continue;
                 }
             }
+            failures = 0;
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = now;
@@ -164,6 +181,11 @@ impl Loop {
         if let Err(e) = sent {
             self.send_errors += 1;
             tracing::warn!(queue = self.counters.queue, id, "verdict: {e}");
+            // Unanswered, the packet would be accepted unchanged by the next batch
+            // verdict: drop it instead, so a failed rewrite or drop never lets it pass.
+            if self.queue.verdict(id, KernelVerdict::Drop, None).is_err() {
+                self.send_errors += 1;
+            }
         }
     }
 

@@ -116,6 +116,23 @@ pub fn remove(table: &str) -> Result<bool, RulesError> {
     }
 }
 
+/// Delete every rule of the spec's chains but keep the chains, so nothing more is queued
+/// while the hooks stay registered. Unregistering a hook (deleting a base chain or the
+/// table) makes the kernel drop every packet still waiting in any queue of the network
+/// namespace; an engine stopping calls this, answers what is queued, then `remove`s.
+pub fn flush_rules(spec: &RulesetSpec) -> Result<(), RulesError> {
+    let table = Table::new(&c_name(&spec.table)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    let mut steps = Vec::new();
+    for chain_spec in &spec.chains {
+        let chain = Chain::new(c_name(&chain_spec.name)?, &table);
+        // A rule message without a handle deletes every rule of its chain.
+        batch.add(&Rule::new(&chain), MsgType::Del);
+        steps.push(format!("flush chain {}", chain_spec.name));
+    }
+    send_batch(batch, &steps, &[])?.map_err(Failure::into_error)
+}
+
 /// Return whether `table inet <table>` exists (a GETTABLE request).
 pub fn table_exists(table: &str) -> Result<bool, RulesError> {
     let name = c_name(table)?;

@@ -16,7 +16,7 @@ mod spec;
 #[cfg(test)]
 mod netns_tests;
 
-pub use install::{RulesError, install, remove, table_exists};
+pub use install::{RulesError, flush_rules, install, remove, table_exists};
 pub use plan::{TABLE, plan};
 pub use render::render;
 pub use spec::{

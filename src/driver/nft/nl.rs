@@ -68,24 +68,34 @@ pub(super) fn all_acked(replies: &[Reply], expect: &Range<u32>) -> bool {
     })
 }
 
-/// Ask for a larger receive queue; the kernel caps it at rmem_max, which is still fine.
+/// Make room for one ack per message of a large batch: acks carry only their header
+/// (NETLINK_CAP_ACK), and the receive queue is forced past rmem_max where we may
+/// (SO_RCVBUFFORCE, CAP_NET_ADMIN), else raised as far as rmem_max allows.
 fn set_rcvbuf(fd: libc::c_int) {
-    let size = SOCK_RCVBUF;
-    // SAFETY: `size` outlives the call and its length is passed exactly.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const size).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: `value` outlives the call and its length is passed exactly.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     };
-    if rc < 0 {
-        tracing::debug!(
-            "SO_RCVBUF on nfnetlink socket: {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = set(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1) {
+        tracing::debug!("NETLINK_CAP_ACK on nfnetlink socket: {e}");
+    }
+    if set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_RCVBUF).is_err() {
+        if let Err(e) = set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_RCVBUF) {
+            tracing::debug!("SO_RCVBUF on nfnetlink socket: {e}");
+        }
     }
 }
 
