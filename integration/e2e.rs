@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use mpolice::stats::EngineStats;
 use mpolice::testbed::{
-    self, EngineProcess, Host, HttpServer, RoleConfig, Testbed, VICTIM_V4, VICTIM_V6,
+    self, EngineProcess, Host, HttpServer, RoleConfig, Testbed, UdpBurst, UdpSink, VICTIM_V4,
+    VICTIM_V6,
 };
 
 fn bin() -> PathBuf {
@@ -92,10 +93,15 @@ fn assert_all_through_queue(
     stats
 }
 
-/// Stop both engines and assert they exited cleanly and removed their tables.
+/// Stop the engines with SIGTERM and assert they exited cleanly and removed their tables.
 fn stop_clean(tb: &Testbed, engines: &mut [(&mut EngineProcess, Host)]) {
+    stop_clean_with(tb, engines, libc::SIGTERM);
+}
+
+/// Stop the engines with `signal` and assert they exited cleanly and removed their tables.
+fn stop_clean_with(tb: &Testbed, engines: &mut [(&mut EngineProcess, Host)], signal: libc::c_int) {
     for (e, host) in engines.iter_mut() {
-        let status = e.stop().expect("stop");
+        let status = e.stop_with(signal).expect("stop");
         assert!(status.success(), "{status}: {}", e.log_text());
         let tables = tb.nft_tables(*host).unwrap();
         assert!(
@@ -162,9 +168,11 @@ fn iperf3_tcp_through_both_engines() {
     for (engine, host) in [(&mbox, Host::Mbox), (&victim, Host::Victim)] {
         assert_all_through_queue(&tb, engine, host, 1_000);
     }
-    stop_clean(
+    // Ctrl-C in the engine's terminal cleans up like SIGTERM.
+    stop_clean_with(
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+        libc::SIGINT,
     );
 }
 
@@ -179,7 +187,7 @@ fn burst_of_200k_packets_loses_none_with_default_buffers() {
     let mut mbox =
         EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
     let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
-    let took = testbed::udp_burst(&tb, Host::Client, to, BURST, 64).unwrap();
+    let took = burst(to, BURST, 64).send(&tb, Host::Client).unwrap();
     wait_received(&mbox, u64::from(BURST), Duration::from_secs(60));
     let s = assert_all_through_queue(&tb, &mbox, Host::Mbox, u64::from(BURST));
     eprintln!("burst of {BURST} sent in {took:?}\n{}", s.table());
@@ -196,10 +204,10 @@ fn stopping_mid_burst_answers_every_queued_packet() {
     let tb = Testbed::up("mpdrain").unwrap();
     let mut mbox =
         EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
-    let sink = testbed::UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(2)).unwrap();
+    let sink = UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(2)).unwrap();
     let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
     std::thread::scope(|s| {
-        let burst = s.spawn(|| testbed::udp_burst(&tb, Host::Client, to, BURST, 64).unwrap());
+        let burst = s.spawn(|| burst(to, BURST, 64).send(&tb, Host::Client).unwrap());
         // SIGTERM while the burst runs: the rules go first (later packets are no longer
         // queued), then the engine answers every packet still queued before unbinding.
         while mbox.stats().unwrap().total().engine.received < 10_000 {
@@ -230,12 +238,54 @@ fn fragments_are_counted_and_dropped_as_malformed() {
     // A 3000-byte datagram leaves the client as fragments; the first carries the UDP
     // header, so the rules queue it, and the parser refuses it as a fragment.
     let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
-    testbed::udp_burst(&tb, Host::Client, to, 3, 3000).unwrap();
+    burst(to, 3, 3000).send(&tb, Host::Client).unwrap();
     let s = wait_received(&mbox, 3, Duration::from_secs(10));
     let t = s.total().engine;
     assert_eq!(t.malformed, 3, "{}", s.table());
     assert_eq!(t.dropped, 3, "{}", s.table());
     assert_eq!(t.reasons.get("fragment"), Some(&3), "{}", s.table());
+    stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
+}
+
+fn burst(to: SocketAddr, count: u32, len: usize) -> UdpBurst {
+    UdpBurst {
+        to,
+        count,
+        len,
+        dest_opts: false,
+    }
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_not_refused() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpext").unwrap();
+    let mut mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let sink = UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(1)).unwrap();
+    let to: SocketAddr = format!("[{VICTIM_V6}]:9000").parse().unwrap();
+    UdpBurst {
+        dest_opts: true,
+        ..burst(to, 100, 200)
+    }
+    .send(&tb, Host::Client)
+    .unwrap();
+    assert_eq!(
+        sink.count().unwrap(),
+        100,
+        "every datagram reached the victim"
+    );
+    let s = assert_all_through_queue(&tb, &mbox, Host::Mbox, 100);
+    let t = s.total().engine;
+    assert_eq!((t.accepted, t.malformed), (100, 0), "{}", s.table());
+    assert!(
+        t.reasons.is_empty(),
+        "parsed through the options header: {}",
+        s.table()
+    );
     stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
 }
 

@@ -154,12 +154,17 @@ impl EngineProcess {
 
     /// Send SIGTERM and wait for a clean exit; return its status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Send `signal` and wait for the process to exit; return its status.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
             bail!("mpolice {} already stopped", self.role);
         };
         let pid = i32::try_from(child.id()).context("pid")?;
         // SAFETY: kill has no memory-safety preconditions; pid is our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, signal) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -168,7 +173,10 @@ impl EngineProcess {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("mpolice {} ignored SIGTERM for {STOP_TIMEOUT:?}", self.role);
+                bail!(
+                    "mpolice {} ignored signal {signal} for {STOP_TIMEOUT:?}",
+                    self.role
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

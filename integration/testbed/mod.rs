@@ -23,7 +23,7 @@ use crate::driver::nfqueue::parse_kernel_queue_stats;
 
 pub use engine::{EngineProcess, RoleConfig};
 pub use traffic::{
-    HttpServer, UdpSink, download, iperf3_tcp, random_file, sha256, udp_burst, wait_listening,
+    HttpServer, UdpBurst, UdpSink, download, iperf3_tcp, random_file, sha256, wait_listening,
 };
 
 /// The victim's IPv4 address.

@@ -206,6 +206,12 @@ impl InstalledRules {
     /// Install the role's rules and return the guard that removes them.
     fn install(role: Role, cfg: &Config) -> Result<(InstalledRules, QueueKind)> {
         let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+        if nft::table_exists(TABLE).unwrap_or(false) {
+            tracing::warn!(
+                "replacing table inet {TABLE}: left by an engine that was killed, or another \
+                 engine runs in this network namespace (run one engine per namespace)"
+            );
+        }
         match nft::install(&spec, cfg.queue.kind) {
             Ok(kind) => Ok((InstalledRules(spec), kind)),
             Err(e) => {
