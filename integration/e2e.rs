@@ -153,6 +153,115 @@ fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
     );
 }
 
+/// Packets on a capture that carry a marker of the given kind (IPv4 and IPv6 counted
+/// apart: tcpdump's `tcp[]` only reads IPv4; without extension headers the TCP header
+/// of an IPv6 packet starts at byte 40).
+fn marked(pcap: &Path, v6: bool, test: &str) -> u64 {
+    let filter = if v6 {
+        format!(
+            "ip6 and ip6[6] == 6 and {}",
+            test.replace("TCP12", "ip6[52]")
+        )
+    } else {
+        format!("ip and tcp and {}", test.replace("TCP12", "tcp[12]"))
+    };
+    testbed::count_packets(pcap, &filter).unwrap()
+}
+
+const STAMPED: &str = "TCP12 & 0x0e == 0x08";
+const FEEDBACK: &str = "TCP12 & 0x0e != 0 and TCP12 & 0x0e != 0x08";
+const ANY_MARKER: &str = "TCP12 & 0x0e != 0";
+
+#[test]
+fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpcaps").unwrap();
+    // Captures then show wire-sized packets, as real NICs would send them.
+    for (h, dev) in [
+        (Host::Client, "c0"),
+        (Host::Mbox, "m0"),
+        (Host::Mbox, "m1"),
+        (Host::Victim, "v0"),
+    ] {
+        tb.wire_sized(h, &tb.link(dev)).unwrap();
+    }
+    let vcfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let mcfg = RoleConfig::default()
+        .with_capabilities(&tb, "mbox")
+        .unwrap();
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let www = tb.workdir().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let file = www.join("f.bin");
+    testbed::random_file(&file, 50).unwrap();
+    let want = testbed::sha256(&file).unwrap();
+    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
+    let to_client = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m0")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        let got = tb.workdir().join("got.bin");
+        testbed::download(
+            &tb,
+            Host::Client,
+            &format!("http://{addr}:8080/f.bin"),
+            &got,
+        )
+        .unwrap();
+        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+    }
+    let (victim_link, client_link) = (to_victim.stop().unwrap(), to_client.stop().unwrap());
+
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    eprintln!("{}{}", m.table(), v.table());
+    let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
+    assert!(mc.issued >= 2 && mc.returned >= 2, "{}", m.table());
+    assert!(
+        mc.rejected.is_empty(),
+        "nothing forged here: {:?}",
+        mc.rejected
+    );
+    assert_eq!(vc.stripped, mc.issued, "the victim stripped every stamp");
+    assert_eq!(mc.feedback_stripped as usize > 0, vc.fed_back > 0);
+    assert!(mc.returned <= vc.fed_back && mc.returned <= mc.issued);
+    for v6 in [false, true] {
+        assert!(
+            marked(&victim_link, v6, STAMPED) > 0,
+            "stamped data towards the victim (v6 {v6})"
+        );
+        assert!(
+            marked(&victim_link, v6, FEEDBACK) > 0,
+            "feedback on the victim's ACKs (v6 {v6})"
+        );
+        assert_eq!(
+            marked(&client_link, v6, ANY_MARKER),
+            0,
+            "the client's link carries no marker (v6 {v6})"
+        );
+    }
+    for pcap in [&victim_link, &client_link] {
+        // Ethernet header (14) + an IP packet over the 1500-byte MTU.
+        assert_eq!(
+            testbed::count_packets(pcap, "greater 1515").unwrap(),
+            0,
+            "oversized on {}",
+            pcap.display()
+        );
+        let frag_needed = "(icmp and icmp[0] == 3 and icmp[1] == 4) or (icmp6 and ip6[40] == 2)";
+        assert_eq!(testbed::count_packets(pcap, frag_needed).unwrap(), 0);
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
 #[test]
 fn iperf3_tcp_through_both_engines() {
     if !root() {

@@ -46,6 +46,23 @@ pub enum Command {
     /// Build a client ⇄ mbox ⇄ victim testbed in network namespaces, push real
     /// traffic through both engines, print a summary and clean up.
     Demo(DemoArgs),
+    /// Manage the mbox's capability MAC keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new key file line (`ID HEX`) from /dev/urandom.
+    ///
+    /// A key file holds at most two lines: the last is the current key, which signs;
+    /// the one before is the previous key, still accepted until the engine restarts.
+    /// Rotate with `mpolice keys new --id N >> keyfile` after dropping the oldest line.
+    New {
+        /// Key id, 0 to 15, carried in every capability so keys can rotate.
+        #[arg(long, default_value_t = 1)]
+        id: u8,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +149,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rules(r) => rules(r),
         Command::Stats(s) => stats(s),
         Command::Demo(d) => crate::demo::run(&d),
+        Command::Keys(KeysCommand::New { id }) => {
+            println!("{}", crate::capability::generate_key_line(id)?);
+            Ok(())
+        }
     }
 }
 

@@ -5,11 +5,15 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::driver::nfqueue::{DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
 use crate::driver::nft::{PortRange, Prefix, QueuePreference, QueueTarget, Selection};
+
+/// Th_cap at most: the returned-capability bitmap of a sender is this many bits.
+pub const MAX_PER_PERIOD: u32 = 1024;
 
 /// What the engine does with a packet it cannot parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -27,6 +31,36 @@ pub struct Config {
     pub queue: QueueSettings,
     pub protect: Selection,
     pub control_socket: PathBuf,
+    /// MiddlePolice capabilities; without them both roles pass traffic through unchanged.
+    pub capabilities: Option<CapSettings>,
+}
+
+/// How capabilities are stamped, returned and checked.
+#[derive(Debug, Clone)]
+pub struct CapSettings {
+    /// mbox: the file holding the MAC keys (only the mbox has it).
+    pub key_file: Option<PathBuf>,
+    /// mbox: this mbox's id, carried in every capability.
+    pub mbox_id: u16,
+    /// Detection period P.
+    pub period: Duration,
+    /// Th_rtt: a capability must come back within this; none is stamped in a period's last Th_rtt.
+    pub rtt: Duration,
+    /// Th_cap: capabilities stamped per sender per period.
+    pub per_period: u32,
+    /// Senders tracked at most (the least recently seen are evicted first).
+    pub max_senders: usize,
+    /// Largest IP packet on the mbox ⇄ victim and victim ⇄ client paths.
+    pub path_mtu: u16,
+    /// victim: capabilities returned on one ACK (1 to 3).
+    pub feedback_per_ack: u8,
+    /// victim: capabilities kept per sender until an ACK carries them back.
+    pub kept_per_sender: usize,
+    /// victim: interfaces the mboxes' traffic arrives on; protected traffic arriving
+    /// elsewhere bypassed the mbox and is dropped. Empty: no bypass filter.
+    pub mbox_interfaces: Vec<String>,
+    /// victim: client prefixes whose routes get a lowered `advmss`.
+    pub client_prefixes: Vec<Prefix>,
 }
 
 /// Queue numbers and the kernel-side queue behaviour.
@@ -68,6 +102,56 @@ struct RawConfig {
     protect: RawProtect,
     #[serde(default)]
     control: RawControl,
+    capabilities: Option<RawCaps>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaps {
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    mbox_id: u16,
+    #[serde(default = "default_period_ms")]
+    period_ms: u64,
+    #[serde(default = "default_rtt_ms")]
+    rtt_ms: u64,
+    #[serde(default = "default_per_period")]
+    per_period: u32,
+    #[serde(default = "default_max_senders")]
+    max_senders: usize,
+    #[serde(default = "default_mtu")]
+    path_mtu: u16,
+    #[serde(default = "default_feedback")]
+    feedback_per_ack: u8,
+    #[serde(default = "default_kept")]
+    kept_per_sender: usize,
+    #[serde(default)]
+    mbox_interfaces: Vec<String>,
+    #[serde(default)]
+    client_prefixes: Vec<String>,
+}
+
+// The prototype's defaults (SPEC.md): P = 4 s, Th_rtt = 1 s, Th_cap = 128, 3 per ACK.
+fn default_period_ms() -> u64 {
+    4000
+}
+fn default_rtt_ms() -> u64 {
+    1000
+}
+fn default_per_period() -> u32 {
+    128
+}
+fn default_max_senders() -> usize {
+    65536
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_feedback() -> u8 {
+    3
+}
+fn default_kept() -> usize {
+    64
 }
 
 #[derive(Deserialize)]
@@ -223,7 +307,12 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .control
         .socket
         .unwrap_or_else(|| PathBuf::from(format!("/run/mpolice/{role}.sock")));
+    let capabilities = raw
+        .capabilities
+        .map(|c| validate_caps(c, role))
+        .transpose()?;
     Ok(Config {
+        capabilities,
         queue: QueueSettings {
             target,
             kind,
@@ -238,6 +327,79 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             udp_ports,
         },
         control_socket,
+    })
+}
+
+fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
+    let err = |m: String| Err(ConfigError(format!("capabilities.{m}")));
+    match (role, &c.key_file) {
+        ("mbox", None) => {
+            return err(
+                "key_file: the mbox needs its MAC key file (see `mpolice keys new`)".into(),
+            );
+        }
+        ("victim", Some(_)) => {
+            return err(
+                "key_file: only the mbox holds the key; remove it from the victim's config".into(),
+            );
+        }
+        _ => {}
+    }
+    if c.period_ms == 0 || c.rtt_ms == 0 || c.rtt_ms >= c.period_ms {
+        return err(format!(
+            "rtt_ms ({}) must be above 0 and below period_ms ({})",
+            c.rtt_ms, c.period_ms
+        ));
+    }
+    if c.per_period == 0 || c.per_period > MAX_PER_PERIOD {
+        return err(format!(
+            "per_period: {} is not in 1..={MAX_PER_PERIOD}",
+            c.per_period
+        ));
+    }
+    if c.max_senders == 0 {
+        return err("max_senders: must be at least 1".into());
+    }
+    if !(1280..=65535).contains(&c.path_mtu) {
+        return err(format!("path_mtu: {} is not in 1280..=65535", c.path_mtu));
+    }
+    if !(1..=3).contains(&c.feedback_per_ack) {
+        return err(format!(
+            "feedback_per_ack: {} is not in 1..=3",
+            c.feedback_per_ack
+        ));
+    }
+    if c.kept_per_sender == 0 {
+        return err("kept_per_sender: must be at least 1".into());
+    }
+    if let Some(bad) = c
+        .mbox_interfaces
+        .iter()
+        .find(|i| i.is_empty() || i.len() > 15)
+    {
+        return err(format!("mbox_interfaces: {bad:?} is not an interface name"));
+    }
+    let client_prefixes = c
+        .client_prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<Prefix>()
+                .map_err(|e| ConfigError(format!("capabilities.client_prefixes[{i}]: {a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CapSettings {
+        key_file: c.key_file,
+        mbox_id: c.mbox_id,
+        period: Duration::from_millis(c.period_ms),
+        rtt: Duration::from_millis(c.rtt_ms),
+        per_period: c.per_period,
+        max_senders: c.max_senders,
+        path_mtu: c.path_mtu,
+        feedback_per_ack: c.feedback_per_ack,
+        kept_per_sender: c.kept_per_sender,
+        mbox_interfaces: c.mbox_interfaces,
+        client_prefixes,
     })
 }
 

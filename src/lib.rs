@@ -5,11 +5,13 @@
 //! the verdict (and the rewritten bytes, if any) to the kernel. `driver::nft` installs
 //! the rules that queue the packet in the first place.
 
+pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod pipeline;
+pub mod police;
 pub mod stats;
 #[path = "../integration/testbed/mod.rs"]
 pub mod testbed;

@@ -28,6 +28,66 @@ pub struct QueueCounters {
     pub enobufs: u64,
     /// Drops and malformed packets by reason.
     pub reasons: BTreeMap<String, u64>,
+    /// What the capability stages did.
+    #[serde(default)]
+    pub caps: CapCounters,
+}
+
+/// What the capability stages of one queue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapCounters {
+    /// mbox: capabilities stamped on packets to the protected service.
+    pub issued: u64,
+    /// mbox: returned capabilities that passed every check, counted as delivered.
+    pub returned: u64,
+    /// mbox: feedback trailers stripped from the victim's ACKs (valid or not).
+    pub feedback_stripped: u64,
+    /// mbox: packets not stamped because they would exceed the path MTU.
+    pub too_big: u64,
+    /// victim: capabilities stripped from stamped packets.
+    pub stripped: u64,
+    /// victim: capabilities returned to the mbox on ACKs.
+    pub fed_back: u64,
+    /// victim: kept capabilities dropped because a sender's queue was full.
+    pub overflow: u64,
+    /// Senders evicted from the bounded table to make room.
+    pub evictions: u64,
+    /// Senders tracked now.
+    pub senders: u64,
+    /// Capabilities and markers refused, by reason (bad_mac, stale, replayed, ...).
+    pub rejected: BTreeMap<String, u64>,
+}
+
+impl CapCounters {
+    /// Count one refused capability or marker under a named reason.
+    pub fn count_rejected(&mut self, reason: &'static str) {
+        bump(&mut self.rejected, reason);
+    }
+
+    fn add(&mut self, o: &CapCounters) {
+        self.issued += o.issued;
+        self.returned += o.returned;
+        self.feedback_stripped += o.feedback_stripped;
+        self.too_big += o.too_big;
+        self.stripped += o.stripped;
+        self.fed_back += o.fed_back;
+        self.overflow += o.overflow;
+        self.evictions += o.evictions;
+        self.senders += o.senders;
+        for (r, n) in &o.rejected {
+            *self.rejected.entry(r.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Add one to a named counter; reasons are few and fixed, so the map stays small.
+fn bump(map: &mut BTreeMap<String, u64>, reason: &'static str) {
+    match map.get_mut(reason) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(reason.to_string(), 1);
+        }
+    }
 }
 
 impl QueueCounters {
@@ -41,13 +101,7 @@ impl QueueCounters {
 
     /// Count one packet under a named reason.
     pub fn count_reason(&mut self, reason: &'static str) {
-        // Reasons are few and fixed; the map holds at most one entry per reason.
-        match self.reasons.get_mut(reason) {
-            Some(n) => *n += 1,
-            None => {
-                self.reasons.insert(reason.to_string(), 1);
-            }
-        }
+        bump(&mut self.reasons, reason);
     }
 }
 
@@ -101,6 +155,7 @@ impl EngineStats {
             for (r, n) in &e.reasons {
                 *t.engine.reasons.entry(r.clone()).or_default() += n;
             }
+            t.engine.caps.add(&e.caps);
             if let Some(kq) = &q.kernel {
                 k.waiting += kq.waiting;
                 k.queue_dropped += kq.queue_dropped;
@@ -163,10 +218,35 @@ impl EngineStats {
                 ud
             );
         }
-        let reasons = self.total().engine.reasons;
-        if !reasons.is_empty() {
-            let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
-            let _ = writeln!(s, "reasons: {}", list.join(" "));
+        let total = self.total().engine;
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if !total.reasons.is_empty() {
+            let _ = writeln!(s, "reasons: {}", list(&total.reasons));
+        }
+        let c = &total.caps;
+        if *c != CapCounters::default() {
+            let _ = writeln!(
+                s,
+                "capabilities: issued={} returned={} feedback_stripped={} too_big={} \
+                 stripped={} fed_back={} overflow={} senders={} evictions={}",
+                c.issued,
+                c.returned,
+                c.feedback_stripped,
+                c.too_big,
+                c.stripped,
+                c.fed_back,
+                c.overflow,
+                c.senders,
+                c.evictions
+            );
+            if !c.rejected.is_empty() {
+                let _ = writeln!(s, "rejected: {}", list(&c.rejected));
+            }
         }
         s
     }

@@ -1,27 +1,51 @@
-//! Feed arbitrary bytes to both roles' pipelines: never a panic, and a packet that is
-//! not reported modified leaves the pipeline byte for byte as it came in.
+//! Feed arbitrary bytes to every pipeline (pass-through, mbox, victim): never a panic,
+//! and a packet that is not reported modified leaves byte for byte as it came in.
 #![no_main]
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use mpolice::config::MalformedVerdict;
-use mpolice::driver::nft::{Role, Selection};
-use mpolice::pipeline::{PacketMeta, Pipeline, Verdict};
+use mpolice::capability::{Key, KeyRing};
+use mpolice::config::{CapSettings, MalformedVerdict};
+use mpolice::driver::nft::Selection;
+use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
 
 fn selection() -> Selection {
     Selection {
-        addresses: vec!["198.18.2.0/24".parse().unwrap(), "2001:2:0:2::/64".parse().unwrap()],
+        addresses: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
         tcp_ports: vec!["1-65535".parse().unwrap()],
         udp_ports: vec!["1-65535".parse().unwrap()],
     }
 }
 
+fn settings() -> CapSettings {
+    CapSettings {
+        key_file: None,
+        mbox_id: 1,
+        period: Duration::from_secs(4),
+        rtt: Duration::from_secs(1),
+        per_period: 128,
+        max_senders: 64,
+        path_mtu: 1500,
+        feedback_per_ack: 3,
+        kept_per_sender: 8,
+        mbox_interfaces: vec![],
+        client_prefixes: vec![],
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    for role in [Role::Mbox, Role::Victim] {
-        let mut p = Pipeline::new(role, selection(), MalformedVerdict::Drop);
+    let keys = Arc::new(KeyRing::new(1, Key::from_bytes([3; 32])).unwrap());
+    let now = Instant::now();
+    for stages in [
+        None,
+        Some(Stages::Mbox(Mbox::new(&settings(), Arc::clone(&keys), now))),
+        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+    ] {
+        let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);
         let mut buf = data.to_vec();
-        let v = p.process(&PacketMeta::default(), &mut buf, Instant::now());
+        let v = p.process(&PacketMeta::default(), &mut buf, now);
         if v != Verdict::AcceptModified {
             assert_eq!(buf, data);
         }

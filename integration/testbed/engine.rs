@@ -26,6 +26,8 @@ pub struct RoleConfig {
     pub udp_ports: Vec<u16>,
     /// More `[queue]` lines, verbatim (e.g. `fail_open = true`).
     pub queue_extra: String,
+    /// The `[capabilities]` lines, verbatim; None leaves capabilities off.
+    pub capabilities: Option<String>,
 }
 
 impl Default for RoleConfig {
@@ -36,17 +38,43 @@ impl Default for RoleConfig {
             tcp_ports: vec![8080, 5201],
             udp_ports: vec![9000],
             queue_extra: String::new(),
+            capabilities: None,
         }
     }
 }
 
 impl RoleConfig {
+    /// Turn MiddlePolice capabilities on, as `role` needs them in this testbed: the mbox
+    /// gets a fresh key file, the victim accepts protected traffic only from the mbox link.
+    pub fn with_capabilities(mut self, tb: &Testbed, role: &str) -> Result<Self> {
+        let lines = match role {
+            "mbox" => {
+                let keys = tb.workdir().join("mbox.keys");
+                std::fs::write(&keys, crate::capability::generate_key_line(1)? + "\n")?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
+                format!("key_file = \"{}\"\nmbox_id = 1\n", keys.display())
+            }
+            _ => format!(
+                "mbox_interfaces = [\"{}\"]\nclient_prefixes = [\"198.18.1.0/24\", \"2001:2:0:1::/64\"]\n",
+                tb.link("v0")
+            ),
+        };
+        self.capabilities = Some(lines);
+        Ok(self)
+    }
+
     /// Render the TOML an operator would write for this testbed.
     pub fn toml(&self, socket: &Path) -> String {
         let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let caps = self
+            .capabilities
+            .as_ref()
+            .map(|c| format!("\n[capabilities]\n{c}"))
+            .unwrap_or_default();
         format!(
             "[queue]\nfirst = {}\ncount = {}\n{}\n\n[protect]\naddresses = [\"{VICTIM_V4}\", \"{VICTIM_V6}\"]\n\
-             tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n",
+             tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n{caps}",
             self.first_queue,
             self.queues,
             self.queue_extra,

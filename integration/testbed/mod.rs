@@ -23,7 +23,8 @@ use crate::driver::nfqueue::parse_kernel_queue_stats;
 
 pub use engine::{EngineProcess, RoleConfig};
 pub use traffic::{
-    HttpServer, UdpBurst, UdpSink, download, iperf3_tcp, random_file, sha256, wait_listening,
+    Capture, HttpServer, UdpBurst, UdpSink, count_packets, download, iperf3_tcp, random_file,
+    sha256, wait_listening,
 };
 
 /// The victim's IPv4 address.
@@ -193,6 +194,23 @@ impl Testbed {
     /// Name the namespace of a host.
     pub fn ns(&self, h: Host) -> String {
         format!("{}-{}", self.prefix, h.suffix())
+    }
+
+    /// Turn off TSO, GSO and GRO on an interface, so captures show packets as a real
+    /// NIC would put them on the wire instead of the kernel's super-packets.
+    pub fn wire_sized(&self, h: Host, dev: &str) -> Result<()> {
+        self.exec(
+            h,
+            &[
+                "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Name a host's interface: `c0` (client), `m0`/`m1` (mbox), `v0` (victim).
+    pub fn link(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
     }
 
     /// A directory for this testbed's files, removed at teardown.

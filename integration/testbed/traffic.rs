@@ -272,3 +272,69 @@ impl UdpSink {
             .map_err(|_| anyhow::anyhow!("udp sink thread panicked"))?
     }
 }
+
+/// A tcpdump capture of one interface inside a namespace, written to a pcap file.
+pub struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Start capturing headers (first 128 bytes) of every packet on `iface` in `host`.
+    pub fn start(tb: &Testbed, host: Host, iface: &str) -> Result<Capture> {
+        let file = tb.workdir().join(format!("{iface}.pcap"));
+        let log = tb.workdir().join(format!("{iface}.tcpdump.log"));
+        let f = file.to_str().context("path is not UTF-8")?;
+        let child = tb
+            .command(
+                host,
+                &["tcpdump", "-i", iface, "-s", "128", "-U", "-n", "-w", f],
+            )
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("start tcpdump")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)?.contains("listening on") {
+            if Instant::now() > deadline {
+                bail!(
+                    "tcpdump on {iface} did not start: {}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Capture { child, file })
+    }
+
+    /// Stop the capture; return the pcap file.
+    pub fn stop(mut self) -> Result<std::path::PathBuf> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.child.wait()?;
+        Ok(self.file.clone())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Count the packets of a pcap file that match a tcpdump filter.
+pub fn count_packets(pcap: &Path, filter: &str) -> Result<u64> {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-r"])
+        .arg(pcap)
+        .args(["-nn", filter])
+        .stderr(Stdio::null())
+        .output()
+        .context("tcpdump -r")?;
+    if !out.status.success() {
+        bail!("tcpdump -r {} {filter:?} failed", pcap.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count() as u64)
+}

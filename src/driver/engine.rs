@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::Config;
+use crate::capability::KeyRing;
+use crate::config::{CapSettings, Config};
 use crate::driver::control::ControlSocket;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, TABLE};
 use crate::driver::worker::Worker;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Mbox, Pipeline, Stages, Victim};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 
 /// How long a blocked worker waits before it checks the stop flag.
@@ -42,6 +43,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
+    let stages = StageFactory::new(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
     let (rules, kind) = InstalledRules::install(role, cfg)?;
@@ -55,7 +57,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let worker_stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for (num, queue) in queues {
-        let pipeline = Pipeline::new(role, cfg.protect.clone(), cfg.queue.malformed);
+        let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         workers.push(Worker::spawn(
             num,
             queue,
@@ -111,6 +113,128 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         bail!("a worker panicked; rules removed");
     }
     Ok(header.stats(&counters, &kernel))
+}
+
+/// Builds each worker's capability stages from what start-up loaded once.
+enum StageFactory {
+    PassThrough,
+    Mbox {
+        settings: CapSettings,
+        keys: Arc<KeyRing>,
+        epoch: Instant,
+    },
+    Victim {
+        settings: CapSettings,
+        mbox_ifindexes: Vec<u32>,
+    },
+}
+
+impl StageFactory {
+    /// Load the keys (mbox) or resolve the mbox interfaces (victim).
+    fn new(role: Role, cfg: &Config) -> Result<StageFactory> {
+        let Some(settings) = cfg.capabilities.clone() else {
+            return Ok(StageFactory::PassThrough);
+        };
+        Ok(match role {
+            Role::Mbox => {
+                let path = settings
+                    .key_file
+                    .clone()
+                    .context("capabilities.key_file is required on the mbox")?;
+                let text = read_secret(&path)?;
+                let keys = KeyRing::parse(&text).map_err(|e| {
+                    anyhow::anyhow!("capabilities.key_file {}: {e}", path.display())
+                })?;
+                StageFactory::Mbox {
+                    settings,
+                    keys: Arc::new(keys),
+                    // One clock for every worker (a capability may come back on any
+                    // queue), and one that survives a restart (see `boot_epoch`).
+                    epoch: boot_epoch(),
+                }
+            }
+            Role::Victim => {
+                let mbox_ifindexes = settings
+                    .mbox_interfaces
+                    .iter()
+                    .map(|name| ifindex(name))
+                    .collect::<Result<Vec<_>>>()?;
+                StageFactory::Victim {
+                    settings,
+                    mbox_ifindexes,
+                }
+            }
+        })
+    }
+
+    fn make(&self) -> Option<Stages> {
+        match self {
+            StageFactory::PassThrough => None,
+            StageFactory::Mbox {
+                settings,
+                keys,
+                epoch,
+            } => Some(Stages::Mbox(Mbox::new(settings, Arc::clone(keys), *epoch))),
+            StageFactory::Victim {
+                settings,
+                mbox_ifindexes,
+            } => Some(Stages::Victim(Victim::new(
+                settings,
+                mbox_ifindexes.clone(),
+            ))),
+        }
+    }
+}
+
+/// Read the key file, refusing one that other users can read.
+fn read_secret(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = || format!("capabilities.key_file {}", path.display());
+    let mode = std::fs::metadata(path)
+        .with_context(what)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{}: readable by other users (mode {:o}); chmod 600 it",
+            what(),
+            mode & 0o777
+        );
+    }
+    std::fs::read_to_string(path).with_context(what)
+}
+
+/// The instant the monotonic clock started (boot): capability times count from it, so a
+/// restarted engine keeps the same clock, and a capability issued before the restart
+/// falls before its senders' new periods and is refused as `wrong_period`.
+fn boot_epoch() -> Instant {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
+    let since_boot = Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    );
+    let now = Instant::now();
+    if ok {
+        now.checked_sub(since_boot).unwrap_or(now)
+    } else {
+        now
+    }
+}
+
+/// Resolve an interface name in this network namespace.
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("capabilities.mbox_interfaces: no interface {name:?} in this network namespace");
+    }
+    Ok(index)
 }
 
 fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue)>> {

@@ -200,6 +200,7 @@ impl Loop {
     }
 
     fn publish(&mut self) {
+        self.counters.caps.clone_from(self.pipeline.cap_counters());
         let k = self.queue.counters();
         self.counters.enobufs = k.enobufs;
         self.counters.errors = self.send_errors + k.nl_errors + k.truncated + k.malformed;

@@ -1,21 +1,47 @@
 //! The per-packet core: one packet walks `Pipeline::process` from bytes to verdict.
 //!
-//! parse → classify → (role stages) → verdict. Pure: no sockets, no clock, no globals;
-//! the driver hands in the buffer and the time. An error in any stage becomes a counted
-//! verdict here, in one place.
+//! parse → classify → role stages (mbox: stamp | strip and check feedback; victim:
+//! bypass filter, strip, clamp MSS | clamp MSS, return feedback) → verdict. Pure: no
+//! sockets, no clock, no globals; the driver hands in the buffer and the time. An error
+//! in any stage becomes a counted verdict here, in one place.
 
 mod classify;
+mod mbox;
 mod verdict;
+mod victim;
 
 use std::time::Instant;
 
 pub use classify::{Direction, direction};
+pub use mbox::Mbox;
 pub use verdict::{Reason, Verdict};
+pub use victim::Victim;
 
+use crate::capability::Marker;
 use crate::config::MalformedVerdict;
-use crate::driver::nft::{Role, Selection};
-use crate::stats::QueueCounters;
-use crate::wire;
+use crate::driver::nft::Selection;
+use crate::stats::{CapCounters, QueueCounters};
+use crate::wire::{self, Parsed, proto};
+
+/// Whether a stage rewrote the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    Unchanged,
+    Changed,
+}
+
+impl Edit {
+    /// Changed if either is.
+    fn or(self, other: Edit) -> Edit {
+        if self == Edit::Changed { self } else { other }
+    }
+}
+
+/// A role's capability stages.
+pub enum Stages {
+    Mbox(Mbox),
+    Victim(Victim),
+}
 
 /// Queue metadata the driver passes with each packet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,33 +58,35 @@ pub struct PacketMeta {
 }
 
 /// One role's processing, owned by one queue worker.
-#[derive(Debug)]
 pub struct Pipeline {
-    role: Role,
     selection: Selection,
     malformed: MalformedVerdict,
+    /// None: pass protected traffic through unchanged (no capabilities configured).
+    stages: Option<Stages>,
+    caps: CapCounters,
 }
 
 impl Pipeline {
-    /// Build the pipeline of a role.
-    pub fn new(role: Role, selection: Selection, malformed: MalformedVerdict) -> Self {
+    /// Build a pipeline; without `stages` it only parses, classifies and counts.
+    pub fn new(selection: Selection, malformed: MalformedVerdict, stages: Option<Stages>) -> Self {
         Pipeline {
-            role,
             selection,
             malformed,
+            stages,
+            caps: CapCounters::default(),
         }
     }
 
-    /// The role this pipeline plays.
-    pub fn role(&self) -> Role {
-        self.role
+    /// What the capability stages counted so far.
+    pub fn cap_counters(&self) -> &CapCounters {
+        &self.caps
     }
 
     /// Decide the fate of the packet in `buf`, rewriting it in place if needed.
     ///
     /// `buf` is a `Vec` because a rewrite may grow the packet (a capability trailer).
     #[allow(clippy::ptr_arg)]
-    pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, _now: Instant) -> Verdict {
+    pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, now: Instant) -> Verdict {
         if meta.truncated {
             return self.unparsable(Reason::TruncatedCopy);
         }
@@ -66,12 +94,44 @@ impl Pipeline {
             Ok(p) => p,
             Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
-        match direction(&self.selection, &parsed) {
-            // Both roles pass traffic through unchanged until capabilities land.
-            Some(Direction::ToProtected | Direction::FromProtected) => Verdict::Accept,
-            None => Verdict::Pass(Reason::Unselected),
+        let Some(dir) = direction(&self.selection, &parsed) else {
+            return Verdict::Pass(Reason::Unselected);
+        };
+        // Only TCP carries capabilities (its reserved bits hold the marker).
+        let Some(stages) = self
+            .stages
+            .as_mut()
+            .filter(|_| parsed.protocol == proto::TCP)
+        else {
+            return Verdict::Accept;
+        };
+        let c = &mut self.caps;
+        let edit = match (stages, dir) {
+            (Stages::Mbox(m), Direction::ToProtected) => m.to_victim(buf, parsed, now, c),
+            (Stages::Mbox(m), Direction::FromProtected) => m.from_victim(buf, parsed, now, c),
+            (Stages::Victim(v), Direction::ToProtected) => {
+                v.inbound(buf, parsed, meta.indev, now, c)
+            }
+            (Stages::Victim(v), Direction::FromProtected) => v.outbound(buf, parsed, now, c),
+        };
+        match edit {
+            Ok(Edit::Unchanged) => Verdict::Accept,
+            Ok(Edit::Changed) => Verdict::AcceptModified,
+            Err(reason) => Verdict::Drop(reason),
         }
     }
+}
+
+/// Clear the capability marker, keeping the AE bit.
+fn clear_marker(buf: &mut [u8], p: &Parsed) -> Result<Parsed, Reason> {
+    let bits = Marker::None.apply(wire::tcp_reserved(buf, p));
+    wire::set_tcp_reserved(buf, p, bits).map_err(Reason::Malformed)
+}
+
+/// Milliseconds from `epoch` to `t`, on the wrapping u32 clock capabilities carry.
+fn ms_since(epoch: Instant, t: Instant) -> u32 {
+    // Truncation is the point: capability times wrap every ~49 days.
+    t.saturating_duration_since(epoch).as_millis() as u32
 }
 
 impl Pipeline {
@@ -109,3 +169,5 @@ fn count_reason(c: &mut QueueCounters, r: &Reason) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_caps;

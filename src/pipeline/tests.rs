@@ -31,7 +31,7 @@ fn run(p: &mut Pipeline, meta: PacketMeta, pkt: &[u8]) -> (Verdict, Vec<u8>, Que
 }
 
 fn mbox(malformed: MalformedVerdict) -> Pipeline {
-    Pipeline::new(Role::Mbox, selection(), malformed)
+    Pipeline::new(selection(), malformed, None)
 }
 
 #[test]
@@ -142,8 +142,8 @@ proptest::proptest! {
     /// Arbitrary bytes never panic, and nothing but a modified verdict changes them.
     #[test]
     fn arbitrary_bytes_never_panic_or_change(data in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-        for role in [Role::Mbox, Role::Victim] {
-            let mut p = Pipeline::new(role, selection(), MalformedVerdict::Drop);
+        for stages in super::tests_caps::every_stage() {
+            let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);
             let (v, buf, c) = run(&mut p, PacketMeta::default(), &data);
             proptest::prop_assert_ne!(v, Verdict::AcceptModified);
             proptest::prop_assert_eq!(&buf, &data);

@@ -22,6 +22,12 @@ pub enum Reason {
     Malformed(WireError),
     /// The kernel copied only part of the packet to us.
     TruncatedCopy,
+    /// victim: protected traffic that did not arrive through an mbox.
+    Bypassed,
+    /// A packet marked as stamped, too short to hold a capability.
+    TrailerTooShort,
+    /// An ACK whose feedback count promises more bytes than it carries.
+    FeedbackTooShort,
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -33,6 +39,9 @@ impl Reason {
         match self {
             Reason::Malformed(e) => e.as_str(),
             Reason::TruncatedCopy => "truncated_copy",
+            Reason::Bypassed => "bypassed_mbox",
+            Reason::TrailerTooShort => "trailer_too_short",
+            Reason::FeedbackTooShort => "feedback_too_short",
             Reason::Unselected => "unselected",
         }
     }

@@ -1,0 +1,194 @@
+//! The mbox's stages: stamp capabilities on a sample of each sender's packets to the
+//! protected service, and strip and check the feedback on the victim's ACKs.
+//!
+//! Invariants: every ACK from the victim leaves without its feedback trailer and marker,
+//! whatever the trailer holds; a returned capability is counted only if its MAC
+//! verifies, it names the sender it came back for, it was issued in the sender's current
+//! period and within Th_rtt, and its id was not counted before.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Edit, Reason, clear_marker, ms_since};
+use crate::capability::{
+    CapError, Capability, KeyRing, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, check_fresh,
+    check_period, feedback_len, split_feedback, wire_len,
+};
+use crate::config::CapSettings;
+use crate::police::SenderTable;
+use crate::stats::CapCounters;
+use crate::wire::{self, Parsed};
+
+/// What the mbox knows of one sender in the current period.
+struct Sender {
+    period_start: Instant,
+    issued: u32,
+    window: ReturnWindow,
+}
+
+/// The mbox role's capability state, owned by one queue worker.
+pub struct Mbox {
+    keys: Arc<KeyRing>,
+    mbox_id: u16,
+    period: Duration,
+    rtt: Duration,
+    per_period: u32,
+    path_mtu: usize,
+    epoch: Instant,
+    /// An empty returned-capability bitmap, copied for each new sender.
+    window: ReturnWindow,
+    senders: SenderTable<Sender>,
+}
+
+impl Mbox {
+    /// Build the mbox stages from the validated settings and the loaded keys.
+    pub fn new(s: &CapSettings, keys: Arc<KeyRing>, epoch: Instant) -> Self {
+        // `CapSettings` keeps per_period within what a window holds.
+        let window = ReturnWindow::new(s.per_period.clamp(1, MAX_TH_CAP))
+            .expect("1..=MAX_TH_CAP always makes a window");
+        Mbox {
+            window,
+            keys,
+            mbox_id: s.mbox_id,
+            period: s.period,
+            rtt: s.rtt,
+            per_period: s.per_period,
+            path_mtu: usize::from(s.path_mtu),
+            epoch,
+            senders: SenderTable::new(s.max_senders),
+        }
+    }
+
+    /// Stamp a client's packet to the protected service if its sample calls for it.
+    pub fn to_victim(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut p: Parsed,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        let mut edit = Edit::Unchanged;
+        // Only we may mark packets: a client's marker would make the victim strip data.
+        if Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None) {
+            p = clear_marker(buf, &p)?;
+            c.count_rejected("client_marker");
+            edit = Edit::Changed;
+        }
+        let (period, per_period) = (self.period, self.per_period);
+        let window = &self.window;
+        let sender = self.senders.get_or_insert_with(p.src, now, || Sender {
+            period_start: now,
+            issued: 0,
+            window: window.clone(),
+        });
+        roll_period(sender, now, period);
+        // No stamp in a period's last Th_rtt: it could not come back within the period.
+        if sender.issued >= per_period || now >= sender.period_start + period - self.rtt {
+            return Ok(edit);
+        }
+        let v6 = p.src.is_ipv6();
+        if p.total_len() + wire_len(v6) > self.path_mtu {
+            c.too_big += 1;
+            return Ok(edit);
+        }
+        let (key_id, key) = self.keys.current();
+        let cap = Capability::new(
+            key_id,
+            self.mbox_id,
+            ms_since(self.epoch, now),
+            sender.issued,
+            p.src,
+        );
+        let mut bytes = [0u8; MAX_WIRE_LEN];
+        let n = cap
+            .encode(p.dst, key, &mut bytes)
+            .map_err(|_| Reason::Malformed(wire::WireError::FamilyMismatch))?;
+        let stamped = wire::append_trailer(buf, &p, &bytes[..n]).map_err(Reason::Malformed)?;
+        let bits = Marker::Stamped.apply(wire::tcp_reserved(buf, &stamped));
+        wire::set_tcp_reserved(buf, &stamped, bits).map_err(Reason::Malformed)?;
+        sender.issued += 1;
+        c.issued += 1;
+        c.senders = self.senders.len() as u64;
+        c.evictions = self.senders.evictions();
+        Ok(Edit::Changed)
+    }
+
+    /// Strip the feedback from an ACK of the victim and count what verifies.
+    pub fn from_victim(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: Parsed,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        let n = match Marker::from_reserved(wire::tcp_reserved(buf, &p)) {
+            Ok(Marker::None) => return Ok(Edit::Unchanged),
+            Ok(Marker::Feedback(n)) => n.get(),
+            // The victim never sends these: clear them, so the client sees none.
+            Ok(Marker::Stamped) | Err(_) => {
+                clear_marker(buf, &p)?;
+                c.count_rejected("bad_marker");
+                return Ok(Edit::Changed);
+            }
+        };
+        let v6 = p.dst.is_ipv6();
+        let len = feedback_len(n, v6);
+        if p.payload_len < len {
+            // A count that promises more than the packet holds: never forward it.
+            c.count_rejected("feedback_too_short");
+            return Err(Reason::FeedbackTooShort);
+        }
+        let mut trailer = [0u8; 3 * MAX_WIRE_LEN];
+        let start = p.total_len() - len;
+        trailer[..len].copy_from_slice(&buf[start..]);
+        let stripped = wire::strip_trailer(buf, &p, len).map_err(Reason::Malformed)?;
+        clear_marker(buf, &stripped)?;
+        c.feedback_stripped += 1;
+        let now_ms = ms_since(self.epoch, now);
+        if let Ok(caps) = split_feedback(&trailer[..len], n, v6) {
+            for bytes in caps {
+                match self.count_returned(bytes, p.src, p.dst, now, now_ms) {
+                    Ok(()) => c.returned += 1,
+                    Err(reason) => c.count_rejected(reason),
+                }
+            }
+        }
+        Ok(Edit::Changed)
+    }
+
+    /// Check one returned capability (the ACK went from `victim` to `client`).
+    fn count_returned(
+        &mut self,
+        bytes: &[u8],
+        victim: IpAddr,
+        client: IpAddr,
+        now: Instant,
+        now_ms: u32,
+    ) -> Result<(), &'static str> {
+        let name = |e: CapError| e.as_str();
+        let cap = Capability::verify(bytes, victim, &self.keys).map_err(name)?;
+        cap.check_sender(client).map_err(name)?;
+        if cap.mbox_id != self.mbox_id {
+            return Err("wrong_mbox");
+        }
+        let period = self.period;
+        // A sender evicted since: its period and bitmap are gone, so nothing can count.
+        let sender = self.senders.get_mut(client, now).ok_or("unknown_sender")?;
+        roll_period(sender, now, period);
+        check_period(cap.issued_ms, ms_since(self.epoch, sender.period_start)).map_err(name)?;
+        let rtt_ms = u32::try_from(self.rtt.as_millis()).unwrap_or(u32::MAX);
+        check_fresh(cap.issued_ms, now_ms, rtt_ms).map_err(name)?;
+        sender.window.accept(cap.id).map_err(name)
+    }
+}
+
+/// Start a new period for `s` if the current one is over (periods stay aligned).
+fn roll_period(s: &mut Sender, now: Instant, period: Duration) {
+    if now >= s.period_start + period {
+        let periods = (now - s.period_start).as_nanos() / period.as_nanos().max(1);
+        s.period_start += period * u32::try_from(periods).unwrap_or(u32::MAX);
+        s.issued = 0;
+        s.window.reset();
+    }
+}

@@ -1,0 +1,392 @@
+//! The capability stages on byte buffers: mbox output fed to the victim and back, in
+//! memory, with time driven by the test.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::capability::{Key, KeyRing, Marker, wire_len};
+use crate::config::CapSettings;
+use crate::wire::build::Builder;
+use crate::wire::tcp;
+
+const MTU: u16 = 1500;
+const MBOX_IF: u32 = 7;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn settings() -> CapSettings {
+    CapSettings {
+        key_file: None,
+        mbox_id: 9,
+        period: Duration::from_secs(4),
+        rtt: Duration::from_secs(1),
+        per_period: 128,
+        max_senders: 1000,
+        path_mtu: MTU,
+        feedback_per_ack: 3,
+        kept_per_sender: 64,
+        mbox_interfaces: vec![],
+        client_prefixes: vec![],
+    }
+}
+
+fn selection() -> Selection {
+    Selection {
+        addresses: vec![
+            "198.18.2.2".parse().unwrap(),
+            "2001:2:0:2::2".parse().unwrap(),
+        ],
+        tcp_ports: vec!["8080".parse().unwrap()],
+        udp_ports: vec![],
+    }
+}
+
+fn keys() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap())
+}
+
+/// Pass-through, mbox and victim pipelines (for tests that try every stage).
+pub(super) fn every_stage() -> [Option<Stages>; 3] {
+    [
+        None,
+        Some(Stages::Mbox(Mbox::new(&settings(), keys(), Instant::now()))),
+        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+    ]
+}
+
+struct Path {
+    mbox_p: Pipeline,
+    victim_p: Pipeline,
+    t0: Instant,
+}
+
+impl Path {
+    fn new() -> Path {
+        Path::with_victim(Victim::new(&settings(), vec![MBOX_IF]))
+    }
+
+    fn with_victim(v: Victim) -> Path {
+        let t0 = Instant::now();
+        Path {
+            mbox_p: Pipeline::new(
+                selection(),
+                MalformedVerdict::Drop,
+                Some(Stages::Mbox(Mbox::new(&settings(), keys(), t0))),
+            ),
+            victim_p: Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Victim(v))),
+            t0,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// Run a packet through the mbox `ms` after the start.
+    fn mbox(&mut self, pkt: &mut Vec<u8>, ms: u64) -> Verdict {
+        let now = self.at(ms);
+        through(&mut self.mbox_p, pkt, now)
+    }
+
+    /// Run a packet through the victim `ms` after the start.
+    fn victim(&mut self, pkt: &mut Vec<u8>, ms: u64) -> Verdict {
+        let now = self.at(ms);
+        through(&mut self.victim_p, pkt, now)
+    }
+}
+
+fn through(p: &mut Pipeline, pkt: &mut Vec<u8>, now: Instant) -> Verdict {
+    let meta = PacketMeta {
+        indev: MBOX_IF,
+        ..Default::default()
+    };
+    p.process(&meta, pkt, now)
+}
+
+fn marker(pkt: &[u8]) -> Marker {
+    let p = wire::parse(pkt).unwrap();
+    assert!(
+        wire::verify_checksums(pkt, &p),
+        "checksums after every edit"
+    );
+    Marker::from_reserved(wire::tcp_reserved(pkt, &p)).unwrap()
+}
+
+fn data(client: &str, server: &str, len: usize) -> Vec<u8> {
+    Builder::tcp(ip(client), ip(server), 40000, 8080)
+        .payload(&vec![0xab; len])
+        .build()
+}
+
+fn ack(server: &str, client: &str) -> Vec<u8> {
+    Builder::tcp(ip(server), ip(client), 8080, 40000)
+        .flags(tcp::ACK)
+        .build()
+}
+
+#[test]
+fn a_capability_goes_round_trip_over_ipv4_and_ipv6() {
+    for (client, server) in [
+        ("198.18.1.2", "198.18.2.2"),
+        ("2001:2:0:1::2", "2001:2:0:2::2"),
+    ] {
+        let mut path = Path::new();
+        let sent = data(client, server, 100);
+        let mut pkt = sent.clone();
+        assert_eq!(path.mbox(&mut pkt, 0), Verdict::AcceptModified);
+        assert_eq!(pkt.len(), sent.len() + wire_len(sent[0] >> 4 == 6));
+        assert_eq!(marker(&pkt), Marker::Stamped);
+        assert_eq!(path.victim(&mut pkt, 10), Verdict::AcceptModified);
+        assert_eq!(
+            pkt, sent,
+            "the victim's TCP sees exactly what the client sent"
+        );
+
+        let sent_ack = ack(server, client);
+        let mut pkt = sent_ack.clone();
+        assert_eq!(path.victim(&mut pkt, 20), Verdict::AcceptModified);
+        assert!(matches!(marker(&pkt), Marker::Feedback(n) if n.get() == 1));
+        let fed_back = pkt.clone();
+        assert_eq!(path.mbox(&mut pkt, 30), Verdict::AcceptModified);
+        assert_eq!(
+            pkt, sent_ack,
+            "the client sees exactly what the victim sent"
+        );
+        let (m, v) = (path.mbox_p.cap_counters(), path.victim_p.cap_counters());
+        assert_eq!((m.issued, m.returned, m.feedback_stripped), (1, 1, 1));
+        assert_eq!((v.stripped, v.fed_back), (1, 1));
+
+        // The same feedback again is a replay: stripped, never counted twice.
+        let mut again = fed_back;
+        assert_eq!(path.mbox(&mut again, 40), Verdict::AcceptModified);
+        assert_eq!(again, sent_ack);
+        assert_eq!(path.mbox_p.cap_counters().returned, 1);
+        assert_eq!(path.mbox_p.cap_counters().rejected["replayed"], 1);
+    }
+}
+
+/// Stamp one packet and return the victim's ACK carrying its capability back.
+fn feedback_ack(path: &mut Path, at_ms: u64) -> Vec<u8> {
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+    path.mbox(&mut pkt, at_ms);
+    path.victim(&mut pkt, at_ms);
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    path.victim(&mut a, at_ms);
+    a
+}
+
+#[test]
+fn forged_stale_and_misdirected_feedback_is_stripped_but_not_counted() {
+    let clean = ack("198.18.2.2", "198.18.1.2");
+    type Forge = fn(&mut Vec<u8>);
+    let cases: [(&str, Forge, u64); 3] = [
+        ("bad_mac", |a| *a.last_mut().unwrap() ^= 1, 10),
+        ("stale", |_| {}, 1_500),
+        (
+            "bad_mac",
+            |a| {
+                // Another sender's address inside the capability breaks its MAC.
+                let n = a.len();
+                a[n - 17] ^= 1;
+            },
+            10,
+        ),
+    ];
+    for (reason, forge, delay) in cases {
+        let mut path = Path::new();
+        let mut a = feedback_ack(&mut path, 0);
+        forge(&mut a);
+        // Forging leaves the TCP checksum stale; the mbox must not care to strip.
+        let p = wire::parse(&a).unwrap();
+        wire::fill_checksums(&mut a, &p).unwrap();
+        assert_eq!(
+            path.mbox(&mut a, delay),
+            Verdict::AcceptModified,
+            "{reason}"
+        );
+        assert_eq!(a, clean, "{reason}: stripped all the same");
+        let c = path.mbox_p.cap_counters();
+        assert_eq!(
+            (c.returned, c.rejected.get(reason)),
+            (0, Some(&1)),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn feedback_for_an_unknown_sender_is_stripped_and_refused() {
+    let mut path = Path::new();
+    let mut a = feedback_ack(&mut path, 0);
+    let mut other = Path::new(); // a second mbox that never stamped for this sender
+    assert_eq!(other.mbox(&mut a, 5), Verdict::AcceptModified);
+    assert_eq!(a, ack("198.18.2.2", "198.18.1.2"));
+    assert_eq!(other.mbox_p.cap_counters().rejected["unknown_sender"], 1);
+}
+
+#[test]
+fn a_marker_set_by_a_client_is_cleared_and_counted() {
+    let mut path = Path::new();
+    let mut pkt = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .reserved(Marker::Stamped.apply(0x01))
+        .payload(b"hi")
+        .build();
+    path.mbox(&mut pkt, 0);
+    path.victim(&mut pkt, 0);
+    let p = wire::parse(&pkt).unwrap();
+    assert_eq!(
+        &pkt[p.payload_offset..],
+        b"hi",
+        "the client's bytes survive"
+    );
+    assert_eq!(wire::tcp_reserved(&pkt, &p), 0x01, "AE kept, marker gone");
+    assert_eq!(path.mbox_p.cap_counters().rejected["client_marker"], 1);
+}
+
+#[test]
+fn lying_or_short_trailers_are_dropped_and_counted() {
+    let mut path = Path::new();
+    // An ACK that claims three capabilities but carries four bytes.
+    let mut a = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::ACK)
+        .reserved(Marker::feedback(3).unwrap().apply(0))
+        .payload(&[1, 2, 3, 4])
+        .build();
+    assert_eq!(
+        path.mbox(&mut a, 0),
+        Verdict::Drop(Reason::FeedbackTooShort)
+    );
+    // A packet marked stamped, too short to hold a capability.
+    let mut s = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .reserved(Marker::Stamped.apply(0))
+        .payload(&[0; 8])
+        .build();
+    assert_eq!(
+        path.victim(&mut s, 0),
+        Verdict::Drop(Reason::TrailerTooShort)
+    );
+    // An invalid marker value (5..7) from the victim is cleared, nothing stripped.
+    let mut bad = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .reserved(0x0e)
+        .payload(b"x")
+        .build();
+    assert_eq!(path.mbox(&mut bad, 0), Verdict::AcceptModified);
+    assert_eq!(path.mbox_p.cap_counters().rejected["bad_marker"], 1);
+}
+
+#[test]
+fn traffic_that_bypassed_the_mbox_is_dropped() {
+    let mut path = Path::new();
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+    let meta = PacketMeta {
+        indev: MBOX_IF + 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        path.victim_p.process(&meta, &mut pkt, path.at(0)),
+        Verdict::Drop(Reason::Bypassed)
+    );
+}
+
+#[test]
+fn mss_is_clamped_so_trailers_fit_the_mtu() {
+    let mut path = Path::new();
+    for (client, server, header) in [
+        ("198.18.1.2", "198.18.2.2", 40u16),
+        ("2001:2:0:1::2", "2001:2:0:2::2", 60),
+    ] {
+        let cap = wire_len(header == 60) as u16;
+        let mut syn = Builder::tcp(ip(client), ip(server), 40000, 8080)
+            .flags(tcp::SYN)
+            .mss(1460)
+            .build();
+        path.victim(&mut syn, 0);
+        let p = wire::parse(&syn).unwrap();
+        assert_eq!(
+            wire::tcp_mss(&syn, &p),
+            Some(MTU - header - 3 * cap),
+            "room for 3 feedback"
+        );
+        let mut synack = Builder::tcp(ip(server), ip(client), 8080, 40000)
+            .flags(tcp::SYN | tcp::ACK)
+            .mss(1460)
+            .build();
+        path.victim(&mut synack, 0);
+        let p = wire::parse(&synack).unwrap();
+        assert_eq!(
+            wire::tcp_mss(&synack, &p),
+            Some(MTU - header - cap),
+            "room for a stamp"
+        );
+        assert!(wire::verify_checksums(&synack, &p));
+    }
+}
+
+#[test]
+fn nothing_is_stamped_past_the_mtu_or_the_per_period_budget() {
+    let mut path = Path::new();
+    let mut big = data("198.18.1.2", "198.18.2.2", 1460);
+    assert_eq!(path.mbox(&mut big, 0), Verdict::Accept);
+    assert_eq!(path.mbox_p.cap_counters().too_big, 1);
+    for i in 0..200u64 {
+        let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+        path.mbox(&mut pkt, i);
+    }
+    assert_eq!(path.mbox_p.cap_counters().issued, 128, "Th_cap per period");
+    // Nothing in the period's last Th_rtt; a new period stamps again.
+    let mut late = data("198.18.1.2", "198.18.2.2", 10);
+    assert_eq!(path.mbox(&mut late, 3_500), Verdict::Accept);
+    let mut next = data("198.18.1.2", "198.18.2.2", 10);
+    assert_eq!(path.mbox(&mut next, 4_001), Verdict::AcceptModified);
+}
+
+#[test]
+fn feedback_never_pushes_an_ack_past_the_mtu() {
+    let mut path = Path::new();
+    for i in 0..3 {
+        let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+        path.mbox(&mut pkt, i);
+        path.victim(&mut pkt, i);
+    }
+    // A full-size data segment with ACK set: no room for any capability.
+    let mut full = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::ACK)
+        .payload(&vec![0; 1460])
+        .build();
+    assert_eq!(path.victim(&mut full, 5), Verdict::Accept);
+    // Room for two of the three kept.
+    let mut roomy = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::ACK)
+        .payload(&vec![0; 1460 - 80])
+        .build();
+    path.victim(&mut roomy, 6);
+    assert!(roomy.len() <= usize::from(MTU));
+    assert!(matches!(marker(&roomy), Marker::Feedback(n) if n.get() == 2));
+}
+
+#[test]
+fn a_sender_flood_keeps_state_bounded() {
+    let s = CapSettings {
+        max_senders: 50,
+        ..settings()
+    };
+    let mut mbox = Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(Mbox::new(&s, keys(), Instant::now()))),
+    );
+    let t0 = Instant::now();
+    for i in 0..1000u32 {
+        let src = IpAddr::from((0xc613_0000u32 | i).to_be_bytes());
+        let mut pkt = Builder::tcp(src, ip("198.18.2.2"), 40000, 8080)
+            .payload(b"x")
+            .build();
+        mbox.process(&PacketMeta::default(), &mut pkt, t0);
+    }
+    let c = mbox.cap_counters();
+    assert_eq!((c.senders, c.evictions), (50, 950));
+}

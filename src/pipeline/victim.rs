@@ -1,0 +1,167 @@
+//! The victim's stages: drop traffic that bypassed the mbox, strip capabilities before
+//! TCP sees them, return them on ACKs, and clamp the MSS so trailers fit the path MTU.
+//!
+//! Invariants: no packet leaves the inbound stage with a trailer or a marker; an ACK
+//! gets feedback only if it then still fits the path MTU; the capabilities kept per
+//! sender, and the senders, are bounded (overflow and evictions are counted).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{Edit, Reason, clear_marker};
+use crate::capability::{Capability, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, wire_len};
+use crate::config::CapSettings;
+use crate::police::SenderTable;
+use crate::stats::CapCounters;
+use crate::wire::{self, IpVersion, Parsed, tcp};
+
+/// A capability as it arrived, kept to be echoed back unchanged.
+#[derive(Clone, Copy)]
+struct Kept {
+    len: usize,
+    bytes: [u8; MAX_WIRE_LEN],
+}
+
+/// The victim role's capability state, owned by one queue worker.
+pub struct Victim {
+    path_mtu: usize,
+    per_ack: usize,
+    kept_per_sender: usize,
+    /// Ifindexes the mboxes' traffic arrives on; empty: no bypass filter.
+    mbox_ifindexes: Vec<u32>,
+    kept: SenderTable<VecDeque<Kept>>,
+}
+
+impl Victim {
+    /// Build the victim stages; `mbox_ifindexes` are the resolved `mbox_interfaces`.
+    pub fn new(s: &CapSettings, mbox_ifindexes: Vec<u32>) -> Self {
+        Victim {
+            path_mtu: usize::from(s.path_mtu),
+            per_ack: usize::from(s.feedback_per_ack),
+            kept_per_sender: s.kept_per_sender,
+            mbox_ifindexes,
+            kept: SenderTable::new(s.max_senders),
+        }
+    }
+
+    /// Handle a packet from a client, before conntrack and TCP see it.
+    pub fn inbound(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut p: Parsed,
+        indev: u32,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        if !self.mbox_ifindexes.is_empty() && !self.mbox_ifindexes.contains(&indev) {
+            return Err(Reason::Bypassed);
+        }
+        let mut edit = Edit::Unchanged;
+        if is_syn(&p, false) {
+            // The client's MSS bounds our segments to it: leave room for feedback.
+            let room = self.per_ack * wire_len(p.src.is_ipv6());
+            edit = edit.or(clamp(buf, &p, self.path_mtu, room));
+        }
+        match Marker::from_reserved(wire::tcp_reserved(buf, &p)) {
+            Ok(Marker::None) => Ok(edit),
+            Ok(Marker::Stamped) => {
+                let len = wire_len(p.src.is_ipv6());
+                if p.payload_len < len {
+                    return Err(Reason::TrailerTooShort);
+                }
+                let mut kept = Kept {
+                    len,
+                    bytes: [0; MAX_WIRE_LEN],
+                };
+                kept.bytes[..len].copy_from_slice(&buf[p.total_len() - len..]);
+                p = wire::strip_trailer(buf, &p, len).map_err(Reason::Malformed)?;
+                clear_marker(buf, &p)?;
+                c.stripped += 1;
+                // We hold no key, but a trailer that is not even well formed is not kept.
+                match Capability::decode(&kept.bytes[..len]) {
+                    Ok(_) => self.keep(p.src, kept, now, c),
+                    Err(e) => c.count_rejected(e.as_str()),
+                }
+                Ok(Edit::Changed)
+            }
+            // Only the mbox marks packets towards us, and only as stamped.
+            Ok(Marker::Feedback(_)) | Err(_) => {
+                clear_marker(buf, &p)?;
+                c.count_rejected("bad_marker");
+                Ok(Edit::Changed)
+            }
+        }
+    }
+
+    /// Handle a packet to a client: clamp a SYN-ACK's MSS, return kept capabilities on ACKs.
+    pub fn outbound(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: Parsed,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        let mut edit = Edit::Unchanged;
+        let len = wire_len(p.dst.is_ipv6());
+        if is_syn(&p, true) {
+            // Our MSS bounds the client's segments: leave room for a stamp.
+            edit = edit.or(clamp(buf, &p, self.path_mtu, len));
+        }
+        let ack = p.tcp().is_some_and(|t| t.flags & tcp::ACK != 0);
+        let Some(queue) = self.kept.get_mut(p.dst, now).filter(|_| ack) else {
+            return Ok(edit);
+        };
+        let fits = self.path_mtu.saturating_sub(p.total_len()) / len;
+        let n = queue
+            .len()
+            .min(self.per_ack)
+            .min(fits)
+            .min(usize::from(MAX_FEEDBACK));
+        if n == 0 {
+            return Ok(edit);
+        }
+        let mut trailer = [0u8; 3 * MAX_WIRE_LEN];
+        for (i, k) in queue.drain(..n).enumerate() {
+            trailer[i * len..(i + 1) * len].copy_from_slice(&k.bytes[..k.len]);
+        }
+        let p = wire::append_trailer(buf, &p, &trailer[..n * len]).map_err(Reason::Malformed)?;
+        let marker = Marker::feedback(n as u8).map_err(|_| Reason::TrailerTooShort)?;
+        let bits = marker.apply(wire::tcp_reserved(buf, &p));
+        wire::set_tcp_reserved(buf, &p, bits).map_err(Reason::Malformed)?;
+        c.fed_back += n as u64;
+        Ok(Edit::Changed)
+    }
+
+    fn keep(&mut self, sender: std::net::IpAddr, k: Kept, now: Instant, c: &mut CapCounters) {
+        let limit = self.kept_per_sender;
+        let queue = self.kept.get_or_insert_with(sender, now, VecDeque::new);
+        if queue.len() >= limit {
+            queue.pop_front();
+            c.overflow += 1;
+        }
+        queue.push_back(k);
+        c.senders = self.kept.len() as u64;
+        c.evictions = self.kept.evictions();
+    }
+}
+
+/// True for a SYN (`with_ack` false) or a SYN-ACK (`with_ack` true).
+fn is_syn(p: &Parsed, with_ack: bool) -> bool {
+    p.tcp()
+        .is_some_and(|t| t.flags & tcp::SYN != 0 && (t.flags & tcp::ACK != 0) == with_ack)
+}
+
+/// Clamp the MSS so a full segment plus `room` trailer bytes fits `mtu`.
+fn clamp(buf: &mut [u8], p: &Parsed, mtu: usize, room: usize) -> Edit {
+    let headers = match p.version {
+        IpVersion::V4 => 20 + 20,
+        IpVersion::V6 => 40 + 20,
+    };
+    let max = mtu.saturating_sub(headers + room);
+    let max = u16::try_from(max).unwrap_or(u16::MAX);
+    if wire::clamp_tcp_mss(buf, p, max) {
+        Edit::Changed
+    } else {
+        Edit::Unchanged
+    }
+}

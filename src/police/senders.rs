@@ -1,0 +1,190 @@
+//! A bounded table of per-sender state.
+//!
+//! Invariant: it never holds more than its capacity. A spoofed-source flood fills it
+//! with senders that are never seen again; when full, a new sender takes the place of
+//! the least recently seen of a few entries sampled at random (approximate LRU, O(1)),
+//! and every eviction is counted.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Entries compared to choose one to evict.
+const EVICTION_SAMPLE: usize = 8;
+
+struct Entry<V> {
+    sender: IpAddr,
+    last_seen: Instant,
+    value: V,
+}
+
+/// Per-sender values, at most `capacity` of them.
+pub struct SenderTable<V> {
+    entries: Vec<Entry<V>>,
+    index: HashMap<IpAddr, usize>,
+    capacity: usize,
+    evictions: u64,
+    rng: u64,
+}
+
+impl<V> SenderTable<V> {
+    /// Make an empty table holding at most `capacity` senders (at least one).
+    pub fn new(capacity: usize) -> Self {
+        SenderTable {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            capacity: capacity.max(1),
+            evictions: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Return the sender's value, if it is known, and mark it seen at `now`.
+    pub fn get_mut(&mut self, sender: IpAddr, now: Instant) -> Option<&mut V> {
+        let i = *self.index.get(&sender)?;
+        let e = &mut self.entries[i];
+        e.last_seen = now;
+        Some(&mut e.value)
+    }
+
+    /// Return the sender's value, creating it with `make` (evicting if full).
+    pub fn get_or_insert_with(
+        &mut self,
+        sender: IpAddr,
+        now: Instant,
+        make: impl FnOnce() -> V,
+    ) -> &mut V {
+        let i = match self.index.get(&sender) {
+            Some(&i) => i,
+            None => {
+                if self.entries.len() >= self.capacity {
+                    self.evict_one();
+                }
+                self.entries.push(Entry {
+                    sender,
+                    last_seen: now,
+                    value: make(),
+                });
+                let i = self.entries.len() - 1;
+                self.index.insert(sender, i);
+                i
+            }
+        };
+        let e = &mut self.entries[i];
+        e.last_seen = now;
+        &mut e.value
+    }
+
+    /// Remove senders not seen since `before`; return how many.
+    pub fn expire(&mut self, before: Instant) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.entries.len() {
+            if self.entries[i].last_seen < before {
+                self.remove_at(i);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    /// Senders held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no sender is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Senders evicted to make room since the table was made.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    fn evict_one(&mut self) {
+        let n = self.entries.len();
+        let mut victim: Option<usize> = None;
+        for _ in 0..EVICTION_SAMPLE.min(n) {
+            let i = self.next_random() as usize % n;
+            if victim.is_none_or(|v| self.entries[i].last_seen < self.entries[v].last_seen) {
+                victim = Some(i);
+            }
+        }
+        if let Some(i) = victim {
+            self.remove_at(i);
+            self.evictions += 1;
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let gone = self.entries.swap_remove(i);
+        self.index.remove(&gone.sender);
+        if let Some(moved) = self.entries.get(i) {
+            self.index.insert(moved.sender, i);
+        }
+    }
+
+    /// xorshift64: cheap, and an attacker cannot steer it without seeing our state.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(i: u32) -> IpAddr {
+        IpAddr::from((0xc612_0000u32 | i).to_be_bytes())
+    }
+
+    #[test]
+    fn a_flood_of_new_senders_never_grows_it_past_capacity() {
+        let t0 = Instant::now();
+        let mut t = SenderTable::new(100);
+        for i in 0..10_000 {
+            *t.get_or_insert_with(addr(i), t0 + Duration::from_micros(u64::from(i)), || 0u32) += 1;
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.evictions(), 9_900);
+        // Every index entry points at the entry of its sender.
+        for (s, &i) in &t.index {
+            assert_eq!(t.entries[i].sender, *s);
+        }
+    }
+
+    #[test]
+    fn a_busy_sender_survives_a_flood() {
+        let t0 = Instant::now();
+        let mut t = SenderTable::new(64);
+        let busy = addr(999_999);
+        for i in 0..5_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 2);
+            *t.get_or_insert_with(busy, now, || 0u32) += 1;
+            t.get_or_insert_with(addr(i), now + Duration::from_micros(1), || 0);
+        }
+        assert_eq!(t.get_mut(busy, t0).copied(), Some(5_000), "kept all along");
+    }
+
+    #[test]
+    fn idle_senders_expire() {
+        let t0 = Instant::now();
+        let mut t = SenderTable::new(10);
+        t.get_or_insert_with(addr(1), t0, || ());
+        t.get_or_insert_with(addr(2), t0 + Duration::from_secs(5), || ());
+        assert_eq!(t.expire(t0 + Duration::from_secs(1)), 1);
+        assert!(t.get_mut(addr(1), t0).is_none());
+        assert!(t.get_mut(addr(2), t0).is_some());
+        assert_eq!(t.evictions(), 0, "expiry is not eviction");
+    }
+}
