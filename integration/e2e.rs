@@ -202,6 +202,23 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     testbed::random_file(&file, 50).unwrap();
     let want = testbed::sha256(&file).unwrap();
     let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    // The victim advertises room for a stamp on its routes to the clients.
+    let route = |prefix: &str| {
+        tb.exec(Host::Victim, &["ip", "route", "show", prefix])
+            .unwrap()
+    };
+    assert!(
+        route("198.18.1.0/24").contains("advmss 1428"),
+        "{}",
+        route("198.18.1.0/24")
+    );
+    let route6 = tb
+        .exec(
+            Host::Victim,
+            &["ip", "-6", "route", "show", "2001:2:0:1::/64"],
+        )
+        .unwrap();
+    assert!(route6.contains("advmss 1396"), "{route6}");
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     let to_client = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m0")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {

@@ -17,10 +17,12 @@ use crate::config::{CapSettings, Config};
 use crate::driver::control::ControlSocket;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
+use crate::capability::wire_len;
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, TABLE};
+use crate::driver::route::{self, AdvmssGuard, AdvmssRoute};
 use crate::driver::worker::Worker;
-use crate::pipeline::{Mbox, Pipeline, Stages, Victim};
+use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 
 /// How long a blocked worker waits before it checks the stop flag.
@@ -44,6 +46,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
     let stages = StageFactory::new(role, cfg)?;
+    let _advmss = lower_advmss(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
     let (rules, kind) = InstalledRules::install(role, cfg)?;
@@ -184,6 +187,40 @@ impl StageFactory {
             ))),
         }
     }
+}
+
+/// On the victim, advertise an MSS to the client prefixes that leaves room for a stamp;
+/// the returned guard restores the routes when the engine stops.
+fn lower_advmss(role: Role, cfg: &Config) -> Result<Option<AdvmssGuard>> {
+    let Some(caps) = cfg.capabilities.as_ref().filter(|_| role == Role::Victim) else {
+        return Ok(None);
+    };
+    if caps.client_prefixes.is_empty() {
+        return Ok(None);
+    }
+    let routes: Vec<AdvmssRoute> = caps
+        .client_prefixes
+        .iter()
+        .map(|p| {
+            let v6 = p.addr().is_ipv6();
+            AdvmssRoute {
+                prefix: p.addr(),
+                prefix_len: p.len(),
+                advmss: mss_with_room(v6, usize::from(caps.path_mtu), wire_len(v6)),
+            }
+        })
+        .collect();
+    let guard = route::set_advmss(&routes)
+        .map_err(|e| anyhow::anyhow!("capabilities.client_prefixes: {e}"))?;
+    tracing::info!(
+        "advmss lowered for {}",
+        routes
+            .iter()
+            .map(|r| format!("{r} to {}", r.advmss))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Some(guard))
 }
 
 /// Read the key file, refusing one that other users can read.

@@ -5,4 +5,5 @@ pub mod control;
 pub mod engine;
 pub mod nfqueue;
 pub mod nft;
+pub mod route;
 pub mod worker;

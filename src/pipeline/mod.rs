@@ -15,7 +15,7 @@ use std::time::Instant;
 pub use classify::{Direction, direction};
 pub use mbox::Mbox;
 pub use verdict::{Reason, Verdict};
-pub use victim::Victim;
+pub use victim::{Victim, mss_with_room};
 
 use crate::capability::Marker;
 use crate::config::MalformedVerdict;

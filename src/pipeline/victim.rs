@@ -153,15 +153,17 @@ fn is_syn(p: &Parsed, with_ack: bool) -> bool {
 
 /// Clamp the MSS so a full segment plus `room` trailer bytes fits `mtu`.
 fn clamp(buf: &mut [u8], p: &Parsed, mtu: usize, room: usize) -> Edit {
-    let headers = match p.version {
-        IpVersion::V4 => 20 + 20,
-        IpVersion::V6 => 40 + 20,
-    };
-    let max = mtu.saturating_sub(headers + room);
-    let max = u16::try_from(max).unwrap_or(u16::MAX);
+    let max = mss_with_room(p.version == IpVersion::V6, mtu, room);
     if wire::clamp_tcp_mss(buf, p, max) {
         Edit::Changed
     } else {
         Edit::Unchanged
     }
+}
+
+/// The largest MSS under which a full segment plus `room` trailer bytes fits `mtu`
+/// (TCP options come out of the MSS, so they need no room of their own).
+pub fn mss_with_room(v6: bool, mtu: usize, room: usize) -> u16 {
+    let headers = if v6 { 40 + 20 } else { 20 + 20 };
+    u16::try_from(mtu.saturating_sub(headers + room)).unwrap_or(u16::MAX)
 }
