@@ -56,10 +56,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.prefix, args.prefix, args.prefix
     );
     let tb = Testbed::up(&args.prefix)?;
-    let cfg = RoleConfig::default();
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin, &cfg)?;
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin, &cfg)?;
-    println!("engines running; table inet mpolice installed in both namespaces");
+    let vcfg = RoleConfig::default().with_capabilities(&tb, "victim")?;
+    let mcfg = RoleConfig::default().with_capabilities(&tb, "mbox")?;
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin, &vcfg)?;
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin, &mcfg)?;
+    println!("engines running with capabilities; table inet mpolice installed in both namespaces");
     check()?;
 
     let www = tb.workdir().join("www");
@@ -133,6 +134,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for s in [&ms, &vs] {
         println!("  {}", role_line(s));
     }
+    let (mc, vc) = (ms.total().engine.caps, vs.total().engine.caps);
+    println!(
+        "  capabilities: mbox stamped {} and counted {} returned ({} refused); \
+         victim stripped {} and returned {} on its ACKs",
+        mc.issued,
+        mc.returned,
+        mc.rejected.values().sum::<u64>(),
+        vc.stripped,
+        vc.fed_back
+    );
     println!(
         "  clean-up: mbox {mstat}, victim {vstat}; {}",
         if leftover.is_empty() {

@@ -1,0 +1,150 @@
+//! Per-packet cost of the capability stages as the engine runs them: stamp (mbox, on a
+//! client's data packet), strip (victim, inbound), feedback-append (victim, on an ACK)
+//! and feedback-verify (mbox: strip, verify, count). Each includes parsing, the trailer
+//! edit and the checksum updates, and excludes the NFQUEUE round trip.
+//!
+//! Run with `cargo bench --bench pipeline`.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use mpolice::capability::{Key, KeyRing};
+use mpolice::config::{CapSettings, MalformedVerdict};
+use mpolice::driver::nft::Selection;
+use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
+use mpolice::wire::build::Builder;
+use mpolice::wire::tcp;
+
+const PERIOD: Duration = Duration::from_secs(4);
+
+fn settings() -> CapSettings {
+    CapSettings {
+        key_file: None,
+        mbox_id: 1,
+        period: PERIOD,
+        rtt: Duration::from_secs(1),
+        per_period: 128,
+        max_senders: 65536,
+        path_mtu: 1500,
+        feedback_per_ack: 3,
+        kept_per_sender: 64,
+        mbox_interfaces: vec![],
+        client_prefixes: vec![],
+    }
+}
+
+fn selection() -> Selection {
+    Selection {
+        addresses: vec![
+            "198.18.2.0/24".parse().unwrap(),
+            "2001:2:0:2::/64".parse().unwrap(),
+        ],
+        tcp_ports: vec!["8080".parse().unwrap()],
+        udp_ports: vec![],
+    }
+}
+
+fn mbox(t0: Instant) -> Pipeline {
+    let keys = Arc::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap());
+    Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(Mbox::new(&settings(), keys, t0))),
+    )
+}
+
+fn victim() -> Pipeline {
+    Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+    )
+}
+
+fn run(p: &mut Pipeline, pkt: &mut Vec<u8>, now: Instant) -> Verdict {
+    p.process(&PacketMeta::default(), pkt, now)
+}
+
+fn bench(c: &mut Criterion) {
+    for (family, client, server) in [
+        ("ipv4", "198.18.1.2", "198.18.2.2"),
+        ("ipv6", "2001:2:0:1::2", "2001:2:0:2::2"),
+    ] {
+        let (client, server): (IpAddr, IpAddr) = (client.parse().unwrap(), server.parse().unwrap());
+        let data = Builder::tcp(client, server, 40000, 8080)
+            .payload(&[0x5a; 1000])
+            .build();
+        let ack = Builder::tcp(server, client, 8080, 40000)
+            .flags(tcp::ACK)
+            .build();
+        let t0 = Instant::now();
+
+        c.bench_function(&format!("stamp_{family}"), |b| {
+            let mut m = mbox(t0);
+            let mut period = 0u32;
+            let mut buf = Vec::with_capacity(0x10100);
+            b.iter(|| {
+                // Each packet in a new period, so every one is stamped.
+                period += 1;
+                buf.clear();
+                buf.extend_from_slice(&data);
+                let v = run(&mut m, &mut buf, t0 + PERIOD * period);
+                assert_eq!(v, Verdict::AcceptModified);
+            });
+        });
+
+        let mut stamped = data.clone();
+        run(&mut mbox(t0), &mut stamped, t0);
+        c.bench_function(&format!("strip_{family}"), |b| {
+            let mut v = victim();
+            let mut buf = Vec::with_capacity(0x10100);
+            b.iter(|| {
+                buf.clear();
+                buf.extend_from_slice(&stamped);
+                black_box(run(&mut v, &mut buf, t0));
+            });
+        });
+
+        c.bench_function(&format!("feedback_append_{family}"), |b| {
+            b.iter_batched(
+                || {
+                    let mut v = victim();
+                    run(&mut v, &mut stamped.clone(), t0);
+                    (v, ack.clone())
+                },
+                // Returned, so dropping the state is not timed.
+                |(mut v, mut buf)| {
+                    assert_eq!(run(&mut v, &mut buf, t0), Verdict::AcceptModified);
+                    (v, buf)
+                },
+                BatchSize::SmallInput,
+            );
+        });
+
+        c.bench_function(&format!("feedback_verify_{family}"), |b| {
+            b.iter_batched(
+                || {
+                    let mut m = mbox(t0);
+                    let mut v = victim();
+                    let mut pkt = data.clone();
+                    run(&mut m, &mut pkt, t0);
+                    run(&mut v, &mut pkt, t0);
+                    let mut fb = ack.clone();
+                    run(&mut v, &mut fb, t0);
+                    (m, fb)
+                },
+                |(mut m, mut buf)| {
+                    assert_eq!(run(&mut m, &mut buf, t0), Verdict::AcceptModified);
+                    (m, buf)
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
