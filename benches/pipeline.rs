@@ -7,11 +7,10 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use mpolice::capability::{Key, KeyRing};
+use mpolice::capability::{Key, KeyRing, SharedKeys};
 use mpolice::config::{CapSettings, MalformedVerdict};
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
@@ -48,11 +47,11 @@ fn selection() -> Selection {
 }
 
 fn mbox(t0: Instant) -> Pipeline {
-    let keys = Arc::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap());
+    let keys = SharedKeys::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap());
     Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), keys, t0))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &keys, t0))),
     )
 }
 

@@ -2,11 +2,11 @@
 //! and a packet that is not reported modified leaves byte for byte as it came in.
 #![no_main]
 
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use mpolice::capability::{Key, KeyRing};
+use mpolice::capability::{Key, KeyRing, SharedKeys};
 use mpolice::config::{CapSettings, MalformedVerdict};
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
@@ -36,11 +36,11 @@ fn settings() -> CapSettings {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let keys = Arc::new(KeyRing::new(1, Key::from_bytes([3; 32])).unwrap());
+    let keys = SharedKeys::new(KeyRing::new(1, Key::from_bytes([3; 32])).unwrap());
     let now = Instant::now();
     for stages in [
         None,
-        Some(Stages::Mbox(Mbox::new(&settings(), Arc::clone(&keys), now))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now))),
         Some(Stages::Victim(Victim::new(&settings(), vec![]))),
     ] {
         let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);

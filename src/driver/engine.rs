@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::capability::KeyRing;
 use crate::config::{CapSettings, Config};
 use crate::driver::control::ControlSocket;
+use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::wire_len;
@@ -45,7 +45,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
-    let stages = StageFactory::new(role, cfg)?;
+    let mut stages = StageFactory::new(role, cfg)?;
     let _advmss = lower_advmss(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
@@ -95,6 +95,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             failed = Some(w.queue);
             break;
         }
+        stages.tick(Instant::now());
         std::thread::sleep(TICK);
     }
     tracing::info!("{role}: stopping; removing table inet {TABLE}");
@@ -123,7 +124,8 @@ enum StageFactory {
     PassThrough,
     Mbox {
         settings: CapSettings,
-        keys: Arc<KeyRing>,
+        /// Owned by the main loop, which reloads the key file as it changes.
+        keys: KeyWatch,
         epoch: Instant,
     },
     Victim {
@@ -144,13 +146,10 @@ impl StageFactory {
                     .key_file
                     .clone()
                     .context("capabilities.key_file is required on the mbox")?;
-                let text = read_secret(&path)?;
-                let keys = KeyRing::parse(&text).map_err(|e| {
-                    anyhow::anyhow!("capabilities.key_file {}: {e}", path.display())
-                })?;
+                let keys = KeyWatch::load(&path, settings.period, Instant::now())?;
                 StageFactory::Mbox {
                     settings,
-                    keys: Arc::new(keys),
+                    keys,
                     // One clock for every worker (a capability may come back on any
                     // queue), and one that survives a restart (see `boot_epoch`).
                     epoch: boot_epoch(),
@@ -170,6 +169,13 @@ impl StageFactory {
         })
     }
 
+    /// Reload the key file if it changed (mbox only).
+    fn tick(&mut self, now: Instant) {
+        if let StageFactory::Mbox { keys, .. } = self {
+            keys.tick(now);
+        }
+    }
+
     fn make(&self) -> Option<Stages> {
         match self {
             StageFactory::PassThrough => None,
@@ -177,7 +183,7 @@ impl StageFactory {
                 settings,
                 keys,
                 epoch,
-            } => Some(Stages::Mbox(Mbox::new(settings, Arc::clone(keys), *epoch))),
+            } => Some(Stages::Mbox(Mbox::new(settings, keys.shared(), *epoch))),
             StageFactory::Victim {
                 settings,
                 mbox_ifindexes,
@@ -221,24 +227,6 @@ fn lower_advmss(role: Role, cfg: &Config) -> Result<Option<AdvmssGuard>> {
             .join(", ")
     );
     Ok(Some(guard))
-}
-
-/// Read the key file, refusing one that other users can read.
-fn read_secret(path: &std::path::Path) -> Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let what = || format!("capabilities.key_file {}", path.display());
-    let mode = std::fs::metadata(path)
-        .with_context(what)?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{}: readable by other users (mode {:o}); chmod 600 it",
-            what(),
-            mode & 0o777
-        );
-    }
-    std::fs::read_to_string(path).with_context(what)
 }
 
 /// The instant the monotonic clock started (boot): capability times count from it, so a

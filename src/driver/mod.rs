@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod engine;
+pub mod keys;
 pub mod nfqueue;
 pub mod nft;
 pub mod route;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::{Edit, Reason, clear_marker, ms_since};
 use crate::capability::{
-    CapError, Capability, KeyRing, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, check_fresh,
-    check_period, feedback_len, split_feedback, wire_len,
+    CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, SharedKeys,
+    check_fresh, check_period, feedback_len, split_feedback, wire_len,
 };
 use crate::config::CapSettings;
 use crate::police::SenderTable;
@@ -29,7 +29,7 @@ struct Sender {
 
 /// The mbox role's capability state, owned by one queue worker.
 pub struct Mbox {
-    keys: Arc<KeyRing>,
+    keys: KeyReader,
     mbox_id: u16,
     period: Duration,
     rtt: Duration,
@@ -43,13 +43,13 @@ pub struct Mbox {
 
 impl Mbox {
     /// Build the mbox stages from the validated settings and the loaded keys.
-    pub fn new(s: &CapSettings, keys: Arc<KeyRing>, epoch: Instant) -> Self {
+    pub fn new(s: &CapSettings, keys: &Arc<SharedKeys>, epoch: Instant) -> Self {
         // `CapSettings` keeps per_period within what a window holds.
         let window = ReturnWindow::new(s.per_period.clamp(1, MAX_TH_CAP))
             .expect("1..=MAX_TH_CAP always makes a window");
         Mbox {
             window,
-            keys,
+            keys: keys.reader(),
             mbox_id: s.mbox_id,
             period: s.period,
             rtt: s.rtt,
@@ -92,7 +92,7 @@ impl Mbox {
             c.too_big += 1;
             return Ok(edit);
         }
-        let (key_id, key) = self.keys.current();
+        let (key_id, key) = self.keys.ring().current();
         let cap = Capability::new(
             key_id,
             self.mbox_id,
@@ -167,7 +167,7 @@ impl Mbox {
         now_ms: u32,
     ) -> Result<(), &'static str> {
         let name = |e: CapError| e.as_str();
-        let cap = Capability::verify(bytes, victim, &self.keys).map_err(name)?;
+        let cap = Capability::verify(bytes, victim, self.keys.ring()).map_err(name)?;
         cap.check_sender(client).map_err(name)?;
         if cap.mbox_id != self.mbox_id {
             return Err("wrong_mbox");

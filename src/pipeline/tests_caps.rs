@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::capability::{Key, KeyRing, Marker, wire_len};
+use crate::capability::{Key, KeyRing, Marker, SharedKeys, wire_len};
 use crate::config::CapSettings;
 use crate::wire::build::Builder;
 use crate::wire::tcp;
@@ -45,15 +45,19 @@ fn selection() -> Selection {
     }
 }
 
-fn keys() -> Arc<KeyRing> {
-    Arc::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap())
+fn keys() -> Arc<SharedKeys> {
+    SharedKeys::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap())
 }
 
 /// Pass-through, mbox and victim pipelines (for tests that try every stage).
 pub(super) fn every_stage() -> [Option<Stages>; 3] {
     [
         None,
-        Some(Stages::Mbox(Mbox::new(&settings(), keys(), Instant::now()))),
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &keys(),
+            Instant::now(),
+        ))),
         Some(Stages::Victim(Victim::new(&settings(), vec![]))),
     ]
 }
@@ -75,7 +79,7 @@ impl Path {
             mbox_p: Pipeline::new(
                 selection(),
                 MalformedVerdict::Drop,
-                Some(Stages::Mbox(Mbox::new(&settings(), keys(), t0))),
+                Some(Stages::Mbox(Mbox::new(&settings(), &keys(), t0))),
             ),
             victim_p: Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Victim(v))),
             t0,
@@ -377,7 +381,7 @@ fn a_sender_flood_keeps_state_bounded() {
     let mut mbox = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&s, keys(), Instant::now()))),
+        Some(Stages::Mbox(Mbox::new(&s, &keys(), Instant::now()))),
     );
     let t0 = Instant::now();
     for i in 0..1000u32 {
@@ -389,4 +393,55 @@ fn a_sender_flood_keeps_state_bounded() {
     }
     let c = mbox.cap_counters();
     assert_eq!((c.senders, c.evictions), (50, 950));
+}
+
+#[test]
+fn keys_rotate_with_one_period_of_overlap() {
+    let shared = keys();
+    let t0 = Instant::now();
+    let mut mbox = Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0))),
+    );
+    let mut victim = Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_IF]))),
+    );
+    let stamp_and_return = |mbox: &mut Pipeline, victim: &mut Pipeline, ms: u64| {
+        let now = t0 + Duration::from_millis(ms);
+        let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+        through(mbox, &mut pkt, now);
+        let key_id = pkt[pkt.len() - 32] & 0x0f;
+        through(victim, &mut pkt, now);
+        let mut a = ack("198.18.2.2", "198.18.1.2");
+        through(victim, &mut a, now);
+        (key_id, a)
+    };
+    let (id, old_feedback) = stamp_and_return(&mut mbox, &mut victim, 0);
+    assert_eq!(id, 1);
+    let ring = |text: &[(u8, u8)]| {
+        let mut r = KeyRing::new(text[0].0, Key::from_bytes([text[0].1; 32])).unwrap();
+        for &(id, b) in &text[1..] {
+            r.rotate(id, Key::from_bytes([b; 32])).unwrap();
+        }
+        r
+    };
+    // Rotate: key 2 signs, key 1 still verifies.
+    shared.replace(ring(&[(1, 7), (2, 8)]));
+    let (id, _) = stamp_and_return(&mut mbox, &mut victim, 10);
+    assert_eq!(id, 2, "the new key signs");
+    let mut fb = old_feedback.clone();
+    through(&mut mbox, &mut fb, t0 + Duration::from_millis(20));
+    assert_eq!(
+        mbox.cap_counters().returned,
+        1,
+        "a capability of the previous key still counts"
+    );
+    // The period of overlap is over: key 1 is gone.
+    shared.replace(ring(&[(2, 8)]));
+    let mut fb = old_feedback;
+    through(&mut mbox, &mut fb, t0 + Duration::from_millis(30));
+    assert_eq!(mbox.cap_counters().rejected["unknown_key"], 1);
 }
