@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use mpolice::stats::EngineStats;
 use mpolice::testbed::{
-    self, EngineProcess, Host, HttpServer, RoleConfig, Testbed, UdpBurst, UdpSink, VICTIM_V4,
-    VICTIM_V6,
+    self, EngineProcess, Host, HttpServer, MBOX_V4, MBOX_V6, RoleConfig, Testbed, UdpBurst,
+    UdpSink, VICTIM_V4, VICTIM_V6,
 };
 
 fn bin() -> PathBuf {
@@ -273,6 +273,59 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
         let frag_needed = "(icmp and icmp[0] == 3 and icmp[1] == 4) or (icmp6 and ip6[40] == 2)";
         assert_eq!(testbed::count_packets(pcap, frag_needed).unwrap(), 0);
     }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
+fn redirect_mode_carries_a_50mb_download_with_capabilities() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpredir").unwrap();
+    let vcfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let mcfg = RoleConfig {
+        redirect: true,
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "mbox")
+            .unwrap()
+    };
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let www = tb.workdir().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let file = www.join("f.bin");
+    testbed::random_file(&file, 50).unwrap();
+    let want = testbed::sha256(&file).unwrap();
+    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    // Clients address the mbox; it hands the connection to the victim behind it.
+    for addr in [MBOX_V4.to_string(), format!("[{MBOX_V6}]")] {
+        let got = tb.workdir().join("got.bin");
+        testbed::download(
+            &tb,
+            Host::Client,
+            &format!("http://{addr}:8080/f.bin"),
+            &got,
+        )
+        .unwrap();
+        assert_eq!(testbed::sha256(&got).unwrap(), want, "download from {addr}");
+    }
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
+    assert!(
+        mc.redirected > 2 * 20_000,
+        "both directions readdressed: {}",
+        m.table()
+    );
+    assert!(mc.issued >= 2 && mc.returned >= 2, "{}", m.table());
+    assert_eq!(vc.stripped, mc.issued, "{}", v.table());
+    assert!(mc.rejected.is_empty(), "{:?}", mc.rejected);
     stop_clean(
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],

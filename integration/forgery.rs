@@ -298,6 +298,9 @@ fn bed(prefix: &str) -> Bed {
         argv.extend(cmd.split(' '));
         tb.exec(Host::Client, &argv).unwrap();
     }
+    // Every test starts from counters that agree with the kernel's (published every 100 ms).
+    mbox.settled_stats(&tb, Host::Mbox).unwrap();
+    victim.settled_stats(&tb, Host::Victim).unwrap();
     Bed { tb, mbox, victim }
 }
 
@@ -453,9 +456,6 @@ fn forged_replayed_stale_truncated_and_misplaced_capabilities_are_refused_and_co
     let _serial = serial();
     let bed = bed("mpforge");
     let tb = &bed.tb;
-    // Counters are published every 100 ms: wait until they hold all the traffic.
-    bed.mbox.settled_stats(tb, Host::Mbox).unwrap();
-    bed.victim.settled_stats(tb, Host::Victim).unwrap();
     let start = bed.snap();
     let (mc, vc) = (start.mc(), start.vc());
     assert!(
@@ -872,10 +872,8 @@ fn bypass(bed: &Bed) {
 }
 
 /// The bypass filter covers the protected UDP ports too (SPEC: the victim "drops
-/// protected-port traffic that did not come through an mbox"). Fails today: the pipeline
-/// returns Accept for every non-TCP packet before the victim's bypass check runs.
+/// protected-port traffic that did not come through an mbox"), not only TCP.
 #[test]
-#[ignore = "engine bug: non-TCP traffic skips the victim's bypass filter"]
 fn udp_that_bypassed_the_mbox_is_dropped() {
     if !root() {
         return;

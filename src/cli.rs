@@ -168,7 +168,7 @@ fn rules(cmd: RulesCommand) -> Result<()> {
         RulesCommand::Install(rc) => {
             let role = nft::Role::from(rc.role);
             let cfg = config::load(&rc.config, &role.to_string())?;
-            let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+            let spec = cfg.ruleset(role);
             let kind = nft::install(&spec, cfg.queue.kind).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "installed table inet {} for {role} with the {} queue rule",
@@ -187,7 +187,7 @@ fn rules(cmd: RulesCommand) -> Result<()> {
         RulesCommand::Show(rc) => {
             let role = nft::Role::from(rc.role);
             let cfg = config::load(&rc.config, &role.to_string())?;
-            let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+            let spec = cfg.ruleset(role);
             print!("{}", nft::render(&spec));
         }
     }
@@ -243,7 +243,7 @@ mod tests {
                 &role.to_string(),
             )
             .unwrap();
-            let text = nft::render(&nft::plan(role, &cfg.protect, &cfg.queue.target));
+            let text = nft::render(&cfg.ruleset(role));
             let file = root.join(format!("nft-rules/{role}.nft"));
             let committed = std::fs::read_to_string(&file).unwrap_or_default();
             assert!(

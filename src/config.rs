@@ -10,7 +10,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::driver::nfqueue::{DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
-use crate::driver::nft::{PortRange, Prefix, QueuePreference, QueueTarget, Selection};
+use std::net::IpAddr;
+
+use crate::driver::nft::{
+    self, PortRange, Prefix, QueuePreference, QueueTarget, Role, RulesetSpec, Selection,
+};
+
+/// The prefix holding exactly one address.
+fn host(a: IpAddr) -> Option<Prefix> {
+    Prefix::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()
+}
 
 /// Th_cap at most: the returned-capability bitmap of a sender is this many bits.
 pub const MAX_PER_PERIOD: u32 = 1024;
@@ -33,6 +42,50 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// MiddlePolice capabilities; without them both roles pass traffic through unchanged.
     pub capabilities: Option<CapSettings>,
+    /// mbox, redirect mode: addresses clients connect to, and the victims behind them.
+    pub redirect: Vec<RedirectPair>,
+}
+
+/// One redirect: clients address `listen` (an address of the mbox); the mbox hands
+/// their packets to `to` (a protected address) and answers in `listen`'s name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectPair {
+    pub listen: IpAddr,
+    pub to: IpAddr,
+}
+
+impl Config {
+    /// The ruleset this role's engine installs.
+    pub fn ruleset(&self, role: Role) -> RulesetSpec {
+        let mut spec = nft::plan(role, &self.protect, &self.queue.target);
+        if role == Role::Mbox && !self.redirect.is_empty() {
+            let victims = Selection {
+                addresses: self.redirect.iter().filter_map(|r| host(r.to)).collect(),
+                ..self.protect.clone()
+            };
+            nft::add_redirect_chains(
+                &mut spec,
+                &self.redirect_selection(),
+                &victims,
+                &self.queue.target,
+            );
+        }
+        spec
+    }
+
+    /// The listen addresses of the redirect pairs, with the protected ports.
+    pub fn redirect_selection(&self) -> Selection {
+        Selection {
+            addresses: self
+                .redirect
+                .iter()
+                .filter_map(|r| {
+                    Prefix::new(r.listen, if r.listen.is_ipv4() { 32 } else { 128 }).ok()
+                })
+                .collect(),
+            ..self.protect.clone()
+        }
+    }
 }
 
 /// How capabilities are stamped, returned and checked.
@@ -103,6 +156,20 @@ struct RawConfig {
     #[serde(default)]
     control: RawControl,
     capabilities: Option<RawCaps>,
+    redirect: Option<RawRedirect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    map: Vec<RawPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    listen: String,
+    to: String,
 }
 
 #[derive(Deserialize)]
@@ -307,12 +374,23 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .control
         .socket
         .unwrap_or_else(|| PathBuf::from(format!("/run/mpolice/{role}.sock")));
+    let redirect = match raw.redirect {
+        None => Vec::new(),
+        Some(_) if role != "mbox" => {
+            return err("redirect: only the mbox redirects; remove it from this config".into());
+        }
+        Some(_) if raw.capabilities.is_none() => {
+            return err("redirect: needs the [capabilities] section (the mbox redirects as part of its capability stages)".into());
+        }
+        Some(r) => validate_redirect(&r, &addresses)?,
+    };
     let capabilities = raw
         .capabilities
         .map(|c| validate_caps(c, role))
         .transpose()?;
     Ok(Config {
         capabilities,
+        redirect,
         queue: QueueSettings {
             target,
             kind,
@@ -401,6 +479,43 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         mbox_interfaces: c.mbox_interfaces,
         client_prefixes,
     })
+}
+
+fn validate_redirect(
+    r: &RawRedirect,
+    protected: &[Prefix],
+) -> Result<Vec<RedirectPair>, ConfigError> {
+    let mut pairs: Vec<RedirectPair> = Vec::new();
+    for (i, p) in r.map.iter().enumerate() {
+        let key = format!("redirect.map[{i}]");
+        let addr = |name: &str, text: &str| {
+            text.parse::<IpAddr>()
+                .map_err(|e| ConfigError(format!("{key}.{name}: {text:?}: {e}")))
+        };
+        let (listen, to) = (addr("listen", &p.listen)?, addr("to", &p.to)?);
+        if listen.is_ipv4() != to.is_ipv4() {
+            return Err(ConfigError(format!(
+                "{key}: listen and to must be of one address family"
+            )));
+        }
+        if !protected.iter().any(|a| a.contains(to)) {
+            return Err(ConfigError(format!(
+                "{key}.to: {to} is not in protect.addresses"
+            )));
+        }
+        if protected.iter().any(|a| a.contains(listen)) {
+            return Err(ConfigError(format!(
+                "{key}.listen: {listen} is a protected address; use an address of the mbox"
+            )));
+        }
+        if pairs.iter().any(|q| q.listen == listen) {
+            return Err(ConfigError(format!(
+                "{key}.listen: {listen} is listed twice"
+            )));
+        }
+        pairs.push(RedirectPair { listen, to });
+    }
+    Ok(pairs)
 }
 
 fn ports(key: &str, raw: &[RawPort]) -> Result<Vec<PortRange>, ConfigError> {
@@ -505,6 +620,54 @@ mod tests {
             let e = error_of(&format!("{base}{bad}"));
             assert!(e.contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn redirect_pairs_are_checked() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[capabilities]\nkey_file=\"/k\"\n[redirect]\n";
+        let ok = parse(
+            &format!("{base}map=[{{listen=\"198.18.1.1\", to=\"198.18.2.2\"}}]"),
+            "mbox",
+        )
+        .unwrap();
+        assert_eq!(ok.redirect.len(), 1);
+        let chains: Vec<String> = ok
+            .ruleset(Role::Mbox)
+            .chains
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            chains,
+            ["to_victim", "from_victim", "redirect_in", "redirect_out"]
+        );
+        for (pair, expect) in [
+            (
+                "listen=\"198.18.1.1\", to=\"2001:2::1\"",
+                "one address family",
+            ),
+            (
+                "listen=\"198.18.1.1\", to=\"198.18.9.9\"",
+                "not in protect.addresses",
+            ),
+            (
+                "listen=\"198.18.2.2\", to=\"198.18.2.2\"",
+                "is a protected address",
+            ),
+            (
+                "listen=\"nope\", to=\"198.18.2.2\"",
+                "redirect.map[0].listen",
+            ),
+        ] {
+            let e = error_of(&format!("{base}map=[{{{pair}}}]"));
+            assert!(e.contains(expect), "{pair}: {e}");
+        }
+        let e = parse(&format!("{base}map=[]"), "victim")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the mbox"), "{e}");
+        let no_caps = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[redirect]\nmap=[]";
+        assert!(error_of(no_caps).contains("needs the [capabilities] section"));
     }
 
     #[test]

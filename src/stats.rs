@@ -44,6 +44,8 @@ pub struct CapCounters {
     pub feedback_stripped: u64,
     /// mbox: packets not stamped because they would exceed the path MTU.
     pub too_big: u64,
+    /// mbox, redirect mode: packets readdressed to a victim, or answered in the mbox's name.
+    pub redirected: u64,
     /// victim: capabilities stripped from stamped packets.
     pub stripped: u64,
     /// victim: capabilities returned to the mbox on ACKs.
@@ -69,6 +71,7 @@ impl CapCounters {
         self.returned += o.returned;
         self.feedback_stripped += o.feedback_stripped;
         self.too_big += o.too_big;
+        self.redirected += o.redirected;
         self.stripped += o.stripped;
         self.fed_back += o.fed_back;
         self.overflow += o.overflow;
@@ -232,12 +235,13 @@ impl EngineStats {
         if *c != CapCounters::default() {
             let _ = writeln!(
                 s,
-                "capabilities: issued={} returned={} feedback_stripped={} too_big={} \
+                "capabilities: issued={} returned={} feedback_stripped={} too_big={} redirected={} \
                  stripped={} fed_back={} overflow={} senders={} evictions={}",
                 c.issued,
                 c.returned,
                 c.feedback_stripped,
                 c.too_big,
+                c.redirected,
                 c.stripped,
                 c.fed_back,
                 c.overflow,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Host, KernelQueue, Testbed, VICTIM_V4, VICTIM_V6};
+use super::{Host, KernelQueue, MBOX_V4, MBOX_V6, Testbed, VICTIM_V4, VICTIM_V6};
 use crate::driver::control;
 use crate::stats::EngineStats;
 
@@ -28,6 +28,8 @@ pub struct RoleConfig {
     pub queue_extra: String,
     /// The `[capabilities]` lines, verbatim; None leaves capabilities off.
     pub capabilities: Option<String>,
+    /// mbox: clients address the mbox (198.18.1.1, 2001:2:0:1::1), which redirects.
+    pub redirect: bool,
 }
 
 impl Default for RoleConfig {
@@ -39,6 +41,7 @@ impl Default for RoleConfig {
             udp_ports: vec![9000],
             queue_extra: String::new(),
             capabilities: None,
+            redirect: false,
         }
     }
 }
@@ -67,11 +70,17 @@ impl RoleConfig {
     /// Render the TOML an operator would write for this testbed.
     pub fn toml(&self, socket: &Path) -> String {
         let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-        let caps = self
+        let mut caps = self
             .capabilities
             .as_ref()
             .map(|c| format!("\n[capabilities]\n{c}"))
             .unwrap_or_default();
+        if self.redirect {
+            caps.push_str(&format!(
+                "\n[redirect]\nmap = [{{ listen = \"{MBOX_V4}\", to = \"{VICTIM_V4}\" }}, \
+                 {{ listen = \"{MBOX_V6}\", to = \"{VICTIM_V6}\" }}]\n"
+            ));
+        }
         format!(
             "[queue]\nfirst = {}\ncount = {}\n{}\n\n[protect]\naddresses = [\"{VICTIM_V4}\", \"{VICTIM_V6}\"]\n\
              tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n{caps}",

@@ -5,37 +5,15 @@
 //! kernel routes it by its destination and sends the bytes as they are: a forged marker,
 //! a lying count or a stale capability reaches the engines exactly as built.
 
-use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use super::{Host, Testbed};
+use super::{Host, Testbed, in_netns};
 
 /// `IPV6_HDRINCL` from linux/in6.h (not in every libc release).
 const IPV6_HDRINCL: libc::c_int = 36;
-
-/// Run `f` on a thread inside a host's network namespace (sockets it opens live there).
-pub fn in_netns<T: Send>(
-    tb: &Testbed,
-    host: Host,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
-    let path = format!("/var/run/netns/{}", tb.ns(host));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: setns switches only this thread's network namespace; the fd is valid.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
-    })
-}
 
 /// Send one complete IPv4 or IPv6 packet from inside `host`'s namespace.
 pub fn inject(tb: &Testbed, host: Host, packet: &[u8]) -> Result<()> {

@@ -11,6 +11,7 @@
 //! ```
 
 mod engine;
+mod inject;
 mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -22,15 +23,20 @@ pub use crate::driver::nfqueue::KernelQueueStats as KernelQueue;
 use crate::driver::nfqueue::parse_kernel_queue_stats;
 
 pub use engine::{EngineProcess, RoleConfig};
+pub use inject::inject;
 pub use traffic::{
-    Capture, HttpServer, UdpBurst, UdpSink, count_packets, download, iperf3_tcp, random_file,
-    sha256, wait_listening,
+    Capture, HttpServer, UdpBurst, UdpSink, count_packets, download, in_netns, iperf3_tcp,
+    random_file, sha256, wait_listening,
 };
 
 /// The victim's IPv4 address.
 pub const VICTIM_V4: &str = "198.18.2.2";
 /// The victim's IPv6 address.
 pub const VICTIM_V6: &str = "2001:2:0:2::2";
+/// The mbox's IPv4 address on the client's link (clients address it in redirect mode).
+pub const MBOX_V4: &str = "198.18.1.1";
+/// The mbox's IPv6 address on the client's link.
+pub const MBOX_V6: &str = "2001:2:0:1::1";
 /// The client's IPv4 address.
 pub const CLIENT_V4: &str = "198.18.1.2";
 /// The client's IPv6 address.

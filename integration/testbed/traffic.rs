@@ -160,53 +160,62 @@ pub struct UdpBurst {
 impl UdpBurst {
     /// Send the burst from inside a host's namespace; return how long it took.
     pub fn send(&self, tb: &Testbed, host: Host) -> Result<Duration> {
-        let ns = tb.ns(host);
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<Duration> {
-                enter_netns(&ns)?;
-                let bind: SocketAddr = if self.to.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
+        in_netns(tb, host, || {
+            let bind: SocketAddr = if self.to.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()?;
+            let sock = UdpSocket::bind(bind)?;
+            if self.dest_opts {
+                // Next header and length are filled in by the kernel; PadN fills 6 bytes.
+                let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+                // SAFETY: `opts` outlives the call and its length is passed exactly.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_DSTOPTS,
+                        opts.as_ptr().cast(),
+                        opts.len() as libc::socklen_t,
+                    )
+                };
+                if rc != 0 {
+                    bail!("IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
                 }
-                .parse()?;
-                let sock = UdpSocket::bind(bind)?;
-                if self.dest_opts {
-                    // Next header and length are filled in by the kernel; PadN fills 6 bytes.
-                    let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
-                    // SAFETY: `opts` outlives the call and its length is passed exactly.
-                    let rc = unsafe {
-                        libc::setsockopt(
-                            sock.as_raw_fd(),
-                            libc::IPPROTO_IPV6,
-                            libc::IPV6_DSTOPTS,
-                            opts.as_ptr().cast(),
-                            opts.len() as libc::socklen_t,
-                        )
-                    };
-                    if rc != 0 {
-                        bail!("IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
-                    }
+            }
+            let payload = vec![0x5au8; self.len];
+            let t = Instant::now();
+            let mut sent = 0;
+            while sent < self.count {
+                match sock.send_to(&payload, self.to) {
+                    Ok(_) => sent += 1,
+                    // The local qdisc is full for a moment: retry this datagram.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+                    Err(e) => return Err(e.into()),
                 }
-                let payload = vec![0x5au8; self.len];
-                let t = Instant::now();
-                let mut sent = 0;
-                while sent < self.count {
-                    match sock.send_to(&payload, self.to) {
-                        Ok(_) => sent += 1,
-                        // The local qdisc is full for a moment: retry this datagram.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                            std::thread::yield_now()
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Ok(t.elapsed())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("udp burst thread panicked"))?
+            }
+            Ok(t.elapsed())
         })
     }
+}
+
+/// Run `f` on a thread inside a host's network namespace (sockets it opens live there).
+pub fn in_netns<T: Send>(
+    tb: &Testbed,
+    host: Host,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let ns = tb.ns(host);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&ns)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace {ns} panicked"))?
+    })
 }
 
 /// Move the calling thread into a testbed namespace (sockets it opens then live there).

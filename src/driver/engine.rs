@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{CapSettings, Config};
+use crate::config::{CapSettings, Config, RedirectPair};
 use crate::driver::control::ControlSocket;
 use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::wire_len;
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
-use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, TABLE};
+use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute};
 use crate::driver::worker::Worker;
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
@@ -127,6 +127,8 @@ enum StageFactory {
         /// Owned by the main loop, which reloads the key file as it changes.
         keys: KeyWatch,
         epoch: Instant,
+        redirect: Vec<RedirectPair>,
+        redirect_sel: Selection,
     },
     Victim {
         settings: CapSettings,
@@ -150,6 +152,8 @@ impl StageFactory {
                 StageFactory::Mbox {
                     settings,
                     keys,
+                    redirect: cfg.redirect.clone(),
+                    redirect_sel: cfg.redirect_selection(),
                     // One clock for every worker (a capability may come back on any
                     // queue), and one that survives a restart (see `boot_epoch`).
                     epoch: boot_epoch(),
@@ -183,7 +187,12 @@ impl StageFactory {
                 settings,
                 keys,
                 epoch,
-            } => Some(Stages::Mbox(Mbox::new(settings, keys.shared(), *epoch))),
+                redirect,
+                redirect_sel,
+            } => Some(Stages::Mbox(
+                Mbox::new(settings, keys.shared(), *epoch)
+                    .with_redirect(redirect.clone(), redirect_sel.clone()),
+            )),
             StageFactory::Victim {
                 settings,
                 mbox_ifindexes,
@@ -354,7 +363,7 @@ struct InstalledRules(RulesetSpec);
 impl InstalledRules {
     /// Install the role's rules and return the guard that removes them.
     fn install(role: Role, cfg: &Config) -> Result<(InstalledRules, QueueKind)> {
-        let spec = nft::plan(role, &cfg.protect, &cfg.queue.target);
+        let spec = cfg.ruleset(role);
         if nft::table_exists(TABLE).unwrap_or(false) {
             tracing::warn!(
                 "replacing table inet {TABLE}: left by an engine that was killed, or another \

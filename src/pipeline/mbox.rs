@@ -10,15 +10,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Edit, Reason, clear_marker, ms_since};
+use super::{Direction, Edit, Reason, clear_marker, direction, ms_since};
 use crate::capability::{
     CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, SharedKeys,
     check_fresh, check_period, feedback_len, split_feedback, wire_len,
 };
-use crate::config::CapSettings;
+use crate::config::{CapSettings, RedirectPair};
+use crate::driver::nft::Selection;
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
-use crate::wire::{self, Parsed};
+use crate::wire::{self, Parsed, proto};
 
 /// What the mbox knows of one sender in the current period.
 struct Sender {
@@ -38,6 +39,9 @@ pub struct Mbox {
     epoch: Instant,
     /// An empty returned-capability bitmap, copied for each new sender.
     window: ReturnWindow,
+    /// Redirect mode: client-facing addresses and the victims behind them.
+    redirect: Vec<RedirectPair>,
+    redirect_sel: Selection,
     senders: SenderTable<Sender>,
 }
 
@@ -57,7 +61,40 @@ impl Mbox {
             path_mtu: usize::from(s.path_mtu),
             epoch,
             senders: SenderTable::new(s.max_senders),
+            redirect: Vec::new(),
+            redirect_sel: Selection::default(),
         }
+    }
+
+    /// Redirect mode: clients address `listen`, and the mbox hands their packets to
+    /// `to` and answers in `listen`'s name; `sel` holds the listen addresses and the
+    /// protected ports.
+    pub fn with_redirect(mut self, pairs: Vec<RedirectPair>, sel: Selection) -> Self {
+        self.redirect = pairs;
+        self.redirect_sel = sel;
+        self
+    }
+
+    /// Rewrite a client's packet to a redirect address towards the victim behind it;
+    /// None if the packet is not addressed to one.
+    pub fn redirect_in(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        c: &mut CapCounters,
+    ) -> Option<Result<Edit, Reason>> {
+        if direction(&self.redirect_sel, p) != Some(Direction::ToProtected) {
+            return None;
+        }
+        let to = self.redirect.iter().find(|r| r.listen == p.dst)?.to;
+        c.redirected += 1;
+        // The route towards `to` is chosen after this hook (prerouting), so the packet
+        // leaves for the victim; the forward hook then queues it again for stamping.
+        Some(
+            wire::set_dst_addr(buf, p, to)
+                .map(|_| Edit::Changed)
+                .map_err(Reason::Malformed),
+        )
     }
 
     /// Stamp a client's packet to the protected service if its sample calls for it.
@@ -68,6 +105,10 @@ impl Mbox {
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
+        // Only TCP carries capabilities (its reserved bits hold the marker).
+        if p.protocol != proto::TCP {
+            return Ok(Edit::Unchanged);
+        }
         let mut edit = Edit::Unchanged;
         // Only we may mark packets: a client's marker would make the victim strip data.
         if Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None) {
@@ -114,8 +155,36 @@ impl Mbox {
         Ok(Edit::Changed)
     }
 
-    /// Strip the feedback from an ACK of the victim and count what verifies.
+    /// Strip the feedback from a packet of the victim, count what verifies, and in
+    /// redirect mode answer in the redirect address's name.
+    ///
+    /// A reply is queued twice in redirect mode: before routing (`hook` prerouting),
+    /// where its feedback is stripped ahead of conntrack, and after (forward), where it
+    /// is readdressed: before routing, the mbox's own source address would be a martian.
     pub fn from_victim(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: Parsed,
+        hook: u8,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        if hook == super::HOOK_FORWARD {
+            let Some(r) = self.redirect.iter().find(|r| r.to == p.src) else {
+                return Ok(Edit::Unchanged);
+            };
+            wire::set_src_addr(buf, &p, r.listen).map_err(Reason::Malformed)?;
+            c.redirected += 1;
+            return Ok(Edit::Changed);
+        }
+        if p.protocol != proto::TCP {
+            return Ok(Edit::Unchanged);
+        }
+        self.strip_feedback(buf, p, now, c)
+    }
+
+    /// Strip the feedback from an ACK of the victim and count what verifies.
+    fn strip_feedback(
         &mut self,
         buf: &mut Vec<u8>,
         p: Parsed,

@@ -21,7 +21,7 @@ use crate::capability::Marker;
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::stats::{CapCounters, QueueCounters};
-use crate::wire::{self, Parsed, proto};
+use crate::wire::{self, Parsed};
 
 /// Whether a stage rewrote the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,15 @@ impl Edit {
 }
 
 /// A role's capability stages.
+// One per worker, built once: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Stages {
     Mbox(Mbox),
     Victim(Victim),
 }
+
+/// Netfilter's number for the forward hook (`NF_INET_FORWARD`), as `PacketMeta::hook`.
+pub const HOOK_FORWARD: u8 = 2;
 
 /// Queue metadata the driver passes with each packet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,25 +99,28 @@ impl Pipeline {
             Ok(p) => p,
             Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
-        let Some(dir) = direction(&self.selection, &parsed) else {
-            return Verdict::Pass(Reason::Unselected);
-        };
-        // Only TCP carries capabilities (its reserved bits hold the marker).
-        let Some(stages) = self
-            .stages
-            .as_mut()
-            .filter(|_| parsed.protocol == proto::TCP)
-        else {
-            return Verdict::Accept;
+        let dir = direction(&self.selection, &parsed);
+        let Some(stages) = self.stages.as_mut() else {
+            return match dir {
+                Some(_) => Verdict::Accept,
+                None => Verdict::Pass(Reason::Unselected),
+            };
         };
         let c = &mut self.caps;
         let edit = match (stages, dir) {
-            (Stages::Mbox(m), Direction::ToProtected) => m.to_victim(buf, parsed, now, c),
-            (Stages::Mbox(m), Direction::FromProtected) => m.from_victim(buf, parsed, now, c),
-            (Stages::Victim(v), Direction::ToProtected) => {
+            (Stages::Mbox(m), Some(Direction::ToProtected)) => m.to_victim(buf, parsed, now, c),
+            (Stages::Mbox(m), Some(Direction::FromProtected)) => {
+                m.from_victim(buf, parsed, meta.hook, now, c)
+            }
+            (Stages::Victim(v), Some(Direction::ToProtected)) => {
                 v.inbound(buf, parsed, meta.indev, now, c)
             }
-            (Stages::Victim(v), Direction::FromProtected) => v.outbound(buf, parsed, now, c),
+            (Stages::Victim(v), Some(Direction::FromProtected)) => v.outbound(buf, parsed, now, c),
+            (Stages::Mbox(m), None) => match m.redirect_in(buf, &parsed, c) {
+                Some(edit) => edit,
+                None => return Verdict::Pass(Reason::Unselected),
+            },
+            (Stages::Victim(_), None) => return Verdict::Pass(Reason::Unselected),
         };
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,

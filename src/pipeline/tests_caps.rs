@@ -445,3 +445,82 @@ fn keys_rotate_with_one_period_of_overlap() {
     through(&mut mbox, &mut fb, t0 + Duration::from_millis(30));
     assert_eq!(mbox.cap_counters().rejected["unknown_key"], 1);
 }
+
+#[test]
+fn redirect_readdresses_both_ways_for_tcp_and_udp() {
+    let pairs = vec![
+        crate::config::RedirectPair {
+            listen: ip("198.18.1.1"),
+            to: ip("198.18.2.2"),
+        },
+        crate::config::RedirectPair {
+            listen: ip("2001:2:0:1::1"),
+            to: ip("2001:2:0:2::2"),
+        },
+    ];
+    let listen = Selection {
+        addresses: vec![
+            "198.18.1.1".parse().unwrap(),
+            "2001:2:0:1::1".parse().unwrap(),
+        ],
+        tcp_ports: vec!["8080".parse().unwrap()],
+        udp_ports: vec!["9000".parse().unwrap()],
+    };
+    let sel = Selection {
+        udp_ports: vec!["9000".parse().unwrap()],
+        ..selection()
+    };
+    let m = Mbox::new(&settings(), &keys(), Instant::now()).with_redirect(pairs, listen);
+    let mut mbox = Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)));
+    let forward = PacketMeta {
+        hook: HOOK_FORWARD,
+        ..Default::default()
+    };
+    for (client, mbox_addr, server) in [
+        ("198.18.1.2", "198.18.1.1", "198.18.2.2"),
+        ("2001:2:0:1::2", "2001:2:0:1::1", "2001:2:0:2::2"),
+    ] {
+        for udp in [false, true] {
+            type Make = fn(IpAddr, IpAddr, u16, u16) -> Builder;
+            let (build, port): (Make, u16) = if udp {
+                (Builder::udp, 9000)
+            } else {
+                (Builder::tcp, 8080)
+            };
+            let mut inbound = build(ip(client), ip(mbox_addr), 40000, port)
+                .payload(b"q")
+                .build();
+            let v = mbox.process(&PacketMeta::default(), &mut inbound, Instant::now());
+            assert_eq!(v, Verdict::AcceptModified);
+            let p = wire::parse(&inbound).unwrap();
+            assert_eq!(
+                (p.dst, wire::verify_checksums(&inbound, &p)),
+                (ip(server), true)
+            );
+            // The reply: untouched before routing, readdressed after.
+            let reply = build(ip(server), ip(client), port, 40000)
+                .payload(b"r")
+                .build();
+            let mut before = reply.clone();
+            mbox.process(&PacketMeta::default(), &mut before, Instant::now());
+            assert_eq!(before, reply);
+            let mut after = reply;
+            assert_eq!(
+                mbox.process(&forward, &mut after, Instant::now()),
+                Verdict::AcceptModified
+            );
+            let p = wire::parse(&after).unwrap();
+            assert_eq!(
+                (p.src, wire::verify_checksums(&after, &p)),
+                (ip(mbox_addr), true)
+            );
+        }
+    }
+    assert_eq!(mbox.cap_counters().redirected, 8);
+    // Not a redirect address: not ours to touch.
+    let mut other = Builder::tcp(ip("198.18.1.2"), ip("198.18.1.9"), 40000, 8080).build();
+    assert_eq!(
+        mbox.process(&PacketMeta::default(), &mut other, Instant::now()),
+        Verdict::Pass(Reason::Unselected)
+    );
+}

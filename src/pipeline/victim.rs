@@ -13,7 +13,7 @@ use crate::capability::{Capability, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, wire_len
 use crate::config::CapSettings;
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
-use crate::wire::{self, IpVersion, Parsed, tcp};
+use crate::wire::{self, IpVersion, Parsed, proto, tcp};
 
 /// A capability as it arrived, kept to be echoed back unchanged.
 #[derive(Clone, Copy)]
@@ -53,8 +53,12 @@ impl Victim {
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
+        // Every protocol: a UDP flood that skipped the mbox is as unpoliced as TCP.
         if !self.mbox_ifindexes.is_empty() && !self.mbox_ifindexes.contains(&indev) {
             return Err(Reason::Bypassed);
+        }
+        if p.protocol != proto::TCP {
+            return Ok(Edit::Unchanged);
         }
         let mut edit = Edit::Unchanged;
         if is_syn(&p, false) {
@@ -101,6 +105,9 @@ impl Victim {
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
+        if p.protocol != proto::TCP {
+            return Ok(Edit::Unchanged);
+        }
         let mut edit = Edit::Unchanged;
         let len = wire_len(p.dst.is_ipv6());
         if is_syn(&p, true) {

@@ -70,6 +70,36 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
     }
 }
 
+/// Add the mbox's redirect chains: clients' packets to the addresses in `listen`,
+/// queued before routing so the engine can readdress them to the victim; and the
+/// victims' replies, queued after routing (a local source address before routing would
+/// be a martian) so the engine can answer in the listen address's name.
+pub fn add_redirect_chains(
+    spec: &mut RulesetSpec,
+    listen: &Selection,
+    victims: &Selection,
+    q: &QueueTarget,
+) {
+    spec.chains.push(chain(
+        "redirect_in",
+        Hook::Prerouting,
+        PRIO_RAW,
+        "mbox: clients' packets to a redirect address, readdressed to the victim before routing",
+        Field::Dst,
+        listen,
+        q,
+    ));
+    spec.chains.push(chain(
+        "redirect_out",
+        Hook::Forward,
+        PRIO_FILTER,
+        "mbox: redirected victims' replies, answered in the redirect address's name",
+        Field::Src,
+        victims,
+        q,
+    ));
+}
+
 /// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
 fn chain(
     name: &str,
