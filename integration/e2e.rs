@@ -333,6 +333,94 @@ fn redirect_mode_carries_a_50mb_download_with_capabilities() {
 }
 
 #[test]
+fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mptunnel").unwrap();
+    for (h, dev) in [
+        (Host::Client, "c0"),
+        (Host::Mbox, "m0"),
+        (Host::Mbox, "m1"),
+        (Host::Victim, "v0"),
+    ] {
+        tb.wire_sized(h, &tb.link(dev)).unwrap();
+    }
+    let vcfg = RoleConfig {
+        tunnel: true,
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "victim")
+            .unwrap()
+    };
+    let mcfg = RoleConfig {
+        tunnel: true,
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "mbox")
+            .unwrap()
+    };
+    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let www = tb.workdir().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let file = www.join("f.bin");
+    testbed::random_file(&file, 50).unwrap();
+    let want = testbed::sha256(&file).unwrap();
+    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        let got = tb.workdir().join("got.bin");
+        testbed::download(
+            &tb,
+            Host::Client,
+            &format!("http://{addr}:8080/f.bin"),
+            &got,
+        )
+        .unwrap();
+        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+    }
+    let victim_link = to_victim.stop().unwrap();
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
+    assert!(
+        mc.tunneled > 1_000 && mc.tunneled == vc.tunneled,
+        "{}{}",
+        m.table(),
+        v.table()
+    );
+    assert!(mc.issued >= 2 && mc.returned >= 2, "{}", m.table());
+    assert_eq!(vc.stripped, mc.issued, "{}", v.table());
+    assert!(
+        mc.rejected.is_empty() && vc.rejected.is_empty(),
+        "{:?} {:?}",
+        mc.rejected,
+        vc.rejected
+    );
+    // Towards the victim, the clients' packets travel only inside the tunnel.
+    let tunnel = "udp dst port 6081";
+    let bare = "tcp dst port 8080";
+    assert!(testbed::count_packets(&victim_link, tunnel).unwrap() > 1_000);
+    assert_eq!(
+        testbed::count_packets(
+            &victim_link,
+            &format!("({bare}) or (ip6 and ip6[6] == 6 and ip6[42:2] == 8080)")
+        )
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        testbed::count_packets(&victim_link, "greater 1515").unwrap(),
+        0,
+        "nothing over the MTU"
+    );
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
 fn iperf3_tcp_through_both_engines() {
     if !root() {
         return;

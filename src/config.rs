@@ -44,6 +44,27 @@ pub struct Config {
     pub capabilities: Option<CapSettings>,
     /// mbox, redirect mode: addresses clients connect to, and the victims behind them.
     pub redirect: Vec<RedirectPair>,
+    /// Tunnel mode: the mbox sends its traffic to the victim inside IP-in-UDP.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// IP-in-UDP from mbox to victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// UDP port the victim receives the tunnel on.
+    pub port: u16,
+    /// mbox: its outer source address per family; victim: the mboxes it accepts.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Tunnel {
+    /// The address of `ip`'s family in the list.
+    pub fn address_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
+    }
 }
 
 /// One redirect: clients address `listen` (an address of the mbox); the mbox hands
@@ -69,6 +90,14 @@ impl Config {
                 &victims,
                 &self.queue.target,
             );
+        }
+        if let Some(t) = self.tunnel.as_ref().filter(|_| role == Role::Victim) {
+            let tunnel = Selection {
+                addresses: self.protect.addresses.clone(),
+                tcp_ports: Vec::new(),
+                udp_ports: PortRange::new(t.port, t.port).into_iter().collect(),
+            };
+            nft::add_tunnel_chain(&mut spec, &tunnel, &self.queue.target);
         }
         spec
     }
@@ -157,6 +186,22 @@ struct RawConfig {
     control: RawControl,
     capabilities: Option<RawCaps>,
     redirect: Option<RawRedirect>,
+    tunnel: Option<RawTunnel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    #[serde(default = "default_tunnel_port")]
+    port: u16,
+    #[serde(default)]
+    source: Vec<String>,
+    #[serde(default)]
+    mboxes: Vec<String>,
+}
+
+fn default_tunnel_port() -> u16 {
+    6081
 }
 
 #[derive(Deserialize)]
@@ -384,6 +429,13 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         }
         Some(r) => validate_redirect(&r, &addresses)?,
     };
+    let tunnel = match raw.tunnel {
+        None => None,
+        Some(_) if raw.capabilities.is_none() => {
+            return err("tunnel: needs the [capabilities] section (the tunnel is part of the capability stages)".into());
+        }
+        Some(t) => Some(validate_tunnel(&t, role)?),
+    };
     let capabilities = raw
         .capabilities
         .map(|c| validate_caps(c, role))
@@ -391,6 +443,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         capabilities,
         redirect,
+        tunnel,
         queue: QueueSettings {
             target,
             kind,
@@ -478,6 +531,44 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         kept_per_sender: c.kept_per_sender,
         mbox_interfaces: c.mbox_interfaces,
         client_prefixes,
+    })
+}
+
+fn validate_tunnel(t: &RawTunnel, role: &str) -> Result<Tunnel, ConfigError> {
+    let (key, list, other) = match role {
+        "mbox" => ("source", &t.source, !t.mboxes.is_empty()),
+        _ => ("mboxes", &t.mboxes, !t.source.is_empty()),
+    };
+    if other {
+        return Err(ConfigError(format!(
+            "tunnel: the {role} lists `{key}` only (mbox: source, victim: mboxes)"
+        )));
+    }
+    if list.is_empty() {
+        return Err(ConfigError(format!(
+            "tunnel.{key}: list at least one address"
+        )));
+    }
+    if t.port == 0 {
+        return Err(ConfigError("tunnel.port: must not be 0".into()));
+    }
+    let addresses = list
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<IpAddr>()
+                .map_err(|e| ConfigError(format!("tunnel.{key}[{i}]: {a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let per_family = |v4: bool| addresses.iter().filter(|a| a.is_ipv4() == v4).count();
+    if role == "mbox" && (per_family(true) > 1 || per_family(false) > 1) {
+        return Err(ConfigError(
+            "tunnel.source: at most one address per family".into(),
+        ));
+    }
+    Ok(Tunnel {
+        port: t.port,
+        addresses,
     })
 }
 
@@ -668,6 +759,56 @@ mod tests {
         assert!(e.contains("only the mbox"), "{e}");
         let no_caps = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[redirect]\nmap=[]";
         assert!(error_of(no_caps).contains("needs the [capabilities] section"));
+    }
+
+    #[test]
+    fn tunnel_settings_are_checked() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[capabilities]\n";
+        let mbox = format!("{base}key_file=\"/k\"\n[tunnel]\n");
+        let ok = parse(
+            &format!("{mbox}source=[\"198.18.2.1\", \"2001:2::1\"]"),
+            "mbox",
+        )
+        .unwrap();
+        assert_eq!(ok.tunnel.unwrap().port, 6081);
+        let victim = parse(
+            &format!("{base}[tunnel]\nport=7000\nmboxes=[\"198.18.2.1\"]"),
+            "victim",
+        )
+        .unwrap();
+        let chains: Vec<String> = victim
+            .ruleset(Role::Victim)
+            .chains
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(chains, ["inbound", "outbound", "tunnel_in"]);
+        for (text, role, expect) in [
+            (
+                format!("{mbox}source=[]"),
+                "mbox",
+                "tunnel.source: list at least one",
+            ),
+            (
+                format!("{mbox}source=[\"198.18.2.1\", \"198.18.2.3\"]"),
+                "mbox",
+                "one address per family",
+            ),
+            (format!("{mbox}source=[\"x\"]"), "mbox", "tunnel.source[0]"),
+            (
+                format!("{mbox}source=[\"198.18.2.1\"]\nmboxes=[\"198.18.2.1\"]"),
+                "mbox",
+                "lists `source` only",
+            ),
+            (
+                format!("{base}[tunnel]\nmboxes=[\"198.18.2.1\"]\nport=0"),
+                "victim",
+                "tunnel.port",
+            ),
+        ] {
+            let e = parse(&text, role).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text}: {e}");
+        }
     }
 
     #[test]

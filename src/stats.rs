@@ -46,6 +46,8 @@ pub struct CapCounters {
     pub too_big: u64,
     /// mbox, redirect mode: packets readdressed to a victim, or answered in the mbox's name.
     pub redirected: u64,
+    /// Tunnel mode: packets wrapped in IP-in-UDP (mbox) or unwrapped (victim).
+    pub tunneled: u64,
     /// victim: capabilities stripped from stamped packets.
     pub stripped: u64,
     /// victim: capabilities returned to the mbox on ACKs.
@@ -72,6 +74,7 @@ impl CapCounters {
         self.feedback_stripped += o.feedback_stripped;
         self.too_big += o.too_big;
         self.redirected += o.redirected;
+        self.tunneled += o.tunneled;
         self.stripped += o.stripped;
         self.fed_back += o.fed_back;
         self.overflow += o.overflow;
@@ -235,13 +238,14 @@ impl EngineStats {
         if *c != CapCounters::default() {
             let _ = writeln!(
                 s,
-                "capabilities: issued={} returned={} feedback_stripped={} too_big={} redirected={} \
+                "capabilities: issued={} returned={} feedback_stripped={} too_big={} redirected={} tunneled={} \
                  stripped={} fed_back={} overflow={} senders={} evictions={}",
                 c.issued,
                 c.returned,
                 c.feedback_stripped,
                 c.too_big,
                 c.redirected,
+                c.tunneled,
                 c.stripped,
                 c.fed_back,
                 c.overflow,

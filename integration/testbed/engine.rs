@@ -30,6 +30,8 @@ pub struct RoleConfig {
     pub capabilities: Option<String>,
     /// mbox: clients address the mbox (198.18.1.1, 2001:2:0:1::1), which redirects.
     pub redirect: bool,
+    /// Tunnel mode: the mbox (198.18.2.1, 2001:2:0:2::1) sends IP-in-UDP to port 6081.
+    pub tunnel: bool,
 }
 
 impl Default for RoleConfig {
@@ -42,6 +44,7 @@ impl Default for RoleConfig {
             queue_extra: String::new(),
             capabilities: None,
             redirect: false,
+            tunnel: false,
         }
     }
 }
@@ -75,6 +78,21 @@ impl RoleConfig {
             .as_ref()
             .map(|c| format!("\n[capabilities]\n{c}"))
             .unwrap_or_default();
+        if self.tunnel {
+            // One section serves both roles: the mbox reads `source`, the victim `mboxes`.
+            let key = if self
+                .capabilities
+                .as_deref()
+                .is_some_and(|c| c.contains("key_file"))
+            {
+                "source"
+            } else {
+                "mboxes"
+            };
+            caps.push_str(&format!(
+                "\n[tunnel]\nport = 6081\n{key} = [\"198.18.2.1\", \"2001:2:0:2::1\"]\n"
+            ));
+        }
         if self.redirect {
             caps.push_str(&format!(
                 "\n[redirect]\nmap = [{{ listen = \"{MBOX_V4}\", to = \"{VICTIM_V4}\" }}, \

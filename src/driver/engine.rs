@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{CapSettings, Config, RedirectPair};
+use crate::config::{CapSettings, Config, RedirectPair, Tunnel};
 use crate::driver::control::ControlSocket;
 use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
@@ -129,10 +129,12 @@ enum StageFactory {
         epoch: Instant,
         redirect: Vec<RedirectPair>,
         redirect_sel: Selection,
+        tunnel: Option<Tunnel>,
     },
     Victim {
         settings: CapSettings,
         mbox_ifindexes: Vec<u32>,
+        tunnel: Option<Tunnel>,
     },
 }
 
@@ -154,6 +156,7 @@ impl StageFactory {
                     keys,
                     redirect: cfg.redirect.clone(),
                     redirect_sel: cfg.redirect_selection(),
+                    tunnel: cfg.tunnel.clone(),
                     // One clock for every worker (a capability may come back on any
                     // queue), and one that survives a restart (see `boot_epoch`).
                     epoch: boot_epoch(),
@@ -168,6 +171,7 @@ impl StageFactory {
                 StageFactory::Victim {
                     settings,
                     mbox_ifindexes,
+                    tunnel: cfg.tunnel.clone(),
                 }
             }
         })
@@ -189,17 +193,26 @@ impl StageFactory {
                 epoch,
                 redirect,
                 redirect_sel,
-            } => Some(Stages::Mbox(
-                Mbox::new(settings, keys.shared(), *epoch)
-                    .with_redirect(redirect.clone(), redirect_sel.clone()),
-            )),
+                tunnel,
+            } => {
+                let m = Mbox::new(settings, keys.shared(), *epoch)
+                    .with_redirect(redirect.clone(), redirect_sel.clone());
+                Some(Stages::Mbox(match tunnel {
+                    Some(t) => m.with_tunnel(t.clone()),
+                    None => m,
+                }))
+            }
             StageFactory::Victim {
                 settings,
                 mbox_ifindexes,
-            } => Some(Stages::Victim(Victim::new(
-                settings,
-                mbox_ifindexes.clone(),
-            ))),
+                tunnel,
+            } => {
+                let v = Victim::new(settings, mbox_ifindexes.clone());
+                Some(Stages::Victim(match tunnel {
+                    Some(t) => v.with_tunnel(t.clone()),
+                    None => v,
+                }))
+            }
         }
     }
 }
@@ -213,6 +226,12 @@ fn lower_advmss(role: Role, cfg: &Config) -> Result<Option<AdvmssGuard>> {
     if caps.client_prefixes.is_empty() {
         return Ok(None);
     }
+    // Tunnel mode: the client's segments also carry the tunnel's headers to us.
+    let tunnel_room = |v6| {
+        cfg.tunnel
+            .as_ref()
+            .map_or(0, |_| crate::wire::tunnel::overhead(v6))
+    };
     let routes: Vec<AdvmssRoute> = caps
         .client_prefixes
         .iter()
@@ -221,7 +240,11 @@ fn lower_advmss(role: Role, cfg: &Config) -> Result<Option<AdvmssGuard>> {
             AdvmssRoute {
                 prefix: p.addr(),
                 prefix_len: p.len(),
-                advmss: mss_with_room(v6, usize::from(caps.path_mtu), wire_len(v6)),
+                advmss: mss_with_room(
+                    v6,
+                    usize::from(caps.path_mtu),
+                    wire_len(v6) + tunnel_room(v6),
+                ),
             }
         })
         .collect();

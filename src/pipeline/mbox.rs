@@ -15,11 +15,11 @@ use crate::capability::{
     CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, SharedKeys,
     check_fresh, check_period, feedback_len, split_feedback, wire_len,
 };
-use crate::config::{CapSettings, RedirectPair};
+use crate::config::{CapSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
-use crate::wire::{self, Parsed, proto};
+use crate::wire::{self, Parsed, proto, tunnel};
 
 /// What the mbox knows of one sender in the current period.
 struct Sender {
@@ -42,6 +42,7 @@ pub struct Mbox {
     /// Redirect mode: client-facing addresses and the victims behind them.
     redirect: Vec<RedirectPair>,
     redirect_sel: Selection,
+    tunnel: Option<Tunnel>,
     senders: SenderTable<Sender>,
 }
 
@@ -63,6 +64,7 @@ impl Mbox {
             senders: SenderTable::new(s.max_senders),
             redirect: Vec::new(),
             redirect_sel: Selection::default(),
+            tunnel: None,
         }
     }
 
@@ -97,18 +99,59 @@ impl Mbox {
         )
     }
 
-    /// Stamp a client's packet to the protected service if its sample calls for it.
+    /// Tunnel mode: send every packet to the victim inside IP-in-UDP from `t`'s addresses.
+    pub fn with_tunnel(mut self, t: Tunnel) -> Self {
+        self.tunnel = Some(t);
+        self
+    }
+
+    /// Stamp a client's packet to the protected service if its sample calls for it, and
+    /// in tunnel mode wrap it for the victim.
     pub fn to_victim(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: Parsed,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        // Only TCP carries capabilities (its reserved bits hold the marker).
+        let edit = if p.protocol == proto::TCP {
+            self.stamp(buf, p, now, c)?
+        } else {
+            Edit::Unchanged
+        };
+        let Some(t) = &self.tunnel else {
+            return Ok(edit);
+        };
+        let inner = wire::parse(buf).map_err(Reason::Malformed)?;
+        // No tunnel address of this family: that family goes unwrapped.
+        let Some(src) = t.address_for(inner.dst) else {
+            return Ok(edit);
+        };
+        if inner.total_len() + tunnel::overhead(inner.dst.is_ipv6()) > self.path_mtu {
+            return Err(Reason::TooBigForTunnel);
+        }
+        // The inner source port spreads flows over the victim's receive queues.
+        let sport = inner.ports().map_or(t.port, |(s, _)| s);
+        tunnel::encap_udp(buf, &inner, (src, inner.dst), (sport, t.port))
+            .map_err(Reason::Malformed)?;
+        c.tunneled += 1;
+        Ok(Edit::Changed)
+    }
+
+    /// Bytes the tunnel adds to a packet of this family (0 without a tunnel).
+    fn tunnel_overhead(&self, v6: bool) -> usize {
+        self.tunnel.as_ref().map_or(0, |_| tunnel::overhead(v6))
+    }
+
+    /// Stamp a capability on a client's TCP packet if its sample calls for it.
+    fn stamp(
         &mut self,
         buf: &mut Vec<u8>,
         mut p: Parsed,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
-        // Only TCP carries capabilities (its reserved bits hold the marker).
-        if p.protocol != proto::TCP {
-            return Ok(Edit::Unchanged);
-        }
         let mut edit = Edit::Unchanged;
         // Only we may mark packets: a client's marker would make the victim strip data.
         if Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None) {
@@ -117,6 +160,8 @@ impl Mbox {
             edit = Edit::Changed;
         }
         let (period, per_period) = (self.period, self.per_period);
+        let v6 = p.src.is_ipv6();
+        let room = wire_len(v6) + self.tunnel_overhead(v6);
         let window = &self.window;
         let sender = self.senders.get_or_insert_with(p.src, now, || Sender {
             period_start: now,
@@ -128,8 +173,7 @@ impl Mbox {
         if sender.issued >= per_period || now >= sender.period_start + period - self.rtt {
             return Ok(edit);
         }
-        let v6 = p.src.is_ipv6();
-        if p.total_len() + wire_len(v6) > self.path_mtu {
+        if p.total_len() + room > self.path_mtu {
             c.too_big += 1;
             return Ok(edit);
         }

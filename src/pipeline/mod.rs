@@ -120,7 +120,10 @@ impl Pipeline {
                 Some(edit) => edit,
                 None => return Verdict::Pass(Reason::Unselected),
             },
-            (Stages::Victim(_), None) => return Verdict::Pass(Reason::Unselected),
+            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, meta.indev, now, c) {
+                Some(edit) => edit,
+                None => return Verdict::Pass(Reason::Unselected),
+            },
         };
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,

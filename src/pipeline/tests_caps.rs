@@ -524,3 +524,55 @@ fn redirect_readdresses_both_ways_for_tcp_and_udp() {
         Verdict::Pass(Reason::Unselected)
     );
 }
+
+#[test]
+fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
+    use crate::config::Tunnel;
+    let t = Tunnel {
+        port: 6081,
+        addresses: vec![ip("198.18.2.1"), ip("2001:2:0:2::1")],
+    };
+    let mut path =
+        Path::with_victim(Victim::new(&settings(), vec![MBOX_IF]).with_tunnel(t.clone()));
+    path.mbox_p = Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(
+            Mbox::new(&settings(), &keys(), path.t0).with_tunnel(t),
+        )),
+    );
+    for (client, server, mbox) in [
+        ("198.18.1.2", "198.18.2.2", "198.18.2.1"),
+        ("2001:2:0:1::2", "2001:2:0:2::2", "2001:2:0:2::1"),
+    ] {
+        let sent = data(client, server, 100);
+        let mut pkt = sent.clone();
+        assert_eq!(path.mbox(&mut pkt, 0), Verdict::AcceptModified);
+        let outer = wire::parse(&pkt).unwrap();
+        assert_eq!(
+            (outer.src, outer.dst, outer.ports().map(|p| p.1)),
+            (ip(mbox), ip(server), Some(6081))
+        );
+        assert!(wire::verify_checksums(&pkt, &outer));
+        let stranger = {
+            let mut s = pkt.clone();
+            let p = wire::parse(&s).unwrap();
+            wire::set_src_addr(&mut s, &p, ip(client)).unwrap();
+            s
+        };
+        assert_eq!(path.victim(&mut pkt, 1), Verdict::AcceptModified);
+        assert_eq!(pkt, sent, "unwrapped and stripped: what the client sent");
+        let mut s = stranger;
+        assert_eq!(
+            path.victim(&mut s, 2),
+            Verdict::Drop(Reason::TunnelFromStranger)
+        );
+    }
+    assert_eq!(path.victim_p.cap_counters().tunneled, 2);
+    // A packet that would not fit the MTU once wrapped is dropped, not sent too big.
+    let mut big = data("198.18.1.2", "198.18.2.2", 1460);
+    assert_eq!(
+        path.mbox(&mut big, 3),
+        Verdict::Drop(Reason::TooBigForTunnel)
+    );
+}

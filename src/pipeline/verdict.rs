@@ -28,6 +28,10 @@ pub enum Reason {
     TrailerTooShort,
     /// An ACK whose feedback count promises more bytes than it carries.
     FeedbackTooShort,
+    /// mbox, tunnel mode: the packet would exceed the path MTU once wrapped.
+    TooBigForTunnel,
+    /// victim: tunnel traffic from an address that is not a configured mbox.
+    TunnelFromStranger,
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -42,6 +46,8 @@ impl Reason {
             Reason::Bypassed => "bypassed_mbox",
             Reason::TrailerTooShort => "trailer_too_short",
             Reason::FeedbackTooShort => "feedback_too_short",
+            Reason::TooBigForTunnel => "too_big_for_tunnel",
+            Reason::TunnelFromStranger => "tunnel_from_stranger",
             Reason::Unselected => "unselected",
         }
     }

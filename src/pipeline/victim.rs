@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::{Edit, Reason, clear_marker};
 use crate::capability::{Capability, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, wire_len};
-use crate::config::CapSettings;
+use crate::config::{CapSettings, Tunnel};
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
 use crate::wire::{self, IpVersion, Parsed, proto, tcp};
@@ -30,6 +30,7 @@ pub struct Victim {
     /// Ifindexes the mboxes' traffic arrives on; empty: no bypass filter.
     mbox_ifindexes: Vec<u32>,
     kept: SenderTable<VecDeque<Kept>>,
+    tunnel: Option<Tunnel>,
 }
 
 impl Victim {
@@ -41,7 +42,43 @@ impl Victim {
             kept_per_sender: s.kept_per_sender,
             mbox_ifindexes,
             kept: SenderTable::new(s.max_senders),
+            tunnel: None,
         }
+    }
+
+    /// Tunnel mode: accept IP-in-UDP on `t.port` from the mboxes in `t.addresses` only.
+    pub fn with_tunnel(mut self, t: Tunnel) -> Self {
+        self.tunnel = Some(t);
+        self
+    }
+
+    /// Unwrap IP-in-UDP from a configured mbox and handle the packet it carries; None if
+    /// `p` is not tunnel traffic.
+    pub fn tunnel_in(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: &Parsed,
+        indev: u32,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Option<Result<Edit, Reason>> {
+        let t = self.tunnel.as_ref()?;
+        if p.udp().is_none_or(|u| u.dst_port != t.port) {
+            return None;
+        }
+        if !t.addresses.contains(&p.src) {
+            return Some(Err(Reason::TunnelFromStranger));
+        }
+        let inner = match wire::tunnel::decap_udp(buf, p) {
+            Ok(inner) => inner,
+            Err(e) => return Some(Err(Reason::Malformed(e))),
+        };
+        c.tunneled += 1;
+        // Unwrapped, the packet is changed whatever the inbound stages do with it.
+        Some(
+            self.inbound(buf, inner, indev, now, c)
+                .map(|_| Edit::Changed),
+        )
     }
 
     /// Handle a packet from a client, before conntrack and TCP see it.
@@ -111,8 +148,12 @@ impl Victim {
         let mut edit = Edit::Unchanged;
         let len = wire_len(p.dst.is_ipv6());
         if is_syn(&p, true) {
-            // Our MSS bounds the client's segments: leave room for a stamp.
-            edit = edit.or(clamp(buf, &p, self.path_mtu, len));
+            // Our MSS bounds the client's segments: leave room for a stamp (and the tunnel).
+            let tunnel = self
+                .tunnel
+                .as_ref()
+                .map_or(0, |_| wire::tunnel::overhead(p.dst.is_ipv6()));
+            edit = edit.or(clamp(buf, &p, self.path_mtu, len + tunnel));
         }
         let ack = p.tcp().is_some_and(|t| t.flags & tcp::ACK != 0);
         let Some(queue) = self.kept.get_mut(p.dst, now).filter(|_| ack) else {

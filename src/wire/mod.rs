@@ -26,6 +26,7 @@ mod ipv4;
 mod ipv6;
 mod parse;
 pub mod tcp;
+pub mod tunnel;
 mod udp;
 
 pub use edit::{

@@ -100,6 +100,20 @@ pub fn add_redirect_chains(
     ));
 }
 
+/// Add the victim's tunnel chain: IP-in-UDP to the protected addresses (`tunnel` holds
+/// them with the tunnel port), queued before conntrack so the engine unwraps it first.
+pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTarget) {
+    spec.chains.push(chain(
+        "tunnel_in",
+        Hook::Prerouting,
+        PRIO_RAW,
+        "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
+        Field::Dst,
+        tunnel,
+        q,
+    ));
+}
+
 /// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
 fn chain(
     name: &str,
