@@ -434,6 +434,12 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         Some(_) if raw.capabilities.is_none() => {
             return err("tunnel: needs the [capabilities] section (the tunnel is part of the capability stages)".into());
         }
+        // Tunnel packets hash to a queue by the mbox's address, the victim's replies by
+        // the client's: with several workers the capabilities kept by one would never
+        // ride the ACKs another sends.
+        Some(_) if role == "victim" && q.count > 1 => {
+            return err("tunnel: the victim needs queue.count = 1 in tunnel mode".into());
+        }
         Some(t) => Some(validate_tunnel(&t, role)?),
     };
     let capabilities = raw
