@@ -4,6 +4,7 @@
 pub mod control;
 pub mod engine;
 pub mod keys;
+pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod route;

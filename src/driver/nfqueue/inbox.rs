@@ -110,7 +110,7 @@ fn handle(data: &[u8], msg: NlMsg, counters: &mut QueueCounters, queue: u16) -> 
             p
         }
         netlink::NLMSG_ERROR => {
-            match data.get(msg.body).and_then(netlink::error_body) {
+            match netlink::error_of(data, &msg) {
                 Some((0, _)) => {} // a late ack
                 Some((errno, seq)) => {
                     counters.nl_errors += 1;

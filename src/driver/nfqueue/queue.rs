@@ -133,7 +133,7 @@ impl Queue {
             while let Some((msg, next)) = netlink::next_msg(data, off) {
                 off = next;
                 let ack = (msg.msg_type == netlink::NLMSG_ERROR)
-                    .then(|| data.get(msg.body.clone()).and_then(netlink::error_body))
+                    .then(|| netlink::error_of(data, &msg))
                     .flatten();
                 match ack {
                     Some((errno, seq)) if (1..=steps.len() as u32).contains(&seq) => {

@@ -9,7 +9,6 @@ use tracing::info;
 
 use super::error::{RouteError, Step};
 use super::guard::{AdvmssGuard, Undo};
-use super::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use super::prefix::AdvmssRoute;
 use super::socket::{NlError, RtSocket};
 use super::wire::{
@@ -17,6 +16,7 @@ use super::wire::{
     RTA_TABLE, RTA_VIA, RTAX_ADVMSS, RTM_F_CLONED, RTM_NEWROUTE, RTN_UNICAST, RTNH_F_ONLINK,
     RTPROT_MPOLICE, Route, RtHdr,
 };
+use crate::driver::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 
 /// Install advmss for each prefix in the calling thread's network namespace;
 /// return a guard that restores the previous state on drop (best effort, errors logged).

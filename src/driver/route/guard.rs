@@ -8,9 +8,9 @@
 use tracing::{debug, warn};
 
 use super::error::{RouteError, Step};
-use super::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE};
 use super::socket::{NlError, RtSocket};
 use super::wire::{RTM_DELROUTE, RTM_NEWROUTE, Route};
+use crate::driver::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE};
 
 /// How to undo one change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,6 @@
 mod apply;
 mod error;
 mod guard;
-mod netlink;
 mod prefix;
 mod socket;
 mod wire;

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 
-use super::netlink::*;
 use super::wire::*;
+use crate::driver::netlink::*;
 
 /// A random route with attribute payloads small enough for a u16 length.
 fn arb_route() -> impl Strategy<Value = Route> {

@@ -12,8 +12,8 @@ use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::netlink::{self, ErrorMsg, NLMSG_DONE, NLMSG_ERROR};
 use super::wire::{RTM_NEWROUTE, Route};
+use crate::driver::netlink::{self, ErrorMsg, NLMSG_DONE, NLMSG_ERROR};
 
 /// How long one reply may take before the exchange fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);

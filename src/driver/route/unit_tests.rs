@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use super::apply::{added_route, exact_route};
 use super::error::{RouteError, Step};
-use super::netlink::*;
 use super::prefix::AdvmssRoute;
 use super::wire::*;
+use crate::driver::netlink::*;
 
 const AF4: u8 = libc::AF_INET as u8;
 const AF6: u8 = libc::AF_INET6 as u8;

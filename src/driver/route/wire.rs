@@ -5,7 +5,7 @@
 //! carries only what a request may carry (no kernel-state flags, no output-only
 //! attributes). Payloads are in host byte order except addresses (raw bytes).
 
-use super::netlink::{Attrs, MsgWriter, NLM_F_ACK, NLM_F_DUMP, align4, ne_u32, push_attr};
+use crate::driver::netlink::{Attrs, MsgWriter, NLM_F_ACK, NLM_F_DUMP, align4, ne_u32, push_attr};
 
 /// Length of `struct rtmsg`.
 pub const RTMSG_LEN: usize = 12;

@@ -1,4 +1,5 @@
-//! Netlink framing: message headers, attributes, acks and errors.
+//! Netlink framing shared by our NETLINK_NETFILTER (NFQUEUE) and NETLINK_ROUTE clients:
+//! message headers, attributes, acks and errors.
 //!
 //! Invariants: every decoder takes untrusted bytes and returns `None` (or stops
 //! iterating) on any length that does not fit; nothing here indexes without a
@@ -9,8 +10,8 @@ use std::ops::Range;
 
 /// Length of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
-/// Length of `struct rtattr` (same layout as `struct nlattr`).
-pub const RTA_HDRLEN: usize = 4;
+/// Length of `struct nlattr` (same layout as `struct rtattr`).
+pub const NLA_HDRLEN: usize = 4;
 
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
@@ -37,7 +38,7 @@ pub const fn align4(len: usize) -> usize {
 
 /// Append one attribute (header, payload, padding) to `buf`.
 pub fn push_attr(buf: &mut Vec<u8>, attr_type: u16, payload: &[u8]) {
-    let len = u16::try_from(RTA_HDRLEN + payload.len()).unwrap_or(u16::MAX);
+    let len = u16::try_from(NLA_HDRLEN + payload.len()).unwrap_or(u16::MAX);
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&attr_type.to_ne_bytes());
     buf.extend_from_slice(payload);
@@ -74,9 +75,23 @@ impl<'a> MsgWriter<'a> {
         self
     }
 
+    /// Append an attribute header whose payload (and padding) the caller sends
+    /// separately, scatter-gather; `payload_len` is the payload's length.
+    pub fn attr_header(&mut self, attr_type: u16, payload_len: usize) -> &mut Self {
+        let len = u16::try_from(NLA_HDRLEN + payload_len).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&attr_type.to_ne_bytes());
+        self
+    }
+
     /// Patch the total length.
     pub fn finish(&mut self) {
-        let total = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
+        self.finish_with(0);
+    }
+
+    /// Patch the total length, counting `trailing` bytes the caller sends separately.
+    pub fn finish_with(&mut self, trailing: usize) {
+        let total = u32::try_from(self.buf.len() - self.start + trailing).unwrap_or(u32::MAX);
         if let Some(len) = self.buf.get_mut(self.start..self.start + 4) {
             len.copy_from_slice(&total.to_ne_bytes());
         }
@@ -184,7 +199,7 @@ impl Iterator for Attrs<'_> {
     type Item = (u16, Range<usize>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let hdr_end = self.pos.checked_add(RTA_HDRLEN)?;
+        let hdr_end = self.pos.checked_add(NLA_HDRLEN)?;
         if hdr_end > self.end {
             return None;
         }
@@ -192,7 +207,7 @@ impl Iterator for Attrs<'_> {
         let len = usize::from(u16::from_ne_bytes([hdr[0], hdr[1]]));
         let attr_type = u16::from_ne_bytes([hdr[2], hdr[3]]) & NLA_TYPE_MASK;
         let payload_end = self.pos.checked_add(len)?;
-        if len < RTA_HDRLEN || payload_end > self.end {
+        if len < NLA_HDRLEN || payload_end > self.end {
             self.pos = self.end; // a lying length ends the walk
             return None;
         }
