@@ -6,7 +6,9 @@
 //! bounds check, so no input can panic. Headers and attribute headers are in
 //! host byte order.
 
+use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 
 /// Length of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
@@ -220,4 +222,27 @@ impl Iterator for Attrs<'_> {
 /// Read a host-order u32 attribute payload.
 pub fn ne_u32(payload: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?))
+}
+/// Set a socket option from a plain value.
+pub fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    let len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` points to a live T of `len` bytes for the duration of the call.
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (v as *const T).cast(), len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's netlink address (portid 0, no groups); also the address we bind to.
+pub fn kernel_addr() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; zeroed is valid.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr
 }

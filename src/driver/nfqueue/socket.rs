@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::error::QueueError;
+use crate::driver::netlink;
 
 /// Outcome of one `recv` call.
 pub enum Received {
@@ -45,7 +46,7 @@ impl NlSocket {
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut addr = kernel_addr();
+        let mut addr = netlink::kernel_addr();
         let len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: addr is a valid sockaddr_nl of `len` bytes.
         if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } < 0 {
@@ -117,26 +118,12 @@ impl NlSocket {
     }
 
     fn setsockopt<T>(&self, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-        let len = mem::size_of::<T>() as libc::socklen_t;
-        // SAFETY: v points to a live T of `len` bytes.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (v as *const T).cast(),
-                len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        netlink::setsockopt(&self.fd, level, name, v)
     }
 
     /// Send one datagram made of `parts` to the kernel.
     pub fn send(&self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        let addr = kernel_addr();
+        let addr = netlink::kernel_addr();
         // SAFETY: msghdr is plain data; zeroed is a valid empty value.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_name = (&raw const addr).cast_mut().cast();
@@ -212,12 +199,4 @@ impl NlSocket {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-}
-
-/// The kernel's netlink address (portid 0, no groups); also used for our bind.
-fn kernel_addr() -> libc::sockaddr_nl {
-    // SAFETY: sockaddr_nl is plain data; zeroed is valid.
-    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr
 }

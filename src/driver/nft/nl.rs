@@ -11,6 +11,8 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::driver::netlink;
+
 /// How long to wait for missing acks; nfnetlink answers synchronously, so normally 0.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -72,23 +74,7 @@ pub(super) fn all_acked(replies: &[Reply], expect: &Range<u32>) -> bool {
 /// (NETLINK_CAP_ACK), and the receive queue is forced past rmem_max where we may
 /// (SO_RCVBUFFORCE, CAP_NET_ADMIN), else raised as far as rmem_max allows.
 fn set_rcvbuf(fd: libc::c_int) {
-    let set = |level, name, value: libc::c_int| {
-        // SAFETY: `value` outlives the call and its length is passed exactly.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
+    let set = |level, name, value: libc::c_int| netlink::setsockopt(&fd, level, name, &value);
     if let Err(e) = set(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1) {
         tracing::debug!("NETLINK_CAP_ACK on nfnetlink socket: {e}");
     }

@@ -61,7 +61,7 @@ impl RtSocket {
             seq: 0,
             buf: vec![0; RECV_BUF],
         };
-        let addr = kernel_addr();
+        let addr = netlink::kernel_addr();
         let len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: addr is a valid sockaddr_nl of `len` bytes.
         if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } < 0 {
@@ -126,26 +126,12 @@ impl RtSocket {
     }
 
     fn setsockopt<T>(&self, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-        let len = mem::size_of::<T>() as libc::socklen_t;
-        // SAFETY: v points to a live T of `len` bytes.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (v as *const T).cast(),
-                len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        netlink::setsockopt(&self.fd, level, name, v)
     }
 
     /// Send one datagram to the kernel.
     fn send(&self, msg: &[u8]) -> io::Result<()> {
-        let addr = kernel_addr();
+        let addr = netlink::kernel_addr();
         loop {
             // SAFETY: msg and addr are alive and sized as passed.
             let rc = unsafe {
@@ -210,12 +196,4 @@ impl RtSocket {
             }
         }
     }
-}
-
-/// The kernel's netlink address (portid 0, no groups); also used for our bind.
-fn kernel_addr() -> libc::sockaddr_nl {
-    // SAFETY: sockaddr_nl is plain data; zeroed is valid.
-    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr
 }
