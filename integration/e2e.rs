@@ -5,38 +5,19 @@
 //! guards tear everything down even when an assertion fails.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mpolice::stats::EngineStats;
 use mpolice::testbed::{
-    self, EngineProcess, Host, HttpServer, MBOX_V4, MBOX_V6, RoleConfig, Testbed, UdpBurst,
+    self, EngineProcess, Host, MBOX_V4, MBOX_V6, RoleConfig, ServedFile, Testbed, UdpBurst,
     UdpSink, VICTIM_V4, VICTIM_V6,
 };
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mpolice"))
-}
-
-/// Tests run one at a time: each pushes the 2 CPUs hard, and a neighbour's load would
-/// make the kernel drop packets in its own backlog queues, which no test here is about.
-static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Take the machine for one test; a failed test must not block the others.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Skip (pass with a note) when not root: namespaces and NFQUEUE need CAP_NET_ADMIN.
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
-    if !ok {
-        eprintln!("skipped: needs root");
-    }
-    ok
-}
+#[path = "common.rs"]
+mod common;
+use common::{bin, exclusive, root};
 
 /// Wait until the engine has received at least `n` packets, or the deadline passes.
 fn wait_received(engine: &EngineProcess, n: u64, within: Duration) -> EngineStats {
@@ -124,22 +105,9 @@ fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
     };
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
-    let www = tb.workdir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let file = www.join("f.bin");
-    testbed::random_file(&file, 20).unwrap();
-    let want = testbed::sha256(&file).unwrap();
-    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let served = ServedFile::start(&tb, 20 << 20).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-        let got = tb.workdir().join("got.bin");
-        testbed::download(
-            &tb,
-            Host::Client,
-            &format!("http://{addr}:8080/f.bin"),
-            &got,
-        )
-        .unwrap();
-        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+        served.fetch(&tb, &addr).unwrap();
     }
     // Two 20 MB downloads are at least 2 × 20 MiB / 1448 B ≈ 29,000 data segments.
     for (engine, host) in [(&mbox, Host::Mbox), (&victim, Host::Victim)] {
@@ -196,12 +164,7 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
         .unwrap();
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
-    let www = tb.workdir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let file = www.join("f.bin");
-    testbed::random_file(&file, 50).unwrap();
-    let want = testbed::sha256(&file).unwrap();
-    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let served = ServedFile::start(&tb, 50 << 20).unwrap();
     // The victim advertises room for a stamp on its routes to the clients.
     let route = |prefix: &str| {
         tb.exec(Host::Victim, &["ip", "route", "show", prefix])
@@ -222,15 +185,7 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     let to_client = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m0")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-        let got = tb.workdir().join("got.bin");
-        testbed::download(
-            &tb,
-            Host::Client,
-            &format!("http://{addr}:8080/f.bin"),
-            &got,
-        )
-        .unwrap();
-        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+        served.fetch(&tb, &addr).unwrap();
     }
     let (victim_link, client_link) = (to_victim.stop().unwrap(), to_client.stop().unwrap());
 
@@ -297,23 +252,10 @@ fn redirect_mode_carries_a_50mb_download_with_capabilities() {
     };
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
-    let www = tb.workdir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let file = www.join("f.bin");
-    testbed::random_file(&file, 50).unwrap();
-    let want = testbed::sha256(&file).unwrap();
-    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let served = ServedFile::start(&tb, 50 << 20).unwrap();
     // Clients address the mbox; it hands the connection to the victim behind it.
     for addr in [MBOX_V4.to_string(), format!("[{MBOX_V6}]")] {
-        let got = tb.workdir().join("got.bin");
-        testbed::download(
-            &tb,
-            Host::Client,
-            &format!("http://{addr}:8080/f.bin"),
-            &got,
-        )
-        .unwrap();
-        assert_eq!(testbed::sha256(&got).unwrap(), want, "download from {addr}");
+        served.fetch(&tb, &addr).unwrap();
     }
     let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
     let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
@@ -361,23 +303,10 @@ fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
     };
     let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
-    let www = tb.workdir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let file = www.join("f.bin");
-    testbed::random_file(&file, 50).unwrap();
-    let want = testbed::sha256(&file).unwrap();
-    let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+    let served = ServedFile::start(&tb, 50 << 20).unwrap();
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-        let got = tb.workdir().join("got.bin");
-        testbed::download(
-            &tb,
-            Host::Client,
-            &format!("http://{addr}:8080/f.bin"),
-            &got,
-        )
-        .unwrap();
-        assert_eq!(testbed::sha256(&got).unwrap(), want, "download over {addr}");
+        served.fetch(&tb, &addr).unwrap();
     }
     let victim_link = to_victim.stop().unwrap();
     let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);

@@ -20,31 +20,23 @@ use anyhow::{Context, Result, bail};
 use mpolice::capability::{Marker, wire_len};
 use mpolice::stats::{CapCounters, EngineStats};
 use mpolice::testbed::{
-    self, CLIENT_V4, CLIENT_V6, EngineProcess, Host, HttpServer, RoleConfig, Testbed, VICTIM_V4,
+    self, CLIENT_V4, CLIENT_V6, EngineProcess, Host, RoleConfig, ServedFile, Testbed, VICTIM_V4,
     VICTIM_V6, in_netns, inject,
 };
 use mpolice::wire::build::Builder;
 use mpolice::wire::tcp;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mpolice"))
-}
+#[path = "common.rs"]
+mod common;
+use common::{bin, exclusive, root};
 
-/// Tests in this file run one at a time (each builds a testbed and loads the CPUs).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Skip (pass with a note) when not root: namespaces and NFQUEUE need CAP_NET_ADMIN.
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
-    if !ok {
-        eprintln!("skipped: needs root");
-    }
-    ok
+fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    b
 }
 
 /// Client ports the injected packets use; the client drops what comes back to them, so
@@ -159,15 +151,6 @@ impl Fam {
     }
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
-    use std::io::Read;
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom");
-    b
-}
-
 /// The testbed with both engines running, capabilities on.
 struct Bed {
     tb: Testbed,
@@ -270,22 +253,10 @@ fn bed(prefix: &str) -> Bed {
     }
     let victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
     let mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
-    let www = tb.workdir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let body = random_bytes(300 << 10);
-    std::fs::write(www.join("f.bin"), &body).unwrap();
     {
-        let _http = HttpServer::start(&tb, Host::Victim, &www, 8080).unwrap();
+        let served = ServedFile::start(&tb, 300 << 10).unwrap();
         for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-            let got = tb.workdir().join("got.bin");
-            testbed::download(
-                &tb,
-                Host::Client,
-                &format!("http://{addr}:8080/f.bin"),
-                &got,
-            )
-            .unwrap();
-            assert!(std::fs::read(&got).unwrap() == body, "download over {addr}");
+            served.fetch(&tb, &addr).unwrap();
         }
     }
     // From here on the client's stack stays silent towards our injected packets.
@@ -453,7 +424,7 @@ fn forged_replayed_stale_truncated_and_misplaced_capabilities_are_refused_and_co
     if !root() {
         return;
     }
-    let _serial = serial();
+    let _serial = exclusive();
     let bed = bed("mpforge");
     let tb = &bed.tb;
     let start = bed.snap();
@@ -878,7 +849,7 @@ fn udp_that_bypassed_the_mbox_is_dropped() {
     if !root() {
         return;
     }
-    let _serial = serial();
+    let _serial = exclusive();
     let bed = bed("mpforgeu");
     bypass_link(&bed.tb);
     for f in Fam::all() {

@@ -25,8 +25,8 @@ use crate::driver::nfqueue::parse_kernel_queue_stats;
 pub use engine::{EngineProcess, RoleConfig};
 pub use inject::inject;
 pub use traffic::{
-    Capture, HttpServer, UdpBurst, UdpSink, count_packets, download, in_netns, iperf3_tcp,
-    random_file, sha256, wait_listening,
+    Capture, HttpServer, ServedFile, UdpBurst, UdpSink, count_packets, download, in_netns,
+    iperf3_tcp, sha256, wait_listening,
 };
 
 /// The victim's IPv4 address.

@@ -12,16 +12,51 @@ use anyhow::{Context, Result, bail};
 
 use super::{Host, Testbed};
 
-/// Write `mb` megabytes of random bytes to `path`.
-pub fn random_file(path: &Path, mb: u32) -> Result<()> {
+/// Write `bytes` random bytes to `path`.
+fn random_file(path: &Path, bytes: usize) -> Result<()> {
     let mut src = File::open("/dev/urandom")?;
     let mut out = File::create(path)?;
     let mut chunk = vec![0u8; 1 << 20];
-    for _ in 0..mb {
-        src.read_exact(&mut chunk)?;
-        out.write_all(&chunk)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        src.read_exact(&mut chunk[..n])?;
+        out.write_all(&chunk[..n])?;
+        left -= n;
     }
     Ok(())
+}
+
+/// A random file served over HTTP from the victim on port 8080.
+pub struct ServedFile {
+    _server: HttpServer,
+    /// The file's sha256, which every download must reproduce.
+    pub sha256: String,
+}
+
+impl ServedFile {
+    /// Write `bytes` random bytes and serve them with `python3 -m http.server`.
+    pub fn start(tb: &Testbed, bytes: usize) -> Result<ServedFile> {
+        let www = tb.workdir().join("www");
+        std::fs::create_dir_all(&www)?;
+        let file = www.join("f.bin");
+        random_file(&file, bytes)?;
+        let sha256 = sha256(&file)?;
+        let _server = HttpServer::start(tb, Host::Victim, &www, 8080)?;
+        Ok(ServedFile { _server, sha256 })
+    }
+
+    /// Download it with curl from the client through `addr` (a host or `[v6]`); fail
+    /// unless the copy is identical. Return the seconds the download took.
+    pub fn fetch(&self, tb: &Testbed, addr: &str) -> Result<f64> {
+        let got = tb.workdir().join("got.bin");
+        let secs = download(tb, Host::Client, &format!("http://{addr}:8080/f.bin"), &got)?;
+        let copy = sha256(&got)?;
+        if copy != self.sha256 {
+            bail!("the download through {addr} differs from the served file");
+        }
+        Ok(secs)
+    }
 }
 
 /// The sha256 of a file, as hex (coreutils' sha256sum).
