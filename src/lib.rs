@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod driver;
+mod labels;
 pub mod pipeline;
 pub mod police;
 pub mod stats;
