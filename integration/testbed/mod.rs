@@ -202,15 +202,23 @@ impl Testbed {
         format!("{}-{}", self.prefix, h.suffix())
     }
 
-    /// Turn off TSO, GSO and GRO on an interface, so captures show packets as a real
-    /// NIC would put them on the wire instead of the kernel's super-packets.
-    pub fn wire_sized(&self, h: Host, dev: &str) -> Result<()> {
-        self.exec(
-            h,
-            &[
-                "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
-            ],
-        )?;
+    /// Turn off TSO, GSO and GRO on every link, so captures show packets as a real NIC
+    /// would put them on the wire instead of the kernel's super-packets.
+    pub fn wire_sized(&self) -> Result<()> {
+        for (h, dev) in [
+            (Host::Client, "c0"),
+            (Host::Mbox, "m0"),
+            (Host::Mbox, "m1"),
+            (Host::Victim, "v0"),
+        ] {
+            let dev = self.link(dev);
+            self.exec(
+                h,
+                &[
+                    "ethtool", "-K", &dev, "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+        }
         Ok(())
     }
 

@@ -8,4 +8,6 @@ pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod route;
+#[cfg(test)]
+mod testns;
 pub mod worker;

@@ -5,8 +5,8 @@
 //! deleted when the guard drops, also when a test fails.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::process::Command;
+
+pub use crate::driver::testns::{in_netns, is_root, run};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Address of namespace `a` (the sender).
@@ -15,25 +15,6 @@ pub const ADDR_A: &str = "198.18.0.1";
 pub const ADDR_B: &str = "198.18.0.2";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Return true when the tests may create namespaces.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Run a command, failing with its stderr on a non-zero exit.
-pub fn run(args: &[&str]) -> io::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
 
 /// Two namespaces `a` and `b` joined by a veth pair; deleted on drop.
 pub struct NetnsPair {
@@ -112,6 +93,7 @@ impl NetnsPair {
             "--queue-num",
             &num,
         ])
+        .map(drop)
     }
 }
 
@@ -122,21 +104,4 @@ impl Drop for NetnsPair {
             let _ = run(&["ip", "netns", "del", ns]);
         }
     }
-}
-
-/// Run `f` on a new thread that has entered namespace `ns`; sockets it opens
-/// stay in that namespace wherever they are used later.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("netns thread panicked"))?
-    })
 }

@@ -3,15 +3,14 @@
 //! Netlink calls run on a thread that joined the namespace with setns; the `nft` CLI runs
 //! through `ip netns exec`. Addresses come only from 198.18.0.0/15 and 2001:2::/48.
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::render::render_accept;
 use super::*;
+use crate::driver::testns;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -41,19 +40,7 @@ impl Netns {
 
     /// Run `f` on a thread inside this namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).expect("open netns");
-                // SAFETY: the fd is a valid netns file for the call; setns only affects
-                // this short-lived thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
+        testns::in_netns(&self.name, f).expect("enter the test namespace")
     }
 
     fn exec(&self, prog: &str, args: &[&str]) -> Output {
@@ -251,7 +238,7 @@ fn without_cap_net_admin_reports_permission() {
     let Some(ns) = Netns::new() else { return };
     let spec = plan(Role::Victim, &selection(), &Q);
     let err = ns.run(|| {
-        drop_net_admin();
+        testns::drop_net_admin().expect("drop CAP_NET_ADMIN");
         install(&spec, QueuePreference::Auto)
     });
     let err = err.unwrap_err();
@@ -259,45 +246,6 @@ fn without_cap_net_admin_reports_permission() {
         err.to_string(),
         "permission denied: run as root (CAP_NET_ADMIN)"
     );
-}
-
-/// Drop CAP_NET_ADMIN from this thread's effective set (capset is per thread).
-fn drop_net_admin() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    const CAP_NET_ADMIN: u32 = 12;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and data match the kernel's v3 layout and outlive both calls.
-    unsafe {
-        assert_eq!(
-            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
-            0
-        );
-        data[0].effective &= !(1 << CAP_NET_ADMIN);
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
-            0
-        );
-    }
 }
 
 #[test]
