@@ -21,17 +21,8 @@ const PERIOD: Duration = Duration::from_secs(4);
 
 fn settings() -> CapSettings {
     CapSettings {
-        key_file: None,
         mbox_id: 1,
-        period: PERIOD,
-        rtt: Duration::from_secs(1),
-        per_period: 128,
-        max_senders: 65536,
-        path_mtu: 1500,
-        feedback_per_ack: 3,
-        kept_per_sender: 64,
-        mbox_interfaces: vec![],
-        client_prefixes: vec![],
+        ..CapSettings::default()
     }
 }
 

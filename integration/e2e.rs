@@ -31,6 +31,17 @@ fn wait_received(engine: &EngineProcess, n: u64, within: Duration) -> EngineStat
     }
 }
 
+/// Start the victim, then the mbox, each with its config.
+fn start_both(
+    tb: &Testbed,
+    victim: &RoleConfig,
+    mbox: &RoleConfig,
+) -> (EngineProcess, EngineProcess) {
+    let v = EngineProcess::start(tb, Host::Victim, "victim", &bin(), victim).unwrap();
+    let m = EngineProcess::start(tb, Host::Mbox, "mbox", &bin(), mbox).unwrap();
+    (v, m)
+}
+
 /// Assert every packet the kernel queued reached the engine and none were lost.
 fn assert_all_through_queue(
     tb: &Testbed,
@@ -103,8 +114,7 @@ fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
         queues: 2,
         ..Default::default()
     };
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &cfg, &cfg);
     let served = ServedFile::start(&tb, 20 << 20).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
         served.fetch(&tb, &addr).unwrap();
@@ -155,8 +165,7 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     let mcfg = RoleConfig::default()
         .with_capabilities(&tb, "mbox")
         .unwrap();
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     // The victim advertises room for a stamp on its routes to the clients.
     let route = |prefix: &str| {
@@ -243,8 +252,7 @@ fn redirect_mode_carries_a_50mb_download_with_capabilities() {
             .with_capabilities(&tb, "mbox")
             .unwrap()
     };
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     // Clients address the mbox; it hands the connection to the victim behind it.
     for addr in [MBOX_V4.to_string(), format!("[{MBOX_V6}]")] {
@@ -288,8 +296,7 @@ fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
             .with_capabilities(&tb, "mbox")
             .unwrap()
     };
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
@@ -344,8 +351,7 @@ fn iperf3_tcp_through_both_engines() {
     let _machine = exclusive();
     let tb = Testbed::up("mpiperf").unwrap();
     let cfg = RoleConfig::default();
-    let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &cfg, &cfg);
     let bps = testbed::iperf3_tcp(&tb, VICTIM_V6, 2).unwrap();
     assert!(bps > 1e6, "iperf3 goodput {bps} bit/s");
     for (engine, host) in [(&mbox, Host::Mbox), (&victim, Host::Victim)] {

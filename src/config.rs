@@ -145,6 +145,25 @@ pub struct CapSettings {
     pub client_prefixes: Vec<Prefix>,
 }
 
+impl Default for CapSettings {
+    /// The prototype's settings (SPEC.md), no key file, no mbox interfaces or prefixes.
+    fn default() -> Self {
+        CapSettings {
+            key_file: None,
+            mbox_id: 0,
+            period: Duration::from_millis(default_period_ms()),
+            rtt: Duration::from_millis(default_rtt_ms()),
+            per_period: default_per_period(),
+            max_senders: default_max_senders(),
+            path_mtu: default_mtu(),
+            feedback_per_ack: default_feedback(),
+            kept_per_sender: default_kept(),
+            mbox_interfaces: Vec::new(),
+            client_prefixes: Vec::new(),
+        }
+    }
+}
+
 /// Queue numbers and the kernel-side queue behaviour.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {

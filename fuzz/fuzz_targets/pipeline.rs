@@ -3,7 +3,7 @@
 #![no_main]
 
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use mpolice::capability::{Key, KeyRing, SharedKeys};
@@ -21,17 +21,10 @@ fn selection() -> Selection {
 
 fn settings() -> CapSettings {
     CapSettings {
-        key_file: None,
         mbox_id: 1,
-        period: Duration::from_secs(4),
-        rtt: Duration::from_secs(1),
-        per_period: 128,
         max_senders: 64,
-        path_mtu: 1500,
-        feedback_per_ack: 3,
         kept_per_sender: 8,
-        mbox_interfaces: vec![],
-        client_prefixes: vec![],
+        ..CapSettings::default()
     }
 }
 

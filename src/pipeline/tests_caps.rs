@@ -20,17 +20,9 @@ fn ip(s: &str) -> IpAddr {
 
 fn settings() -> CapSettings {
     CapSettings {
-        key_file: None,
         mbox_id: 9,
-        period: Duration::from_secs(4),
-        rtt: Duration::from_secs(1),
-        per_period: 128,
         max_senders: 1000,
-        path_mtu: MTU,
-        feedback_per_ack: 3,
-        kept_per_sender: 64,
-        mbox_interfaces: vec![],
-        client_prefixes: vec![],
+        ..CapSettings::default()
     }
 }
 
