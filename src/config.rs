@@ -21,6 +21,10 @@ fn host(a: IpAddr) -> Option<Prefix> {
     Prefix::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()
 }
 
+/// The longest detection period: capability times are a wrapping u32 of milliseconds,
+/// compared over half its range (24 days), so periods must stay far below that.
+pub const MAX_PERIOD_MS: u64 = 24 * 3600 * 1000;
+
 /// Th_cap at most: the returned-capability bitmap of a sender is this many bits.
 pub const MAX_PER_PERIOD: u32 = 1024;
 
@@ -459,8 +463,23 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         Some(_) if role == "victim" && q.count > 1 => {
             return err("tunnel: the victim needs queue.count = 1 in tunnel mode".into());
         }
+        // Protected traffic is classified first: such a port would never be unwrapped.
+        Some(t) if udp_ports.iter().any(|r| r.contains(t.port)) => {
+            return err(format!(
+                "tunnel.port: {} is a protected UDP port; pick another",
+                t.port
+            ));
+        }
         Some(t) => Some(validate_tunnel(&t, role)?),
     };
+    if q.fanout && raw.capabilities.is_some() {
+        // By CPU, a flow's stamping and its feedback would meet different workers, each
+        // with its own sender table: the addresses' symmetric hash keeps them together.
+        return err(
+            "queue.fanout: cannot be used with [capabilities]; balance by flow (fanout = false)"
+                .into(),
+        );
+    }
     let capabilities = raw
         .capabilities
         .map(|c| validate_caps(c, role))
@@ -505,6 +524,12 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         return err(format!(
             "rtt_ms ({}) must be above 0 and below period_ms ({})",
             c.rtt_ms, c.period_ms
+        ));
+    }
+    if c.period_ms > MAX_PERIOD_MS {
+        return err(format!(
+            "period_ms: {} is more than a day ({MAX_PERIOD_MS})",
+            c.period_ms
         ));
     }
     if c.per_period == 0 || c.per_period > MAX_PER_PERIOD {
@@ -834,6 +859,39 @@ mod tests {
             let e = parse(&text, role).unwrap_err().to_string();
             assert!(e.contains(expect), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn capability_limits_are_checked() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n";
+        for (extra, expect) in [
+            (
+                "[queue]\nfanout=true\n[capabilities]\nkey_file=\"/k\"",
+                "queue.fanout",
+            ),
+            (
+                "[capabilities]\nkey_file=\"/k\"\nperiod_ms=90000000",
+                "more than a day",
+            ),
+            ("[capabilities]\nkey_file=\"/k\"\nrtt_ms=5000", "rtt_ms"),
+            (
+                "[capabilities]\nkey_file=\"/k\"\nfeedback_per_ack=4",
+                "feedback_per_ack",
+            ),
+            (
+                "[capabilities]\nkey_file=\"/k\"\nper_period=2000",
+                "per_period",
+            ),
+            ("[capabilities]\nkey_file=\"/k\"\npath_mtu=500", "path_mtu"),
+            ("[capabilities]", "key_file: the mbox needs"),
+        ] {
+            let e = error_of(&format!("{base}{extra}"));
+            assert!(e.contains(expect), "{extra}: {e}");
+        }
+        let e = parse(&format!("{base}[capabilities]\nkey_file=\"/k\""), "victim")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the mbox holds the key"), "{e}");
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
 }
 
 /// Builds each worker's capability stages from what start-up loaded once.
+// Built once per engine: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum StageFactory {
     PassThrough,
     Mbox {

@@ -23,6 +23,8 @@ pub struct KeyWatch {
     /// The text of the ring in use, to rebuild it without its previous key.
     text: String,
     expire_previous_at: Option<Instant>,
+    /// The last reload error logged, so a broken file is not reported every tick.
+    last_error: Option<String>,
 }
 
 impl KeyWatch {
@@ -38,6 +40,7 @@ impl KeyWatch {
             shared: SharedKeys::new(ring),
             text,
             expire_previous_at,
+            last_error: None,
         })
     }
 
@@ -52,7 +55,6 @@ impl KeyWatch {
             .and_then(|m| m.modified())
             .ok();
         if modified.is_some() && modified != self.modified {
-            self.modified = modified;
             match read_secret(&self.path)
                 .and_then(|(text, _)| parse(&self.path, &text).map(|r| (text, r)))
             {
@@ -68,8 +70,19 @@ impl KeyWatch {
                     self.expire_previous_at = ring.previous_id().map(|_| now + self.period);
                     self.shared.replace(ring);
                     self.text = text;
+                    // Only now: a half-written file that failed to parse is read again
+                    // once it is whole, even if its time stamp did not move.
+                    self.modified = modified;
+                    self.last_error = None;
                 }
-                Err(e) => tracing::error!("{e:#}; keeping the keys in use"),
+                Err(e) => {
+                    // Retried every tick until it parses; said once per distinct error.
+                    let msg = format!("{e:#}");
+                    if self.last_error.as_ref() != Some(&msg) {
+                        tracing::error!("{msg}; keeping the keys in use");
+                        self.last_error = Some(msg);
+                    }
+                }
             }
         }
         if self.expire_previous_at.is_some_and(|t| now >= t) {

@@ -113,9 +113,9 @@ impl Loop {
             let wait = self.pending.is_none();
             match self.queue.recv(wait) {
                 Ok(Some(msg)) => {
-                    if wait {
-                        now = Instant::now();
-                    }
+                    // Per packet (a vDSO read): periods and freshness must not stand
+                    // still while a burst keeps the worker from blocking.
+                    now = Instant::now();
                     self.counters.received += 1;
                     self.buf.clear();
                     self.buf.extend_from_slice(self.queue.payload(&msg));

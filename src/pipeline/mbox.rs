@@ -116,7 +116,10 @@ impl Mbox {
     ) -> Result<Edit, Reason> {
         // Only TCP carries capabilities (its reserved bits hold the marker).
         let edit = if p.protocol == proto::TCP {
-            self.stamp(buf, p, now, c)?
+            let edit = self.stamp(buf, p, now, c);
+            c.senders = self.senders.len() as u64;
+            c.evictions = self.senders.evictions();
+            edit?
         } else {
             Edit::Unchanged
         };
@@ -194,8 +197,6 @@ impl Mbox {
         wire::set_tcp_reserved(buf, &stamped, bits).map_err(Reason::Malformed)?;
         sender.issued += 1;
         c.issued += 1;
-        c.senders = self.senders.len() as u64;
-        c.evictions = self.senders.evictions();
         Ok(Edit::Changed)
     }
 

@@ -120,8 +120,17 @@ impl Pipeline {
                 Some(edit) => edit,
                 None => return Verdict::Pass(Reason::Unselected),
             },
-            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, meta.indev, now, c) {
-                Some(edit) => edit,
+            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, meta.indev, c) {
+                // Only protected traffic to the tunnel's own destination may come out of
+                // it: anything else would turn the victim into a relay for spoofed sources.
+                Some(Ok(inner))
+                    if inner.dst == parsed.dst
+                        && direction(&self.selection, &inner) == Some(Direction::ToProtected) =>
+                {
+                    Ok(Edit::Changed)
+                }
+                Some(Ok(_)) => Err(Reason::TunnelNotProtected),
+                Some(Err(reason)) => Err(reason),
                 None => return Verdict::Pass(Reason::Unselected),
             },
         };

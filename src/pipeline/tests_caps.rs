@@ -552,6 +552,12 @@ fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
             wire::set_src_addr(&mut s, &p, ip(client)).unwrap();
             s
         };
+        assert_eq!(
+            path.victim(&mut pkt, 1),
+            Verdict::AcceptModified,
+            "unwrapped"
+        );
+        // The inbound chain queues the unwrapped packet again: now it is stripped.
         assert_eq!(path.victim(&mut pkt, 1), Verdict::AcceptModified);
         assert_eq!(pkt, sent, "unwrapped and stripped: what the client sent");
         let mut s = stranger;
@@ -561,10 +567,64 @@ fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
         );
     }
     assert_eq!(path.victim_p.cap_counters().tunneled, 2);
+    // A tunnel from a real mbox address carrying anything but protected traffic to the
+    // tunnel's own destination is refused: the victim is no relay.
+    for inner in [
+        Builder::tcp(ip("203.0.113.5"), ip("192.0.2.99"), 1, 22).build(),
+        Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 1, 22).build(),
+    ] {
+        let mut wrapped = Builder::udp(ip("198.18.2.1"), ip("198.18.2.2"), 9, 6081)
+            .payload(&inner)
+            .build();
+        assert_eq!(
+            path.victim(&mut wrapped, 4),
+            Verdict::Drop(Reason::TunnelNotProtected)
+        );
+    }
     // A packet that would not fit the MTU once wrapped is dropped, not sent too big.
     let mut big = data("198.18.1.2", "198.18.2.2", 1460);
     assert_eq!(
         path.mbox(&mut big, 3),
         Verdict::Drop(Reason::TooBigForTunnel)
+    );
+}
+
+#[test]
+fn feedback_returns_only_from_the_address_a_capability_was_stamped_towards() {
+    let sel = Selection {
+        addresses: vec!["198.18.2.0/24".parse().unwrap()],
+        ..selection()
+    };
+    let t0 = Instant::now();
+    let shared = keys();
+    let mut mbox = Pipeline::new(
+        sel.clone(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0))),
+    );
+    let mut victim = Pipeline::new(
+        sel,
+        MalformedVerdict::Drop,
+        Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_IF]))),
+    );
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+    through(&mut mbox, &mut pkt, t0);
+    through(&mut victim, &mut pkt, t0);
+    // The same client's connection to another protected address gets nothing back...
+    let mut other = ack("198.18.2.3", "198.18.1.2");
+    assert_eq!(through(&mut victim, &mut other, t0), Verdict::Accept);
+    // ...the capability rides an ACK from the address it was stamped towards.
+    let mut right = ack("198.18.2.2", "198.18.1.2");
+    assert_eq!(
+        through(&mut victim, &mut right, t0),
+        Verdict::AcceptModified
+    );
+    through(&mut mbox, &mut right, t0);
+    assert_eq!(
+        (
+            mbox.cap_counters().returned,
+            mbox.cap_counters().rejected.len()
+        ),
+        (1, 0)
     );
 }

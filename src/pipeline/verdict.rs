@@ -32,6 +32,8 @@ pub enum Reason {
     TooBigForTunnel,
     /// victim: tunnel traffic from an address that is not a configured mbox.
     TunnelFromStranger,
+    /// victim: a tunnel carrying anything but protected traffic to the tunnel's destination.
+    TunnelNotProtected,
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -48,6 +50,7 @@ impl Reason {
             Reason::FeedbackTooShort => "feedback_too_short",
             Reason::TooBigForTunnel => "too_big_for_tunnel",
             Reason::TunnelFromStranger => "tunnel_from_stranger",
+            Reason::TunnelNotProtected => "tunnel_not_protected",
             Reason::Unselected => "unselected",
         }
     }

@@ -6,6 +6,7 @@
 //! sender, and the senders, are bounded (overflow and evictions are counted).
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::{Edit, Reason, clear_marker};
@@ -29,7 +30,9 @@ pub struct Victim {
     kept_per_sender: usize,
     /// Ifindexes the mboxes' traffic arrives on; empty: no bypass filter.
     mbox_ifindexes: Vec<u32>,
-    kept: SenderTable<VecDeque<Kept>>,
+    /// Kept per (client, protected address): a capability's MAC binds the address it was
+    /// stamped towards, so only an ACK from that address may carry it back.
+    kept: SenderTable<VecDeque<Kept>, (IpAddr, IpAddr)>,
     tunnel: Option<Tunnel>,
 }
 
@@ -52,33 +55,34 @@ impl Victim {
         self
     }
 
-    /// Unwrap IP-in-UDP from a configured mbox and handle the packet it carries; None if
-    /// `p` is not tunnel traffic.
+    /// Unwrap IP-in-UDP from a configured mbox; None if `p` is not tunnel traffic.
+    ///
+    /// Returns the packet it carried, now in `buf`. The inbound chain queues that packet
+    /// again (it runs after the tunnel chain), and the inbound stages handle it then.
     pub fn tunnel_in(
         &mut self,
         buf: &mut Vec<u8>,
         p: &Parsed,
         indev: u32,
-        now: Instant,
         c: &mut CapCounters,
-    ) -> Option<Result<Edit, Reason>> {
+    ) -> Option<Result<Parsed, Reason>> {
         let t = self.tunnel.as_ref()?;
         if p.udp().is_none_or(|u| u.dst_port != t.port) {
             return None;
         }
+        // A tunnel packet is still traffic to us: it must come over an mbox link, and
+        // from an mbox address.
+        if !self.mbox_ifindexes.is_empty() && !self.mbox_ifindexes.contains(&indev) {
+            return Some(Err(Reason::Bypassed));
+        }
         if !t.addresses.contains(&p.src) {
             return Some(Err(Reason::TunnelFromStranger));
         }
-        let inner = match wire::tunnel::decap_udp(buf, p) {
-            Ok(inner) => inner,
-            Err(e) => return Some(Err(Reason::Malformed(e))),
-        };
-        c.tunneled += 1;
-        // Unwrapped, the packet is changed whatever the inbound stages do with it.
-        Some(
-            self.inbound(buf, inner, indev, now, c)
-                .map(|_| Edit::Changed),
-        )
+        let inner = wire::tunnel::decap_udp(buf, p).map_err(Reason::Malformed);
+        if inner.is_ok() {
+            c.tunneled += 1;
+        }
+        Some(inner)
     }
 
     /// Handle a packet from a client, before conntrack and TCP see it.
@@ -120,7 +124,7 @@ impl Victim {
                 c.stripped += 1;
                 // We hold no key, but a trailer that is not even well formed is not kept.
                 match Capability::decode(&kept.bytes[..len]) {
-                    Ok(_) => self.keep(p.src, kept, now, c),
+                    Ok(_) => self.keep((p.src, p.dst), kept, now, c),
                     Err(e) => c.count_rejected(e.as_str()),
                 }
                 Ok(Edit::Changed)
@@ -156,7 +160,7 @@ impl Victim {
             edit = edit.or(clamp(buf, &p, self.path_mtu, len + tunnel));
         }
         let ack = p.tcp().is_some_and(|t| t.flags & tcp::ACK != 0);
-        let Some(queue) = self.kept.get_mut(p.dst, now).filter(|_| ack) else {
+        let Some(queue) = self.kept.get_mut((p.dst, p.src), now).filter(|_| ack) else {
             return Ok(edit);
         };
         let fits = self.path_mtu.saturating_sub(p.total_len()) / len;
@@ -180,9 +184,9 @@ impl Victim {
         Ok(Edit::Changed)
     }
 
-    fn keep(&mut self, sender: std::net::IpAddr, k: Kept, now: Instant, c: &mut CapCounters) {
+    fn keep(&mut self, flow: (IpAddr, IpAddr), k: Kept, now: Instant, c: &mut CapCounters) {
         let limit = self.kept_per_sender;
-        let queue = self.kept.get_or_insert_with(sender, now, VecDeque::new);
+        let queue = self.kept.get_or_insert_with(flow, now, VecDeque::new);
         if queue.len() >= limit {
             queue.pop_front();
             c.overflow += 1;

@@ -6,28 +6,31 @@
 //! and every eviction is counted.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::time::Instant;
 
 /// Entries compared to choose one to evict.
 const EVICTION_SAMPLE: usize = 8;
 
-struct Entry<V> {
-    sender: IpAddr,
+struct Entry<K, V> {
+    sender: K,
     last_seen: Instant,
     value: V,
 }
 
-/// Per-sender values, at most `capacity` of them.
-pub struct SenderTable<V> {
-    entries: Vec<Entry<V>>,
-    index: HashMap<IpAddr, usize>,
+/// Per-sender values, at most `capacity` of them, keyed by the sender's address (or by
+/// anything else that names a sender, such as a (client, server) pair).
+pub struct SenderTable<V, K = IpAddr> {
+    entries: Vec<Entry<K, V>>,
+    index: HashMap<K, usize>,
     capacity: usize,
     evictions: u64,
     rng: u64,
 }
 
-impl<V> SenderTable<V> {
+impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
     /// Make an empty table holding at most `capacity` senders (at least one).
     pub fn new(capacity: usize) -> Self {
         SenderTable {
@@ -35,12 +38,14 @@ impl<V> SenderTable<V> {
             index: HashMap::new(),
             capacity: capacity.max(1),
             evictions: 0,
-            rng: 0x9e37_79b9_7f4a_7c15,
+            // Seeded per process (std's hasher keys come from the OS), so nobody can
+            // predict which entries a flood will sample.
+            rng: RandomState::new().hash_one(0x006d_706f_6c69_6365_u64) | 1,
         }
     }
 
     /// Return the sender's value, if it is known, and mark it seen at `now`.
-    pub fn get_mut(&mut self, sender: IpAddr, now: Instant) -> Option<&mut V> {
+    pub fn get_mut(&mut self, sender: K, now: Instant) -> Option<&mut V> {
         let i = *self.index.get(&sender)?;
         let e = &mut self.entries[i];
         e.last_seen = now;
@@ -50,7 +55,7 @@ impl<V> SenderTable<V> {
     /// Return the sender's value, creating it with `make` (evicting if full).
     pub fn get_or_insert_with(
         &mut self,
-        sender: IpAddr,
+        sender: K,
         now: Instant,
         make: impl FnOnce() -> V,
     ) -> &mut V {
@@ -128,7 +133,7 @@ impl<V> SenderTable<V> {
         }
     }
 
-    /// xorshift64: cheap, and an attacker cannot steer it without seeing our state.
+    /// xorshift64 from a per-process seed: cheap, and not steerable from outside.
     fn next_random(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x << 13;

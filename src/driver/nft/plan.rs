@@ -101,12 +101,13 @@ pub fn add_redirect_chains(
 }
 
 /// Add the victim's tunnel chain: IP-in-UDP to the protected addresses (`tunnel` holds
-/// them with the tunnel port), queued before conntrack so the engine unwraps it first.
+/// them with the tunnel port), queued ahead of the inbound chain, which then queues the
+/// unwrapped packet like any other.
 pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTarget) {
     spec.chains.push(chain(
         "tunnel_in",
         Hook::Prerouting,
-        PRIO_RAW,
+        PRIO_RAW - 10,
         "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
         Field::Dst,
         tunnel,
