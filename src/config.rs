@@ -25,6 +25,11 @@ fn host(a: IpAddr) -> Option<Prefix> {
 /// compared over half its range (24 days), so periods must stay far below that.
 pub const MAX_PERIOD_MS: u64 = 24 * 3600 * 1000;
 
+/// Senders tracked per worker at most.
+pub const MAX_SENDERS: usize = 1 << 24;
+/// Capabilities kept per sender at most (the victim's per-sender queue).
+pub const MAX_KEPT: usize = 1024;
+
 /// Th_cap at most: the returned-capability bitmap of a sender is this many bits.
 pub const MAX_PER_PERIOD: u32 = 1024;
 
@@ -538,8 +543,13 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
             c.per_period
         ));
     }
-    if c.max_senders == 0 {
-        return err("max_senders: must be at least 1".into());
+    // Bounds keep the worst case of state a flood can build known: per worker, about
+    // max_senders x 100 B (mbox) or max_senders x kept_per_sender x 56 B (victim).
+    if !(1..=MAX_SENDERS).contains(&c.max_senders) {
+        return err(format!(
+            "max_senders: {} is not in 1..={MAX_SENDERS}",
+            c.max_senders
+        ));
     }
     if !(1280..=65535).contains(&c.path_mtu) {
         return err(format!("path_mtu: {} is not in 1280..=65535", c.path_mtu));
@@ -550,8 +560,11 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
             c.feedback_per_ack
         ));
     }
-    if c.kept_per_sender == 0 {
-        return err("kept_per_sender: must be at least 1".into());
+    if !(1..=MAX_KEPT).contains(&c.kept_per_sender) {
+        return err(format!(
+            "kept_per_sender: {} is not in 1..={MAX_KEPT}",
+            c.kept_per_sender
+        ));
     }
     if let Some(bad) = c
         .mbox_interfaces
@@ -883,6 +896,14 @@ mod tests {
                 "per_period",
             ),
             ("[capabilities]\nkey_file=\"/k\"\npath_mtu=500", "path_mtu"),
+            (
+                "[capabilities]\nkey_file=\"/k\"\nmax_senders=0",
+                "max_senders",
+            ),
+            (
+                "[capabilities]\nkey_file=\"/k\"\nkept_per_sender=100000",
+                "kept_per_sender",
+            ),
             ("[capabilities]", "key_file: the mbox needs"),
         ] {
             let e = error_of(&format!("{base}{extra}"));
