@@ -4,6 +4,10 @@
 //! headers), the UDP checksum covers the whole inner packet, and unwrapping accepts only
 //! an inner packet of the outer's family, so the kernel's view of the packet's family
 //! (`skb->protocol`) stays true when an NFQUEUE verdict swaps one for the other.
+//!
+//! ECN crosses the tunnel as RFC 6040 asks (normal mode): the outer header copies the
+//! inner's traffic class, and a congestion mark (CE) set on the outer header on the way
+//! is copied to an ECN-capable inner packet when it is unwrapped.
 
 use std::net::IpAddr;
 
@@ -34,10 +38,11 @@ pub fn encap_udp(
     if total > usize::from(u16::MAX) {
         return Err(WireError::TooLong);
     }
+    let tc = traffic_class(buf, v6);
     let mut head = Vec::with_capacity(overhead(v6));
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            head.extend_from_slice(&[0x45, 0]);
+            head.extend_from_slice(&[0x45, tc]);
             head.extend_from_slice(&(total as u16).to_be_bytes());
             // Id 0 with DF: the outer packet is never fragmented.
             head.extend_from_slice(&[0, 0, 0x40, 0, 64, proto::UDP, 0, 0]);
@@ -45,7 +50,7 @@ pub fn encap_udp(
             head.extend_from_slice(&d.octets());
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            head.extend_from_slice(&[0x60, 0, 0, 0]);
+            head.extend_from_slice(&[0x60 | (tc >> 4), (tc & 0x0f) << 4, 0, 0]);
             head.extend_from_slice(&(udp_len as u16).to_be_bytes());
             head.extend_from_slice(&[proto::UDP, 64]);
             head.extend_from_slice(&s.octets());
@@ -76,8 +81,43 @@ pub fn decap_udp(buf: &mut Vec<u8>, outer: &Parsed) -> Result<Parsed, WireError>
     if inner.version != outer.version {
         return Err(WireError::FamilyMismatch);
     }
+    let v6 = outer.dst.is_ipv6();
+    let congested = traffic_class(buf, v6) & ECN_MASK == ECN_CE;
     buf.drain(..outer.payload_offset);
+    let inner_ecn = traffic_class(buf, v6) & ECN_MASK;
+    if congested && inner_ecn != 0 && inner_ecn != ECN_CE {
+        mark_ce(buf, v6);
+    }
     Ok(inner)
+}
+
+/// The ECN field of the traffic class / TOS byte, and its "congestion experienced" value.
+const ECN_MASK: u8 = 0x03;
+const ECN_CE: u8 = 0x03;
+
+/// The IPv4 TOS byte or the IPv6 traffic class of the packet at the start of `buf`.
+fn traffic_class(buf: &[u8], v6: bool) -> u8 {
+    match (v6, buf.first(), buf.get(1)) {
+        (false, _, Some(tos)) => *tos,
+        (true, Some(b0), Some(b1)) => (b0 << 4) | (b1 >> 4),
+        _ => 0,
+    }
+}
+
+/// Set CE on the packet at the start of `buf`, keeping the IPv4 header checksum right.
+fn mark_ce(buf: &mut [u8], v6: bool) {
+    if v6 {
+        if let Some(b1) = buf.get_mut(1) {
+            *b1 |= ECN_CE << 4;
+        }
+    } else if buf.len() >= 12 {
+        let old = u16::from_be_bytes([buf[0], buf[1]]);
+        buf[1] |= ECN_CE;
+        let new = u16::from_be_bytes([buf[0], buf[1]]);
+        let check = u16::from_be_bytes([buf[10], buf[11]]);
+        let check = super::checksum::update_u16(check, old, new);
+        buf[10..12].copy_from_slice(&check.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +151,39 @@ mod tests {
             let inner = decap_udp(&mut buf, &outer).unwrap();
             assert_eq!(buf, pkt);
             assert_eq!(inner, p);
+        }
+    }
+
+    #[test]
+    fn ecn_crosses_the_tunnel() {
+        for (c, v, m) in [
+            ("198.18.1.2", "198.18.2.2", "198.18.2.1"),
+            ("2001:2:0:1::2", "2001:2:0:2::2", "2001:2:0:2::1"),
+        ] {
+            let v6 = c.contains(':');
+            let mut pkt = Builder::tcp(ip(c), ip(v), 40000, 8080)
+                .payload(b"hi")
+                .build();
+            // ECT(0) on the inner packet.
+            if v6 {
+                pkt[1] |= 0x02 << 4
+            } else {
+                pkt[1] |= 0x02
+            }
+            let p = parse(&pkt).unwrap();
+            fill_checksums(&mut pkt, &p).unwrap();
+            let mut buf = pkt.clone();
+            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (1, 6081)).unwrap();
+            assert_eq!(traffic_class(&buf, v6) & ECN_MASK, 0x02, "outer copies ECT");
+            // A router on the way marks the outer header CE.
+            mark_ce(&mut buf, v6);
+            let inner = decap_udp(&mut buf, &outer).unwrap();
+            assert_eq!(
+                traffic_class(&buf, v6) & ECN_MASK,
+                ECN_CE,
+                "CE reaches the inner packet"
+            );
+            assert!(verify_checksums(&buf, &inner));
         }
     }
 
