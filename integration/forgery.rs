@@ -196,6 +196,24 @@ impl Bed {
         }
     }
 
+    /// Counters once both engines have been quiet for a while (at most 3 s): the exact
+    /// counts below must not pick up a straggler of earlier traffic (a late FIN or a
+    /// retransmission) in the window of the next injected packet.
+    fn quiet(&self) -> Snap {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut last = self.snap();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.snap();
+            let same =
+                received(&now.m) == received(&last.m) && received(&now.v) == received(&last.v);
+            if same || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Wait (at most 5 s) until the mbox and the victim have received at least `m` and
     /// `v` packets more than in `before`; the engines publish counters every 100 ms.
     fn after(&self, before: &Snap, m: u64, v: u64) -> Snap {
@@ -205,7 +223,8 @@ impl Bed {
             let done = received(&now.m) >= received(&before.m) + m
                 && received(&now.v) >= received(&before.v) + v;
             if done {
-                return now;
+                // Settled, so the next case's window starts with no traffic in flight.
+                return self.quiet();
             }
             assert!(
                 Instant::now() < deadline,
