@@ -510,6 +510,21 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// Refuse `capabilities.<key>` outside `range`, naming the key and the range.
+fn within<T>(key: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<(), ConfigError>
+where
+    T: PartialOrd + fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "capabilities.{key}: {value} is not in {}..={}",
+        range.start(),
+        range.end()
+    )))
+}
+
 fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
     let err = |m: String| Err(ConfigError(format!("capabilities.{m}")));
     match (role, &c.key_file) {
@@ -537,35 +552,13 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
             c.period_ms
         ));
     }
-    if c.per_period == 0 || c.per_period > MAX_PER_PERIOD {
-        return err(format!(
-            "per_period: {} is not in 1..={MAX_PER_PERIOD}",
-            c.per_period
-        ));
-    }
     // Bounds keep the worst case of state a flood can build known: per worker, about
     // max_senders x 100 B (mbox) or max_senders x kept_per_sender x 56 B (victim).
-    if !(1..=MAX_SENDERS).contains(&c.max_senders) {
-        return err(format!(
-            "max_senders: {} is not in 1..={MAX_SENDERS}",
-            c.max_senders
-        ));
-    }
-    if !(1280..=65535).contains(&c.path_mtu) {
-        return err(format!("path_mtu: {} is not in 1280..=65535", c.path_mtu));
-    }
-    if !(1..=3).contains(&c.feedback_per_ack) {
-        return err(format!(
-            "feedback_per_ack: {} is not in 1..=3",
-            c.feedback_per_ack
-        ));
-    }
-    if !(1..=MAX_KEPT).contains(&c.kept_per_sender) {
-        return err(format!(
-            "kept_per_sender: {} is not in 1..={MAX_KEPT}",
-            c.kept_per_sender
-        ));
-    }
+    within("per_period", c.per_period, 1..=MAX_PER_PERIOD)?;
+    within("max_senders", c.max_senders, 1..=MAX_SENDERS)?;
+    within("path_mtu", c.path_mtu, 1280..=65535)?;
+    within("feedback_per_ack", c.feedback_per_ack, 1..=3)?;
+    within("kept_per_sender", c.kept_per_sender, 1..=MAX_KEPT)?;
     if let Some(bad) = c
         .mbox_interfaces
         .iter()

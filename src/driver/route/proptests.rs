@@ -8,17 +8,7 @@ use crate::driver::netlink::*;
 
 /// A random route with attribute payloads small enough for a u16 length.
 fn arb_route() -> impl Strategy<Value = Route> {
-    let hdr = (any::<[u8; 8]>(), any::<u32>()).prop_map(|(b, flags)| RtHdr {
-        family: b[0],
-        dst_len: b[1],
-        src_len: b[2],
-        tos: b[3],
-        table: b[4],
-        protocol: b[5],
-        scope: b[6],
-        rtype: b[7],
-        flags,
-    });
+    let hdr = any::<[u8; RTMSG_LEN]>().prop_filter_map("a whole header", |b| RtHdr::decode(&b));
     let attr = (1u16..40, proptest::collection::vec(any::<u8>(), 0..40));
     (hdr, proptest::collection::vec(attr, 0..10)).prop_map(|(hdr, attrs)| Route { hdr, attrs })
 }
