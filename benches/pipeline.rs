@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use mpolice::capability::{Key, KeyRing, SharedKeys};
+use mpolice::capability::{Key, KeyRing, RunId, SharedKeys};
 use mpolice::config::{CapSettings, MalformedVerdict};
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
@@ -25,6 +25,10 @@ fn settings() -> CapSettings {
         ..CapSettings::default()
     }
 }
+
+/// `PacketMeta::default()` comes in and leaves by ifindex 0: make that the mbox link.
+const MBOX_LINK: u32 = 0;
+const RUN: RunId = RunId::from_bytes([5; 16]);
 
 fn selection() -> Selection {
     Selection {
@@ -42,7 +46,7 @@ fn mbox(t0: Instant) -> Pipeline {
     Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &keys, t0))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &keys, t0, RUN))),
     )
 }
 
@@ -50,7 +54,7 @@ fn victim() -> Pipeline {
     Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+        Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_LINK]))),
     )
 }
 

@@ -237,6 +237,55 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
 }
 
 #[test]
+fn replies_that_bypass_the_mbox_carry_no_feedback() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpasym").unwrap();
+    tb.wire_sized().unwrap();
+    // Clients reach the victim through the mbox; the victim answers over a direct link.
+    tb.direct_return_path().unwrap();
+    let vcfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let mcfg = RoleConfig::default()
+        .with_capabilities(&tb, "mbox")
+        .unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let served = ServedFile::start(&tb, 5 << 20).unwrap();
+    let direct = testbed::Capture::start(&tb, Host::Victim, &tb.link("v1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        testbed::upload(&tb, &addr, 5 << 20).unwrap();
+        served.fetch(&tb, &addr).unwrap();
+    }
+    let direct = direct.stop().unwrap();
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
+    // Two 5 MB uploads stamp Th_cap = 128 segments per sender and period at least once.
+    assert!(mc.issued >= 128, "{}", m.table());
+    assert_eq!(vc.stripped, mc.issued, "{}", v.table());
+    assert_eq!((vc.fed_back, mc.feedback_stripped), (0, 0), "{}", v.table());
+    assert!(vc.not_via_mbox > 0, "{}", v.table());
+    for v6 in [false, true] {
+        assert!(
+            marked(&direct, v6, "TCP12 & 0 == 0") > 100,
+            "the capture saw the replies"
+        );
+        assert_eq!(
+            marked(&direct, v6, ANY_MARKER),
+            0,
+            "no marker on the direct link (v6 {v6})"
+        );
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
 fn redirect_mode_carries_a_50mb_download_with_capabilities() {
     if !root() {
         return;

@@ -147,8 +147,8 @@ pub struct CapSettings {
     pub feedback_per_ack: u8,
     /// victim: capabilities kept per sender until an ACK carries them back.
     pub kept_per_sender: usize,
-    /// victim: interfaces the mboxes' traffic arrives on; protected traffic arriving
-    /// elsewhere bypassed the mbox and is dropped. Empty: no bypass filter.
+    /// victim: interfaces the mboxes' traffic arrives on (required): protected traffic
+    /// arriving elsewhere bypassed the mbox and is dropped; feedback leaves only by them.
     pub mbox_interfaces: Vec<String>,
     /// victim: client prefixes whose routes get a lowered `advmss`.
     pub client_prefixes: Vec<Prefix>,
@@ -485,6 +485,16 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
                 .into(),
         );
     }
+    if role == "victim" && raw.capabilities.is_some() {
+        // Past the queue, a stamped packet reaches TCP with its trailer still on: the
+        // trailer becomes stream data. Neither is a policy choice on the victim.
+        if q.bypass {
+            return err("queue.bypass: must be false on the victim with [capabilities]: with no engine bound, stamped packets would reach TCP with their trailer and corrupt the stream".into());
+        }
+        if q.fail_open {
+            return err("queue.fail_open: must be false on the victim with [capabilities]: when the queue is full, stamped packets would reach TCP with their trailer and corrupt the stream".into());
+        }
+    }
     let capabilities = raw
         .capabilities
         .map(|c| validate_caps(c, role))
@@ -559,6 +569,11 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
     within("path_mtu", c.path_mtu, 1280..=65535)?;
     within("feedback_per_ack", c.feedback_per_ack, 1..=3)?;
     within("kept_per_sender", c.kept_per_sender, 1..=MAX_KEPT)?;
+    // The victim trusts marker bits, and returns feedback, only on the mbox's links:
+    // without them it could tell neither a bypass nor where feedback is stripped.
+    if role == "victim" && c.mbox_interfaces.is_empty() {
+        return err("mbox_interfaces: list the interfaces the mbox's traffic arrives on (the victim strips trailers only from them, drops protected traffic arriving elsewhere and returns feedback only through them)".into());
+    }
     if let Some(bad) = c
         .mbox_interfaces
         .iter()
@@ -828,7 +843,9 @@ mod tests {
         .unwrap();
         assert_eq!(ok.tunnel.unwrap().port, 6081);
         let victim = parse(
-            &format!("{base}[tunnel]\nport=7000\nmboxes=[\"198.18.2.1\"]"),
+            &format!(
+                "{base}mbox_interfaces=[\"eth1\"]\n[tunnel]\nport=7000\nmboxes=[\"198.18.2.1\"]"
+            ),
             "victim",
         )
         .unwrap();
@@ -857,7 +874,9 @@ mod tests {
                 "lists `source` only",
             ),
             (
-                format!("{base}[tunnel]\nmboxes=[\"198.18.2.1\"]\nport=0"),
+                format!(
+                    "{base}mbox_interfaces=[\"eth1\"]\n[tunnel]\nmboxes=[\"198.18.2.1\"]\nport=0"
+                ),
                 "victim",
                 "tunnel.port",
             ),
@@ -906,6 +925,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only the mbox holds the key"), "{e}");
+    }
+
+    #[test]
+    fn victim_settings_that_would_corrupt_streams_are_refused() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n";
+        let caps = "[capabilities]\nmbox_interfaces=[\"eth1\"]\n";
+        for (extra, expect) in [
+            (
+                format!("[queue]\nbypass=true\n{caps}"),
+                "queue.bypass: must be false",
+            ),
+            (
+                format!("[queue]\nfail_open=true\n{caps}"),
+                "queue.fail_open: must be false",
+            ),
+            (
+                "[capabilities]\n".to_string(),
+                "mbox_interfaces: list the interfaces",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "victim")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{extra}: {e}");
+        }
+        // Without capabilities nothing is stripped, and on the mbox both are policy.
+        for (text, role) in [
+            (
+                format!("{base}[queue]\nbypass=true\nfail_open=true"),
+                "victim",
+            ),
+            (
+                format!(
+                    "{base}[queue]\nbypass=true\nfail_open=true\n[capabilities]\nkey_file=\"/k\""
+                ),
+                "mbox",
+            ),
+        ] {
+            parse(&text, role).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub struct CapCounters {
     pub fed_back: u64,
     /// victim: kept capabilities dropped because a sender's queue was full.
     pub overflow: u64,
+    /// victim: protected traffic from this host itself (loopback), passed untouched.
+    pub local: u64,
+    /// victim: ACKs that could have carried feedback but left by a link that does not
+    /// lead to an mbox (nothing there would strip it), so carried none.
+    pub not_via_mbox: u64,
     /// Senders evicted from the bounded table to make room.
     pub evictions: u64,
     /// Senders tracked now.
@@ -78,6 +83,8 @@ impl CapCounters {
         self.stripped += o.stripped;
         self.fed_back += o.fed_back;
         self.overflow += o.overflow;
+        self.local += o.local;
+        self.not_via_mbox += o.not_via_mbox;
         self.evictions += o.evictions;
         self.senders += o.senders;
         for (r, n) in &o.rejected {
@@ -239,7 +246,7 @@ impl EngineStats {
             let _ = writeln!(
                 s,
                 "capabilities: issued={} returned={} feedback_stripped={} too_big={} redirected={} tunneled={} \
-                 stripped={} fed_back={} overflow={} senders={} evictions={}",
+                 stripped={} fed_back={} overflow={} local={} not_via_mbox={} senders={} evictions={}",
                 c.issued,
                 c.returned,
                 c.feedback_stripped,
@@ -249,6 +256,8 @@ impl EngineStats {
                 c.stripped,
                 c.fed_back,
                 c.overflow,
+                c.local,
+                c.not_via_mbox,
                 c.senders,
                 c.evictions
             );

@@ -6,10 +6,14 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use mpolice::capability::{Key, KeyRing, SharedKeys};
+use mpolice::capability::{Key, KeyRing, RunId, SharedKeys};
 use mpolice::config::{CapSettings, MalformedVerdict};
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
+
+/// `PacketMeta::default()` comes in and leaves by ifindex 0: make that the mbox link.
+const MBOX_LINK: u32 = 0;
+const RUN: RunId = RunId::from_bytes([5; 16]);
 
 fn selection() -> Selection {
     Selection {
@@ -33,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     for stages in [
         None,
-        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now))),
-        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now, RUN))),
+        Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_LINK]))),
     ] {
         let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);
         let mut buf = data.to_vec();

@@ -26,7 +26,7 @@ pub use engine::{EngineProcess, RoleConfig};
 pub use inject::inject;
 pub use traffic::{
     Capture, HttpServer, ServedFile, UdpBurst, UdpSink, count_packets, download, in_netns,
-    iperf3_tcp, sha256, wait_listening,
+    iperf3_tcp, sha256, upload, wait_listening,
 };
 
 /// The victim's IPv4 address.
@@ -197,6 +197,55 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Add a direct link client `c1` ⇄ victim `v1` (198.18.3.0/24, 2001:2:0:3::/64) and
+    /// route the victim's replies to the client prefixes over it: an asymmetric path,
+    /// clients still reach the victim through the mbox, the victim answers around it.
+    pub fn direct_return_path(&self) -> Result<()> {
+        let (c1, v1) = (self.link("c1"), self.link("v1"));
+        let (cns, vns) = (self.ns(Host::Client), self.ns(Host::Victim));
+        run(
+            "ip",
+            &[
+                "link", "add", &c1, "netns", &cns, "type", "veth", "peer", "name", &v1, "netns",
+                &vns,
+            ],
+        )?;
+        for (h, dev, v4, v6) in [
+            (Host::Client, &c1, "198.18.3.2/24", "2001:2:0:3::2/64"),
+            (Host::Victim, &v1, "198.18.3.1/24", "2001:2:0:3::1/64"),
+        ] {
+            self.exec(h, &["ip", "addr", "add", v4, "dev", dev])?;
+            self.exec(h, &["ip", "addr", "add", v6, "dev", dev, "nodad"])?;
+            self.exec(h, &["ip", "link", "set", dev, "up"])?;
+            self.exec(
+                h,
+                &[
+                    "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+        }
+        // The client takes the victim's packets on a link it does not route them by.
+        self.exec(
+            Host::Client,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.rp_filter=0",
+                &format!("net.ipv4.conf.{c1}.rp_filter=0"),
+            ],
+        )?;
+        for (prefix, via) in [
+            ("198.18.1.0/24", "198.18.3.2"),
+            ("2001:2:0:1::/64", "2001:2:0:3::2"),
+        ] {
+            self.exec(
+                Host::Victim,
+                &["ip", "route", "add", prefix, "via", via, "dev", &v1],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Name the namespace of a host.
     pub fn ns(&self, h: Host) -> String {
         format!("{}-{}", self.prefix, h.suffix())
@@ -222,7 +271,8 @@ impl Testbed {
         Ok(())
     }
 
-    /// Name a host's interface: `c0` (client), `m0`/`m1` (mbox), `v0` (victim).
+    /// Name a host's interface: `c0` (client), `m0`/`m1` (mbox), `v0` (victim); `c1` and
+    /// `v1` once there is a direct return path.
     pub fn link(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }

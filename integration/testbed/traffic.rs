@@ -59,6 +59,35 @@ impl ServedFile {
     }
 }
 
+/// Upload `bytes` random bytes with curl from the client to the server at `addr` (a
+/// host or `[v6]`, port 8080); fail unless the server received exactly those bytes.
+pub fn upload(tb: &Testbed, addr: &str, bytes: usize) -> Result<f64> {
+    let file = tb.workdir().join("upload.bin");
+    random_file(&file, bytes)?;
+    let sent = sha256(&file)?;
+    let path = file.to_str().context("path is not UTF-8")?;
+    let url = format!("http://{addr}:8080/upload.bin");
+    let t = Instant::now();
+    let got = tb.exec(
+        Host::Client,
+        &[
+            "curl",
+            "-sS",
+            "-g",
+            "--fail",
+            "--max-time",
+            "120",
+            "-T",
+            path,
+            &url,
+        ],
+    )?;
+    if got.trim() != sent {
+        bail!("the upload through {addr} reached the server as {got:?}, sent {sent}");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// The sha256 of a file, as hex (coreutils' sha256sum).
 pub fn sha256(path: &Path) -> Result<String> {
     let out = std::process::Command::new("sha256sum").arg(path).output()?;
@@ -73,7 +102,34 @@ pub fn sha256(path: &Path) -> Result<String> {
     }
 }
 
-/// `python3 -m http.server` in a namespace, serving one directory; killed on drop.
+/// Python's `http.server` serving files (GET) that also takes uploads (PUT) and answers
+/// each with the sha256 of the body it received, so an upload can be checked end to end.
+const HTTP_SERVER: &str = r#"
+import functools, hashlib, http.server, socket, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_PUT(self):
+        left, digest = int(self.headers["Content-Length"]), hashlib.sha256()
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+handler = functools.partial(Handler, directory=sys.argv[2])
+Server(("::", int(sys.argv[1])), handler).serve_forever()
+"#;
+
+/// Python's `http.server` in a namespace, serving one directory and taking uploads;
+/// killed on drop.
 pub struct HttpServer {
     child: Child,
 }
@@ -84,19 +140,7 @@ impl HttpServer {
         let dir = dir.to_str().context("directory is not UTF-8")?;
         let port_s = port.to_string();
         let child = tb
-            .command(
-                host,
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    &port_s,
-                    "--bind",
-                    "::",
-                    "--directory",
-                    dir,
-                ],
-            )
+            .command(host, &["python3", "-c", HTTP_SERVER, &port_s, dir])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -21,9 +21,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 
-use hmac::Hmac;
 use hmac::digest::KeyInit;
 use hmac::digest::zeroize::Zeroize;
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::CapError;
@@ -66,6 +66,46 @@ impl Key {
     /// Return the keyed HMAC state (clone it, then feed it the message).
     pub(super) fn hmac(&self) -> &HmacSha256 {
         &self.mac
+    }
+
+    /// The key this one becomes for one run of the mbox: HMAC(key, label ‖ run).
+    ///
+    /// Every MAC made with it binds the run, so a capability issued before a restart
+    /// (or a reboot, when the clock it carries starts over) never verifies after it.
+    fn for_run(&self, run: &RunId) -> Key {
+        let mut mac = self.mac.clone();
+        mac.update(RUN_LABEL);
+        mac.update(&run.0);
+        let mut bytes: [u8; KEY_LEN] = mac.finalize().into_bytes().into();
+        let key = Key::from_bytes(bytes);
+        bytes.zeroize();
+        key
+    }
+}
+
+/// Domain separation for [`Key::for_run`].
+const RUN_LABEL: &[u8] = b"mpolice capability run key v1";
+
+/// Random bytes drawn once per mbox process: what tells its runs apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RunId([u8; 16]);
+
+impl RunId {
+    /// Draw a new run id from `/dev/urandom`.
+    pub fn random() -> io::Result<RunId> {
+        Ok(RunId(random_bytes()?))
+    }
+
+    /// A fixed run id (tests, benches, fuzzing).
+    pub const fn from_bytes(bytes: [u8; 16]) -> RunId {
+        RunId(bytes)
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not secret, but nothing outside the process needs it either.
+        f.write_str("RunId(<redacted>)")
     }
 }
 
@@ -134,6 +174,17 @@ impl KeyRing {
     /// Stop accepting the previous key.
     pub fn expire_previous(&mut self) {
         self.previous = None;
+    }
+
+    /// The same ids with each key bound to `run` (see [`Key::for_run`]).
+    pub fn for_run(&self, run: &RunId) -> KeyRing {
+        KeyRing {
+            current: (self.current.0, self.current.1.for_run(run)),
+            previous: self
+                .previous
+                .as_ref()
+                .map(|(id, key)| (*id, key.for_run(run))),
+        }
     }
 
     /// Parse a key file (format in the module docs).
@@ -288,9 +339,9 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
-/// Read 32 bytes from `/dev/urandom`.
-fn random_bytes() -> io::Result<[u8; KEY_LEN]> {
-    let mut bytes = [0u8; KEY_LEN];
+/// Read N bytes from `/dev/urandom`.
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes)
 }
@@ -303,7 +354,7 @@ pub fn generate_key_line(id: u8) -> io::Result<String> {
             "key id must be 0..=15",
         ));
     }
-    let mut bytes = random_bytes()?;
+    let mut bytes: [u8; KEY_LEN] = random_bytes()?;
     let mut line = format!("{id} ");
     for b in bytes {
         line.push(char::from(HEX[usize::from(b >> 4)]));

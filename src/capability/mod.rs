@@ -101,7 +101,7 @@ mod window;
 pub use codec::Capability;
 pub use error::CapError;
 pub use feedback::{MAX_FEEDBACK, feedback_len, split_feedback};
-pub use key::{KEY_LEN, Key, KeyFileError, KeyRing, MAX_KEY_ID, generate_key_line};
+pub use key::{KEY_LEN, Key, KeyFileError, KeyRing, MAX_KEY_ID, RunId, generate_key_line};
 pub use marker::{FeedbackCount, Marker};
 pub use shared::{KeyReader, SharedKeys};
 pub use window::{FUTURE_TOLERANCE_MS, MAX_TH_CAP, ReturnWindow, check_fresh, check_period};

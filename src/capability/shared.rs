@@ -2,12 +2,13 @@
 //!
 //! Workers read their own cached `Arc<KeyRing>` per packet and look at one atomic
 //! generation number to learn that a new ring was published; the lock is taken only
-//! when that number moved, so the packet path never waits on it.
+//! when that number moved, so the packet path never waits on it. A reader holds the
+//! ring bound to the engine's run ([`RunId`]), derived once per published ring.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::KeyRing;
+use super::{KeyRing, RunId};
 
 /// The current key ring, replaceable while workers run.
 pub struct SharedKeys {
@@ -31,35 +32,37 @@ impl SharedKeys {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// A worker's view of the shared ring.
-    pub fn reader(self: &Arc<Self>) -> KeyReader {
-        let (generation, ring) = self.load();
+    /// A worker's view of the shared ring, its keys bound to `run`.
+    pub fn reader(self: &Arc<Self>, run: RunId) -> KeyReader {
+        let (generation, ring) = self.load(&run);
         KeyReader {
             shared: Arc::clone(self),
+            run,
             generation,
             ring,
         }
     }
 
-    fn load(&self) -> (u64, Arc<KeyRing>) {
+    fn load(&self, run: &RunId) -> (u64, KeyRing) {
         let slot = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         // Read under the lock, so the number never runs ahead of the ring it names.
-        (self.generation.load(Ordering::Acquire), Arc::clone(&slot))
+        (self.generation.load(Ordering::Acquire), slot.for_run(run))
     }
 }
 
-/// One worker's cached copy of the shared ring.
+/// One worker's copy of the shared ring, bound to the engine's run.
 pub struct KeyReader {
     shared: Arc<SharedKeys>,
+    run: RunId,
     generation: u64,
-    ring: Arc<KeyRing>,
+    ring: KeyRing,
 }
 
 impl KeyReader {
     /// Return the newest ring (one atomic load unless it changed).
     pub fn ring(&mut self) -> &KeyRing {
         if self.shared.generation.load(Ordering::Acquire) != self.generation {
-            (self.generation, self.ring) = self.shared.load();
+            (self.generation, self.ring) = self.shared.load(&self.run);
         }
         &self.ring
     }
@@ -73,8 +76,9 @@ mod tests {
     #[test]
     fn readers_see_a_replaced_ring() {
         let shared = SharedKeys::new(KeyRing::new(1, Key::from_bytes([1; 32])).unwrap());
-        let mut a = shared.reader();
-        let mut b = shared.reader();
+        let run = RunId::from_bytes([0; 16]);
+        let mut a = shared.reader(run);
+        let mut b = shared.reader(run);
         assert_eq!(a.ring().current().0, 1);
         shared.replace(KeyRing::new(2, Key::from_bytes([2; 32])).unwrap());
         assert_eq!(a.ring().current().0, 2);

@@ -17,7 +17,7 @@ use crate::driver::control::ControlSocket;
 use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
-use crate::capability::wire_len;
+use crate::capability::{RunId, wire_len};
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute};
@@ -129,6 +129,8 @@ enum StageFactory {
         /// Owned by the main loop, which reloads the key file as it changes.
         keys: KeyWatch,
         epoch: Instant,
+        /// Bound into every MAC: capabilities of an earlier run never verify.
+        run: RunId,
         redirect: Vec<RedirectPair>,
         redirect_sel: Selection,
         tunnel: Option<Tunnel>,
@@ -159,9 +161,10 @@ impl StageFactory {
                     redirect: cfg.redirect.clone(),
                     redirect_sel: cfg.redirect_selection(),
                     tunnel: cfg.tunnel.clone(),
-                    // One clock for every worker (a capability may come back on any
-                    // queue), and one that survives a restart (see `boot_epoch`).
+                    // One clock and one run for every worker (a capability may come
+                    // back on any queue).
                     epoch: boot_epoch(),
+                    run: RunId::random().context("draw the run id from /dev/urandom")?,
                 }
             }
             Role::Victim => {
@@ -193,11 +196,12 @@ impl StageFactory {
                 settings,
                 keys,
                 epoch,
+                run,
                 redirect,
                 redirect_sel,
                 tunnel,
             } => {
-                let m = Mbox::new(settings, keys.shared(), *epoch)
+                let m = Mbox::new(settings, keys.shared(), *epoch, *run)
                     .with_redirect(redirect.clone(), redirect_sel.clone());
                 Some(Stages::Mbox(match tunnel {
                     Some(t) => m.with_tunnel(t.clone()),
@@ -263,9 +267,9 @@ fn lower_advmss(role: Role, cfg: &Config) -> Result<Option<AdvmssGuard>> {
     Ok(Some(guard))
 }
 
-/// The instant the monotonic clock started (boot): capability times count from it, so a
-/// restarted engine keeps the same clock, and a capability issued before the restart
-/// falls before its senders' new periods and is refused as `wrong_period`.
+/// The instant the monotonic clock started (boot): capability times count from it, the
+/// same for every worker. Times alone cannot tell runs apart (they restart at a reboot
+/// and wrap every 49.7 days): the run id bound into each MAC does.
 fn boot_epoch() -> Instant {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -143,7 +143,9 @@ mod tests {
         let t0 = Instant::now();
         let period = Duration::from_secs(4);
         let mut w = KeyWatch::load(&path, period, t0).unwrap();
-        let mut r = w.shared().reader();
+        let mut r = w
+            .shared()
+            .reader(crate::capability::RunId::from_bytes([0; 16]));
         assert_eq!((r.ring().current().0, r.ring().previous_id()), (1, None));
         // The file changes (mtime resolution is coarse: make it differ for sure).
         write(&path, &[k1, k2], 0o600);
@@ -166,7 +168,14 @@ mod tests {
         write(&path, &["3 nothex".to_string()], 0o600);
         w.modified = None;
         w.tick(t0);
-        assert_eq!(w.shared().reader().ring().current().0, 3);
+        assert_eq!(
+            w.shared()
+                .reader(crate::capability::RunId::from_bytes([0; 16]))
+                .ring()
+                .current()
+                .0,
+            3
+        );
         std::fs::remove_file(&path).unwrap();
     }
 

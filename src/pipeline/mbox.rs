@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::{Direction, Edit, Reason, clear_marker, direction, ms_since};
 use crate::capability::{
-    CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, SharedKeys,
-    check_fresh, check_period, feedback_len, split_feedback, wire_len,
+    CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, RunId,
+    SharedKeys, check_fresh, check_period, feedback_len, split_feedback, wire_len,
 };
 use crate::config::{CapSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
@@ -48,13 +48,16 @@ pub struct Mbox {
 
 impl Mbox {
     /// Build the mbox stages from the validated settings and the loaded keys.
-    pub fn new(s: &CapSettings, keys: &Arc<SharedKeys>, epoch: Instant) -> Self {
+    ///
+    /// `epoch` is the zero of the capability clock and `run` this process's id: every
+    /// worker of one engine shares both (a capability may come back on any queue).
+    pub fn new(s: &CapSettings, keys: &Arc<SharedKeys>, epoch: Instant, run: RunId) -> Self {
         // `CapSettings` keeps per_period within what a window holds.
         let window = ReturnWindow::new(s.per_period.clamp(1, MAX_TH_CAP))
             .expect("1..=MAX_TH_CAP always makes a window");
         Mbox {
             window,
-            keys: keys.reader(),
+            keys: keys.reader(run),
             mbox_id: s.mbox_id,
             period: s.period,
             rtt: s.rtt,

@@ -115,7 +115,9 @@ impl Pipeline {
             (Stages::Victim(v), Some(Direction::ToProtected)) => {
                 v.inbound(buf, parsed, meta.indev, now, c)
             }
-            (Stages::Victim(v), Some(Direction::FromProtected)) => v.outbound(buf, parsed, now, c),
+            (Stages::Victim(v), Some(Direction::FromProtected)) => {
+                v.outbound(buf, parsed, meta.outdev, now, c)
+            }
             (Stages::Mbox(m), None) => match m.redirect_in(buf, &parsed, c) {
                 Some(edit) => edit,
                 None => return Verdict::Pass(Reason::Unselected),

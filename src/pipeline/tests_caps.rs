@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::capability::{Key, KeyRing, Marker, SharedKeys, wire_len};
+use crate::capability::{Key, KeyRing, Marker, RunId, SharedKeys, wire_len};
 use crate::config::CapSettings;
 use crate::wire::build::Builder;
 use crate::wire::tcp;
 
 const MTU: u16 = 1500;
 const MBOX_IF: u32 = 7;
+/// The run of every mbox in these tests but where a test says otherwise.
+const RUN: RunId = RunId::from_bytes([5; 16]);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -49,8 +51,9 @@ pub(super) fn every_stage() -> [Option<Stages>; 3] {
             &settings(),
             &keys(),
             Instant::now(),
+            RUN,
         ))),
-        Some(Stages::Victim(Victim::new(&settings(), vec![]))),
+        Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_IF]))),
     ]
 }
 
@@ -71,7 +74,7 @@ impl Path {
             mbox_p: Pipeline::new(
                 selection(),
                 MalformedVerdict::Drop,
-                Some(Stages::Mbox(Mbox::new(&settings(), &keys(), t0))),
+                Some(Stages::Mbox(Mbox::new(&settings(), &keys(), t0, RUN))),
             ),
             victim_p: Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Victim(v))),
             t0,
@@ -95,9 +98,16 @@ impl Path {
     }
 }
 
+/// Run a packet through `p` as if it came in and leaves by the mbox link.
 fn through(p: &mut Pipeline, pkt: &mut Vec<u8>, now: Instant) -> Verdict {
+    through_links(p, pkt, now, (MBOX_IF, MBOX_IF))
+}
+
+/// Run a packet through `p` coming in and leaving by the given ifindexes.
+fn through_links(p: &mut Pipeline, pkt: &mut Vec<u8>, now: Instant, links: (u32, u32)) -> Verdict {
     let meta = PacketMeta {
-        indev: MBOX_IF,
+        indev: links.0,
+        outdev: links.1,
         ..Default::default()
     };
     p.process(&meta, pkt, now)
@@ -373,7 +383,7 @@ fn a_sender_flood_keeps_state_bounded() {
     let mut mbox = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&s, &keys(), Instant::now()))),
+        Some(Stages::Mbox(Mbox::new(&s, &keys(), Instant::now(), RUN))),
     );
     let t0 = Instant::now();
     for i in 0..1000u32 {
@@ -394,7 +404,7 @@ fn keys_rotate_with_one_period_of_overlap() {
     let mut mbox = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0, RUN))),
     );
     let mut victim = Pipeline::new(
         selection(),
@@ -462,7 +472,7 @@ fn redirect_readdresses_both_ways_for_tcp_and_udp() {
         udp_ports: vec!["9000".parse().unwrap()],
         ..selection()
     };
-    let m = Mbox::new(&settings(), &keys(), Instant::now()).with_redirect(pairs, listen);
+    let m = Mbox::new(&settings(), &keys(), Instant::now(), RUN).with_redirect(pairs, listen);
     let mut mbox = Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)));
     let forward = PacketMeta {
         hook: HOOK_FORWARD,
@@ -530,7 +540,7 @@ fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
         selection(),
         MalformedVerdict::Drop,
         Some(Stages::Mbox(
-            Mbox::new(&settings(), &keys(), path.t0).with_tunnel(t),
+            Mbox::new(&settings(), &keys(), path.t0, RUN).with_tunnel(t),
         )),
     );
     for (client, server, mbox) in [
@@ -600,7 +610,7 @@ fn feedback_returns_only_from_the_address_a_capability_was_stamped_towards() {
     let mut mbox = Pipeline::new(
         sel.clone(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0, RUN))),
     );
     let mut victim = Pipeline::new(
         sel,
@@ -627,4 +637,107 @@ fn feedback_returns_only_from_the_address_a_capability_was_stamped_towards() {
         ),
         (1, 0)
     );
+}
+
+#[test]
+fn a_capability_from_an_earlier_run_never_verifies() {
+    // Same key, same id, same clock (a restart within the period, or a reboot once
+    // uptime reaches the old issue time): only the run tells the two apart.
+    let mut path = Path::new();
+    let old_feedback = feedback_ack(&mut path, 0);
+    let mut restarted = Pipeline::new(
+        selection(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &keys(),
+            path.t0,
+            RunId::from_bytes([6; 16]),
+        ))),
+    );
+    // The restarted mbox knows the sender: it stamped one of its packets too.
+    let mut own = data("198.18.1.2", "198.18.2.2", 10);
+    assert_eq!(
+        through(&mut restarted, &mut own, path.at(0)),
+        Verdict::AcceptModified
+    );
+    let mut a = old_feedback;
+    assert_eq!(
+        through(&mut restarted, &mut a, path.at(10)),
+        Verdict::AcceptModified
+    );
+    assert_eq!(a, ack("198.18.2.2", "198.18.1.2"), "stripped all the same");
+    let c = restarted.cap_counters();
+    assert_eq!((c.returned, c.rejected.get("bad_mac")), (0, Some(&1)));
+    // Its own capability, returned the same way, counts.
+    path.victim(&mut own, 20);
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    path.victim(&mut a, 20);
+    through(&mut restarted, &mut a, path.at(30));
+    assert_eq!(restarted.cap_counters().returned, 1);
+}
+
+/// Another link of the victim's, not towards the mbox.
+const DIRECT_IF: u32 = 8;
+
+#[test]
+fn feedback_leaves_only_towards_the_mbox() {
+    let mut path = Path::new();
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+    path.mbox(&mut pkt, 0);
+    path.victim(&mut pkt, 0);
+    // An asymmetric route: the ACK leaves by a direct link. Nothing there strips.
+    let sent = ack("198.18.2.2", "198.18.1.2");
+    let mut a = sent.clone();
+    let now = path.at(5);
+    let v = through_links(&mut path.victim_p, &mut a, now, (DIRECT_IF, DIRECT_IF));
+    assert_eq!((v, &a), (Verdict::Accept, &sent), "no trailer, no marker");
+    let c = path.victim_p.cap_counters();
+    assert_eq!((c.fed_back, c.not_via_mbox), (0, 1));
+    // The capability waits for an ACK that crosses the mbox.
+    let mut a = sent.clone();
+    assert_eq!(path.victim(&mut a, 10), Verdict::AcceptModified);
+    assert!(matches!(marker(&a), Marker::Feedback(n) if n.get() == 1));
+    path.mbox(&mut a, 20);
+    assert_eq!(path.mbox_p.cap_counters().returned, 1);
+}
+
+#[test]
+fn stamped_packets_off_the_mbox_path_are_neither_stripped_nor_kept() {
+    let mut path = Path::new();
+    let mut real = data("198.18.1.2", "198.18.2.2", 10);
+    path.mbox(&mut real, 0);
+    path.victim(&mut real, 0);
+    // A spoofer on another link sends stamped-looking packets in the client's name:
+    // dropped as bypass, none kept in place of the real capability.
+    for i in 0..2 * settings().kept_per_sender {
+        let mut forged = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+            .reserved(Marker::Stamped.apply(0))
+            .payload(&[i as u8; 42])
+            .build();
+        let now = path.at(1);
+        let v = through_links(&mut path.victim_p, &mut forged, now, (DIRECT_IF, 0));
+        assert_eq!(v, Verdict::Drop(Reason::Bypassed));
+    }
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    path.victim(&mut a, 5);
+    path.mbox(&mut a, 10);
+    let (m, v) = (path.mbox_p.cap_counters(), path.victim_p.cap_counters());
+    assert_eq!((v.stripped, v.overflow, m.returned), (1, 0, 1));
+    assert!(m.rejected.is_empty(), "{:?}", m.rejected);
+}
+
+#[test]
+fn the_hosts_own_traffic_is_not_a_bypass_and_is_left_alone() {
+    let mut path = Path::new();
+    // A local health check, marker bits and all, arrives on loopback.
+    let sent = Builder::tcp(ip("198.18.2.2"), ip("198.18.2.2"), 40000, 8080)
+        .reserved(Marker::Stamped.apply(0))
+        .payload(&[1; 40])
+        .build();
+    let mut pkt = sent.clone();
+    let v = through_links(&mut path.victim_p, &mut pkt, path.t0, (1, 0));
+    assert_eq!((v, &pkt), (Verdict::Accept, &sent));
+    let c = path.victim_p.cap_counters();
+    assert_eq!((c.local, c.stripped), (1, 0));
 }

@@ -28,7 +28,8 @@ pub struct Victim {
     path_mtu: usize,
     per_ack: usize,
     kept_per_sender: usize,
-    /// Ifindexes the mboxes' traffic arrives on; empty: no bypass filter.
+    /// Ifindexes of the links to the mboxes: traffic to protect arrives only by them,
+    /// feedback leaves only by them.
     mbox_ifindexes: Vec<u32>,
     /// Kept per (client, protected address): a capability's MAC binds the address it was
     /// stamped towards, so only an ACK from that address may carry it back.
@@ -72,7 +73,7 @@ impl Victim {
         }
         // A tunnel packet is still traffic to us: it must come over an mbox link, and
         // from an mbox address.
-        if !self.mbox_ifindexes.is_empty() && !self.mbox_ifindexes.contains(&indev) {
+        if !self.mbox_ifindexes.contains(&indev) {
             return Some(Err(Reason::Bypassed));
         }
         if !t.addresses.contains(&p.src) {
@@ -94,8 +95,16 @@ impl Victim {
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
+        // The host's own traffic (health checks, local clients) never crossed an mbox
+        // and needs none: passed as it is, trailers and markers untouched.
+        if indev == LOOPBACK_IFINDEX {
+            c.local += 1;
+            return Ok(Edit::Unchanged);
+        }
         // Every protocol: a UDP flood that skipped the mbox is as unpoliced as TCP.
-        if !self.mbox_ifindexes.is_empty() && !self.mbox_ifindexes.contains(&indev) {
+        // Nothing arriving elsewhere is stripped or kept, so a spoofer cannot push a
+        // client's real capabilities out of its queue.
+        if !self.mbox_ifindexes.contains(&indev) {
             return Err(Reason::Bypassed);
         }
         if p.protocol != proto::TCP {
@@ -138,11 +147,13 @@ impl Victim {
         }
     }
 
-    /// Handle a packet to a client: clamp a SYN-ACK's MSS, return kept capabilities on ACKs.
+    /// Handle a packet to a client leaving by `outdev`: clamp a SYN-ACK's MSS, return
+    /// kept capabilities on ACKs that cross an mbox.
     pub fn outbound(
         &mut self,
         buf: &mut Vec<u8>,
         p: Parsed,
+        outdev: u32,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
@@ -163,6 +174,12 @@ impl Victim {
         let Some(queue) = self.kept.get_mut((p.dst, p.src), now).filter(|_| ack) else {
             return Ok(edit);
         };
+        // Only an mbox strips feedback: by any other way (an asymmetric route) the
+        // client's TCP would take the trailer for data. The capabilities wait.
+        if !self.mbox_ifindexes.contains(&outdev) {
+            c.not_via_mbox += 1;
+            return Ok(edit);
+        }
         let fits = self.path_mtu.saturating_sub(p.total_len()) / len;
         let n = queue
             .len()
@@ -196,6 +213,10 @@ impl Victim {
         c.evictions = self.kept.evictions();
     }
 }
+
+/// The loopback device's ifindex, the same in every network namespace (the kernel's
+/// `LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// True for a SYN (`with_ack` false) or a SYN-ACK (`with_ack` true).
 fn is_syn(p: &Parsed, with_ack: bool) -> bool {
