@@ -46,7 +46,13 @@ fn mbox(t0: Instant) -> Pipeline {
     Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &keys, t0, RUN))),
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &keys,
+            t0,
+            RUN,
+            vec![MBOX_LINK],
+        ))),
     )
 }
 

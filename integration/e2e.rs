@@ -286,6 +286,60 @@ fn replies_that_bypass_the_mbox_carry_no_feedback() {
 }
 
 #[test]
+fn a_path_mtu_above_the_links_is_refused_and_one_that_fits_works() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpmtu").unwrap();
+    tb.wire_sized().unwrap();
+    for (host, link) in [(Host::Mbox, "m1"), (Host::Victim, "v0")] {
+        tb.exec(host, &["ip", "link", "set", &tb.link(link), "mtu", "1400"])
+            .unwrap();
+    }
+    let with = |role: &str, extra: &str| {
+        let mut cfg = RoleConfig::default().with_capabilities(&tb, role).unwrap();
+        cfg.capabilities = cfg.capabilities.map(|c| c + extra);
+        cfg
+    };
+    // The default path_mtu (1500) would stamp and feed back packets the link drops.
+    for (host, role) in [(Host::Mbox, "mbox"), (Host::Victim, "victim")] {
+        let text = with(role, "").toml(&tb.workdir().join("x.sock"));
+        let path = write_config(&tb, "big.toml", &text);
+        let (ok, err) = run_in(&tb, host, &[role, "--config", &path]);
+        assert!(!ok, "{role}: should fail");
+        assert!(
+            err.contains("capabilities.path_mtu: 1500 is above the MTU 1400"),
+            "{role}: {err}"
+        );
+        assert!(tb.nft_tables(host).unwrap().is_empty(), "{role}: rule left");
+    }
+    let (vcfg, mcfg) = (
+        with("victim", "path_mtu = 1400\n"),
+        with("mbox", "path_mtu = 1400\n"),
+    );
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let served = ServedFile::start(&tb, 5 << 20).unwrap();
+    let link = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        testbed::upload(&tb, &addr, 5 << 20).unwrap();
+        served.fetch(&tb, &addr).unwrap();
+    }
+    let link = link.stop().unwrap();
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let mc = m.total().engine.caps;
+    assert!(mc.issued >= 128 && mc.returned > 0, "{}", m.table());
+    // Ethernet header (14) + an IP packet over the link's 1400 bytes.
+    assert_eq!(testbed::count_packets(&link, "greater 1415").unwrap(), 0);
+    let frag_needed = "(icmp and icmp[0] == 3 and icmp[1] == 4) or (icmp6 and ip6[40] == 2)";
+    assert_eq!(testbed::count_packets(&link, frag_needed).unwrap(), 0);
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+#[test]
 fn redirect_mode_carries_a_50mb_download_with_capabilities() {
     if !root() {
         return;

@@ -152,6 +152,9 @@ pub struct CapSettings {
     pub mbox_interfaces: Vec<String>,
     /// victim: client prefixes whose routes get a lowered `advmss`.
     pub client_prefixes: Vec<Prefix>,
+    /// mbox: interfaces towards the protected servers, the only ones feedback counts
+    /// from. Empty: those the routes to the protected addresses use.
+    pub victim_interfaces: Vec<String>,
 }
 
 impl Default for CapSettings {
@@ -169,6 +172,7 @@ impl Default for CapSettings {
             kept_per_sender: default_kept(),
             mbox_interfaces: Vec::new(),
             client_prefixes: Vec::new(),
+            victim_interfaces: Vec::new(),
         }
     }
 }
@@ -269,6 +273,8 @@ struct RawCaps {
     mbox_interfaces: Vec<String>,
     #[serde(default)]
     client_prefixes: Vec<String>,
+    #[serde(default)]
+    victim_interfaces: Vec<String>,
 }
 
 // The prototype's defaults (SPEC.md): P = 4 s, Th_rtt = 1 s, Th_cap = 128, 3 per ACK.
@@ -574,12 +580,18 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
     if role == "victim" && c.mbox_interfaces.is_empty() {
         return err("mbox_interfaces: list the interfaces the mbox's traffic arrives on (the victim strips trailers only from them, drops protected traffic arriving elsewhere and returns feedback only through them)".into());
     }
-    if let Some(bad) = c
-        .mbox_interfaces
-        .iter()
-        .find(|i| i.is_empty() || i.len() > 15)
-    {
-        return err(format!("mbox_interfaces: {bad:?} is not an interface name"));
+    for (key, names, owner) in [
+        ("mbox_interfaces", &c.mbox_interfaces, "victim"),
+        ("victim_interfaces", &c.victim_interfaces, "mbox"),
+    ] {
+        if role != owner && !names.is_empty() {
+            return err(format!(
+                "{key}: only the {owner} uses it; remove it from this config"
+            ));
+        }
+        if let Some(bad) = names.iter().find(|i| i.is_empty() || i.len() > 15) {
+            return err(format!("{key}: {bad:?} is not an interface name"));
+        }
     }
     let client_prefixes = c
         .client_prefixes
@@ -602,6 +614,7 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         kept_per_sender: c.kept_per_sender,
         mbox_interfaces: c.mbox_interfaces,
         client_prefixes,
+        victim_interfaces: c.victim_interfaces,
     })
 }
 

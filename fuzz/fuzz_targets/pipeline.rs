@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     for stages in [
         None,
-        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now, RUN))),
+        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now, RUN, vec![MBOX_LINK]))),
         Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_LINK]))),
     ] {
         let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);

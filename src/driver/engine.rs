@@ -131,6 +131,8 @@ enum StageFactory {
         epoch: Instant,
         /// Bound into every MAC: capabilities of an earlier run never verify.
         run: RunId,
+        /// The links towards the protected servers (feedback counts only from them).
+        victim_ifindexes: Vec<u32>,
         redirect: Vec<RedirectPair>,
         redirect_sel: Selection,
         tunnel: Option<Tunnel>,
@@ -155,7 +157,10 @@ impl StageFactory {
                     .clone()
                     .context("capabilities.key_file is required on the mbox")?;
                 let keys = KeyWatch::load(&path, settings.period, Instant::now())?;
+                let victim_ifindexes = victim_links(&settings, cfg)?;
+                check_path_mtu(&settings, cfg, &victim_ifindexes, "the route to")?;
                 StageFactory::Mbox {
+                    victim_ifindexes,
                     settings,
                     keys,
                     redirect: cfg.redirect.clone(),
@@ -171,8 +176,9 @@ impl StageFactory {
                 let mbox_ifindexes = settings
                     .mbox_interfaces
                     .iter()
-                    .map(|name| ifindex(name))
+                    .map(|name| ifindex("mbox_interfaces", name))
                     .collect::<Result<Vec<_>>>()?;
+                check_path_mtu(&settings, cfg, &mbox_ifindexes, "")?;
                 StageFactory::Victim {
                     settings,
                     mbox_ifindexes,
@@ -197,12 +203,19 @@ impl StageFactory {
                 keys,
                 epoch,
                 run,
+                victim_ifindexes,
                 redirect,
                 redirect_sel,
                 tunnel,
             } => {
-                let m = Mbox::new(settings, keys.shared(), *epoch, *run)
-                    .with_redirect(redirect.clone(), redirect_sel.clone());
+                let m = Mbox::new(
+                    settings,
+                    keys.shared(),
+                    *epoch,
+                    *run,
+                    victim_ifindexes.clone(),
+                )
+                .with_redirect(redirect.clone(), redirect_sel.clone());
                 Some(Stages::Mbox(match tunnel {
                     Some(t) => m.with_tunnel(t.clone()),
                     None => m,
@@ -289,15 +302,67 @@ fn boot_epoch() -> Instant {
     }
 }
 
-/// Resolve an interface name in this network namespace.
-fn ifindex(name: &str) -> Result<u32> {
+/// Resolve an interface name of `capabilities.<key>` in this network namespace.
+fn ifindex(key: &str, name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name).context("interface name")?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
-        bail!("capabilities.mbox_interfaces: no interface {name:?} in this network namespace");
+        bail!("capabilities.{key}: no interface {name:?} in this network namespace");
     }
     Ok(index)
+}
+
+/// The mbox's links towards the protected servers: configured, or those the kernel
+/// routes the protected addresses by now.
+fn victim_links(caps: &CapSettings, cfg: &Config) -> Result<Vec<u32>> {
+    if !caps.victim_interfaces.is_empty() {
+        return caps
+            .victim_interfaces
+            .iter()
+            .map(|name| ifindex("victim_interfaces", name))
+            .collect();
+    }
+    let mut links = Vec::new();
+    for prefix in &cfg.protect.addresses {
+        let path = route::path_to(prefix.addr()).map_err(|e| {
+            anyhow::anyhow!("capabilities.victim_interfaces: not set, and {e}; name them")
+        })?;
+        if !links.contains(&path.oif) {
+            links.push(path.oif);
+        }
+    }
+    tracing::info!(
+        "feedback counted only from ifindex {links:?} (the routes to the protected addresses; set capabilities.victim_interfaces to choose)"
+    );
+    Ok(links)
+}
+
+/// Refuse a `path_mtu` above the MTU of the links stamped or fed-back packets take
+/// (`links`), or of the routes to the protected addresses (the mbox, `route` set).
+fn check_path_mtu(caps: &CapSettings, cfg: &Config, links: &[u32], route: &str) -> Result<()> {
+    let mut paths: Vec<(String, u32)> = Vec::new();
+    for &link in links {
+        let mtu = route::interface_mtu(link)
+            .with_context(|| format!("capabilities.path_mtu: no MTU for ifindex {link}"))?;
+        paths.push((format!("interface {link}"), mtu));
+    }
+    if !route.is_empty() {
+        for prefix in &cfg.protect.addresses {
+            let path = route::path_to(prefix.addr())
+                .map_err(|e| anyhow::anyhow!("capabilities.path_mtu: {e}"))?;
+            paths.push((format!("{route} {}", prefix.addr()), path.mtu));
+        }
+    }
+    if let Some((what, mtu)) = paths.into_iter().min_by_key(|(_, mtu)| *mtu)
+        && u32::from(caps.path_mtu) > mtu
+    {
+        bail!(
+            "capabilities.path_mtu: {} is above the MTU {mtu} of {what}: a stamped packet or an ACK with feedback would not fit; set path_mtu = {mtu} or less",
+            caps.path_mtu
+        );
+    }
+    Ok(())
 }
 
 fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue)>> {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Direction, Edit, Reason, clear_marker, direction, ms_since};
+use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since};
 use crate::capability::{
     CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, RunId,
     SharedKeys, check_fresh, check_period, feedback_len, split_feedback, wire_len,
@@ -43,6 +43,9 @@ pub struct Mbox {
     redirect: Vec<RedirectPair>,
     redirect_sel: Selection,
     tunnel: Option<Tunnel>,
+    /// Ifindexes of the links towards the protected servers: feedback counts only
+    /// from them.
+    victim_ifindexes: Vec<u32>,
     senders: SenderTable<Sender>,
 }
 
@@ -51,7 +54,14 @@ impl Mbox {
     ///
     /// `epoch` is the zero of the capability clock and `run` this process's id: every
     /// worker of one engine shares both (a capability may come back on any queue).
-    pub fn new(s: &CapSettings, keys: &Arc<SharedKeys>, epoch: Instant, run: RunId) -> Self {
+    /// Feedback is counted only from `victim_ifindexes`, the links towards the victims.
+    pub fn new(
+        s: &CapSettings,
+        keys: &Arc<SharedKeys>,
+        epoch: Instant,
+        run: RunId,
+        victim_ifindexes: Vec<u32>,
+    ) -> Self {
         // `CapSettings` keeps per_period within what a window holds.
         let window = ReturnWindow::new(s.per_period.clamp(1, MAX_TH_CAP))
             .expect("1..=MAX_TH_CAP always makes a window");
@@ -68,6 +78,7 @@ impl Mbox {
             redirect: Vec::new(),
             redirect_sel: Selection::default(),
             tunnel: None,
+            victim_ifindexes,
         }
     }
 
@@ -206,18 +217,18 @@ impl Mbox {
     /// Strip the feedback from a packet of the victim, count what verifies, and in
     /// redirect mode answer in the redirect address's name.
     ///
-    /// A reply is queued twice in redirect mode: before routing (`hook` prerouting),
+    /// A reply is queued twice in redirect mode: before routing (`meta.hook` prerouting),
     /// where its feedback is stripped ahead of conntrack, and after (forward), where it
     /// is readdressed: before routing, the mbox's own source address would be a martian.
     pub fn from_victim(
         &mut self,
         buf: &mut Vec<u8>,
         p: Parsed,
-        hook: u8,
+        meta: &PacketMeta,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
-        if hook == super::HOOK_FORWARD {
+        if meta.hook == super::HOOK_FORWARD {
             let Some(r) = self.redirect.iter().find(|r| r.to == p.src) else {
                 return Ok(Edit::Unchanged);
             };
@@ -228,14 +239,18 @@ impl Mbox {
         if p.protocol != proto::TCP {
             return Ok(Edit::Unchanged);
         }
-        self.strip_feedback(buf, p, now, c)
+        // Anyone can claim the victim's address; only its side of the mbox can be it.
+        let from_victim_side = self.victim_ifindexes.contains(&meta.indev);
+        self.strip_feedback(buf, p, from_victim_side, now, c)
     }
 
-    /// Strip the feedback from an ACK of the victim and count what verifies.
+    /// Strip the feedback from an ACK of the victim; if it came from the victim's
+    /// side, count what verifies.
     fn strip_feedback(
         &mut self,
         buf: &mut Vec<u8>,
         p: Parsed,
+        from_victim_side: bool,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
@@ -262,6 +277,10 @@ impl Mbox {
         let stripped = wire::strip_trailer(buf, &p, len).map_err(Reason::Malformed)?;
         clear_marker(buf, &stripped)?;
         c.feedback_stripped += 1;
+        if !from_victim_side {
+            c.count_rejected("off_victim_link");
+            return Ok(Edit::Changed);
+        }
         let now_ms = ms_since(self.epoch, now);
         if let Ok(caps) = split_feedback(&trailer[..len], n, v6) {
             for bytes in caps {

@@ -110,7 +110,7 @@ impl Pipeline {
         let edit = match (stages, dir) {
             (Stages::Mbox(m), Some(Direction::ToProtected)) => m.to_victim(buf, parsed, now, c),
             (Stages::Mbox(m), Some(Direction::FromProtected)) => {
-                m.from_victim(buf, parsed, meta.hook, now, c)
+                m.from_victim(buf, parsed, meta, now, c)
             }
             (Stages::Victim(v), Some(Direction::ToProtected)) => {
                 v.inbound(buf, parsed, meta.indev, now, c)

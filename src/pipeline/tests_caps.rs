@@ -52,6 +52,7 @@ pub(super) fn every_stage() -> [Option<Stages>; 3] {
             &keys(),
             Instant::now(),
             RUN,
+            vec![MBOX_IF],
         ))),
         Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_IF]))),
     ]
@@ -74,7 +75,13 @@ impl Path {
             mbox_p: Pipeline::new(
                 selection(),
                 MalformedVerdict::Drop,
-                Some(Stages::Mbox(Mbox::new(&settings(), &keys(), t0, RUN))),
+                Some(Stages::Mbox(Mbox::new(
+                    &settings(),
+                    &keys(),
+                    t0,
+                    RUN,
+                    vec![MBOX_IF],
+                ))),
             ),
             victim_p: Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Victim(v))),
             t0,
@@ -383,7 +390,13 @@ fn a_sender_flood_keeps_state_bounded() {
     let mut mbox = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&s, &keys(), Instant::now(), RUN))),
+        Some(Stages::Mbox(Mbox::new(
+            &s,
+            &keys(),
+            Instant::now(),
+            RUN,
+            vec![MBOX_IF],
+        ))),
     );
     let t0 = Instant::now();
     for i in 0..1000u32 {
@@ -404,7 +417,13 @@ fn keys_rotate_with_one_period_of_overlap() {
     let mut mbox = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0, RUN))),
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &shared,
+            t0,
+            RUN,
+            vec![MBOX_IF],
+        ))),
     );
     let mut victim = Pipeline::new(
         selection(),
@@ -472,7 +491,8 @@ fn redirect_readdresses_both_ways_for_tcp_and_udp() {
         udp_ports: vec!["9000".parse().unwrap()],
         ..selection()
     };
-    let m = Mbox::new(&settings(), &keys(), Instant::now(), RUN).with_redirect(pairs, listen);
+    let m = Mbox::new(&settings(), &keys(), Instant::now(), RUN, vec![MBOX_IF])
+        .with_redirect(pairs, listen);
     let mut mbox = Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)));
     let forward = PacketMeta {
         hook: HOOK_FORWARD,
@@ -540,7 +560,7 @@ fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
         selection(),
         MalformedVerdict::Drop,
         Some(Stages::Mbox(
-            Mbox::new(&settings(), &keys(), path.t0, RUN).with_tunnel(t),
+            Mbox::new(&settings(), &keys(), path.t0, RUN, vec![MBOX_IF]).with_tunnel(t),
         )),
     );
     for (client, server, mbox) in [
@@ -610,7 +630,13 @@ fn feedback_returns_only_from_the_address_a_capability_was_stamped_towards() {
     let mut mbox = Pipeline::new(
         sel.clone(),
         MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(&settings(), &shared, t0, RUN))),
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &shared,
+            t0,
+            RUN,
+            vec![MBOX_IF],
+        ))),
     );
     let mut victim = Pipeline::new(
         sel,
@@ -653,6 +679,7 @@ fn a_capability_from_an_earlier_run_never_verifies() {
             &keys(),
             path.t0,
             RunId::from_bytes([6; 16]),
+            vec![MBOX_IF],
         ))),
     );
     // The restarted mbox knows the sender: it stamped one of its packets too.
@@ -740,4 +767,29 @@ fn the_hosts_own_traffic_is_not_a_bypass_and_is_left_alone() {
     assert_eq!((v, &pkt), (Verdict::Accept, &sent));
     let c = path.victim_p.cap_counters();
     assert_eq!((c.local, c.stripped), (1, 0));
+}
+
+#[test]
+fn feedback_counts_only_from_the_victims_side() {
+    let mut path = Path::new();
+    let a = feedback_ack(&mut path, 0);
+    // The same ACK claiming the victim's address, arriving from the clients' side.
+    let mut spoofed = a.clone();
+    let now = path.at(5);
+    let v = through_links(&mut path.mbox_p, &mut spoofed, now, (DIRECT_IF, 0));
+    assert_eq!(v, Verdict::AcceptModified);
+    assert_eq!(
+        spoofed,
+        ack("198.18.2.2", "198.18.1.2"),
+        "stripped all the same"
+    );
+    let c = path.mbox_p.cap_counters();
+    assert_eq!(
+        (c.returned, c.rejected.get("off_victim_link")),
+        (0, Some(&1))
+    );
+    // From the victim's side it counts (the spoofed copy used up nothing).
+    let mut real = a;
+    path.mbox(&mut real, 6);
+    assert_eq!(path.mbox_p.cap_counters().returned, 1);
 }

@@ -1,5 +1,6 @@
 //! Advertise a smaller TCP MSS to configured client prefixes through the route
-//! metric `advmss`, so the victim's peers leave room for capability trailers.
+//! metric `advmss`, so the victim's peers leave room for capability trailers, and
+//! look up the interface and MTU of the path to an address ([`path_to`]).
 //! Our own `NETLINK_ROUTE` client: a few request/ack exchanges on a raw socket.
 //!
 //! [`set_advmss`] works in the network namespace of the calling thread and
@@ -14,6 +15,7 @@
 mod apply;
 mod error;
 mod guard;
+mod lookup;
 mod prefix;
 mod socket;
 mod wire;
@@ -30,5 +32,6 @@ mod unit_tests;
 pub use apply::set_advmss;
 pub use error::{RouteError, Step};
 pub use guard::AdvmssGuard;
+pub use lookup::{PathTo, interface_mtu, path_to};
 pub use prefix::AdvmssRoute;
 pub use wire::RTPROT_MPOLICE;
