@@ -3,8 +3,9 @@
 //! Unchanged packets are not answered one by one: their ids accumulate and one batch
 //! verdict accepts them all when the socket runs dry or the batch is full. Every packet
 //! gets a verdict of our choosing, on error paths too: one whose message could not be
-//! read gets the role's verdict for what it cannot parse, by id. Counters are published
-//! at most every `PUBLISH_EVERY`, not per packet.
+//! read gets the role's verdict for what it cannot parse, by id; one whose drop could
+//! not be sent is kept out of every batch verdict (which would accept it) until a drop
+//! gets through. Counters are published at most every `PUBLISH_EVERY`, not per packet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +85,10 @@ struct Loop {
     buf: Vec<u8>,
     /// Unchanged packets not yet answered, in id order (at most `BATCH_MAX`).
     pending: Vec<u32>,
+    /// Packets whose drop could not be sent, even on a second try: no batch verdict may
+    /// cover them until a retry gets through (`split_batch`). At most the kernel's queue
+    /// length, since each is still queued there.
+    stuck: Vec<u32>,
     /// Reads and verdicts that failed here; the binding counts kernel-side errors.
     send_errors: u64,
 }
@@ -102,6 +107,7 @@ impl Loop {
             published,
             buf: Vec::with_capacity(BUF_CAPACITY),
             pending: Vec::with_capacity(BATCH_MAX),
+            stuck: Vec::new(),
             send_errors: 0,
         }
     }
@@ -210,15 +216,37 @@ impl Loop {
         // Unanswered, the packet would be accepted unchanged by the next batch
         // verdict: drop it instead, so a failed rewrite or drop never lets it pass.
         let sent = self.queue.verdict(id, KernelVerdict::Drop, None);
-        self.check(id, "fallback drop", sent);
+        if !self.check(
+            id,
+            "fallback drop; kept out of batch verdicts until a drop gets through",
+            sent,
+        ) {
+            self.counters.count_reason("verdict_failed");
+            self.stuck.push(id);
+        }
     }
 
     fn flush(&mut self) {
-        if let Some(&id) = self.pending.last() {
+        // Retry the drops that failed first: a batch covering one would accept it.
+        let (queue, errors) = (&mut self.queue, &mut self.send_errors);
+        self.stuck.retain(|&id| {
+            let failed = queue.verdict(id, KernelVerdict::Drop, None).is_err();
+            *errors += u64::from(failed);
+            failed
+        });
+        // Taken out and put back, so answering can count errors and the Vec keeps its room.
+        let mut pending = std::mem::take(&mut self.pending);
+        let (batch, one_by_one) = split_batch(&pending, &self.stuck);
+        if let Some(id) = batch {
             let sent = self.queue.verdict_batch(id, KernelVerdict::Accept);
             self.check(id, "batch verdict", sent);
         }
-        self.pending.clear();
+        for &id in one_by_one {
+            let sent = self.queue.verdict(id, KernelVerdict::Accept, None);
+            self.check(id, "accept verdict", sent);
+        }
+        pending.clear();
+        self.pending = pending;
     }
 
     /// Count and log a verdict that could not be sent; true if it was sent.
@@ -245,5 +273,47 @@ impl Loop {
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }
+    }
+}
+
+/// Split the unchanged packets awaiting acceptance (`pending`, in id order) into the id
+/// one batch verdict accepts up to, and the packets to accept one by one: those after
+/// the first `stuck` id, since a batch verdict covers every queued id up to its own.
+fn split_batch<'a>(pending: &'a [u32], stuck: &[u32]) -> (Option<u32>, &'a [u32]) {
+    let n = pending.partition_point(|&p| stuck.iter().all(|&s| id_before(p, s)));
+    let (batch, one_by_one) = pending.split_at(n);
+    (batch.last().copied(), one_by_one)
+}
+
+/// Whether packet id `a` was queued before `b`: ids wrap, and the kernel compares them
+/// as serial numbers (`nfq_id_after`).
+fn id_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_batch;
+
+    #[test]
+    fn without_stuck_ids_one_batch_accepts_everything() {
+        assert_eq!(split_batch(&[1, 2, 5], &[]), (Some(5), &[][..]));
+        assert_eq!(split_batch(&[], &[3]), (None, &[][..]));
+    }
+
+    #[test]
+    fn the_batch_stops_below_the_first_stuck_id() {
+        assert_eq!(split_batch(&[1, 2, 5, 6], &[4]), (Some(2), &[5, 6][..]));
+        assert_eq!(split_batch(&[1, 3, 5], &[4, 2]), (Some(1), &[3, 5][..]));
+        assert_eq!(split_batch(&[5, 6], &[3]), (None, &[5, 6][..]));
+        assert_eq!(split_batch(&[1, 2], &[9]), (Some(2), &[][..]));
+    }
+
+    #[test]
+    fn ids_compare_across_the_wrap() {
+        let pending = [u32::MAX - 1, u32::MAX, 1, 2];
+        assert_eq!(split_batch(&pending, &[0]), (Some(u32::MAX), &[1, 2][..]));
+        assert_eq!(split_batch(&pending, &[u32::MAX - 5]), (None, &pending[..]));
+        assert_eq!(split_batch(&pending, &[3]), (Some(2), &[][..]));
     }
 }
