@@ -2,20 +2,25 @@
 //!
 //! Unchanged packets are not answered one by one: their ids accumulate and one batch
 //! verdict accepts them all when the socket runs dry or the batch is full. Every packet
-//! gets a verdict, on error paths too. Counters are published at most every
-//! `PUBLISH_EVERY`, not per packet.
+//! gets a verdict of our choosing, on error paths too: one whose message could not be
+//! read gets the role's verdict for what it cannot parse, by id; one whose drop could
+//! not be sent is kept out of every batch verdict (which would accept it) until a drop
+//! gets through. Counters are published at most every `PUBLISH_EVERY`, not per packet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::driver::nfqueue::{Queue, Verdict as KernelVerdict};
+use crate::config::MalformedVerdict;
+use crate::driver::nfqueue::{
+    Incoming, PacketMsg, Queue, QueueError, Unreadable, Verdict as KernelVerdict,
+};
 use crate::pipeline::{self, PacketMeta, Pipeline, Verdict};
 use crate::stats::QueueCounters;
 
 /// Unchanged packets answered by one batch verdict at most.
-const BATCH_MAX: u32 = 64;
+const BATCH_MAX: usize = 64;
 /// Receive errors in a row after which a worker gives up (the engine then stops).
 const MAX_RECV_FAILURES: u32 = 100;
 /// Pause after a receive error, so a broken socket does not spin a CPU.
@@ -78,9 +83,12 @@ struct Loop {
     counters: QueueCounters,
     published: Arc<Mutex<QueueCounters>>,
     buf: Vec<u8>,
-    /// Highest id of unchanged packets not yet answered, and how many there are.
-    pending: Option<u32>,
-    pending_count: u32,
+    /// Unchanged packets not yet answered, in id order (at most `BATCH_MAX`).
+    pending: Vec<u32>,
+    /// Packets whose drop could not be sent, even on a second try: no batch verdict may
+    /// cover them until a retry gets through (`split_batch`). At most the kernel's queue
+    /// length, since each is still queued there.
+    stuck: Vec<u32>,
     /// Reads and verdicts that failed here; the binding counts kernel-side errors.
     send_errors: u64,
 }
@@ -98,8 +106,8 @@ impl Loop {
             counters: QueueCounters::new(num),
             published,
             buf: Vec::with_capacity(BUF_CAPACITY),
-            pending: None,
-            pending_count: 0,
+            pending: Vec::with_capacity(BATCH_MAX),
+            stuck: Vec::new(),
             send_errors: 0,
         }
     }
@@ -110,24 +118,17 @@ impl Loop {
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             // Block only when nothing awaits a verdict; otherwise drain, then flush.
-            let wait = self.pending.is_none();
+            let wait = self.pending.is_empty();
             match self.queue.recv(wait) {
-                Ok(Some(msg)) => {
+                Ok(Some(incoming)) => {
                     // Per packet (a vDSO read): periods and freshness must not stand
                     // still while a burst keeps the worker from blocking.
                     now = Instant::now();
                     self.counters.received += 1;
-                    self.buf.clear();
-                    self.buf.extend_from_slice(self.queue.payload(&msg));
-                    let meta = PacketMeta {
-                        hook: msg.hook,
-                        indev: msg.indev,
-                        outdev: msg.outdev,
-                        truncated: msg.orig_len.is_some(),
-                    };
-                    let verdict = self.pipeline.process(&meta, &mut self.buf, now);
-                    pipeline::count(&mut self.counters, &verdict);
-                    self.answer(msg.id, verdict);
+                    match incoming {
+                        Incoming::Packet(msg) => self.process(&msg, now),
+                        Incoming::Unreadable { id, cause } => self.unreadable(id, cause),
+                    }
                 }
                 Ok(None) => {
                     self.flush();
@@ -160,52 +161,159 @@ impl Loop {
         self.publish();
     }
 
-    fn answer(&mut self, id: u32, verdict: Verdict) {
-        let sent = match verdict {
-            Verdict::Accept | Verdict::Pass(_) => {
-                self.pending = Some(id);
-                self.pending_count += 1;
-                if self.pending_count >= BATCH_MAX {
-                    self.flush();
-                }
-                return;
-            }
-            // Ids are answered out of order here: the batch that follows only covers
-            // packets still queued, so this one is not answered twice.
-            Verdict::AcceptModified => {
-                self.queue
-                    .verdict(id, KernelVerdict::Accept, Some(&self.buf))
-            }
-            Verdict::Drop(_) => self.queue.verdict(id, KernelVerdict::Drop, None),
+    fn process(&mut self, msg: &PacketMsg, now: Instant) {
+        self.buf.clear();
+        self.buf.extend_from_slice(self.queue.payload(msg));
+        let meta = PacketMeta {
+            hook: msg.hook,
+            indev: msg.indev,
+            outdev: msg.outdev,
+            truncated: msg.orig_len.is_some(),
         };
-        if let Err(e) = sent {
-            self.send_errors += 1;
-            tracing::warn!(queue = self.counters.queue, id, "verdict: {e}");
-            // Unanswered, the packet would be accepted unchanged by the next batch
-            // verdict: drop it instead, so a failed rewrite or drop never lets it pass.
-            if self.queue.verdict(id, KernelVerdict::Drop, None).is_err() {
-                self.send_errors += 1;
+        let verdict = self.pipeline.process(&meta, &mut self.buf, now);
+        pipeline::count(&mut self.counters, &verdict);
+        match verdict {
+            Verdict::Accept | Verdict::Pass(_) => self.accept_later(msg.id),
+            Verdict::AcceptModified => self.send(msg.id, KernelVerdict::Accept, true),
+            Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
+        }
+    }
+
+    /// Answer a packet whose message could not be read as the role answers a packet it
+    /// cannot parse; left alone, the next batch verdict would accept it.
+    fn unreadable(&mut self, id: u32, cause: Unreadable) {
+        self.counters.malformed += 1;
+        self.counters.count_reason(cause.as_str());
+        match self.pipeline.malformed() {
+            MalformedVerdict::Drop => {
+                self.counters.dropped += 1;
+                self.send(id, KernelVerdict::Drop, false);
+            }
+            MalformedVerdict::Accept => {
+                self.counters.accepted += 1;
+                self.accept_later(id);
             }
         }
     }
 
-    fn flush(&mut self) {
-        if let Some(id) = self.pending.take() {
-            self.pending_count = 0;
-            if let Err(e) = self.queue.verdict_batch(id, KernelVerdict::Accept) {
-                self.send_errors += 1;
-                tracing::warn!(queue = self.counters.queue, id, "batch verdict: {e}");
-            }
+    /// Leave an unchanged packet to the next batch verdict.
+    fn accept_later(&mut self, id: u32) {
+        self.pending.push(id);
+        if self.pending.len() >= BATCH_MAX {
+            self.flush();
         }
+    }
+
+    /// Answer one packet now, with the rewritten buffer if `modified`.
+    fn send(&mut self, id: u32, v: KernelVerdict, modified: bool) {
+        // Ids are answered out of order here: the batch that follows only covers
+        // packets still queued, so this one is not answered twice.
+        let payload = modified.then_some(self.buf.as_slice());
+        let sent = self.queue.verdict(id, v, payload);
+        if self.check(id, "verdict", sent) {
+            return;
+        }
+        // Unanswered, the packet would be accepted unchanged by the next batch
+        // verdict: drop it instead, so a failed rewrite or drop never lets it pass.
+        let sent = self.queue.verdict(id, KernelVerdict::Drop, None);
+        if !self.check(
+            id,
+            "fallback drop; kept out of batch verdicts until a drop gets through",
+            sent,
+        ) {
+            self.counters.count_reason("verdict_failed");
+            self.stuck.push(id);
+        }
+    }
+
+    fn flush(&mut self) {
+        // Retry the drops that failed first: a batch covering one would accept it.
+        let (queue, errors) = (&mut self.queue, &mut self.send_errors);
+        self.stuck.retain(|&id| {
+            let failed = queue.verdict(id, KernelVerdict::Drop, None).is_err();
+            *errors += u64::from(failed);
+            failed
+        });
+        // Taken out and put back, so answering can count errors and the Vec keeps its room.
+        let mut pending = std::mem::take(&mut self.pending);
+        let (batch, one_by_one) = split_batch(&pending, &self.stuck);
+        if let Some(id) = batch {
+            let sent = self.queue.verdict_batch(id, KernelVerdict::Accept);
+            self.check(id, "batch verdict", sent);
+        }
+        for &id in one_by_one {
+            let sent = self.queue.verdict(id, KernelVerdict::Accept, None);
+            self.check(id, "accept verdict", sent);
+        }
+        pending.clear();
+        self.pending = pending;
+    }
+
+    /// Count and log a verdict that could not be sent; true if it was sent.
+    fn check(&mut self, id: u32, what: &str, sent: Result<(), QueueError>) -> bool {
+        if let Err(e) = &sent {
+            self.send_errors += 1;
+            tracing::warn!(queue = self.counters.queue, id, "{what}: {e}");
+        }
+        sent.is_ok()
     }
 
     fn publish(&mut self) {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
         let k = self.queue.counters();
         self.counters.enobufs = k.enobufs;
-        self.counters.errors = self.send_errors + k.nl_errors + k.truncated + k.malformed;
+        self.counters.errors =
+            self.send_errors + k.nl_errors + k.truncated + k.malformed + k.foreign;
+        if k.no_id > 0 {
+            // Not per packet: a running total the receive path keeps (`no_id` in nfqueue).
+            self.counters
+                .reasons
+                .insert("netlink_no_id".to_string(), k.no_id);
+        }
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }
+    }
+}
+
+/// Split the unchanged packets awaiting acceptance (`pending`, in id order) into the id
+/// one batch verdict accepts up to, and the packets to accept one by one: those after
+/// the first `stuck` id, since a batch verdict covers every queued id up to its own.
+fn split_batch<'a>(pending: &'a [u32], stuck: &[u32]) -> (Option<u32>, &'a [u32]) {
+    let n = pending.partition_point(|&p| stuck.iter().all(|&s| id_before(p, s)));
+    let (batch, one_by_one) = pending.split_at(n);
+    (batch.last().copied(), one_by_one)
+}
+
+/// Whether packet id `a` was queued before `b`: ids wrap, and the kernel compares them
+/// as serial numbers (`nfq_id_after`).
+fn id_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_batch;
+
+    #[test]
+    fn without_stuck_ids_one_batch_accepts_everything() {
+        assert_eq!(split_batch(&[1, 2, 5], &[]), (Some(5), &[][..]));
+        assert_eq!(split_batch(&[], &[3]), (None, &[][..]));
+    }
+
+    #[test]
+    fn the_batch_stops_below_the_first_stuck_id() {
+        assert_eq!(split_batch(&[1, 2, 5, 6], &[4]), (Some(2), &[5, 6][..]));
+        assert_eq!(split_batch(&[1, 3, 5], &[4, 2]), (Some(1), &[3, 5][..]));
+        assert_eq!(split_batch(&[5, 6], &[3]), (None, &[5, 6][..]));
+        assert_eq!(split_batch(&[1, 2], &[9]), (Some(2), &[][..]));
+    }
+
+    #[test]
+    fn ids_compare_across_the_wrap() {
+        let pending = [u32::MAX - 1, u32::MAX, 1, 2];
+        assert_eq!(split_batch(&pending, &[0]), (Some(u32::MAX), &[1, 2][..]));
+        assert_eq!(split_batch(&pending, &[u32::MAX - 5]), (None, &pending[..]));
+        assert_eq!(split_batch(&pending, &[3]), (Some(2), &[][..]));
     }
 }

@@ -82,6 +82,11 @@ impl Pipeline {
         }
     }
 
+    /// What to do with a packet that cannot be read: `Drop` when the role fails closed.
+    pub fn malformed(&self) -> MalformedVerdict {
+        self.malformed
+    }
+
     /// What the capability stages counted so far.
     pub fn cap_counters(&self) -> &CapCounters {
         &self.caps

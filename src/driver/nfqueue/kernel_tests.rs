@@ -6,7 +6,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use super::testns::{ADDR_A, ADDR_B, NetnsPair, in_netns, is_root};
-use super::{Queue, QueueConfig, QueueError, Verdict, kernel_queue_stats};
+use super::{Incoming, Queue, QueueConfig, QueueError, Verdict, kernel_queue_stats};
 
 const PORT: u16 = 9;
 const IPV4_UDP_HDRS: usize = 28;
@@ -50,8 +50,10 @@ fn drain_udp(s: &UdpSocket) -> Vec<Vec<u8>> {
 fn next_packet(q: &mut Queue) -> super::PacketMsg {
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        if let Some(p) = q.recv(true).expect("recv") {
-            return p;
+        match q.recv(true).expect("recv") {
+            Some(Incoming::Packet(p)) => return p,
+            Some(other) => panic!("unreadable packet: {other:?}"),
+            None => {}
         }
     }
     panic!("no packet queued within 3 s");
@@ -248,7 +250,10 @@ fn burst(pair: &NetnsPair, cfg: &QueueConfig, mode: Mode, n: u32) -> io::Result<
         let deadline = Instant::now() + Duration::from_secs(20);
         while received < n && Instant::now() < deadline {
             match q.recv(wait).map_err(io::Error::other)? {
-                Some(p) => {
+                Some(Incoming::Unreadable { id, cause }) => {
+                    return Err(io::Error::other(format!("packet {id}: {cause:?}")));
+                }
+                Some(Incoming::Packet(p)) => {
                     first.get_or_insert_with(Instant::now);
                     received += 1;
                     last_id = p.id;

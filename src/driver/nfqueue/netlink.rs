@@ -7,7 +7,7 @@
 //! marks, ifindexes) are big-endian.
 
 pub use crate::driver::netlink::{
-    Attrs, MsgWriter, NLA_HDRLEN, NLM_F_ACK, NLMSG_ERROR, NlMsg, align4, next_msg,
+    Attrs, MsgWriter, NLA_HDRLEN, NLM_F_ACK, NLMSG_ERROR, NLMSG_HDRLEN, NlMsg, align4, next_msg,
 };
 
 /// Length of `struct nfgenmsg`.

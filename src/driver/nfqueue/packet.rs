@@ -93,15 +93,7 @@ pub fn parse_packet(buf: &[u8], body: Range<usize>) -> Option<PacketMsg> {
     for (attr_type, range) in Attrs::new(buf, attrs_start..body.end) {
         let data = buf.get(range.clone())?;
         match attr_type {
-            netlink::NFQA_PACKET_HDR => {
-                // struct nfqnl_msg_packet_hdr { be32 id; be16 hw_protocol; u8 hook } (packed)
-                let h = data.get(0..7)?;
-                header = Some((
-                    u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
-                    u16::from_be_bytes([h[4], h[5]]),
-                    h[6],
-                ));
-            }
+            netlink::NFQA_PACKET_HDR => header = Some(packet_hdr(data)?),
             netlink::NFQA_MARK => m.mark = netlink::be_u32(data)?,
             netlink::NFQA_IFINDEX_INDEV => m.indev = netlink::be_u32(data)?,
             netlink::NFQA_IFINDEX_OUTDEV => m.outdev = netlink::be_u32(data)?,
@@ -113,4 +105,26 @@ pub fn parse_packet(buf: &[u8], body: Range<usize>) -> Option<PacketMsg> {
     }
     (m.id, m.hw_protocol, m.hook) = header?;
     Some(m)
+}
+
+/// Decode NFQA_PACKET_HDR: (id, hw_protocol, hook).
+fn packet_hdr(data: &[u8]) -> Option<(u32, u16, u8)> {
+    // struct nfqnl_msg_packet_hdr { be32 id; be16 hw_protocol; u8 hook } (packed)
+    let h = data.get(0..7)?;
+    Some((
+        u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+        u16::from_be_bytes([h[4], h[5]]),
+        h[6],
+    ))
+}
+
+/// Read just the packet id of an NFQNL_MSG_PACKET body (`buf[body]`) that did not
+/// parse, or was cut short: the kernel puts NFQA_PACKET_HDR first, so it is readable
+/// unless the attributes before it (none, from the kernel) or the header itself are bad.
+pub fn packet_id(buf: &[u8], body: Range<usize>) -> Option<u32> {
+    let attrs_start = body.start.checked_add(netlink::NFGEN_HDRLEN)?;
+    Attrs::new(buf, attrs_start..body.end)
+        .find(|(attr_type, _)| *attr_type == netlink::NFQA_PACKET_HDR)
+        .and_then(|(_, range)| packet_hdr(buf.get(range)?))
+        .map(|(id, _, _)| id)
 }

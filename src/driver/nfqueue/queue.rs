@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::config::QueueConfig;
 use super::error::{ConfigStep, QueueError};
-use super::inbox::{Inbox, QueueCounters};
+use super::inbox::{Inbox, Incoming, QueueCounters};
 use super::netlink;
 use super::packet::{PacketMsg, Verdict};
 use super::socket::{NlSocket, Received};
@@ -114,20 +114,17 @@ impl Queue {
             if !readable {
                 continue;
             }
-            let len = match self.sock.recv(self.inbox.recv_buf(), false) {
-                Ok(Received::Data(n)) => n,
+            let d = match self.sock.recv(self.inbox.recv_buf(), false) {
+                // Not the kernel's: a forged ack must not pass for one.
+                Ok(Received::Data(d)) if self.inbox.accept_sender(&d) => d,
+                Ok(Received::Data(_) | Received::Empty) => continue,
                 Ok(Received::Overrun) => {
                     self.inbox.counters.enobufs += 1;
                     continue;
                 }
-                Ok(Received::Truncated) => {
-                    self.inbox.counters.truncated += 1;
-                    continue;
-                }
-                Ok(Received::Empty) => continue,
                 Err(source) => return Err(QueueError::Io { op: "recv", source }),
             };
-            let data = self.inbox.datagram(len);
+            let data = self.inbox.datagram(d.len);
             let mut off = 0;
             let mut other = false;
             while let Some((msg, next)) = netlink::next_msg(data, off) {
@@ -152,10 +149,11 @@ impl Queue {
                     _ => other = true,
                 }
             }
-            if other {
-                // A packet overtook an ack: keep it for the first recv.
+            if other || d.cut {
+                // A packet overtook an ack: keep it for the first recv, which also
+                // answers one cut short.
                 let copy = data.to_vec();
-                self.inbox.stash(copy);
+                self.inbox.stash(copy, d.cut);
             }
         }
         Ok(())
@@ -198,19 +196,19 @@ impl Queue {
 
     /// Return the next packet; `None` on timeout, EAGAIN or EINTR. With `wait`
     /// false the socket is not blocked on, so a caller can drain a burst and
-    /// then send one batch verdict.
-    pub fn recv(&mut self, wait: bool) -> Result<Option<PacketMsg>, QueueError> {
+    /// then send one batch verdict. An [`Incoming::Unreadable`] packet still needs
+    /// a verdict: answer it by id.
+    pub fn recv(&mut self, wait: bool) -> Result<Option<Incoming>, QueueError> {
         loop {
-            if let Some(p) = self.inbox.next_packet(self.num) {
+            if let Some(p) = self.inbox.next(self.num) {
                 return Ok(Some(p));
             }
             if self.inbox.load_stashed() {
                 continue;
             }
             match self.sock.recv(self.inbox.recv_buf(), wait) {
-                Ok(Received::Data(n)) => self.inbox.loaded(n),
+                Ok(Received::Data(d)) => self.inbox.loaded(d),
                 Ok(Received::Overrun) => self.inbox.counters.enobufs += 1,
-                Ok(Received::Truncated) => self.inbox.counters.truncated += 1,
                 Ok(Received::Empty) => return Ok(None),
                 Err(source) => return Err(QueueError::Io { op: "recv", source }),
             }

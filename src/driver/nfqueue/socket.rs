@@ -1,8 +1,9 @@
 //! A `NETLINK_NETFILTER` socket: the thin unsafe layer over `libc`.
 //!
-//! Invariants: the socket is bound to a kernel-assigned portid and always sends
-//! to the kernel (portid 0); every `unsafe` block passes pointers to live,
-//! correctly sized buffers owned by the caller.
+//! Invariants: the socket is bound to a kernel-assigned portid, always sends to
+//! the kernel (portid 0) and reports the sender of every datagram it receives;
+//! every `unsafe` block passes pointers to live, correctly sized buffers owned by
+//! the caller.
 
 use std::io::{self, IoSlice};
 use std::mem;
@@ -14,14 +15,24 @@ use crate::driver::netlink;
 
 /// Outcome of one `recv` call.
 pub enum Received {
-    /// A datagram of this many bytes is in the buffer.
-    Data(usize),
-    /// The datagram was larger than the buffer and was discarded.
-    Truncated,
+    /// A datagram is in the buffer.
+    Data(Datagram),
     /// The kernel dropped messages because the socket buffer was full.
     Overrun,
     /// Nothing arrived (timeout, EAGAIN, EINTR).
     Empty,
+}
+
+/// One datagram received into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// The sender's netlink port id, set by the kernel (unforgeable): 0 is the kernel.
+    pub from: u32,
+    /// The datagram was longer than the buffer (MSG_TRUNC): only its first `len` bytes
+    /// arrived, the rest is lost.
+    pub cut: bool,
 }
 
 /// An open, bound netfilter netlink socket.
@@ -150,12 +161,19 @@ impl NlSocket {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
+        // The sender's address: port id 0 is the kernel; a datagram from another
+        // process (only root can send one) is not to be trusted.
+        let mut from = netlink::kernel_addr();
+        from.nl_pid = u32::MAX; // refused unless the kernel fills in the sender
         // SAFETY: msghdr is plain data; zeroed is a valid empty value.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&raw mut from).cast();
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: msg points to iov, which points to `buf`, all alive for the call.
+        // SAFETY: msg points to `from` and to iov, which points to `buf`, all alive
+        // for the call.
         let rc = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, flags) };
         if rc < 0 {
             let err = io::Error::last_os_error();
@@ -165,10 +183,12 @@ impl NlSocket {
                 _ => Err(err),
             };
         }
-        if msg.msg_flags & libc::MSG_TRUNC != 0 {
-            return Ok(Received::Truncated);
-        }
-        Ok(Received::Data(rc as usize))
+        // Without MSG_TRUNC in `flags`, rc is what was copied, at most `buf.len()`.
+        Ok(Received::Data(Datagram {
+            len: rc as usize,
+            from: from.nl_pid,
+            cut: msg.msg_flags & libc::MSG_TRUNC != 0,
+        }))
     }
 
     /// Wait until readable or `timeout` passes; true when readable.

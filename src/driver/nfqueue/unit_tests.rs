@@ -2,10 +2,11 @@
 
 use proptest::prelude::*;
 
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Incoming, Unreadable};
 use super::netlink::{self, Attrs};
 use super::packet::parse_packet;
-use super::{QueueError, Verdict, parse_kernel_queue_stats};
+use super::socket::Datagram;
+use super::{PacketMsg, QueueError, Verdict, parse_kernel_queue_stats};
 
 /// nlmsghdr bytes: length, type, flags in host order, then seq and portid 0.
 fn nlhdr(len: u32, msg_type: u16, flags: u16, seq: u32) -> Vec<u8> {
@@ -263,9 +264,24 @@ fn error_msg(errno: i32, seq: u32) -> Vec<u8> {
     .concat()
 }
 
-fn load(inbox: &mut Inbox, datagram: &[u8]) {
+/// Receive `datagram` from netlink port `from`, `cut` short by the receive buffer.
+fn receive(inbox: &mut Inbox, datagram: &[u8], from: u32, cut: bool) {
     inbox.recv_buf()[..datagram.len()].copy_from_slice(datagram);
-    inbox.loaded(datagram.len());
+    let len = datagram.len();
+    inbox.loaded(Datagram { len, from, cut });
+}
+
+/// Receive a whole datagram from the kernel.
+fn load(inbox: &mut Inbox, datagram: &[u8]) {
+    receive(inbox, datagram, 0, false);
+}
+
+/// The next packet, which must be readable.
+fn next_packet(inbox: &mut Inbox) -> Option<PacketMsg> {
+    match inbox.next(3)? {
+        Incoming::Packet(p) => Some(p),
+        other => panic!("expected a packet, got {other:?}"),
+    }
 }
 
 #[test]
@@ -281,11 +297,11 @@ fn inbox_hands_out_every_message_of_a_datagram() {
     ]
     .concat();
     load(&mut inbox, &datagram);
-    let p = inbox.next_packet(3).expect("first");
+    let p = next_packet(&mut inbox).expect("first");
     assert_eq!((p.id, inbox.payload(&p)), (1, &b"one"[..]));
-    let p = inbox.next_packet(3).expect("second");
+    let p = next_packet(&mut inbox).expect("second");
     assert_eq!((p.id, inbox.payload(&p)), (2, &b"two"[..]));
-    assert!(inbox.next_packet(3).is_none());
+    assert!(next_packet(&mut inbox).is_none());
     let c = inbox.counters;
     assert_eq!(
         (c.nl_errors, c.last_nl_errno, c.malformed),
@@ -299,19 +315,84 @@ fn inbox_counts_malformed_messages_and_tails() {
     let headless = [nlhdr(20, 0x0300, 0, 0), nfgen(3)].concat(); // packet without header attr
     let datagram = [headless, packet_msg(9, b"ok", &[]), vec![1, 2, 3]].concat();
     load(&mut inbox, &datagram);
-    assert_eq!(inbox.next_packet(3).map(|p| p.id), Some(9));
-    assert!(inbox.next_packet(3).is_none());
-    assert_eq!(inbox.counters.malformed, 2);
+    assert_eq!(next_packet(&mut inbox).map(|p| p.id), Some(9));
+    assert!(next_packet(&mut inbox).is_none());
+    let c = inbox.counters;
+    assert_eq!((c.malformed, c.no_id), (2, 2), "neither has a packet id");
+}
+
+#[test]
+fn a_malformed_packet_message_yields_its_id() {
+    let mut inbox = Inbox::new(4096);
+    let short_mark = [nla(6, 3), vec![0, 0, 0, 0]].concat();
+    let datagram = [packet_msg(7, b"x", &short_mark), packet_msg(8, b"y", &[])].concat();
+    load(&mut inbox, &datagram);
+    let unreadable = |id, cause| Some(Incoming::Unreadable { id, cause });
+    assert_eq!(inbox.next(3), unreadable(7, Unreadable::Malformed));
+    assert_eq!(next_packet(&mut inbox).map(|p| p.id), Some(8));
+    assert_eq!(inbox.next(3), None);
+
+    // A length field promising more than the datagram holds: the tail still has an id.
+    let mut lying = packet_msg(9, b"z", &[]);
+    lying[..4].copy_from_slice(&1000u32.to_ne_bytes());
+    load(&mut inbox, &lying);
+    assert_eq!(inbox.next(3), unreadable(9, Unreadable::Malformed));
+    assert_eq!(inbox.next(3), None);
+    let c = inbox.counters;
+    assert_eq!((c.malformed, c.truncated, c.no_id), (2, 0, 0));
+}
+
+#[test]
+fn a_truncated_datagram_yields_the_id_of_its_packet() {
+    let mut inbox = Inbox::new(4096);
+    let whole = packet_msg(11, &[0x45; 200], &[]);
+    receive(&mut inbox, &whole[..64], 0, true);
+    let want = Incoming::Unreadable {
+        id: 11,
+        cause: Unreadable::Truncated,
+    };
+    assert_eq!(inbox.next(3), Some(want));
+    assert_eq!(inbox.next(3), None);
+    // Cut before the packet header: nothing to answer it by.
+    receive(&mut inbox, &whole[..24], 0, true);
+    assert_eq!(inbox.next(3), None);
+    let c = inbox.counters;
+    assert_eq!((c.truncated, c.malformed, c.no_id), (2, 0, 1));
+}
+
+#[test]
+fn a_datagram_not_from_the_kernel_is_ignored() {
+    let mut inbox = Inbox::new(4096);
+    receive(&mut inbox, &packet_msg(5, b"forged", &[]), 4242, false);
+    assert_eq!(inbox.next(3), None);
+    receive(&mut inbox, &packet_msg(5, b"forged", &[])[..30], 4242, true);
+    assert_eq!(inbox.next(3), None);
+    load(&mut inbox, &packet_msg(6, b"real", &[]));
+    assert_eq!(next_packet(&mut inbox).map(|p| p.id), Some(6));
+    let c = inbox.counters;
+    assert_eq!((c.foreign, c.malformed, c.truncated, c.no_id), (2, 0, 0, 0));
+}
+
+#[test]
+fn a_stashed_truncated_datagram_stays_truncated() {
+    let mut inbox = Inbox::new(4096);
+    inbox.stash(packet_msg(12, &[0; 100], &[])[..40].to_vec(), true);
+    assert!(inbox.load_stashed());
+    let want = Incoming::Unreadable {
+        id: 12,
+        cause: Unreadable::Truncated,
+    };
+    assert_eq!(inbox.next(3), Some(want));
 }
 
 #[test]
 fn inbox_serves_stashed_datagrams_in_order() {
     let mut inbox = Inbox::new(4096);
-    inbox.stash(packet_msg(1, b"a", &[]));
-    inbox.stash(packet_msg(2, b"b", &[]));
+    inbox.stash(packet_msg(1, b"a", &[]), false);
+    inbox.stash(packet_msg(2, b"b", &[]), false);
     let mut ids = Vec::new();
     while inbox.load_stashed() {
-        ids.extend(inbox.next_packet(3).map(|p| p.id));
+        ids.extend(next_packet(&mut inbox).map(|p| p.id));
     }
     assert_eq!(ids, vec![1, 2]);
 }
@@ -326,11 +407,16 @@ fn stale_payload_range_gives_empty_slice() {
 
 proptest! {
     #[test]
-    fn arbitrary_datagrams_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn arbitrary_datagrams_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..512),
+        cut in any::<bool>(),
+    ) {
         let mut inbox = Inbox::new(512);
-        load(&mut inbox, &data);
-        while let Some(p) = inbox.next_packet(0) {
-            prop_assert!(p.payload.end <= data.len());
+        receive(&mut inbox, &data, 0, cut);
+        while let Some(incoming) = inbox.next(0) {
+            if let Incoming::Packet(p) = incoming {
+                prop_assert!(p.payload.end <= data.len());
+            }
         }
     }
 
