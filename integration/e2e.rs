@@ -242,7 +242,7 @@ fn replies_that_bypass_the_mbox_carry_no_feedback() {
         return;
     }
     let _machine = exclusive();
-    let tb = Testbed::up("mpasym").unwrap();
+    let mut tb = Testbed::up("mpasym").unwrap();
     tb.wire_sized().unwrap();
     // Clients reach the victim through the mbox; the victim answers over a direct link.
     tb.direct_return_path().unwrap();
@@ -279,6 +279,80 @@ fn replies_that_bypass_the_mbox_carry_no_feedback() {
             "no marker on the direct link (v6 {v6})"
         );
     }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+/// Send TCP SYNs from the client to `addr` port 8080 with a hop limit of 2: the mbox
+/// forwards them (and stamps them), the router behind it expires them.
+fn syns_that_expire_beyond_the_mbox(tb: &Testbed, addr: &str) {
+    const SCRIPT: &str = r#"
+import socket, sys
+v6 = ":" in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 2)
+else:
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 2)
+s.settimeout(1.5)
+try:
+    s.connect((sys.argv[1], 8080))
+except OSError:
+    pass
+"#;
+    tb.exec(Host::Client, &["python3", "-c", SCRIPT, addr])
+        .unwrap();
+}
+
+#[test]
+fn icmp_errors_from_beyond_the_mbox_quote_no_capability() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up_with_router("mpicmp").unwrap();
+    tb.wire_sized().unwrap();
+    let vcfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let mcfg = RoleConfig::default()
+        .with_capabilities(&tb, "mbox")
+        .unwrap();
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let beyond = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
+    let client = testbed::Capture::start(&tb, Host::Client, &tb.link("c0")).unwrap();
+    for addr in [VICTIM_V4, VICTIM_V6] {
+        syns_that_expire_beyond_the_mbox(&tb, addr);
+    }
+    let (beyond, client) = (beyond.stop().unwrap(), client.stop().unwrap());
+    for v6 in [false, true] {
+        assert!(
+            marked(&beyond, v6, STAMPED) > 0,
+            "the SYNs left the mbox stamped (v6 {v6})"
+        );
+    }
+    // The quote starts 8 bytes into the ICMP message: its IP header, then TCP, whose
+    // byte 12 holds the marker. A SYN as Linux sends it is 60 (IPv4) or 80 (IPv6) bytes.
+    let errors = [
+        (
+            "icmp and icmp[0] == 11",
+            "icmp[10:2] > 60 or icmp[40] & 0x0e != 0",
+        ),
+        (
+            "icmp6 and ip6[40] == 3",
+            "ip6[52:2] > 40 or ip6[100] & 0x0e != 0",
+        ),
+    ];
+    for (error, stamp_left) in errors {
+        let n = testbed::count_packets(&client, error).unwrap();
+        assert!(n > 0, "{error}: the client got the router's errors");
+        let bad = format!("{error} and ({stamp_left})");
+        assert_eq!(testbed::count_packets(&client, &bad).unwrap(), 0, "{bad}");
+    }
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 4);
+    assert!(m.total().engine.caps.quotes_scrubbed >= 2, "{}", m.table());
     stop_clean(
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],

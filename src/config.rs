@@ -108,6 +108,9 @@ impl Config {
             };
             nft::add_tunnel_chain(&mut spec, &tunnel, &self.queue.target);
         }
+        if role == Role::Mbox && self.capabilities.is_some() {
+            nft::add_icmp_error_chain(&mut spec, &self.queue.target);
+        }
         spec
     }
 
@@ -814,7 +817,13 @@ mod tests {
             .collect();
         assert_eq!(
             chains,
-            ["to_victim", "from_victim", "redirect_in", "redirect_out"]
+            [
+                "to_victim",
+                "from_victim",
+                "redirect_in",
+                "redirect_out",
+                "icmp_errors"
+            ]
         );
         for (pair, expect) in [
             (

@@ -44,6 +44,8 @@ pub struct CapCounters {
     pub feedback_stripped: u64,
     /// mbox: packets not stamped because they would exceed the path MTU.
     pub too_big: u64,
+    /// mbox: ICMP errors whose quote of a stamped packet lost the capability.
+    pub quotes_scrubbed: u64,
     /// mbox, redirect mode: packets readdressed to a victim, or answered in the mbox's name.
     pub redirected: u64,
     /// Tunnel mode: packets wrapped in IP-in-UDP (mbox) or unwrapped (victim).
@@ -78,6 +80,7 @@ impl CapCounters {
         self.returned += o.returned;
         self.feedback_stripped += o.feedback_stripped;
         self.too_big += o.too_big;
+        self.quotes_scrubbed += o.quotes_scrubbed;
         self.redirected += o.redirected;
         self.tunneled += o.tunneled;
         self.stripped += o.stripped;
@@ -245,12 +248,13 @@ impl EngineStats {
         if *c != CapCounters::default() {
             let _ = writeln!(
                 s,
-                "capabilities: issued={} returned={} feedback_stripped={} too_big={} redirected={} tunneled={} \
+                "capabilities: issued={} returned={} feedback_stripped={} too_big={} quotes_scrubbed={} redirected={} tunneled={} \
                  stripped={} fed_back={} overflow={} local={} not_via_mbox={} senders={} evictions={}",
                 c.issued,
                 c.returned,
                 c.feedback_stripped,
                 c.too_big,
+                c.quotes_scrubbed,
                 c.redirected,
                 c.tunneled,
                 c.stripped,

@@ -42,11 +42,12 @@ pub const CLIENT_V4: &str = "198.18.1.2";
 /// The client's IPv6 address.
 pub const CLIENT_V6: &str = "2001:2:0:1::2";
 
-/// The three hosts of the testbed.
+/// The hosts of the testbed (a router only in [`Testbed::up_with_router`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Host {
     Client,
     Mbox,
+    Router,
     Victim,
 }
 
@@ -55,22 +56,39 @@ impl Host {
         match self {
             Host::Client => "client",
             Host::Mbox => "mbox",
+            Host::Router => "router",
             Host::Victim => "victim",
         }
     }
 }
+
+/// One link: the two hosts, their interfaces' suffixes and addresses.
+type LinkPlan = [(Host, &'static str, &'static str, &'static str); 2];
 
 /// A built testbed; dropping it tears everything down.
 pub struct Testbed {
     prefix: String,
     workdir: PathBuf,
     up: Vec<String>,
+    links: Vec<LinkPlan>,
 }
 
 impl Testbed {
     /// Build the three namespaces, links, addresses and routes under a name prefix
     /// (at most 10 characters, so interface names fit in 15).
     pub fn up(prefix: &str) -> Result<Testbed> {
+        Testbed::build(prefix, false)
+    }
+
+    /// The same with a router between mbox and victim:
+    /// mbox `m1` 198.18.4.1 ⇄ `r0` 198.18.4.2 router 198.18.2.1 `r1` ⇄ `v0` victim
+    /// (2001:2:0:4::/64 and 2001:2:0:2::/64), so something beyond the mbox can expire a
+    /// stamped packet's TTL.
+    pub fn up_with_router(prefix: &str) -> Result<Testbed> {
+        Testbed::build(prefix, true)
+    }
+
+    fn build(prefix: &str, router: bool) -> Result<Testbed> {
         if prefix.is_empty()
             || prefix.len() > 10
             || !prefix.chars().all(|c| c.is_ascii_alphanumeric())
@@ -83,10 +101,16 @@ impl Testbed {
             prefix: prefix.to_string(),
             workdir,
             up: Vec::new(),
+            links: Vec::new(),
+        };
+        let hosts: &[Host] = if router {
+            &[Host::Client, Host::Mbox, Host::Router, Host::Victim]
+        } else {
+            &[Host::Client, Host::Mbox, Host::Victim]
         };
         // Never take over namespaces of a testbed that may still be running.
         let existing = run("ip", &["netns", "list"])?;
-        for h in [Host::Client, Host::Mbox, Host::Victim] {
+        for &h in hosts {
             let ns = tb.ns(h);
             if existing
                 .lines()
@@ -97,7 +121,7 @@ impl Testbed {
                 );
             }
         }
-        for h in [Host::Client, Host::Mbox, Host::Victim] {
+        for &h in hosts {
             let ns = tb.ns(h);
             run("ip", &["netns", "add", &ns])?;
             tb.up.push(ns.clone());
@@ -115,79 +139,64 @@ impl Testbed {
                 ],
             )?;
         }
-        let p = &tb.prefix;
-        let (c0, m0, m1, v0) = (
-            format!("{p}-c0"),
-            format!("{p}-m0"),
-            format!("{p}-m1"),
-            format!("{p}-v0"),
-        );
-        let (cns, mns, vns) = (tb.ns(Host::Client), tb.ns(Host::Mbox), tb.ns(Host::Victim));
-        run(
-            "ip",
-            &[
-                "link", "add", &c0, "netns", &cns, "type", "veth", "peer", "name", &m0, "netns",
-                &mns,
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "link", "add", &m1, "netns", &mns, "type", "veth", "peer", "name", &v0, "netns",
-                &vns,
-            ],
-        )?;
-        for (h, dev, v4, v6) in [
-            (Host::Client, &c0, "198.18.1.2/24", "2001:2:0:1::2/64"),
-            (Host::Mbox, &m0, "198.18.1.1/24", "2001:2:0:1::1/64"),
-            (Host::Mbox, &m1, "198.18.2.1/24", "2001:2:0:2::1/64"),
-            (Host::Victim, &v0, "198.18.2.2/24", "2001:2:0:2::2/64"),
-        ] {
-            tb.exec(h, &["ip", "addr", "add", v4, "dev", dev])?;
-            tb.exec(h, &["ip", "addr", "add", v6, "dev", dev, "nodad"])?;
-            tb.exec(h, &["ip", "link", "set", dev, "up"])?;
+        let client_mbox: LinkPlan = [
+            (Host::Client, "c0", "198.18.1.2/24", "2001:2:0:1::2/64"),
+            (Host::Mbox, "m0", "198.18.1.1/24", "2001:2:0:1::1/64"),
+        ];
+        let mut links = vec![client_mbox];
+        if router {
+            links.push([
+                (Host::Mbox, "m1", "198.18.4.1/24", "2001:2:0:4::1/64"),
+                (Host::Router, "r0", "198.18.4.2/24", "2001:2:0:4::2/64"),
+            ]);
+            links.push([
+                (Host::Router, "r1", "198.18.2.1/24", "2001:2:0:2::1/64"),
+                (Host::Victim, "v0", "198.18.2.2/24", "2001:2:0:2::2/64"),
+            ]);
+        } else {
+            links.push([
+                (Host::Mbox, "m1", "198.18.2.1/24", "2001:2:0:2::1/64"),
+                (Host::Victim, "v0", "198.18.2.2/24", "2001:2:0:2::2/64"),
+            ]);
         }
-        tb.exec(
-            Host::Client,
-            &["ip", "route", "add", "default", "via", "198.18.1.1"],
-        )?;
-        tb.exec(
-            Host::Client,
-            &[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "2001:2:0:1::1",
-            ],
-        )?;
-        tb.exec(
-            Host::Victim,
-            &["ip", "route", "add", "default", "via", "198.18.2.1"],
-        )?;
-        tb.exec(
-            Host::Victim,
-            &[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "2001:2:0:2::1",
-            ],
-        )?;
-        tb.exec(
-            Host::Mbox,
-            &[
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
-        )?;
+        for link in &links {
+            tb.add_link(link)?;
+        }
+        let mut routes = vec![
+            (Host::Client, "default", "198.18.1.1"),
+            (Host::Client, "default", "2001:2:0:1::1"),
+            (Host::Victim, "default", "198.18.2.1"),
+            (Host::Victim, "default", "2001:2:0:2::1"),
+        ];
+        if router {
+            routes.extend([
+                (Host::Mbox, "198.18.2.0/24", "198.18.4.2"),
+                (Host::Mbox, "2001:2:0:2::/64", "2001:2:0:4::2"),
+                (Host::Router, "198.18.1.0/24", "198.18.4.1"),
+                (Host::Router, "2001:2:0:1::/64", "2001:2:0:4::1"),
+            ]);
+        }
+        for (h, to, via) in routes {
+            let family = if via.contains(':') { "-6" } else { "-4" };
+            tb.exec(h, &["ip", family, "route", "add", to, "via", via])?;
+        }
+        let forwarders: &[Host] = if router {
+            &[Host::Mbox, Host::Router]
+        } else {
+            &[Host::Mbox]
+        };
+        for &h in forwarders {
+            tb.exec(
+                h,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                ],
+            )?;
+        }
+        tb.links = links;
         // Prove the path end to end before any engine runs. This also resolves the
         // neighbours: the first forwarded IPv6 packet on fresh links waits about a second.
         for addr in [VICTIM_V4, VICTIM_V6] {
@@ -200,30 +209,17 @@ impl Testbed {
     /// Add a direct link client `c1` ⇄ victim `v1` (198.18.3.0/24, 2001:2:0:3::/64) and
     /// route the victim's replies to the client prefixes over it: an asymmetric path,
     /// clients still reach the victim through the mbox, the victim answers around it.
-    pub fn direct_return_path(&self) -> Result<()> {
-        let (c1, v1) = (self.link("c1"), self.link("v1"));
-        let (cns, vns) = (self.ns(Host::Client), self.ns(Host::Victim));
-        run(
-            "ip",
-            &[
-                "link", "add", &c1, "netns", &cns, "type", "veth", "peer", "name", &v1, "netns",
-                &vns,
-            ],
-        )?;
-        for (h, dev, v4, v6) in [
-            (Host::Client, &c1, "198.18.3.2/24", "2001:2:0:3::2/64"),
-            (Host::Victim, &v1, "198.18.3.1/24", "2001:2:0:3::1/64"),
-        ] {
-            self.exec(h, &["ip", "addr", "add", v4, "dev", dev])?;
-            self.exec(h, &["ip", "addr", "add", v6, "dev", dev, "nodad"])?;
-            self.exec(h, &["ip", "link", "set", dev, "up"])?;
-            self.exec(
-                h,
-                &[
-                    "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
-                ],
-            )?;
+    pub fn direct_return_path(&mut self) -> Result<()> {
+        let link: LinkPlan = [
+            (Host::Client, "c1", "198.18.3.2/24", "2001:2:0:3::2/64"),
+            (Host::Victim, "v1", "198.18.3.1/24", "2001:2:0:3::1/64"),
+        ];
+        self.add_link(&link)?;
+        for (h, dev, _, _) in link {
+            self.offloads_off(h, dev)?;
         }
+        self.links.push(link);
+        let (c1, v1) = (self.link("c1"), self.link("v1"));
         // The client takes the victim's packets on a link it does not route them by.
         self.exec(
             Host::Client,
@@ -251,28 +247,49 @@ impl Testbed {
         format!("{}-{}", self.prefix, h.suffix())
     }
 
-    /// Turn off TSO, GSO and GRO on every link, so captures show packets as a real NIC
-    /// would put them on the wire instead of the kernel's super-packets.
-    pub fn wire_sized(&self) -> Result<()> {
-        for (h, dev) in [
-            (Host::Client, "c0"),
-            (Host::Mbox, "m0"),
-            (Host::Mbox, "m1"),
-            (Host::Victim, "v0"),
-        ] {
+    /// Add one veth link between two hosts, addressed and up.
+    fn add_link(&self, link: &LinkPlan) -> Result<()> {
+        let [(ha, a, _, _), (hb, b, _, _)] = *link;
+        let (a, b) = (self.link(a), self.link(b));
+        let (na, nb) = (self.ns(ha), self.ns(hb));
+        run(
+            "ip",
+            &[
+                "link", "add", &a, "netns", &na, "type", "veth", "peer", "name", &b, "netns", &nb,
+            ],
+        )?;
+        for (h, dev, v4, v6) in *link {
             let dev = self.link(dev);
-            self.exec(
-                h,
-                &[
-                    "ethtool", "-K", &dev, "tso", "off", "gso", "off", "gro", "off",
-                ],
-            )?;
+            self.exec(h, &["ip", "addr", "add", v4, "dev", &dev])?;
+            self.exec(h, &["ip", "addr", "add", v6, "dev", &dev, "nodad"])?;
+            self.exec(h, &["ip", "link", "set", &dev, "up"])?;
         }
         Ok(())
     }
 
-    /// Name a host's interface: `c0` (client), `m0`/`m1` (mbox), `v0` (victim); `c1` and
-    /// `v1` once there is a direct return path.
+    /// Turn off TSO, GSO and GRO on every link, so captures show packets as a real NIC
+    /// would put them on the wire instead of the kernel's super-packets.
+    pub fn wire_sized(&self) -> Result<()> {
+        for &(h, dev, _, _) in self.links.iter().flatten() {
+            self.offloads_off(h, dev)?;
+        }
+        Ok(())
+    }
+
+    /// Turn off TSO, GSO and GRO on one interface.
+    fn offloads_off(&self, h: Host, dev: &str) -> Result<()> {
+        let dev = self.link(dev);
+        self.exec(
+            h,
+            &[
+                "ethtool", "-K", &dev, "tso", "off", "gso", "off", "gro", "off",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Name a host's interface: `c0` (client), `m0`/`m1` (mbox), `v0` (victim); `r0`/`r1`
+    /// (router); `c1` and `v1` once there is a direct return path.
     pub fn link(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }

@@ -376,7 +376,20 @@ impl Capture {
         let child = tb
             .command(
                 host,
-                &["tcpdump", "-i", iface, "-s", "128", "-U", "-n", "-w", f],
+                // Immediate mode: without it libpcap hands packets over in 1 s batches,
+                // and the last batch is lost when the capture stops.
+                &[
+                    "tcpdump",
+                    "-i",
+                    iface,
+                    "-s",
+                    "128",
+                    "-U",
+                    "--immediate-mode",
+                    "-n",
+                    "-w",
+                    f,
+                ],
             )
             .stdout(Stdio::null())
             .stderr(File::create(&log)?)

@@ -1,12 +1,14 @@
 //! The per-packet core: one packet walks `Pipeline::process` from bytes to verdict.
 //!
-//! parse → classify → role stages (mbox: stamp | strip and check feedback; victim:
-//! bypass filter, strip, clamp MSS | clamp MSS, return feedback) → verdict. Pure: no
+//! parse → classify → role stages (mbox: stamp | strip and check feedback | scrub
+//! capabilities from ICMP quotes; victim: bypass filter, strip, clamp MSS | clamp MSS,
+//! return feedback) → verdict. Pure: no
 //! sockets, no clock, no globals; the driver hands in the buffer and the time. An error
 //! in any stage becomes a counted verdict here, in one place.
 
 mod classify;
 mod mbox;
+mod quote;
 mod verdict;
 mod victim;
 
@@ -123,10 +125,12 @@ impl Pipeline {
             (Stages::Victim(v), Some(Direction::FromProtected)) => {
                 v.outbound(buf, parsed, meta.outdev, now, c)
             }
-            (Stages::Mbox(m), None) => match m.redirect_in(buf, &parsed, c) {
-                Some(edit) => edit,
-                None => return Verdict::Pass(Reason::Unselected),
-            },
+            (Stages::Mbox(m), None) => {
+                match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
+                    Some(edit) => edit,
+                    None => return Verdict::Pass(Reason::Unselected),
+                }
+            }
             (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, meta.indev, c) {
                 // Only protected traffic to the tunnel's own destination may come out of
                 // it: anything else would turn the victim into a relay for spoofed sources.

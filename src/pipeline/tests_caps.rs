@@ -793,3 +793,138 @@ fn feedback_counts_only_from_the_victims_side() {
     path.mbox(&mut real, 6);
     assert_eq!(path.mbox_p.cap_counters().returned, 1);
 }
+
+/// An ICMP time-exceeded (v4 type 11, v6 type 3) from a router to the client, quoting
+/// the first `quote_len` bytes of `quoted`.
+fn time_exceeded(quoted: &[u8], quote_len: usize) -> Vec<u8> {
+    let v6 = quoted[0] >> 4 == 6;
+    let (router, client, proto, kind) = if v6 {
+        ("2001:2:0:4::2", "2001:2:0:1::2", wire::proto::ICMPV6, 3)
+    } else {
+        ("198.18.4.2", "198.18.1.2", wire::proto::ICMP, 11)
+    };
+    let mut body = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&quoted[..quote_len.min(quoted.len())]);
+    let mut pkt = Builder::raw(ip(router), ip(client), proto)
+        .payload(&body)
+        .build();
+    let p = wire::parse(&pkt).unwrap();
+    wire::fill_checksums(&mut pkt, &p).unwrap();
+    pkt
+}
+
+/// The quote an ICMP error carries, after its 8-byte header.
+fn quote_of(pkt: &[u8]) -> &[u8] {
+    let p = wire::parse(pkt).unwrap();
+    assert!(wire::verify_checksums(pkt, &p), "outer checksums");
+    &pkt[p.l4_offset + 8..]
+}
+
+#[test]
+fn an_icmp_error_quoting_a_whole_stamped_packet_quotes_what_the_client_sent() {
+    for (client, server) in [
+        ("198.18.1.2", "198.18.2.2"),
+        ("2001:2:0:1::2", "2001:2:0:2::2"),
+    ] {
+        let mut path = Path::new();
+        let sent = data(client, server, 100);
+        let mut stamped = sent.clone();
+        path.mbox(&mut stamped, 0);
+        assert_eq!(marker(&stamped), Marker::Stamped);
+        let mut err = time_exceeded(&stamped, 1280);
+        assert_eq!(path.mbox(&mut err, 5), Verdict::AcceptModified);
+        assert_eq!(
+            quote_of(&err),
+            &sent[..],
+            "byte for byte what the client sent"
+        );
+        assert_eq!(path.mbox_p.cap_counters().quotes_scrubbed, 1);
+    }
+}
+
+#[test]
+fn an_icmp_error_quoting_part_of_a_stamped_packet_carries_no_capability_byte() {
+    for (client, server, cut) in [
+        ("198.18.1.2", "198.18.2.2", 548),
+        ("2001:2:0:1::2", "2001:2:0:2::2", 1232),
+    ] {
+        let v6 = client.contains(':');
+        let ip_len = if v6 { 40 } else { 20 };
+        // Sent lengths below, at and above the cut: the capability is partly quoted,
+        // cut off exactly, or not quoted at all.
+        for sent_len in [cut - 10, cut, cut + 200] {
+            let mut path = Path::new();
+            let sent = data(client, server, sent_len - ip_len - 20);
+            let mut stamped = sent.clone();
+            path.mbox(&mut stamped, 0);
+            assert_eq!(marker(&stamped), Marker::Stamped);
+            let mut err = time_exceeded(&stamped, cut);
+            assert_eq!(path.mbox(&mut err, 5), Verdict::AcceptModified);
+            let q = quote_of(&err);
+            assert_eq!(
+                q.len(),
+                cut.min(sent_len),
+                "{sent_len}: quote ends where the client's bytes end"
+            );
+            // Every byte is the client's but the TCP checksum, which covered the stamp.
+            let sum = ip_len + 16..ip_len + 18;
+            let mask = |b: &[u8]| {
+                let mut b = b.to_vec();
+                b[sum.clone()].fill(0);
+                b
+            };
+            assert_eq!(mask(q), mask(&sent[..q.len()]), "{sent_len}");
+            if !v6 {
+                let ihl = &q[..20];
+                assert_eq!(
+                    crate::wire::checksum::checksum(ihl),
+                    0,
+                    "quoted IPv4 header checksum"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn icmp_errors_without_a_stamp_pass_untouched() {
+    let mut path = Path::new();
+    let sent = data("198.18.1.2", "198.18.2.2", 100);
+    let err = time_exceeded(&sent, 548);
+    let mut pkt = err.clone();
+    assert_eq!(path.mbox(&mut pkt, 0), Verdict::Accept);
+    assert_eq!(pkt, err);
+    // An echo request is no error: not the mbox's business.
+    let mut echo = Builder::raw(ip("198.18.4.2"), ip("198.18.1.2"), wire::proto::ICMP)
+        .payload(&[8, 0, 0, 0, 0, 0, 0, 0])
+        .build();
+    assert_eq!(path.mbox(&mut echo, 0), Verdict::Pass(Reason::Unselected));
+    assert_eq!(path.mbox_p.cap_counters().quotes_scrubbed, 0);
+}
+
+proptest::proptest! {
+    #[test]
+    fn icmp_errors_with_any_quote_never_panic_and_never_keep_a_stamp(
+        mut quote in proptest::collection::vec(proptest::num::u8::ANY, 33..200),
+        total_len in 0u16..400,
+        stamped in proptest::bool::ANY,
+    ) {
+        // A plausible IPv4 + TCP quote with lying lengths and arbitrary bytes elsewhere.
+        quote[0] = 0x45;
+        quote[9] = wire::proto::TCP;
+        quote[2..4].copy_from_slice(&total_len.to_be_bytes());
+        if stamped {
+            quote[32] = (quote[32] & 0xF1) | Marker::Stamped.apply(0);
+        }
+        let mut err = time_exceeded(&quote, quote.len());
+        let mut path = Path::new();
+        let v = path.mbox(&mut err, 0);
+        if v == Verdict::AcceptModified {
+            let q = quote_of(&err);
+            if let Some(b) = q.get(32) {
+                proptest::prop_assert_ne!(Marker::from_reserved(b & 0x0F), Ok(Marker::Stamped));
+            }
+            proptest::prop_assert!(q.len() <= usize::from(total_len));
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub mod build;
 pub mod checksum;
 mod edit;
 mod error;
+pub mod icmp;
 mod ipv4;
 mod ipv6;
 mod parse;

@@ -7,13 +7,13 @@ use std::net::IpAddr;
 
 use nftnl::Rule;
 use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Ipv4HeaderField, Ipv6HeaderField, Meta, NetworkHeaderField, Payload,
-    TcpHeaderField, TransportHeaderField, UdpHeaderField,
+    Bitwise, Cmp, CmpOp, Icmpv6HeaderField, Ipv4HeaderField, Ipv6HeaderField, Meta,
+    NetworkHeaderField, Payload, TcpHeaderField, TransportHeaderField, UdpHeaderField,
 };
 
-use super::spec::{Field, Proto, RuleSpec};
+use super::spec::{Field, L4Match, Proto, RuleSpec};
 
-/// Append `meta nfproto`, the address match, `meta l4proto` and the port match.
+/// Append `meta nfproto`, the address match, `meta l4proto` and the port or type match.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     let prefix = spec.prefix;
     let v4 = matches!(prefix.addr(), IpAddr::V4(_));
@@ -36,16 +36,36 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
         rule.add_expr(&Cmp::new(CmpOp::Eq, addr.as_slice()));
     }
     rule.add_expr(&Meta::L4Proto);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, spec.proto.number()));
-    rule.add_expr(&port_payload(spec.proto, spec.port_field));
-    // Ports are compared as big-endian bytes, which memcmp orders numerically.
-    let lo = spec.ports.lo().to_be_bytes();
-    let hi = spec.ports.hi().to_be_bytes();
-    if spec.ports.is_single() {
-        rule.add_expr(&Cmp::new(CmpOp::Eq, &lo[..]));
-    } else {
-        rule.add_expr(&Cmp::new(CmpOp::Gte, &lo[..]));
-        rule.add_expr(&Cmp::new(CmpOp::Lte, &hi[..]));
+    match spec.l4 {
+        L4Match::Ports {
+            proto,
+            field,
+            ports,
+        } => {
+            rule.add_expr(&Cmp::new(CmpOp::Eq, proto.number()));
+            rule.add_expr(&port_payload(proto, field));
+            // Ports are compared as big-endian bytes, which memcmp orders numerically.
+            let lo = ports.lo().to_be_bytes();
+            let hi = ports.hi().to_be_bytes();
+            if ports.is_single() {
+                rule.add_expr(&Cmp::new(CmpOp::Eq, &lo[..]));
+            } else {
+                rule.add_expr(&Cmp::new(CmpOp::Gte, &lo[..]));
+                rule.add_expr(&Cmp::new(CmpOp::Lte, &hi[..]));
+            }
+        }
+        L4Match::IcmpType(kind) => {
+            let icmp = if v4 {
+                libc::IPPROTO_ICMP
+            } else {
+                libc::IPPROTO_ICMPV6
+            } as u8;
+            rule.add_expr(&Cmp::new(CmpOp::Eq, icmp));
+            // ICMP and ICMPv6 both keep the type in their first byte.
+            let header = TransportHeaderField::Icmpv6(Icmpv6HeaderField::Type);
+            rule.add_expr(&Payload::Transport(header));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, kind));
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! rule per (prefix, protocol, port range), in selection order (TCP before UDP).
 
 use super::spec::{
-    ChainSpec, Field, Hook, Proto, QueueTarget, Role, RuleSpec, RulesetSpec, Selection,
+    ChainSpec, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec, RulesetSpec,
+    Selection,
 };
 
 /// Name of the table all our chains live in (family inet).
@@ -115,6 +116,35 @@ pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTar
     ));
 }
 
+/// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
+/// fault, and the engine cuts a stamp's capability out of the quote before the client
+/// gets it. Queued after routing, like the stamped packets they answer.
+pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
+    let mut rules = Vec::new();
+    for (family, any) in [("ip", "0.0.0.0/0"), ("ip6", "::/0")] {
+        let v6 = family == "ip6";
+        for &kind in crate::wire::icmp::error_types(v6) {
+            rules.push(RuleSpec {
+                prefix: any.parse::<Prefix>().expect("a valid zero-length prefix"),
+                addr_field: Field::Dst,
+                l4: L4Match::IcmpType(kind),
+                queue: *q,
+                comment: format!(
+                    "mpolice icmp_errors: {} type {kind}",
+                    if v6 { "icmpv6" } else { "icmp" }
+                ),
+            });
+        }
+    }
+    spec.chains.push(ChainSpec {
+        name: "icmp_errors".to_owned(),
+        hook: Hook::Forward,
+        priority: PRIO_FILTER,
+        comment: "mbox: forwarded ICMP errors, capabilities cut out of what they quote".to_owned(),
+        rules,
+    });
+}
+
 /// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
 fn chain(
     name: &str,
@@ -137,9 +167,11 @@ fn chain(
                 rules.push(RuleSpec {
                     prefix: *prefix,
                     addr_field: side,
-                    proto,
-                    port_field: side,
-                    ports: *range,
+                    l4: L4Match::Ports {
+                        proto,
+                        field: side,
+                        ports: *range,
+                    },
                     queue: *q,
                     comment: format!(
                         "mpolice {name}: {} {dir} {prefix} port {range}",
@@ -173,6 +205,13 @@ mod tests {
         }
     }
 
+    fn port_field(r: &RuleSpec) -> Option<Field> {
+        match r.l4 {
+            L4Match::Ports { field, .. } => Some(field),
+            L4Match::IcmpType(_) => None,
+        }
+    }
+
     const Q: QueueTarget = QueueTarget {
         first: 0,
         count: 2,
@@ -200,13 +239,13 @@ mod tests {
             spec.chains[0]
                 .rules
                 .iter()
-                .all(|r| r.addr_field == Field::Dst && r.port_field == Field::Dst)
+                .all(|r| r.addr_field == Field::Dst && port_field(r) == Some(Field::Dst))
         );
         assert!(
             spec.chains[1]
                 .rules
                 .iter()
-                .all(|r| r.addr_field == Field::Src && r.port_field == Field::Src)
+                .all(|r| r.addr_field == Field::Src && port_field(r) == Some(Field::Src))
         );
     }
 
@@ -235,7 +274,7 @@ mod tests {
             spec.chains[1]
                 .rules
                 .iter()
-                .all(|r| r.port_field == Field::Src)
+                .all(|r| port_field(r) == Some(Field::Src))
         );
     }
 
@@ -245,7 +284,12 @@ mod tests {
         let rules = &spec.chains[0].rules;
         let order: Vec<_> = rules
             .iter()
-            .map(|r| (r.prefix.to_string(), r.proto, r.ports.to_string()))
+            .map(|r| match r.l4 {
+                L4Match::Ports { proto, ports, .. } => {
+                    (r.prefix.to_string(), proto, ports.to_string())
+                }
+                L4Match::IcmpType(_) => unreachable!("no ICMP rule in these chains"),
+            })
             .collect();
         assert_eq!(order[0], ("198.18.2.2".into(), Proto::Tcp, "80".into()));
         assert_eq!(order[2], ("198.18.2.2".into(), Proto::Udp, "5201".into()));

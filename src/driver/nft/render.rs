@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::spec::{ChainSpec, Field, QueueTarget, RuleSpec, RulesetSpec};
+use super::spec::{ChainSpec, Field, L4Match, QueueTarget, RuleSpec, RulesetSpec};
 
 /// Return the nft script for `spec`.
 pub fn render(spec: &RulesetSpec) -> String {
@@ -83,12 +83,36 @@ fn rule_match(rule: &RuleSpec) -> String {
             rule.prefix
         )
     };
-    format!(
-        "{addr} {} {} {}",
-        rule.proto.keyword(),
-        field_word(rule.port_field, "port"),
-        rule.ports
-    )
+    match rule.l4 {
+        L4Match::Ports {
+            proto,
+            field,
+            ports,
+        } => format!(
+            "{addr} {} {} {ports}",
+            proto.keyword(),
+            field_word(field, "port")
+        ),
+        L4Match::IcmpType(kind) => {
+            let icmp = if family == "ip" { "icmp" } else { "icmpv6" };
+            format!(
+                "{addr} {icmp} type {}",
+                icmp_type_name(family == "ip6", kind)
+            )
+        }
+    }
+}
+
+/// nft's name for an ICMP or ICMPv6 error type (the ones the mbox queues), else the number.
+fn icmp_type_name(v6: bool, kind: u8) -> String {
+    let name = match (v6, kind) {
+        (false, 3) | (true, 1) => "destination-unreachable",
+        (false, 11) | (true, 3) => "time-exceeded",
+        (false, 12) | (true, 4) => "parameter-problem",
+        (true, 2) => "packet-too-big",
+        _ => return kind.to_string(),
+    };
+    name.to_string()
 }
 
 /// Return `saddr`/`daddr` or `sport`/`dport`.

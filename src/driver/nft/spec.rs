@@ -105,16 +105,28 @@ impl Hook {
     }
 }
 
-/// One rule: address prefix, transport protocol and port range, then queue.
+/// One rule: address prefix, what it matches above IP, then queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
+    /// A zero-length prefix matches the whole family.
     pub prefix: Prefix,
     pub addr_field: Field,
-    pub proto: Proto,
-    pub port_field: Field,
-    pub ports: PortRange,
+    pub l4: L4Match,
     pub queue: QueueTarget,
     pub comment: String,
+}
+
+/// What a rule matches above the IP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Match {
+    /// TCP or UDP with the port on `field` in `ports`.
+    Ports {
+        proto: Proto,
+        field: Field,
+        ports: PortRange,
+    },
+    /// ICMP (for an IPv4 prefix) or ICMPv6 (IPv6) messages of one type.
+    IcmpType(u8),
 }
 
 /// Source or destination (address or port).
