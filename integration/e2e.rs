@@ -452,6 +452,17 @@ fn redirect_mode_carries_a_50mb_download_with_capabilities() {
     );
 }
 
+/// Start both engines in tunnel mode with capabilities.
+fn start_tunnel(tb: &Testbed) -> (EngineProcess, EngineProcess) {
+    let role = |r: &str| {
+        RoleConfig::default()
+            .with_capabilities(tb, r)
+            .and_then(|c| c.with_tunnel(tb))
+            .unwrap()
+    };
+    start_both(tb, &role("victim"), &role("mbox"))
+}
+
 #[test]
 fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
     if !root() {
@@ -461,19 +472,7 @@ fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
     let tb = Testbed::up("mptunnel").unwrap();
     // Captures then show wire-sized packets, as real NICs would send them.
     tb.wire_sized().unwrap();
-    let vcfg = RoleConfig {
-        tunnel: true,
-        ..RoleConfig::default()
-            .with_capabilities(&tb, "victim")
-            .unwrap()
-    };
-    let mcfg = RoleConfig {
-        tunnel: true,
-        ..RoleConfig::default()
-            .with_capabilities(&tb, "mbox")
-            .unwrap()
-    };
-    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let (mut victim, mut mbox) = start_tunnel(&tb);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
@@ -514,6 +513,99 @@ fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
         0,
         "nothing over the MTU"
     );
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+/// A tunnel packet as a spoofer on the mbox's link sends it: the mbox's address, the
+/// victim's tunnel port, a well-formed inner packet, and a MAC under no shared key.
+fn spoofed_tunnel_packet() -> Vec<u8> {
+    use mpolice::wire::{self, build::Builder, tunnel::AUTH_LEN};
+    let inner = Builder::tcp(
+        testbed::CLIENT_V4.parse().unwrap(),
+        VICTIM_V4.parse().unwrap(),
+        40000,
+        8080,
+    )
+    .payload(b"GET / HTTP/1.0\r\n\r\n")
+    .build();
+    let mut buf = inner.clone();
+    let p = wire::parse(&buf).unwrap();
+    let mut auth = [0u8; AUTH_LEN];
+    auth[0] = 0x10; // version 1, a client packet
+    auth[1] = 7; // the testbed's tunnel key id
+    let ends = ("198.18.2.1".parse().unwrap(), VICTIM_V4.parse().unwrap());
+    wire::tunnel::encap_udp(&mut buf, &p, ends, (40000, 6081), &auth).unwrap();
+    buf
+}
+
+#[test]
+fn tunnel_mode_with_replies_around_the_mbox_returns_feedback_in_datagrams() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let mut tb = Testbed::up("mptunasym").unwrap();
+    tb.wire_sized().unwrap();
+    // The victim answers over a direct link: its replies never cross the mbox.
+    tb.direct_return_path().unwrap();
+    let (mut victim, mut mbox) = start_tunnel(&tb);
+    let served = ServedFile::start(&tb, 5 << 20).unwrap();
+    let direct = testbed::Capture::start(&tb, Host::Victim, &tb.link("v1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        testbed::upload(&tb, &addr, 5 << 20).unwrap();
+        served.fetch(&tb, &addr).unwrap();
+    }
+    let direct = direct.stop().unwrap();
+    for v6 in [false, true] {
+        assert!(
+            marked(&direct, v6, "TCP12 & 0 == 0") > 100,
+            "replies took the direct link"
+        );
+        assert_eq!(
+            marked(&direct, v6, ANY_MARKER),
+            0,
+            "no marker on the direct link (v6 {v6})"
+        );
+    }
+    // A spoofer on the mbox's link, in the mbox's name: refused by its MAC.
+    testbed::inject(&tb, Host::Mbox, &spoofed_tunnel_packet()).unwrap();
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
+    assert!(mc.issued >= 128, "{}", m.table());
+    assert_eq!(vc.stripped, mc.issued, "{}", v.table());
+    // Every capability fed back came back in a datagram and was counted, or refused as
+    // late (one kept at the end of a transfer waits for the next connection's ACKs).
+    assert!(vc.fed_back > 0, "{}", v.table());
+    let late: u64 = ["stale", "wrong_period"]
+        .iter()
+        .filter_map(|r| mc.rejected.get(*r))
+        .sum();
+    assert_eq!(
+        mc.returned + late,
+        vc.fed_back,
+        "{}{}",
+        m.table(),
+        v.table()
+    );
+    assert!(
+        mc.rejected
+            .keys()
+            .all(|r| r == "stale" || r == "wrong_period"),
+        "{:?}",
+        mc.rejected
+    );
+    assert_eq!(mc.feedback_stripped, 0, "no ACK carried feedback");
+    assert_eq!(
+        v.total().engine.reasons.get("tunnel_unauthenticated"),
+        Some(&1),
+        "{}",
+        v.table()
+    );
+    assert_eq!(vc.rejected.get("bad_mac"), Some(&1), "{}", v.table());
     stop_clean(
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],

@@ -60,10 +60,12 @@ pub struct Config {
 /// IP-in-UDP from mbox to victim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
-    /// UDP port the victim receives the tunnel on.
+    /// UDP port the victim receives the tunnel on (and the mbox its feedback).
     pub port: u16,
     /// mbox: its outer source address per family; victim: the mboxes it accepts.
     pub addresses: Vec<IpAddr>,
+    /// The key file both ends share: every tunnel payload carries a MAC under it.
+    pub key_file: PathBuf,
 }
 
 impl Tunnel {
@@ -100,13 +102,22 @@ impl Config {
                 &self.queue.target,
             );
         }
-        if let Some(t) = self.tunnel.as_ref().filter(|_| role == Role::Victim) {
-            let tunnel = Selection {
-                addresses: self.protect.addresses.clone(),
+        if let Some(t) = &self.tunnel {
+            let tunnel_port = |addresses| Selection {
+                addresses,
                 tcp_ports: Vec::new(),
                 udp_ports: PortRange::new(t.port, t.port).into_iter().collect(),
             };
-            nft::add_tunnel_chain(&mut spec, &tunnel, &self.queue.target);
+            match role {
+                Role::Victim => {
+                    let to_us = tunnel_port(self.protect.addresses.clone());
+                    nft::add_tunnel_chain(&mut spec, &to_us, &self.queue.target);
+                }
+                Role::Mbox => {
+                    let ours = tunnel_port(t.addresses.iter().filter_map(|a| host(*a)).collect());
+                    nft::add_feedback_chain(&mut spec, &ours, &self.queue.target);
+                }
+            }
         }
         if role == Role::Mbox && self.capabilities.is_some() {
             nft::add_icmp_error_chain(&mut spec, &self.queue.target);
@@ -233,6 +244,7 @@ struct RawTunnel {
     source: Vec<String>,
     #[serde(default)]
     mboxes: Vec<String>,
+    key_file: Option<PathBuf>,
 }
 
 fn default_tunnel_port() -> u16 {
@@ -473,9 +485,12 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         }
         // Tunnel packets hash to a queue by the mbox's address, the victim's replies by
         // the client's: with several workers the capabilities kept by one would never
-        // ride the ACKs another sends.
-        Some(_) if role == "victim" && q.count > 1 => {
-            return err("tunnel: the victim needs queue.count = 1 in tunnel mode".into());
+        // ride the ACKs another sends. On the mbox, feedback datagrams hash by the
+        // victim's and the mbox's addresses, not the client's whose state they update.
+        Some(_) if q.count > 1 => {
+            return err(format!(
+                "tunnel: the {role} needs queue.count = 1 in tunnel mode"
+            ));
         }
         // Protected traffic is classified first: such a port would never be unwrapped.
         Some(t) if udp_ports.iter().any(|r| r.contains(t.port)) => {
@@ -653,9 +668,16 @@ fn validate_tunnel(t: &RawTunnel, role: &str) -> Result<Tunnel, ConfigError> {
             "tunnel.source: at most one address per family".into(),
         ));
     }
+    // The outer source address proves nothing on a shared link: a MAC does.
+    let key_file = t.key_file.clone().ok_or_else(|| {
+        ConfigError(
+            "tunnel.key_file: the tunnel needs the key file mbox and victim share (see `mpolice keys new`); every tunnel payload carries a MAC under it".into(),
+        )
+    })?;
     Ok(Tunnel {
         port: t.port,
         addresses,
+        key_file,
     })
 }
 
@@ -857,7 +879,7 @@ mod tests {
     #[test]
     fn tunnel_settings_are_checked() {
         let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[capabilities]\n";
-        let mbox = format!("{base}key_file=\"/k\"\n[tunnel]\n");
+        let mbox = format!("{base}key_file=\"/k\"\n[tunnel]\nkey_file=\"/t\"\n");
         let ok = parse(
             &format!("{mbox}source=[\"198.18.2.1\", \"2001:2::1\"]"),
             "mbox",
@@ -866,7 +888,7 @@ mod tests {
         assert_eq!(ok.tunnel.unwrap().port, 6081);
         let victim = parse(
             &format!(
-                "{base}mbox_interfaces=[\"eth1\"]\n[tunnel]\nport=7000\nmboxes=[\"198.18.2.1\"]"
+                "{base}mbox_interfaces=[\"eth1\"]\n[tunnel]\nport=7000\nkey_file=\"/t\"\nmboxes=[\"198.18.2.1\"]"
             ),
             "victim",
         )
@@ -890,6 +912,16 @@ mod tests {
                 "one address per family",
             ),
             (format!("{mbox}source=[\"x\"]"), "mbox", "tunnel.source[0]"),
+            (
+                format!("{base}key_file=\"/k\"\n[tunnel]\nsource=[\"198.18.2.1\"]"),
+                "mbox",
+                "tunnel.key_file: the tunnel needs the key file",
+            ),
+            (
+                format!("[queue]\ncount=2\n{mbox}source=[\"198.18.2.1\"]"),
+                "mbox",
+                "the mbox needs queue.count = 1",
+            ),
             (
                 format!("{mbox}source=[\"198.18.2.1\"]\nmboxes=[\"198.18.2.1\"]"),
                 "mbox",

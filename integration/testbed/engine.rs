@@ -30,8 +30,9 @@ pub struct RoleConfig {
     pub capabilities: Option<String>,
     /// mbox: clients address the mbox (198.18.1.1, 2001:2:0:1::1), which redirects.
     pub redirect: bool,
-    /// Tunnel mode: the mbox (198.18.2.1, 2001:2:0:2::1) sends IP-in-UDP to port 6081.
-    pub tunnel: bool,
+    /// Tunnel mode: the mbox (198.18.2.1, 2001:2:0:2::1) sends IP-in-UDP to port 6081,
+    /// sealed with the key file both ends share (see [`RoleConfig::with_tunnel`]).
+    pub tunnel: Option<PathBuf>,
 }
 
 impl Default for RoleConfig {
@@ -44,7 +45,7 @@ impl Default for RoleConfig {
             queue_extra: String::new(),
             capabilities: None,
             redirect: false,
-            tunnel: false,
+            tunnel: None,
         }
     }
 }
@@ -56,9 +57,7 @@ impl RoleConfig {
         let lines = match role {
             "mbox" => {
                 let keys = tb.workdir().join("mbox.keys");
-                std::fs::write(&keys, crate::capability::generate_key_line(1)? + "\n")?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
+                write_key_file(&keys, 1)?;
                 format!("key_file = \"{}\"\nmbox_id = 1\n", keys.display())
             }
             _ => format!(
@@ -70,6 +69,16 @@ impl RoleConfig {
         Ok(self)
     }
 
+    /// Turn tunnel mode on, with the testbed's tunnel key file (written once, for both).
+    pub fn with_tunnel(mut self, tb: &Testbed) -> Result<Self> {
+        let keys = tb.workdir().join("tunnel.keys");
+        if !keys.exists() {
+            write_key_file(&keys, 7)?;
+        }
+        self.tunnel = Some(keys);
+        Ok(self)
+    }
+
     /// Render the TOML an operator would write for this testbed.
     pub fn toml(&self, socket: &Path) -> String {
         let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
@@ -78,7 +87,7 @@ impl RoleConfig {
             .as_ref()
             .map(|c| format!("\n[capabilities]\n{c}"))
             .unwrap_or_default();
-        if self.tunnel {
+        if let Some(keys) = &self.tunnel {
             // One section serves both roles: the mbox reads `source`, the victim `mboxes`.
             let key = if self
                 .capabilities
@@ -90,7 +99,8 @@ impl RoleConfig {
                 "mboxes"
             };
             caps.push_str(&format!(
-                "\n[tunnel]\nport = 6081\n{key} = [\"198.18.2.1\", \"2001:2:0:2::1\"]\n"
+                "\n[tunnel]\nport = 6081\nkey_file = \"{}\"\n{key} = [\"198.18.2.1\", \"2001:2:0:2::1\"]\n",
+                keys.display()
             ));
         }
         if self.redirect {
@@ -110,6 +120,14 @@ impl RoleConfig {
             socket.display()
         )
     }
+}
+
+/// Write a fresh key file of one key with id `id`, mode 600.
+fn write_key_file(path: &Path, id: u8) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, crate::capability::generate_key_line(id)? + "\n")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
 
 /// A running engine process; dropping it stops it (SIGTERM, then SIGKILL).

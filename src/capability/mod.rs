@@ -96,6 +96,7 @@ mod feedback;
 mod key;
 mod marker;
 mod shared;
+pub mod tunnel;
 mod window;
 
 pub use codec::Capability;

@@ -62,9 +62,9 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     for (num, queue) in queues {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         workers.push(Worker::spawn(
-            num,
-            queue,
+            (num, queue),
             pipeline,
+            stages.sends_datagrams(),
             Arc::clone(&worker_stop),
         )?);
     }
@@ -135,12 +135,12 @@ enum StageFactory {
         victim_ifindexes: Vec<u32>,
         redirect: Vec<RedirectPair>,
         redirect_sel: Selection,
-        tunnel: Option<Tunnel>,
+        tunnel: Option<(Tunnel, KeyWatch)>,
     },
     Victim {
         settings: CapSettings,
         mbox_ifindexes: Vec<u32>,
-        tunnel: Option<Tunnel>,
+        tunnel: Option<(Tunnel, KeyWatch)>,
     },
 }
 
@@ -150,6 +150,16 @@ impl StageFactory {
         let Some(settings) = cfg.capabilities.clone() else {
             return Ok(StageFactory::PassThrough);
         };
+        // Both ends load the tunnel's shared key file, and follow it as it changes.
+        let tunnel = cfg
+            .tunnel
+            .clone()
+            .map(|t| {
+                let keys = KeyWatch::load(&t.key_file, settings.period, Instant::now())
+                    .context("tunnel.key_file")?;
+                anyhow::Ok((t, keys))
+            })
+            .transpose()?;
         Ok(match role {
             Role::Mbox => {
                 let path = settings
@@ -165,7 +175,7 @@ impl StageFactory {
                     keys,
                     redirect: cfg.redirect.clone(),
                     redirect_sel: cfg.redirect_selection(),
-                    tunnel: cfg.tunnel.clone(),
+                    tunnel,
                     // One clock and one run for every worker (a capability may come
                     // back on any queue).
                     epoch: boot_epoch(),
@@ -182,17 +192,39 @@ impl StageFactory {
                 StageFactory::Victim {
                     settings,
                     mbox_ifindexes,
-                    tunnel: cfg.tunnel.clone(),
+                    tunnel,
                 }
             }
         })
     }
 
-    /// Reload the key file if it changed (mbox only).
+    /// Reload the key files that changed.
     fn tick(&mut self, now: Instant) {
-        if let StageFactory::Mbox { keys, .. } = self {
-            keys.tick(now);
+        match self {
+            StageFactory::PassThrough => {}
+            StageFactory::Mbox { keys, tunnel, .. } => {
+                keys.tick(now);
+                if let Some((_, k)) = tunnel {
+                    k.tick(now);
+                }
+            }
+            StageFactory::Victim { tunnel, .. } => {
+                if let Some((_, k)) = tunnel {
+                    k.tick(now);
+                }
+            }
         }
+    }
+
+    /// Whether the stages produce datagrams to send (the victim's feedback, tunnel mode).
+    fn sends_datagrams(&self) -> bool {
+        matches!(
+            self,
+            StageFactory::Victim {
+                tunnel: Some(_),
+                ..
+            }
+        )
     }
 
     fn make(&self) -> Option<Stages> {
@@ -217,7 +249,7 @@ impl StageFactory {
                 )
                 .with_redirect(redirect.clone(), redirect_sel.clone());
                 Some(Stages::Mbox(match tunnel {
-                    Some(t) => m.with_tunnel(t.clone()),
+                    Some((t, keys)) => m.with_tunnel(t.clone(), keys.shared()),
                     None => m,
                 }))
             }
@@ -228,7 +260,7 @@ impl StageFactory {
             } => {
                 let v = Victim::new(settings, mbox_ifindexes.clone());
                 Some(Stages::Victim(match tunnel {
-                    Some(t) => v.with_tunnel(t.clone()),
+                    Some((t, keys)) => v.with_tunnel(t.clone(), keys.shared()),
                     None => v,
                 }))
             }

@@ -7,6 +7,7 @@
 //! not be sent is kept out of every batch verdict (which would accept it) until a drop
 //! gets through. Counters are published at most every `PUBLISH_EVERY`, not per packet.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,7 +17,7 @@ use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
     Incoming, PacketMsg, Queue, QueueError, Unreadable, Verdict as KernelVerdict,
 };
-use crate::pipeline::{self, PacketMeta, Pipeline, Verdict};
+use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Verdict};
 use crate::stats::QueueCounters;
 
 /// Unchanged packets answered by one batch verdict at most.
@@ -38,18 +39,24 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Start a worker thread that owns `queue` and `pipeline` until `stop` is set.
+    /// Start a worker thread that owns queue `num` and `pipeline` until `stop` is set;
+    /// with `datagrams`, it opens the sockets to send what the pipeline produces.
     pub fn spawn(
-        num: u16,
-        queue: Queue,
+        (num, queue): (u16, Queue),
         pipeline: Pipeline,
+        datagrams: bool,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
         let counters = Arc::new(Mutex::new(QueueCounters::new(num)));
         let published = Arc::clone(&counters);
+        let sockets = if datagrams {
+            Some(Sockets::open()?)
+        } else {
+            None
+        };
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
-            .spawn(move || Loop::new(num, queue, pipeline, published).run(&stop))?;
+            .spawn(move || Loop::new(num, queue, pipeline, published, sockets).run(&stop))?;
         Ok(Worker {
             queue: num,
             counters,
@@ -77,9 +84,36 @@ impl Worker {
     }
 }
 
+/// One UDP socket per family for the datagrams a pipeline produces.
+struct Sockets {
+    v4: UdpSocket,
+    v6: UdpSocket,
+}
+
+impl Sockets {
+    fn open() -> std::io::Result<Sockets> {
+        // Non-blocking: a full socket buffer costs a datagram (counted), never the queue.
+        let open = |any: IpAddr| {
+            let s = UdpSocket::bind((any, 0))?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        };
+        Ok(Sockets {
+            v4: open(Ipv4Addr::UNSPECIFIED.into())?,
+            v6: open(Ipv6Addr::UNSPECIFIED.into())?,
+        })
+    }
+
+    fn send(&self, d: &Datagram) -> std::io::Result<usize> {
+        let socket = if d.to.is_ipv4() { &self.v4 } else { &self.v6 };
+        socket.send_to(&d.payload, d.to)
+    }
+}
+
 struct Loop {
     queue: Queue,
     pipeline: Pipeline,
+    sockets: Option<Sockets>,
     counters: QueueCounters,
     published: Arc<Mutex<QueueCounters>>,
     buf: Vec<u8>,
@@ -99,10 +133,12 @@ impl Loop {
         queue: Queue,
         pipeline: Pipeline,
         published: Arc<Mutex<QueueCounters>>,
+        sockets: Option<Sockets>,
     ) -> Self {
         Loop {
             queue,
             pipeline,
+            sockets,
             counters: QueueCounters::new(num),
             published,
             buf: Vec::with_capacity(BUF_CAPACITY),
@@ -172,10 +208,26 @@ impl Loop {
         };
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
         pipeline::count(&mut self.counters, &verdict);
+        self.send_datagrams();
         match verdict {
             Verdict::Accept | Verdict::Pass(_) => self.accept_later(msg.id),
             Verdict::AcceptModified => self.send(msg.id, KernelVerdict::Accept, true),
             Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
+        }
+    }
+
+    /// Send what the pipeline produced for the last packet.
+    fn send_datagrams(&mut self) {
+        for d in self.pipeline.datagrams() {
+            let sent = match &self.sockets {
+                Some(sockets) => sockets.send(&d),
+                None => Err(std::io::Error::other("no socket for datagrams")),
+            };
+            if let Err(e) = sent {
+                self.send_errors += 1;
+                self.counters.count_reason("datagram_not_sent");
+                tracing::warn!(queue = self.counters.queue, to = %d.to, "datagram: {e}");
+            }
         }
     }
 

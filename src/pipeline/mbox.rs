@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since};
 use crate::capability::{
     CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, RunId,
-    SharedKeys, check_fresh, check_period, feedback_len, split_feedback, wire_len,
+    SharedKeys, check_fresh, check_period, feedback_len, split_feedback, tunnel, wire_len,
 };
 use crate::config::{CapSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
-use crate::wire::{self, Parsed, proto, tunnel};
+use crate::wire::{self, Parsed, proto};
 
 /// What the mbox knows of one sender in the current period.
 struct Sender {
@@ -42,7 +42,8 @@ pub struct Mbox {
     /// Redirect mode: client-facing addresses and the victims behind them.
     redirect: Vec<RedirectPair>,
     redirect_sel: Selection,
-    tunnel: Option<Tunnel>,
+    /// Tunnel mode: where to, and the keys its MACs are made with.
+    tunnel: Option<(Tunnel, KeyReader)>,
     /// Ifindexes of the links towards the protected servers: feedback counts only
     /// from them.
     victim_ifindexes: Vec<u32>,
@@ -113,10 +114,61 @@ impl Mbox {
         )
     }
 
-    /// Tunnel mode: send every packet to the victim inside IP-in-UDP from `t`'s addresses.
-    pub fn with_tunnel(mut self, t: Tunnel) -> Self {
-        self.tunnel = Some(t);
+    /// Tunnel mode: send every packet to the victim inside IP-in-UDP from `t`'s
+    /// addresses, sealed with the tunnel keys, and count the feedback datagrams that
+    /// come back to them.
+    pub fn with_tunnel(mut self, t: Tunnel, keys: &Arc<SharedKeys>) -> Self {
+        self.tunnel = Some((t, keys.reader(tunnel::TUNNEL_RUN)));
         self
+    }
+
+    /// Count the capabilities a feedback datagram of the victim returns; None if `p` is
+    /// not addressed to our end of the tunnel. It is consumed either way (dropped).
+    pub fn feedback_in(
+        &mut self,
+        buf: &[u8],
+        p: &Parsed,
+        meta: &PacketMeta,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Option<Reason> {
+        let (t, keys) = self.tunnel.as_mut()?;
+        if p.udp().is_none_or(|u| u.dst_port != t.port) || !t.addresses.contains(&p.dst) {
+            return None;
+        }
+        if !self.victim_ifindexes.contains(&meta.indev) {
+            c.count_rejected("off_victim_link");
+            return Some(Reason::Bypassed);
+        }
+        let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
+            c.count_rejected("truncated");
+            return Some(Reason::TunnelUnauthenticated);
+        };
+        match tunnel::open(auth, body, keys.ring()) {
+            Ok(tunnel::Kind::Feedback) => {}
+            Ok(tunnel::Kind::Packet) => return Some(Reason::TunnelNotProtected),
+            Err(e) => {
+                c.count_rejected(e.as_str());
+                return Some(Reason::TunnelUnauthenticated);
+            }
+        }
+        let fb = match tunnel::Returned::decode(body) {
+            Ok(fb) => fb,
+            Err(e) => {
+                c.count_rejected(e.as_str());
+                return Some(Reason::FeedbackDatagram);
+            }
+        };
+        let now_ms = ms_since(self.epoch, now);
+        if let Ok(caps) = split_feedback(fb.caps, fb.count, fb.server.is_ipv6()) {
+            for bytes in caps {
+                match self.count_returned(bytes, fb.server, fb.client, now, now_ms) {
+                    Ok(()) => c.returned += 1,
+                    Err(reason) => c.count_rejected(reason),
+                }
+            }
+        }
+        Some(Reason::FeedbackDatagram)
     }
 
     /// Stamp a client's packet to the protected service if its sample calls for it, and
@@ -137,7 +189,7 @@ impl Mbox {
         } else {
             Edit::Unchanged
         };
-        let Some(t) = &self.tunnel else {
+        let Some((t, keys)) = self.tunnel.as_mut() else {
             return Ok(edit);
         };
         let inner = wire::parse(buf).map_err(Reason::Malformed)?;
@@ -145,12 +197,14 @@ impl Mbox {
         let Some(src) = t.address_for(inner.dst) else {
             return Ok(edit);
         };
-        if inner.total_len() + tunnel::overhead(inner.dst.is_ipv6()) > self.path_mtu {
+        if inner.total_len() + wire::tunnel::overhead(inner.dst.is_ipv6()) > self.path_mtu {
             return Err(Reason::TooBigForTunnel);
         }
+        let (key_id, key) = keys.ring().current();
+        let auth = tunnel::seal(tunnel::Kind::Packet, key_id, key, buf);
         // The inner source port spreads flows over the victim's receive queues.
         let sport = inner.ports().map_or(t.port, |(s, _)| s);
-        tunnel::encap_udp(buf, &inner, (src, inner.dst), (sport, t.port))
+        wire::tunnel::encap_udp(buf, &inner, (src, inner.dst), (sport, t.port), &auth)
             .map_err(Reason::Malformed)?;
         c.tunneled += 1;
         Ok(Edit::Changed)
@@ -158,7 +212,9 @@ impl Mbox {
 
     /// Bytes the tunnel adds to a packet of this family (0 without a tunnel).
     fn tunnel_overhead(&self, v6: bool) -> usize {
-        self.tunnel.as_ref().map_or(0, |_| tunnel::overhead(v6))
+        self.tunnel
+            .as_ref()
+            .map_or(0, |_| wire::tunnel::overhead(v6))
     }
 
     /// Stamp a capability on a client's TCP packet if its sample calls for it.

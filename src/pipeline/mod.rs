@@ -12,6 +12,7 @@ mod quote;
 mod verdict;
 mod victim;
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 pub use classify::{Direction, direction};
@@ -64,6 +65,13 @@ pub struct PacketMeta {
     pub truncated: bool,
 }
 
+/// A datagram a stage asks the driver to send: the victim's feedback in tunnel mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub to: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
 /// One role's processing, owned by one queue worker.
 pub struct Pipeline {
     selection: Selection,
@@ -71,6 +79,8 @@ pub struct Pipeline {
     /// None: pass protected traffic through unchanged (no capabilities configured).
     stages: Option<Stages>,
     caps: CapCounters,
+    /// Datagrams the stages produced, for the driver to send after the verdict.
+    outbox: Vec<Datagram>,
 }
 
 impl Pipeline {
@@ -81,7 +91,13 @@ impl Pipeline {
             malformed,
             stages,
             caps: CapCounters::default(),
+            outbox: Vec::new(),
         }
+    }
+
+    /// Take the datagrams the last packets produced (send them, in order).
+    pub fn datagrams(&mut self) -> std::vec::Drain<'_, Datagram> {
+        self.outbox.drain(..)
     }
 
     /// What to do with a packet that cannot be read: `Drop` when the role fails closed.
@@ -123,15 +139,18 @@ impl Pipeline {
                 v.inbound(buf, parsed, meta.indev, now, c)
             }
             (Stages::Victim(v), Some(Direction::FromProtected)) => {
-                v.outbound(buf, parsed, meta.outdev, now, c)
+                v.outbound(buf, parsed, (meta.outdev, now), c, &mut self.outbox)
             }
             (Stages::Mbox(m), None) => {
+                if let Some(consumed) = m.feedback_in(buf, &parsed, meta, now, c) {
+                    return Verdict::Drop(consumed);
+                }
                 match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
                     Some(edit) => edit,
                     None => return Verdict::Pass(Reason::Unselected),
                 }
             }
-            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, meta.indev, c) {
+            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, (meta.indev, now), c) {
                 // Only protected traffic to the tunnel's own destination may come out of
                 // it: anything else would turn the victim into a relay for spoofed sources.
                 Some(Ok(inner))

@@ -1,7 +1,7 @@
 //! The capability stages on byte buffers: mbox output fed to the victim and back, in
 //! memory, with time driven by the test.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -547,22 +547,55 @@ fn redirect_readdresses_both_ways_for_tcp_and_udp() {
     );
 }
 
-#[test]
-fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
-    use crate::config::Tunnel;
-    let t = Tunnel {
+/// The keys mbox and victim share for the tunnel.
+fn tunnel_keys() -> Arc<SharedKeys> {
+    SharedKeys::new(KeyRing::new(4, Key::from_bytes([11; 32])).unwrap())
+}
+
+fn tunnel_config() -> crate::config::Tunnel {
+    crate::config::Tunnel {
         port: 6081,
         addresses: vec![ip("198.18.2.1"), ip("2001:2:0:2::1")],
-    };
+        key_file: "/unused".into(),
+    }
+}
+
+/// A path in tunnel mode: both ends share `tunnel_keys()`.
+fn tunnel_path() -> Path {
+    let (t, k) = (tunnel_config(), tunnel_keys());
     let mut path =
-        Path::with_victim(Victim::new(&settings(), vec![MBOX_IF]).with_tunnel(t.clone()));
+        Path::with_victim(Victim::new(&settings(), vec![MBOX_IF]).with_tunnel(t.clone(), &k));
     path.mbox_p = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
         Some(Stages::Mbox(
-            Mbox::new(&settings(), &keys(), path.t0, RUN, vec![MBOX_IF]).with_tunnel(t),
+            Mbox::new(&settings(), &keys(), path.t0, RUN, vec![MBOX_IF]).with_tunnel(t, &k),
         )),
     );
+    path
+}
+
+/// The ring the tunnel's MACs are made with, from a key file's key `byte`s (id 4).
+fn tunnel_ring(byte: u8) -> KeyRing {
+    KeyRing::new(4, Key::from_bytes([byte; 32]))
+        .unwrap()
+        .for_run(&crate::capability::tunnel::TUNNEL_RUN)
+}
+
+/// Wrap `inner` as the mbox does, sealed with the current key of `ring`.
+fn wrapped(inner: &[u8], (src, dst): (&str, &str), ring: &KeyRing) -> Vec<u8> {
+    use crate::capability::tunnel::{Kind, seal};
+    let (id, key) = ring.current();
+    let auth = seal(Kind::Packet, id, key, inner);
+    let mut buf = inner.to_vec();
+    let p = wire::parse(&buf).unwrap();
+    wire::tunnel::encap_udp(&mut buf, &p, (ip(src), ip(dst)), (9, 6081), &auth).unwrap();
+    buf
+}
+
+#[test]
+fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
+    let mut path = tunnel_path();
     for (client, server, mbox) in [
         ("198.18.1.2", "198.18.2.2", "198.18.2.1"),
         ("2001:2:0:1::2", "2001:2:0:2::2", "2001:2:0:2::1"),
@@ -603,11 +636,9 @@ fn the_tunnel_wraps_at_the_mbox_and_unwraps_only_from_an_mbox_at_the_victim() {
         Builder::tcp(ip("203.0.113.5"), ip("192.0.2.99"), 1, 22).build(),
         Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 1, 22).build(),
     ] {
-        let mut wrapped = Builder::udp(ip("198.18.2.1"), ip("198.18.2.2"), 9, 6081)
-            .payload(&inner)
-            .build();
+        let mut w = wrapped(&inner, ("198.18.2.1", "198.18.2.2"), &tunnel_ring(11));
         assert_eq!(
-            path.victim(&mut wrapped, 4),
+            path.victim(&mut w, 4),
             Verdict::Drop(Reason::TunnelNotProtected)
         );
     }
@@ -926,5 +957,97 @@ proptest::proptest! {
             }
             proptest::prop_assert!(q.len() <= usize::from(total_len));
         }
+    }
+}
+
+#[test]
+fn a_tunnel_packet_without_the_tunnels_mac_is_refused() {
+    let mut path = tunnel_path();
+    let inner = data("198.18.1.2", "198.18.2.2", 100);
+    // From the mbox's address and link, as a spoofer on a shared uplink can send it.
+    for (ring, reason) in [(tunnel_ring(12), "bad_mac"), (tunnel_ring(11), "")] {
+        let mut w = wrapped(&inner, ("198.18.2.1", "198.18.2.2"), &ring);
+        let v = path.victim(&mut w, 1);
+        if reason.is_empty() {
+            assert_eq!(v, Verdict::AcceptModified, "the real key opens it");
+        } else {
+            assert_eq!(v, Verdict::Drop(Reason::TunnelUnauthenticated));
+            assert_eq!(path.victim_p.cap_counters().rejected[reason], 1);
+        }
+    }
+    // A payload changed after sealing (the MAC covers every byte).
+    let mut w = wrapped(&inner, ("198.18.2.1", "198.18.2.2"), &tunnel_ring(11));
+    let n = w.len();
+    w[n - 1] ^= 1;
+    let p = wire::parse(&w).unwrap();
+    wire::fill_checksums(&mut w, &p).unwrap();
+    assert_eq!(
+        path.victim(&mut w, 2),
+        Verdict::Drop(Reason::TunnelUnauthenticated)
+    );
+    assert_eq!(path.victim_p.cap_counters().tunneled, 1);
+}
+
+/// The victim's feedback datagram as it reaches the mbox: UDP from `from` to the mbox.
+fn datagram_packet(d: &Datagram, from: &str) -> Vec<u8> {
+    Builder::udp(ip(from), d.to.ip(), 45000, d.to.port())
+        .payload(&d.payload)
+        .build()
+}
+
+#[test]
+fn in_tunnel_mode_feedback_travels_in_datagrams_of_its_own() {
+    for (client, server) in [
+        ("198.18.1.2", "198.18.2.2"),
+        ("2001:2:0:1::2", "2001:2:0:2::2"),
+    ] {
+        let mut path = tunnel_path();
+        let mut pkt = data(client, server, 100);
+        path.mbox(&mut pkt, 0);
+        path.victim(&mut pkt, 1); // unwrap
+        path.victim(&mut pkt, 1); // strip and keep
+        // The ACK leaves as it is, by whatever way (here not the mbox's link).
+        let sent = ack(server, client);
+        let mut a = sent.clone();
+        let now = path.at(5);
+        let v = through_links(&mut path.victim_p, &mut a, now, (DIRECT_IF, DIRECT_IF));
+        assert_eq!((v, &a), (Verdict::Accept, &sent));
+        let out: Vec<Datagram> = path.victim_p.datagrams().collect();
+        assert_eq!(out.len(), 1);
+        let mbox_addr = tunnel_config().address_for(ip(server)).unwrap();
+        assert_eq!(out[0].to, SocketAddr::new(mbox_addr, 6081));
+        assert_eq!(path.victim_p.cap_counters().fed_back, 1);
+        // Tampered, from the client's side, or genuine: only the last counts.
+        let mut bad = datagram_packet(&out[0], server);
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let p = wire::parse(&bad).unwrap();
+        wire::fill_checksums(&mut bad, &p).unwrap();
+        assert_eq!(
+            path.mbox(&mut bad, 6),
+            Verdict::Drop(Reason::TunnelUnauthenticated)
+        );
+        let mut off_link = datagram_packet(&out[0], server);
+        let now = path.at(6);
+        let v = through_links(&mut path.mbox_p, &mut off_link, now, (DIRECT_IF, 0));
+        assert_eq!(v, Verdict::Drop(Reason::Bypassed));
+        let mut good = datagram_packet(&out[0], server);
+        assert_eq!(
+            path.mbox(&mut good, 7),
+            Verdict::Drop(Reason::FeedbackDatagram)
+        );
+        let c = path.mbox_p.cap_counters();
+        assert_eq!(
+            (
+                c.returned,
+                c.rejected.get("bad_mac"),
+                c.rejected.get("off_victim_link")
+            ),
+            (1, Some(&1), Some(&1))
+        );
+        // The same datagram again is a replay.
+        let mut again = datagram_packet(&out[0], server);
+        path.mbox(&mut again, 8);
+        assert_eq!(path.mbox_p.cap_counters().rejected["replayed"], 1);
     }
 }

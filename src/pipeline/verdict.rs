@@ -34,6 +34,10 @@ pub enum Reason {
     TunnelFromStranger,
     /// victim: a tunnel carrying anything but protected traffic to the tunnel's destination.
     TunnelNotProtected,
+    /// Tunnel mode: a tunnel payload whose MAC (or header) does not check.
+    TunnelUnauthenticated,
+    /// mbox, tunnel mode: a feedback datagram of the victim, counted and consumed.
+    FeedbackDatagram,
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -51,6 +55,8 @@ impl Reason {
             Reason::TooBigForTunnel => "too_big_for_tunnel",
             Reason::TunnelFromStranger => "tunnel_from_stranger",
             Reason::TunnelNotProtected => "tunnel_not_protected",
+            Reason::TunnelUnauthenticated => "tunnel_unauthenticated",
+            Reason::FeedbackDatagram => "feedback_datagram",
             Reason::Unselected => "unselected",
         }
     }

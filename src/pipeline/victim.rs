@@ -6,14 +6,18 @@
 //! sender, and the senders, are bounded (overflow and evictions are counted).
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Edit, Reason, clear_marker};
-use crate::capability::{Capability, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, wire_len};
+use super::{Datagram, Edit, Reason, clear_marker};
+use crate::capability::{
+    Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
+};
 use crate::config::{CapSettings, Tunnel};
 use crate::police::SenderTable;
 use crate::stats::CapCounters;
+use crate::wire::tunnel::AUTH_LEN;
 use crate::wire::{self, IpVersion, Parsed, proto, tcp};
 
 /// A capability as it arrived, kept to be echoed back unchanged.
@@ -21,6 +25,14 @@ use crate::wire::{self, IpVersion, Parsed, proto, tcp};
 struct Kept {
     len: usize,
     bytes: [u8; MAX_WIRE_LEN],
+}
+
+/// The capabilities kept for one (client, protected address), and in tunnel mode the
+/// mbox whose tunnel they came through.
+#[derive(Default)]
+struct KeptFlow {
+    caps: VecDeque<Kept>,
+    via: Option<IpAddr>,
 }
 
 /// The victim role's capability state, owned by one queue worker.
@@ -33,8 +45,9 @@ pub struct Victim {
     mbox_ifindexes: Vec<u32>,
     /// Kept per (client, protected address): a capability's MAC binds the address it was
     /// stamped towards, so only an ACK from that address may carry it back.
-    kept: SenderTable<VecDeque<Kept>, (IpAddr, IpAddr)>,
-    tunnel: Option<Tunnel>,
+    kept: SenderTable<KeptFlow, (IpAddr, IpAddr)>,
+    /// Tunnel mode: the mboxes accepted, and the keys the tunnel's MACs are made with.
+    tunnel: Option<(Tunnel, KeyReader)>,
 }
 
 impl Victim {
@@ -50,9 +63,10 @@ impl Victim {
         }
     }
 
-    /// Tunnel mode: accept IP-in-UDP on `t.port` from the mboxes in `t.addresses` only.
-    pub fn with_tunnel(mut self, t: Tunnel) -> Self {
-        self.tunnel = Some(t);
+    /// Tunnel mode: accept IP-in-UDP on `t.port` from the mboxes in `t.addresses` only,
+    /// sealed with the tunnel keys; return feedback to them in datagrams of its own.
+    pub fn with_tunnel(mut self, t: Tunnel, keys: &Arc<SharedKeys>) -> Self {
+        self.tunnel = Some((t, keys.reader(tunnel::TUNNEL_RUN)));
         self
     }
 
@@ -64,26 +78,46 @@ impl Victim {
         &mut self,
         buf: &mut Vec<u8>,
         p: &Parsed,
-        indev: u32,
+        (indev, now): (u32, Instant),
         c: &mut CapCounters,
     ) -> Option<Result<Parsed, Reason>> {
-        let t = self.tunnel.as_ref()?;
+        let (t, keys) = self.tunnel.as_mut()?;
         if p.udp().is_none_or(|u| u.dst_port != t.port) {
             return None;
         }
-        // A tunnel packet is still traffic to us: it must come over an mbox link, and
-        // from an mbox address.
+        // A tunnel packet is still traffic to us: it must come over an mbox link, from
+        // an mbox address, and (that address proving nothing) carry the tunnel's MAC.
         if !self.mbox_ifindexes.contains(&indev) {
             return Some(Err(Reason::Bypassed));
         }
         if !t.addresses.contains(&p.src) {
             return Some(Err(Reason::TunnelFromStranger));
         }
-        let inner = wire::tunnel::decap_udp(buf, p).map_err(Reason::Malformed);
-        if inner.is_ok() {
-            c.tunneled += 1;
+        let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
+            c.count_rejected("truncated");
+            return Some(Err(Reason::TunnelUnauthenticated));
+        };
+        match tunnel::open(auth, body, keys.ring()) {
+            Ok(tunnel::Kind::Packet) => {}
+            Ok(tunnel::Kind::Feedback) => return Some(Err(Reason::TunnelNotProtected)),
+            Err(e) => {
+                c.count_rejected(e.as_str());
+                return Some(Err(Reason::TunnelUnauthenticated));
+            }
         }
-        Some(inner)
+        let inner = match wire::tunnel::decap_udp(buf, p) {
+            Ok(inner) => inner,
+            Err(e) => return Some(Err(Reason::Malformed(e))),
+        };
+        c.tunneled += 1;
+        if inner.protocol == proto::TCP {
+            // Where this flow's capabilities go back to.
+            let flow = self
+                .kept
+                .get_or_insert_with((inner.src, inner.dst), now, KeptFlow::default);
+            flow.via = Some(p.src);
+        }
+        Some(Ok(inner))
     }
 
     /// Handle a packet from a client, before conntrack and TCP see it.
@@ -148,14 +182,15 @@ impl Victim {
     }
 
     /// Handle a packet to a client leaving by `outdev`: clamp a SYN-ACK's MSS, return
-    /// kept capabilities on ACKs that cross an mbox.
+    /// kept capabilities on ACKs that cross an mbox, or (tunnel mode) in a feedback
+    /// datagram to the mbox pushed on `out` for each ACK.
     pub fn outbound(
         &mut self,
         buf: &mut Vec<u8>,
         p: Parsed,
-        outdev: u32,
-        now: Instant,
+        (outdev, now): (u32, Instant),
         c: &mut CapCounters,
+        out: &mut Vec<Datagram>,
     ) -> Result<Edit, Reason> {
         if p.protocol != proto::TCP {
             return Ok(Edit::Unchanged);
@@ -171,9 +206,36 @@ impl Victim {
             edit = edit.or(clamp(buf, &p, self.path_mtu, len + tunnel));
         }
         let ack = p.tcp().is_some_and(|t| t.flags & tcp::ACK != 0);
-        let Some(queue) = self.kept.get_mut((p.dst, p.src), now).filter(|_| ack) else {
+        let Some(flow) = self.kept.get_mut((p.dst, p.src), now).filter(|_| ack) else {
             return Ok(edit);
         };
+        if let (Some(via), Some((t, keys))) = (flow.via, self.tunnel.as_mut()) {
+            // Tunnel mode: replies need not cross the mbox, so the feedback travels in
+            // a datagram of its own, sealed like the tunnel, whatever way the ACK leaves.
+            let (trailer, n) = take(&mut flow.caps, self.per_ack, len);
+            if n == 0 {
+                return Ok(edit);
+            }
+            let returned = tunnel::Returned {
+                server: p.src,
+                client: p.dst,
+                count: n as u8,
+                caps: &trailer[..n * len],
+            };
+            let mut payload = vec![0; AUTH_LEN];
+            returned
+                .encode(&mut payload)
+                .map_err(|_| Reason::TrailerTooShort)?;
+            let (key_id, key) = keys.ring().current();
+            let auth = tunnel::seal(tunnel::Kind::Feedback, key_id, key, &payload[AUTH_LEN..]);
+            payload[..AUTH_LEN].copy_from_slice(&auth);
+            out.push(Datagram {
+                to: SocketAddr::new(via, t.port),
+                payload,
+            });
+            c.fed_back += n as u64;
+            return Ok(edit);
+        }
         // Only an mbox strips feedback: by any other way (an asymmetric route) the
         // client's TCP would take the trailer for data. The capabilities wait.
         if !self.mbox_ifindexes.contains(&outdev) {
@@ -181,17 +243,9 @@ impl Victim {
             return Ok(edit);
         }
         let fits = self.path_mtu.saturating_sub(p.total_len()) / len;
-        let n = queue
-            .len()
-            .min(self.per_ack)
-            .min(fits)
-            .min(usize::from(MAX_FEEDBACK));
+        let (trailer, n) = take(&mut flow.caps, self.per_ack.min(fits), len);
         if n == 0 {
             return Ok(edit);
-        }
-        let mut trailer = [0u8; 3 * MAX_WIRE_LEN];
-        for (i, k) in queue.drain(..n).enumerate() {
-            trailer[i * len..(i + 1) * len].copy_from_slice(&k.bytes[..k.len]);
         }
         let p = wire::append_trailer(buf, &p, &trailer[..n * len]).map_err(Reason::Malformed)?;
         let marker = Marker::feedback(n as u8).map_err(|_| Reason::TrailerTooShort)?;
@@ -203,7 +257,10 @@ impl Victim {
 
     fn keep(&mut self, flow: (IpAddr, IpAddr), k: Kept, now: Instant, c: &mut CapCounters) {
         let limit = self.kept_per_sender;
-        let queue = self.kept.get_or_insert_with(flow, now, VecDeque::new);
+        let queue = &mut self
+            .kept
+            .get_or_insert_with(flow, now, KeptFlow::default)
+            .caps;
         if queue.len() >= limit {
             queue.pop_front();
             c.overflow += 1;
@@ -212,6 +269,17 @@ impl Victim {
         c.senders = self.kept.len() as u64;
         c.evictions = self.kept.evictions();
     }
+}
+
+/// Take up to `max` (and at most 3) kept capabilities of `len` bytes, in the order kept,
+/// as a trailer; return it and how many it holds.
+fn take(queue: &mut VecDeque<Kept>, max: usize, len: usize) -> ([u8; 3 * MAX_WIRE_LEN], usize) {
+    let n = queue.len().min(max).min(usize::from(MAX_FEEDBACK));
+    let mut trailer = [0u8; 3 * MAX_WIRE_LEN];
+    for (i, k) in queue.drain(..n).enumerate() {
+        trailer[i * len..(i + 1) * len].copy_from_slice(&k.bytes[..k.len]);
+    }
+    (trailer, n)
 }
 
 /// The loopback device's ifindex, the same in every network namespace (the kernel's

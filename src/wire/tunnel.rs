@@ -13,17 +13,22 @@ use std::net::IpAddr;
 
 use super::{Parsed, WireError, fill_checksums, parse, proto};
 
-/// Bytes the outer headers add: IPv4 + UDP, or IPv6 + UDP.
+/// Bytes of the authentication header between the UDP header and the body (its format
+/// and MAC: `capability::tunnel`).
+pub const AUTH_LEN: usize = 20;
+
+/// Bytes the tunnel adds: IPv4 or IPv6, UDP, and the authentication header.
 pub const fn overhead(v6: bool) -> usize {
-    if v6 { 40 + 8 } else { 20 + 8 }
+    (if v6 { 40 + 8 } else { 20 + 8 }) + AUTH_LEN
 }
 
-/// Wrap the packet in `buf` in IP(`src` → `dst`) + UDP(`sport` → `dport`).
+/// Wrap the packet in `buf` in IP(`src` → `dst`) + UDP(`sport` → `dport`) + `auth`.
 pub fn encap_udp(
     buf: &mut Vec<u8>,
     inner: &Parsed,
     (src, dst): (IpAddr, IpAddr),
     (sport, dport): (u16, u16),
+    auth: &[u8; AUTH_LEN],
 ) -> Result<Parsed, WireError> {
     if buf.len() != inner.total_len() {
         return Err(WireError::StaleParsed);
@@ -33,7 +38,7 @@ pub fn encap_udp(
         (IpAddr::V6(_), IpAddr::V6(_), IpAddr::V6(_)) => true,
         _ => return Err(WireError::FamilyMismatch),
     };
-    let udp_len = 8 + buf.len();
+    let udp_len = 8 + AUTH_LEN + buf.len();
     let total = overhead(v6) + buf.len();
     if total > usize::from(u16::MAX) {
         return Err(WireError::TooLong);
@@ -63,27 +68,34 @@ pub fn encap_udp(
     head.extend_from_slice(&(udp_len as u16).to_be_bytes());
     // Not zero, so IPv4 gets a computed checksum too rather than "none".
     head.extend_from_slice(&[0xff, 0xff]);
+    head.extend_from_slice(auth);
     buf.splice(0..0, head);
     let outer = parse(buf)?;
     fill_checksums(buf, &outer)?;
     Ok(outer)
 }
 
-/// Replace an IP-in-UDP packet with the packet it carries, of the same family.
+/// The authentication header and the body of a tunnel packet.
+pub fn auth_and_body<'a>(buf: &'a [u8], outer: &Parsed) -> Option<(&'a [u8], &'a [u8])> {
+    let payload = buf.get(outer.payload_offset..)?;
+    (payload.len() >= AUTH_LEN).then(|| payload.split_at(AUTH_LEN))
+}
+
+/// Replace an IP-in-UDP packet with the packet it carries, of the same family (the
+/// authentication header goes with the outer headers; check it first).
 pub fn decap_udp(buf: &mut Vec<u8>, outer: &Parsed) -> Result<Parsed, WireError> {
     if outer.protocol != proto::UDP || buf.len() != outer.total_len() {
         return Err(WireError::StaleParsed);
     }
-    let inner_bytes = buf
-        .get(outer.payload_offset..)
-        .ok_or(WireError::Truncated)?;
+    let body_at = outer.payload_offset + AUTH_LEN;
+    let inner_bytes = buf.get(body_at..).ok_or(WireError::Truncated)?;
     let inner = parse(inner_bytes)?;
     if inner.version != outer.version {
         return Err(WireError::FamilyMismatch);
     }
     let v6 = outer.dst.is_ipv6();
     let congested = traffic_class(buf, v6) & ECN_MASK == ECN_CE;
-    buf.drain(..outer.payload_offset);
+    buf.drain(..body_at);
     let inner_ecn = traffic_class(buf, v6) & ECN_MASK;
     if congested && inner_ecn != 0 && inner_ecn != ECN_CE {
         mark_ce(buf, v6);
@@ -130,6 +142,9 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// An authentication header (its contents are not this module's business).
+    const AUTH: [u8; AUTH_LEN] = [0x5A; AUTH_LEN];
+
     #[test]
     fn wrap_and_unwrap_is_identity_for_both_families() {
         for (c, v, m) in [
@@ -141,13 +156,15 @@ mod tests {
                 .build();
             let mut buf = pkt.clone();
             let p = parse(&buf).unwrap();
-            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (40000, 6081)).unwrap();
+            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (40000, 6081), &AUTH).unwrap();
             assert_eq!(buf.len(), pkt.len() + overhead(c.contains(':')));
             assert!(verify_checksums(&buf, &outer));
             assert_eq!(
                 (outer.src, outer.dst, outer.ports()),
                 (ip(m), ip(v), Some((40000, 6081)))
             );
+            let (auth, body) = auth_and_body(&buf, &outer).unwrap();
+            assert_eq!((auth, body), (&AUTH[..], &pkt[..]));
             let inner = decap_udp(&mut buf, &outer).unwrap();
             assert_eq!(buf, pkt);
             assert_eq!(inner, p);
@@ -173,7 +190,7 @@ mod tests {
             let p = parse(&pkt).unwrap();
             fill_checksums(&mut pkt, &p).unwrap();
             let mut buf = pkt.clone();
-            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (1, 6081)).unwrap();
+            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (1, 6081), &AUTH).unwrap();
             assert_eq!(traffic_class(&buf, v6) & ECN_MASK, 0x02, "outer copies ECT");
             // A router on the way marks the outer header CE.
             mark_ce(&mut buf, v6);
@@ -194,20 +211,20 @@ mod tests {
         let mut buf = pkt.clone();
         let six = (ip("2001:2::1"), ip("2001:2::2"));
         assert_eq!(
-            encap_udp(&mut buf, &p, six, (1, 2)),
+            encap_udp(&mut buf, &p, six, (1, 2), &AUTH),
             Err(WireError::FamilyMismatch)
         );
         assert_eq!(buf, pkt, "untouched on error");
         // A UDP datagram whose payload is not an IP packet.
         let mut junk = Builder::udp(ip("198.18.2.1"), ip("198.18.2.2"), 1, 6081)
-            .payload(b"not ip")
+            .payload(&[AUTH.as_slice(), b"not ip"].concat())
             .build();
         let p = parse(&junk).unwrap();
         assert!(decap_udp(&mut junk, &p).is_err());
         // An IPv6 packet inside IPv4.
         let v6 = Builder::tcp(ip("2001:2::1"), ip("2001:2::2"), 1, 2).build();
         let mut mixed = Builder::udp(ip("198.18.2.1"), ip("198.18.2.2"), 1, 6081)
-            .payload(&v6)
+            .payload(&[AUTH.as_slice(), &v6].concat())
             .build();
         let p = parse(&mixed).unwrap();
         assert_eq!(decap_udp(&mut mixed, &p), Err(WireError::FamilyMismatch));

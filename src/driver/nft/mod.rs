@@ -17,7 +17,9 @@ mod spec;
 mod netns_tests;
 
 pub use install::{RulesError, flush_rules, install, remove, table_exists};
-pub use plan::{TABLE, add_icmp_error_chain, add_redirect_chains, add_tunnel_chain, plan};
+pub use plan::{
+    TABLE, add_feedback_chain, add_icmp_error_chain, add_redirect_chains, add_tunnel_chain, plan,
+};
 pub use render::render;
 pub use spec::{
     ChainSpec, Field, Hook, PortRange, Prefix, Proto, QueueKind, QueuePreference, QueueTarget,

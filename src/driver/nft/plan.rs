@@ -116,6 +116,21 @@ pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTar
     ));
 }
 
+/// Add the mbox's chain for the victim's feedback datagrams in tunnel mode: UDP to the
+/// mbox's tunnel addresses and port (`feedback` holds them), queued before conntrack;
+/// the engine counts them and consumes them.
+pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &QueueTarget) {
+    spec.chains.push(chain(
+        "tunnel_feedback",
+        Hook::Prerouting,
+        PRIO_RAW,
+        "mbox: the victim's feedback datagrams to the tunnel port, counted and consumed",
+        Field::Dst,
+        feedback,
+        q,
+    ));
+}
+
 /// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
 /// gets it. Queued after routing, like the stamped packets they answer.
