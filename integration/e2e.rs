@@ -42,6 +42,19 @@ fn start_both(
     (v, m)
 }
 
+/// Start both engines with capabilities as the testbed needs them, in tunnel mode or not.
+fn start_with_capabilities(tb: &Testbed, tunnel: bool) -> (EngineProcess, EngineProcess) {
+    let role = |r: &str| {
+        let cfg = RoleConfig::default().with_capabilities(tb, r).unwrap();
+        if tunnel {
+            cfg.with_tunnel(tb).unwrap()
+        } else {
+            cfg
+        }
+    };
+    start_both(tb, &role("victim"), &role("mbox"))
+}
+
 /// Assert every packet the kernel queued reached the engine and none were lost.
 fn assert_all_through_queue(
     tb: &Testbed,
@@ -159,13 +172,7 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     let tb = Testbed::up("mpcaps").unwrap();
     // Captures then show wire-sized packets, as real NICs would send them.
     tb.wire_sized().unwrap();
-    let vcfg = RoleConfig::default()
-        .with_capabilities(&tb, "victim")
-        .unwrap();
-    let mcfg = RoleConfig::default()
-        .with_capabilities(&tb, "mbox")
-        .unwrap();
-    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, false);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     // The victim advertises room for a stamp on its routes to the clients.
     let route = |prefix: &str| {
@@ -236,6 +243,29 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     );
 }
 
+/// Upload and download 5 MB over IPv4 and IPv6 (both sha256-checked) while the victim
+/// answers over its direct link; assert the replies took it and carried no marker.
+fn transfer_with_replies_around_the_mbox(tb: &Testbed) {
+    let served = ServedFile::start(tb, 5 << 20).unwrap();
+    let direct = testbed::Capture::start(tb, Host::Victim, &tb.link("v1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        testbed::upload(tb, &addr, 5 << 20).unwrap();
+        served.fetch(tb, &addr).unwrap();
+    }
+    let direct = direct.stop().unwrap();
+    for v6 in [false, true] {
+        assert!(
+            marked(&direct, v6, "TCP12 & 0 == 0") > 100,
+            "the replies took the direct link (v6 {v6})"
+        );
+        assert_eq!(
+            marked(&direct, v6, ANY_MARKER),
+            0,
+            "no marker on the direct link (v6 {v6})"
+        );
+    }
+}
+
 #[test]
 fn replies_that_bypass_the_mbox_carry_no_feedback() {
     if !root() {
@@ -246,20 +276,8 @@ fn replies_that_bypass_the_mbox_carry_no_feedback() {
     tb.wire_sized().unwrap();
     // Clients reach the victim through the mbox; the victim answers over a direct link.
     tb.direct_return_path().unwrap();
-    let vcfg = RoleConfig::default()
-        .with_capabilities(&tb, "victim")
-        .unwrap();
-    let mcfg = RoleConfig::default()
-        .with_capabilities(&tb, "mbox")
-        .unwrap();
-    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
-    let served = ServedFile::start(&tb, 5 << 20).unwrap();
-    let direct = testbed::Capture::start(&tb, Host::Victim, &tb.link("v1")).unwrap();
-    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-        testbed::upload(&tb, &addr, 5 << 20).unwrap();
-        served.fetch(&tb, &addr).unwrap();
-    }
-    let direct = direct.stop().unwrap();
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, false);
+    transfer_with_replies_around_the_mbox(&tb);
     let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
     let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
     let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
@@ -268,17 +286,6 @@ fn replies_that_bypass_the_mbox_carry_no_feedback() {
     assert_eq!(vc.stripped, mc.issued, "{}", v.table());
     assert_eq!((vc.fed_back, mc.feedback_stripped), (0, 0), "{}", v.table());
     assert!(vc.not_via_mbox > 0, "{}", v.table());
-    for v6 in [false, true] {
-        assert!(
-            marked(&direct, v6, "TCP12 & 0 == 0") > 100,
-            "the capture saw the replies"
-        );
-        assert_eq!(
-            marked(&direct, v6, ANY_MARKER),
-            0,
-            "no marker on the direct link (v6 {v6})"
-        );
-    }
     stop_clean(
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
@@ -314,13 +321,7 @@ fn icmp_errors_from_beyond_the_mbox_quote_no_capability() {
     let _machine = exclusive();
     let tb = Testbed::up_with_router("mpicmp").unwrap();
     tb.wire_sized().unwrap();
-    let vcfg = RoleConfig::default()
-        .with_capabilities(&tb, "victim")
-        .unwrap();
-    let mcfg = RoleConfig::default()
-        .with_capabilities(&tb, "mbox")
-        .unwrap();
-    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, false);
     let beyond = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     let client = testbed::Capture::start(&tb, Host::Client, &tb.link("c0")).unwrap();
     for addr in [VICTIM_V4, VICTIM_V6] {
@@ -452,17 +453,6 @@ fn redirect_mode_carries_a_50mb_download_with_capabilities() {
     );
 }
 
-/// Start both engines in tunnel mode with capabilities.
-fn start_tunnel(tb: &Testbed) -> (EngineProcess, EngineProcess) {
-    let role = |r: &str| {
-        RoleConfig::default()
-            .with_capabilities(tb, r)
-            .and_then(|c| c.with_tunnel(tb))
-            .unwrap()
-    };
-    start_both(tb, &role("victim"), &role("mbox"))
-}
-
 #[test]
 fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
     if !root() {
@@ -472,7 +462,7 @@ fn tunnel_mode_carries_a_50mb_download_with_capabilities() {
     let tb = Testbed::up("mptunnel").unwrap();
     // Captures then show wire-sized packets, as real NICs would send them.
     tb.wire_sized().unwrap();
-    let (mut victim, mut mbox) = start_tunnel(&tb);
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, true);
     let served = ServedFile::start(&tb, 50 << 20).unwrap();
     let to_victim = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
@@ -551,25 +541,8 @@ fn tunnel_mode_with_replies_around_the_mbox_returns_feedback_in_datagrams() {
     tb.wire_sized().unwrap();
     // The victim answers over a direct link: its replies never cross the mbox.
     tb.direct_return_path().unwrap();
-    let (mut victim, mut mbox) = start_tunnel(&tb);
-    let served = ServedFile::start(&tb, 5 << 20).unwrap();
-    let direct = testbed::Capture::start(&tb, Host::Victim, &tb.link("v1")).unwrap();
-    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
-        testbed::upload(&tb, &addr, 5 << 20).unwrap();
-        served.fetch(&tb, &addr).unwrap();
-    }
-    let direct = direct.stop().unwrap();
-    for v6 in [false, true] {
-        assert!(
-            marked(&direct, v6, "TCP12 & 0 == 0") > 100,
-            "replies took the direct link"
-        );
-        assert_eq!(
-            marked(&direct, v6, ANY_MARKER),
-            0,
-            "no marker on the direct link (v6 {v6})"
-        );
-    }
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, true);
+    transfer_with_replies_around_the_mbox(&tb);
     // A spoofer on the mbox's link, in the mbox's name: refused by its MAC.
     testbed::inject(&tb, Host::Mbox, &spoofed_tunnel_packet()).unwrap();
     let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);

@@ -68,20 +68,7 @@ pub fn upload(tb: &Testbed, addr: &str, bytes: usize) -> Result<f64> {
     let path = file.to_str().context("path is not UTF-8")?;
     let url = format!("http://{addr}:8080/upload.bin");
     let t = Instant::now();
-    let got = tb.exec(
-        Host::Client,
-        &[
-            "curl",
-            "-sS",
-            "-g",
-            "--fail",
-            "--max-time",
-            "120",
-            "-T",
-            path,
-            &url,
-        ],
-    )?;
+    let got = curl(tb, Host::Client, &["-T", path, &url])?;
     if got.trim() != sent {
         bail!("the upload through {addr} reached the server as {got:?}, sent {sent}");
     }
@@ -176,21 +163,16 @@ pub fn wait_listening(tb: &Testbed, host: Host, port: u16) -> Result<()> {
 pub fn download(tb: &Testbed, host: Host, url: &str, out: &Path) -> Result<f64> {
     let out = out.to_str().context("path is not UTF-8")?;
     let t = Instant::now();
-    tb.exec(
-        host,
-        &[
-            "curl",
-            "-sS",
-            "-g",
-            "--fail",
-            "--max-time",
-            "120",
-            "-o",
-            out,
-            url,
-        ],
-    )?;
+    curl(tb, host, &["-o", out, url])?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// Run curl in a host's namespace: quiet but for errors, failing on HTTP errors, bounded
+/// in time; return what it printed.
+fn curl(tb: &Testbed, host: Host, args: &[&str]) -> Result<String> {
+    let mut argv = vec!["curl", "-sS", "-g", "--fail", "--max-time", "120"];
+    argv.extend_from_slice(args);
+    tb.exec(host, &argv)
 }
 
 /// Run iperf3 TCP from client to `server` for `secs`; return received bits per second.

@@ -13,6 +13,11 @@ use crate::wire::tcp;
 
 const MTU: u16 = 1500;
 const MBOX_IF: u32 = 7;
+/// A client and the server it talks to, over IPv4 and over IPv6.
+const CLIENT_SERVER: [(&str, &str); 2] = [
+    ("198.18.1.2", "198.18.2.2"),
+    ("2001:2:0:1::2", "2001:2:0:2::2"),
+];
 /// The run of every mbox in these tests but where a test says otherwise.
 const RUN: RunId = RunId::from_bytes([5; 16]);
 
@@ -41,6 +46,12 @@ fn selection() -> Selection {
 
 fn keys() -> Arc<SharedKeys> {
     SharedKeys::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap())
+}
+
+/// An mbox pipeline with the test settings, its link to the victim `MBOX_IF`.
+fn mbox_pipeline(sel: Selection, keys: &Arc<SharedKeys>, t0: Instant, run: RunId) -> Pipeline {
+    let m = Mbox::new(&settings(), keys, t0, run, vec![MBOX_IF]);
+    Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)))
 }
 
 /// Pass-through, mbox and victim pipelines (for tests that try every stage).
@@ -72,17 +83,7 @@ impl Path {
     fn with_victim(v: Victim) -> Path {
         let t0 = Instant::now();
         Path {
-            mbox_p: Pipeline::new(
-                selection(),
-                MalformedVerdict::Drop,
-                Some(Stages::Mbox(Mbox::new(
-                    &settings(),
-                    &keys(),
-                    t0,
-                    RUN,
-                    vec![MBOX_IF],
-                ))),
-            ),
+            mbox_p: mbox_pipeline(selection(), &keys(), t0, RUN),
             victim_p: Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Victim(v))),
             t0,
         }
@@ -143,10 +144,7 @@ fn ack(server: &str, client: &str) -> Vec<u8> {
 
 #[test]
 fn a_capability_goes_round_trip_over_ipv4_and_ipv6() {
-    for (client, server) in [
-        ("198.18.1.2", "198.18.2.2"),
-        ("2001:2:0:1::2", "2001:2:0:2::2"),
-    ] {
+    for (client, server) in CLIENT_SERVER {
         let mut path = Path::new();
         let sent = data(client, server, 100);
         let mut pkt = sent.clone();
@@ -414,17 +412,7 @@ fn a_sender_flood_keeps_state_bounded() {
 fn keys_rotate_with_one_period_of_overlap() {
     let shared = keys();
     let t0 = Instant::now();
-    let mut mbox = Pipeline::new(
-        selection(),
-        MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(
-            &settings(),
-            &shared,
-            t0,
-            RUN,
-            vec![MBOX_IF],
-        ))),
-    );
+    let mut mbox = mbox_pipeline(selection(), &shared, t0, RUN);
     let mut victim = Pipeline::new(
         selection(),
         MalformedVerdict::Drop,
@@ -658,17 +646,7 @@ fn feedback_returns_only_from_the_address_a_capability_was_stamped_towards() {
     };
     let t0 = Instant::now();
     let shared = keys();
-    let mut mbox = Pipeline::new(
-        sel.clone(),
-        MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(
-            &settings(),
-            &shared,
-            t0,
-            RUN,
-            vec![MBOX_IF],
-        ))),
-    );
+    let mut mbox = mbox_pipeline(sel.clone(), &shared, t0, RUN);
     let mut victim = Pipeline::new(
         sel,
         MalformedVerdict::Drop,
@@ -702,17 +680,7 @@ fn a_capability_from_an_earlier_run_never_verifies() {
     // uptime reaches the old issue time): only the run tells the two apart.
     let mut path = Path::new();
     let old_feedback = feedback_ack(&mut path, 0);
-    let mut restarted = Pipeline::new(
-        selection(),
-        MalformedVerdict::Drop,
-        Some(Stages::Mbox(Mbox::new(
-            &settings(),
-            &keys(),
-            path.t0,
-            RunId::from_bytes([6; 16]),
-            vec![MBOX_IF],
-        ))),
-    );
+    let mut restarted = mbox_pipeline(selection(), &keys(), path.t0, RunId::from_bytes([6; 16]));
     // The restarted mbox knows the sender: it stamped one of its packets too.
     let mut own = data("198.18.1.2", "198.18.2.2", 10);
     assert_eq!(
@@ -853,10 +821,7 @@ fn quote_of(pkt: &[u8]) -> &[u8] {
 
 #[test]
 fn an_icmp_error_quoting_a_whole_stamped_packet_quotes_what_the_client_sent() {
-    for (client, server) in [
-        ("198.18.1.2", "198.18.2.2"),
-        ("2001:2:0:1::2", "2001:2:0:2::2"),
-    ] {
+    for (client, server) in CLIENT_SERVER {
         let mut path = Path::new();
         let sent = data(client, server, 100);
         let mut stamped = sent.clone();
@@ -977,15 +942,21 @@ fn a_tunnel_packet_without_the_tunnels_mac_is_refused() {
     }
     // A payload changed after sealing (the MAC covers every byte).
     let mut w = wrapped(&inner, ("198.18.2.1", "198.18.2.2"), &tunnel_ring(11));
-    let n = w.len();
-    w[n - 1] ^= 1;
-    let p = wire::parse(&w).unwrap();
-    wire::fill_checksums(&mut w, &p).unwrap();
+    tamper_last_byte(&mut w);
     assert_eq!(
         path.victim(&mut w, 2),
         Verdict::Drop(Reason::TunnelUnauthenticated)
     );
     assert_eq!(path.victim_p.cap_counters().tunneled, 1);
+}
+
+/// Flip a bit of the last byte, as a forger would, with the checksums made right again.
+fn tamper_last_byte(pkt: &mut [u8]) {
+    if let Some(b) = pkt.last_mut() {
+        *b ^= 1;
+    }
+    let p = wire::parse(pkt).unwrap();
+    wire::fill_checksums(pkt, &p).unwrap();
 }
 
 /// The victim's feedback datagram as it reaches the mbox: UDP from `from` to the mbox.
@@ -997,10 +968,7 @@ fn datagram_packet(d: &Datagram, from: &str) -> Vec<u8> {
 
 #[test]
 fn in_tunnel_mode_feedback_travels_in_datagrams_of_its_own() {
-    for (client, server) in [
-        ("198.18.1.2", "198.18.2.2"),
-        ("2001:2:0:1::2", "2001:2:0:2::2"),
-    ] {
+    for (client, server) in CLIENT_SERVER {
         let mut path = tunnel_path();
         let mut pkt = data(client, server, 100);
         path.mbox(&mut pkt, 0);
@@ -1019,10 +987,7 @@ fn in_tunnel_mode_feedback_travels_in_datagrams_of_its_own() {
         assert_eq!(path.victim_p.cap_counters().fed_back, 1);
         // Tampered, from the client's side, or genuine: only the last counts.
         let mut bad = datagram_packet(&out[0], server);
-        let n = bad.len();
-        bad[n - 1] ^= 1;
-        let p = wire::parse(&bad).unwrap();
-        wire::fill_checksums(&mut bad, &p).unwrap();
+        tamper_last_byte(&mut bad);
         assert_eq!(
             path.mbox(&mut bad, 6),
             Verdict::Drop(Reason::TunnelUnauthenticated)
