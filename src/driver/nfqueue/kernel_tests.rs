@@ -105,6 +105,67 @@ fn accept_drop_and_modify_take_effect() {
     assert_eq!(q.counters(), Default::default());
 }
 
+/// Send `datagram` to netlink port `to` from a netlink socket of our own in `ns`.
+fn send_from_user_socket(ns: &str, to: u32, datagram: &[u8]) -> io::Result<()> {
+    let datagram = datagram.to_vec();
+    in_netns(ns, move || {
+        // SAFETY: plain socket(2); the fd is checked, used below and closed at the end.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+        let mut dst: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        dst.nl_family = libc::AF_NETLINK as u16;
+        dst.nl_pid = to;
+        // SAFETY: `datagram` and `dst` outlive the call, their lengths are exact.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                0,
+                (&raw const dst).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        let result = if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        // SAFETY: fd is ours and closed once.
+        unsafe { libc::close(fd) };
+        result
+    })
+    .expect("enter namespace")
+}
+
+#[test]
+fn a_packet_message_from_a_user_socket_is_ignored() {
+    let Some(pair) = setup(14) else { return };
+    let mut q = open_in(&pair.b, &QueueConfig::new(14)).expect("open queue");
+    // Root may unicast to our socket's port id: a packet message in the kernel's format.
+    let forged = super::unit_tests::packet_msg(999, b"forged", &[]);
+    send_from_user_socket(&pair.b, q.portid(), &forged).expect("send");
+    // A real packet after it is still ours, and the forged one never comes out.
+    let rx = udp_in(&pair.b, "0.0.0.0", PORT);
+    let tx = udp_in(&pair.a, ADDR_A, 0);
+    tx.send_to(b"real", format!("{ADDR_B}:{PORT}"))
+        .expect("send");
+    let p = next_packet(&mut q);
+    assert_eq!(&q.payload(&p)[IPV4_UDP_HDRS..], b"real");
+    q.verdict(p.id, Verdict::Accept, None).expect("accept");
+    assert_eq!(drain_udp(&rx), vec![b"real".to_vec()]);
+    assert_eq!(q.counters().foreign, 1);
+}
+
 #[test]
 fn copy_range_truncates_and_reports_the_original_length() {
     let Some(pair) = setup(12) else { return };

@@ -164,7 +164,7 @@ fn verdict_codes_match_the_kernel() {
 }
 
 /// A packet message as the kernel sends it, with an `extra` tail of attributes.
-fn packet_msg(id: u32, payload: &[u8], extra: &[u8]) -> Vec<u8> {
+pub(super) fn packet_msg(id: u32, payload: &[u8], extra: &[u8]) -> Vec<u8> {
     let mut body = nfgen(3);
     body.extend(nla(11, 1));
     body.extend(id.to_be_bytes());
