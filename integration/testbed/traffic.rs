@@ -49,8 +49,13 @@ impl ServedFile {
     /// Download it with curl from the client through `addr` (a host or `[v6]`); fail
     /// unless the copy is identical. Return the seconds the download took.
     pub fn fetch(&self, tb: &Testbed, addr: &str) -> Result<f64> {
+        self.fetch_from(tb, Host::Client, addr)
+    }
+
+    /// The same from another host (the victim itself: a local health check).
+    pub fn fetch_from(&self, tb: &Testbed, host: Host, addr: &str) -> Result<f64> {
         let got = tb.workdir().join("got.bin");
-        let secs = download(tb, Host::Client, &format!("http://{addr}:8080/f.bin"), &got)?;
+        let secs = download(tb, host, &format!("http://{addr}:8080/f.bin"), &got)?;
         let copy = sha256(&got)?;
         if copy != self.sha256 {
             bail!("the download through {addr} differs from the served file");

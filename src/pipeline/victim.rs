@@ -130,7 +130,8 @@ impl Victim {
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
         // The host's own traffic (health checks, local clients) never crossed an mbox
-        // and needs none: passed as it is, trailers and markers untouched.
+        // and needs none. The rules do not queue it; queued anyway (an operator's own
+        // rule), it passes as it is, trailers and markers untouched.
         if indev == LOOPBACK_IFINDEX {
             c.local += 1;
             return Ok(Edit::Unchanged);

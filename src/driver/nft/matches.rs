@@ -13,8 +13,18 @@ use nftnl::expr::{
 
 use super::spec::{Field, L4Match, Proto, RuleSpec};
 
-/// Append `meta nfproto`, the address match, `meta l4proto` and the port or type match.
+/// The loopback device's ifindex, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and the port or type match.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
+    if let Some(side) = spec.skip_loopback {
+        rule.add_expr(match side {
+            Field::Src => &Meta::Iif,
+            Field::Dst => &Meta::Oif,
+        });
+        rule.add_expr(&Cmp::new(CmpOp::Neq, LOOPBACK_IFINDEX));
+    }
     let prefix = spec.prefix;
     let v4 = matches!(prefix.addr(), IpAddr::V4(_));
     let nfproto = if v4 {

@@ -41,26 +41,33 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
                 q,
             ),
         ],
+        // The host's own traffic (health checks over loopback) never crossed an mbox.
         Role::Victim => vec![
             // Trailers are stripped before conntrack and TCP see the segment.
-            chain(
-                "inbound",
-                Hook::Prerouting,
-                PRIO_RAW,
-                "victim: stamped traffic, trailer stripped before conntrack",
-                Field::Dst,
-                sel,
-                q,
+            skip_loopback(
+                chain(
+                    "inbound",
+                    Hook::Prerouting,
+                    PRIO_RAW,
+                    "victim: stamped traffic, trailer stripped before conntrack",
+                    Field::Dst,
+                    sel,
+                    q,
+                ),
+                Field::Src,
             ),
             // Conntrack's output hook (-200) has run, so it never sees the appended feedback.
-            chain(
-                "outbound",
-                Hook::Postrouting,
-                PRIO_FILTER,
-                "victim: replies, feedback appended after conntrack",
-                Field::Src,
-                sel,
-                q,
+            skip_loopback(
+                chain(
+                    "outbound",
+                    Hook::Postrouting,
+                    PRIO_FILTER,
+                    "victim: replies, feedback appended after conntrack",
+                    Field::Src,
+                    sel,
+                    q,
+                ),
+                Field::Dst,
             ),
         ],
     };
@@ -143,6 +150,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
                 prefix: any.parse::<Prefix>().expect("a valid zero-length prefix"),
                 addr_field: Field::Dst,
                 l4: L4Match::IcmpType(kind),
+                skip_loopback: None,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
@@ -158,6 +166,15 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
         comment: "mbox: forwarded ICMP errors, capabilities cut out of what they quote".to_owned(),
         rules,
     });
+}
+
+/// Make every rule of `c` leave alone what arrives on loopback (`Src`) or leaves by it
+/// (`Dst`).
+fn skip_loopback(mut c: ChainSpec, side: Field) -> ChainSpec {
+    for r in &mut c.rules {
+        r.skip_loopback = Some(side);
+    }
+    c
 }
 
 /// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
@@ -187,6 +204,7 @@ fn chain(
                         field: side,
                         ports: *range,
                     },
+                    skip_loopback: None,
                     queue: *q,
                     comment: format!(
                         "mpolice {name}: {} {dir} {prefix} port {range}",

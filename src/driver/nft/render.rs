@@ -83,6 +83,11 @@ fn rule_match(rule: &RuleSpec) -> String {
             rule.prefix
         )
     };
+    let addr = match rule.skip_loopback {
+        Some(Field::Src) => format!("iif != \"lo\" {addr}"),
+        Some(Field::Dst) => format!("oif != \"lo\" {addr}"),
+        None => addr,
+    };
     match rule.l4 {
         L4Match::Ports {
             proto,
@@ -205,10 +210,10 @@ table inet mpolice {
 \t# victim: stamped traffic, trailer stripped before conntrack
 \tchain inbound {
 \t\ttype filter hook prerouting priority -300; policy accept;
-\t\tip daddr 198.18.2.0/24 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100\"
-\t\tip daddr 198.18.2.0/24 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 198.18.2.0/24 port 53\"
-\t\tip6 daddr 2001:2:0:2::5 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 2001:2:0:2::5 port 8000-8100\"
-\t\tip6 daddr 2001:2:0:2::5 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 2001:2:0:2::5 port 53\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 198.18.2.0/24 port 53\"
+\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 2001:2:0:2::5 port 8000-8100\"
+\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 2001:2:0:2::5 port 53\"
 \t}
 
 \t# victim: replies, feedback appended after conntrack
@@ -216,9 +221,9 @@ table inet mpolice {
 \t\ttype filter hook postrouting priority 0; policy accept;
 ";
         assert!(text.starts_with(expected), "{text}");
-        assert!(
-            text.contains("\t\tip6 saddr 2001:2:0:2::5 udp sport 53 queue flags bypass num 0-1")
-        );
+        assert!(text.contains(
+            "\t\toif != \"lo\" ip6 saddr 2001:2:0:2::5 udp sport 53 queue flags bypass num 0-1"
+        ));
         assert!(text.ends_with("\t}\n}\n"));
     }
 
@@ -253,7 +258,7 @@ table inet mpolice {
         };
         let text = render_accept(&plan(Role::Victim, &sel, &q));
         assert!(
-            text.contains("\t\tmeta nfproto ipv6 udp dport 9 accept comment"),
+            text.contains("\t\tiif != \"lo\" meta nfproto ipv6 udp dport 9 accept comment"),
             "{text}"
         );
     }

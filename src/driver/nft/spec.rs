@@ -112,6 +112,9 @@ pub struct RuleSpec {
     pub prefix: Prefix,
     pub addr_field: Field,
     pub l4: L4Match,
+    /// Leave loopback traffic alone: arriving on it (`Src`, iif) or leaving by it (`Dst`,
+    /// oif). The host's own traffic needs no policing and may exceed the copy range.
+    pub skip_loopback: Option<Field>,
     pub queue: QueueTarget,
     pub comment: String,
 }
