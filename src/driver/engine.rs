@@ -155,8 +155,12 @@ impl StageFactory {
             .tunnel
             .clone()
             .map(|t| {
-                let keys = KeyWatch::load(&t.key_file, settings.period, Instant::now())
-                    .context("tunnel.key_file")?;
+                let keys = KeyWatch::load(
+                    &t.key_file,
+                    "tunnel.key_file",
+                    settings.period,
+                    Instant::now(),
+                )?;
                 anyhow::Ok((t, keys))
             })
             .transpose()?;
@@ -166,7 +170,12 @@ impl StageFactory {
                     .key_file
                     .clone()
                     .context("capabilities.key_file is required on the mbox")?;
-                let keys = KeyWatch::load(&path, settings.period, Instant::now())?;
+                let keys = KeyWatch::load(
+                    &path,
+                    "capabilities.key_file",
+                    settings.period,
+                    Instant::now(),
+                )?;
                 let victim_ifindexes = victim_links(&settings, cfg)?;
                 check_path_mtu(&settings, cfg, &victim_ifindexes, "the route to")?;
                 StageFactory::Mbox {

@@ -1,5 +1,5 @@
-//! The mbox's key file: loaded at start, reloaded when its content changes, so keys
-//! rotate without a restart.
+//! A key file (the mbox's MAC keys, or the tunnel keys mbox and victim share): loaded at
+//! start, reloaded when its content changes, so keys rotate without a restart.
 //!
 //! Rotation with overlap: whenever a ring with a previous key is loaded (a key file of
 //! two lines: previous, then current), the previous key still verifies for one detection
@@ -10,9 +10,10 @@
 //! check (regular file, owner root or our effective user, no group or other bits) is made
 //! on the open file that is then read, so it cannot be swapped in between. The text is
 //! read into one buffer of its final size that is zeroed when dropped; parsing borrows
-//! from it (the key bytes it decodes are zeroed by `Key::from_bytes`). Only a change of content reloads: the SHA-256 of the bytes
-//! in force is kept, so a file rewritten unchanged (or only touched) is neither reloaded
-//! nor logged, and its previous key keeps its original expiry.
+//! from it (the key bytes it decodes are zeroed by `Key::from_bytes`). Only a change of
+//! content reloads: the SHA-256 of the bytes in force is kept, so a file rewritten
+//! unchanged (or only touched) is neither reloaded nor logged, and its previous key keeps
+//! its original expiry.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -75,7 +76,9 @@ struct Expiry {
 
 /// Watches the key file and publishes its rings to the workers.
 pub struct KeyWatch {
+    /// The file, and the config key that names it (in every message about it).
     path: PathBuf,
+    key: &'static str,
     /// The file as last read; the next tick reads it again only if this moved.
     seen: Option<Stamp>,
     /// Digest of the content in force: the same bytes never reload.
@@ -89,12 +92,19 @@ pub struct KeyWatch {
 }
 
 impl KeyWatch {
-    /// Load the key file at `path`; a previous key in it expires one `period` from `now`.
-    pub fn load(path: &Path, period: Duration, now: Instant) -> Result<KeyWatch> {
-        let (text, stamp) = read_secret(path)?;
-        let (ring, expiry) = parse(path, &text, now + period)?;
+    /// Load the key file at `path`, named by config key `key`; a previous key in it
+    /// expires one `period` from `now`.
+    pub fn load(
+        path: &Path,
+        key: &'static str,
+        period: Duration,
+        now: Instant,
+    ) -> Result<KeyWatch> {
+        let (text, stamp) = read_secret(path, key)?;
+        let (ring, expiry) = parse(path, key, &text, now + period)?;
         Ok(KeyWatch {
             path: path.to_path_buf(),
+            key,
             seen: Some(stamp),
             digest: Sha256::digest(&*text).into(),
             period,
@@ -126,24 +136,25 @@ impl KeyWatch {
             }
         }
         if let Some(e) = self.expiry.take_if(|e| now >= e.at) {
-            tracing::info!("key id {} no longer verifies", e.previous_id);
+            tracing::info!("{}: key id {} no longer verifies", self.key, e.previous_id);
             self.shared.replace(e.without_previous);
         }
     }
 
     /// Read the file and publish its ring if the content differs from the one in force.
     fn reload(&mut self, now: Instant) -> Result<()> {
-        let (text, stamp) = read_secret(&self.path)?;
+        let (text, stamp) = read_secret(&self.path, self.key)?;
         let digest: ContentDigest = Sha256::digest(&*text).into();
         if digest != self.digest {
-            let (ring, expiry) = parse(&self.path, &text, now + self.period)?;
+            let (ring, expiry) = parse(&self.path, self.key, &text, now + self.period)?;
             let (id, _) = ring.current();
             match ring.previous_id() {
                 Some(prev) => tracing::info!(
-                    "key file reloaded: signing with key id {id}; key id {prev} still verifies for {:?}",
+                    "{} reloaded: signing with key id {id}; key id {prev} still verifies for {:?}",
+                    self.key,
                     self.period
                 ),
-                None => tracing::info!("key file reloaded: signing with key id {id}"),
+                None => tracing::info!("{} reloaded: signing with key id {id}", self.key),
             }
             self.shared.replace(ring);
             self.expiry = expiry;
@@ -159,8 +170,13 @@ impl KeyWatch {
 
 /// Parse the key file's bytes into the ring to use now and, if it has a previous key,
 /// the ring without it to publish at `expire_at`.
-fn parse(path: &Path, text: &[u8], expire_at: Instant) -> Result<(KeyRing, Option<Expiry>)> {
-    let what = || format!("capabilities.key_file {}", path.display());
+fn parse(
+    path: &Path,
+    key: &str,
+    text: &[u8],
+    expire_at: Instant,
+) -> Result<(KeyRing, Option<Expiry>)> {
+    let what = || format!("{key} {}", path.display());
     let text = std::str::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", what()))?;
     let ring_of = || KeyRing::parse(text).map_err(|e| anyhow!("{}: {e}", what()));
     let ring = ring_of()?;
@@ -181,8 +197,8 @@ fn parse(path: &Path, text: &[u8], expire_at: Instant) -> Result<(KeyRing, Optio
 
 /// Read the key file through one handle that does not follow a symlink, refusing
 /// anything but a regular file of ours that only its owner can read.
-fn read_secret(path: &Path) -> Result<(Zeroizing<Vec<u8>>, Stamp)> {
-    let what = || format!("capabilities.key_file {}", path.display());
+fn read_secret(path: &Path, key: &str) -> Result<(Zeroizing<Vec<u8>>, Stamp)> {
+    let what = || format!("{key} {}", path.display());
     let mut file = OpenOptions::new()
         .read(true)
         // O_NONBLOCK: opening a FIFO must not hang the engine (it is refused below);
@@ -260,9 +276,14 @@ mod tests {
     }
 
     fn load_err(path: &Path) -> String {
-        let e = KeyWatch::load(path, Duration::from_secs(4), Instant::now())
-            .err()
-            .expect("refused");
+        let e = KeyWatch::load(
+            path,
+            "capabilities.key_file",
+            Duration::from_secs(4),
+            Instant::now(),
+        )
+        .err()
+        .expect("refused");
         format!("{e:#}")
     }
 
@@ -279,7 +300,8 @@ mod tests {
         let (k1, k2) = (generate_key_line(1).unwrap(), generate_key_line(2).unwrap());
         write(&path, std::slice::from_ref(&k1), 0o600);
         let t0 = Instant::now();
-        let mut w = KeyWatch::load(&path, Duration::from_secs(4), t0).unwrap();
+        let mut w =
+            KeyWatch::load(&path, "capabilities.key_file", Duration::from_secs(4), t0).unwrap();
         assert_eq!(ids(&w), (1, None));
         // Rewritten in place at once, likely within one time stamp granule.
         write(&path, &[k1, k2], 0o600);
@@ -297,7 +319,8 @@ mod tests {
         let path = temp("broken");
         write(&path, &[generate_key_line(3).unwrap()], 0o600);
         let t0 = Instant::now();
-        let mut w = KeyWatch::load(&path, Duration::from_secs(4), t0).unwrap();
+        let mut w =
+            KeyWatch::load(&path, "capabilities.key_file", Duration::from_secs(4), t0).unwrap();
         write(&path, &["3 nothex".to_string()], 0o600);
         w.tick(t0);
         assert_eq!(ids(&w), (3, None));
@@ -315,7 +338,8 @@ mod tests {
         let lines = [generate_key_line(1).unwrap(), generate_key_line(2).unwrap()];
         write(&path, &lines, 0o600);
         let t0 = Instant::now();
-        let mut w = KeyWatch::load(&path, Duration::from_secs(4), t0).unwrap();
+        let mut w =
+            KeyWatch::load(&path, "capabilities.key_file", Duration::from_secs(4), t0).unwrap();
         let mut reader = w.shared().reader(RunId::from_bytes([0; 16]));
         let before: *const KeyRing = reader.ring();
         let touch = |secs| {
@@ -344,7 +368,8 @@ mod tests {
         let path = temp("granule");
         write(&path, &[generate_key_line(1).unwrap()], 0o600);
         let t0 = Instant::now();
-        let mut w = KeyWatch::load(&path, Duration::from_secs(4), t0).unwrap();
+        let mut w =
+            KeyWatch::load(&path, "capabilities.key_file", Duration::from_secs(4), t0).unwrap();
         write(&path, &[generate_key_line(2).unwrap()], 0o600);
         // As on a file system with coarse time stamps: the stamp did not move.
         w.seen = Some(Stamp::of(&std::fs::metadata(&path).unwrap()));
