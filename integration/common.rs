@@ -9,14 +9,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mpolice"))
 }
 
-/// Skip (pass with a note) when not root: namespaces and NFQUEUE need CAP_NET_ADMIN.
+/// Whether this root test may run (see `testbed::root_tests_may_run`).
 pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
-    if !ok {
-        eprintln!("skipped: needs root");
-    }
-    ok
+    mpolice::testbed::root_tests_may_run()
 }
 
 /// Tests run one at a time: each pushes the 2 CPUs hard, and a neighbour's load would

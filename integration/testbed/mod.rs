@@ -29,6 +29,26 @@ pub use traffic::{
     iperf3_tcp, sha256, upload, wait_listening,
 };
 
+/// The environment variable that makes a test needing root fail instead of skipping
+/// when the run is not root (`.ci/run` sets it, so no kernel test passes unrun).
+pub const REQUIRE_ROOT_TESTS: &str = "MPOLICE_REQUIRE_ROOT_TESTS";
+
+/// Whether a test that needs root (namespaces, NFQUEUE, nftables) may run: true as root;
+/// otherwise it says it is skipped and returns false, or fails the test when
+/// [`REQUIRE_ROOT_TESTS`] is set.
+pub fn root_tests_may_run() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_ROOT_TESTS).is_none(),
+        "this test needs root, and {REQUIRE_ROOT_TESTS} is set: run the tests as root"
+    );
+    eprintln!("skipped: needs root (set {REQUIRE_ROOT_TESTS} to make this a failure)");
+    false
+}
+
 /// The victim's IPv4 address.
 pub const VICTIM_V4: &str = "198.18.2.2";
 /// The victim's IPv6 address.

@@ -1,15 +1,10 @@
-//! Helpers every root test of the driver shares (test builds only): the root check,
-//! running a command, entering a network namespace on a thread, dropping CAP_NET_ADMIN.
+//! Helpers every root test of the driver shares (test builds only): running a command,
+//! entering a network namespace on a thread, dropping CAP_NET_ADMIN. Whether a root test
+//! may run at all: `crate::testbed::root_tests_may_run`.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::process::Command;
-
-/// Return true when the tests may create namespaces.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// Run a command; return its stdout, or fail with its stderr on a non-zero exit.
 pub fn run(args: &[&str]) -> io::Result<String> {

@@ -1016,3 +1016,123 @@ fn in_tunnel_mode_feedback_travels_in_datagrams_of_its_own() {
         assert_eq!(path.mbox_p.cap_counters().rejected["replayed"], 1);
     }
 }
+
+/// The capability a stamped packet carries (its last `wire_len` bytes).
+fn capability_of(stamped: &[u8]) -> Vec<u8> {
+    let len = wire_len(stamped[0] >> 4 == 6);
+    stamped[stamped.len() - len..].to_vec()
+}
+
+/// An ACK from `server` to `client` carrying `caps` as feedback, as a victim would send it.
+fn ack_with_feedback(server: &str, client: &str, caps: &[Vec<u8>]) -> Vec<u8> {
+    let n = u8::try_from(caps.len()).unwrap();
+    Builder::tcp(ip(server), ip(client), 8080, 40000)
+        .flags(tcp::ACK)
+        .reserved(Marker::feedback(n).unwrap().apply(0))
+        .payload(&caps.concat())
+        .build()
+}
+
+#[test]
+fn a_capability_returned_for_another_client_is_refused() {
+    let mut path = Path::new();
+    // Clients A and B both send; A's capability comes back on an ACK to B.
+    let mut a = data("198.18.1.2", "198.18.2.2", 10);
+    let mut b = data("198.18.1.3", "198.18.2.2", 10);
+    path.mbox(&mut a, 0);
+    path.mbox(&mut b, 0);
+    let mut fb = ack_with_feedback("198.18.2.2", "198.18.1.3", &[capability_of(&a)]);
+    assert_eq!(path.mbox(&mut fb, 10), Verdict::AcceptModified, "stripped");
+    let c = path.mbox_p.cap_counters();
+    assert_eq!((c.returned, c.rejected.get("wrong_sender")), (0, Some(&1)));
+}
+
+#[test]
+fn a_capability_of_another_mbox_with_the_same_key_is_refused() {
+    let t0 = Instant::now();
+    let shared = keys();
+    let mut issuer = mbox_pipeline(selection(), &shared, t0, RUN);
+    // Same key, same run (so the MAC verifies), another mbox id.
+    let other = CapSettings {
+        mbox_id: 10,
+        ..settings()
+    };
+    let m = Mbox::new(&other, &shared, t0, RUN, vec![MBOX_IF]);
+    let mut receiver = Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Mbox(m)));
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+    through(&mut issuer, &mut pkt, t0);
+    let mut own = data("198.18.1.2", "198.18.2.2", 10);
+    through(&mut receiver, &mut own, t0); // the receiver knows the sender
+    let mut fb = ack_with_feedback("198.18.2.2", "198.18.1.2", &[capability_of(&pkt)]);
+    through(&mut receiver, &mut fb, t0 + Duration::from_millis(10));
+    let c = receiver.cap_counters();
+    assert_eq!((c.returned, c.rejected.get("wrong_mbox")), (0, Some(&1)));
+}
+
+#[test]
+fn a_capability_from_before_the_senders_period_is_refused_even_when_fresh() {
+    // One sender slot: A is evicted by B and comes back with a new period while its
+    // old capability, issued before, is still fresh. Only the period tells.
+    let s = CapSettings {
+        max_senders: 1,
+        ..settings()
+    };
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let m = Mbox::new(&s, &keys(), t0, RUN, vec![MBOX_IF]);
+    let mut mbox = Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Mbox(m)));
+    let mut old = data("198.18.1.2", "198.18.2.2", 10);
+    through(&mut mbox, &mut old, at(0));
+    through(
+        &mut mbox,
+        &mut data("198.18.1.3", "198.18.2.2", 10),
+        at(100),
+    );
+    through(
+        &mut mbox,
+        &mut data("198.18.1.2", "198.18.2.2", 10),
+        at(200),
+    );
+    let mut fb = ack_with_feedback("198.18.2.2", "198.18.1.2", &[capability_of(&old)]);
+    through(&mut mbox, &mut fb, at(300));
+    let c = mbox.cap_counters();
+    assert_eq!((c.returned, c.rejected.get("wrong_period")), (0, Some(&1)));
+}
+
+#[test]
+fn feedback_of_two_and_three_capabilities_counts_each_exactly() {
+    for (n, bad) in [(2usize, 1usize), (3, 1), (3, 2)] {
+        let mut path = Path::new();
+        let mut caps = Vec::new();
+        for _ in 0..n {
+            let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+            path.mbox(&mut pkt, 0);
+            caps.push(capability_of(&pkt));
+        }
+        // One forged (a MAC bit flipped) among good ones.
+        let last = caps[bad].len() - 1;
+        caps[bad][last] ^= 1;
+        let sent = ack("198.18.2.2", "198.18.1.2");
+        let mut fb = ack_with_feedback("198.18.2.2", "198.18.1.2", &caps);
+        assert_eq!(path.mbox(&mut fb, 10), Verdict::AcceptModified);
+        assert_eq!(fb, sent, "{n} stripped whole");
+        let c = path.mbox_p.cap_counters();
+        assert_eq!(
+            (c.returned, c.rejected.get("bad_mac"), c.feedback_stripped),
+            (n as u64 - 1, Some(&1), 1),
+            "{n} capabilities, #{bad} forged"
+        );
+        // The same trailer again: the good ones are replays now, the forged one still forged.
+        let mut again = ack_with_feedback("198.18.2.2", "198.18.1.2", &caps);
+        path.mbox(&mut again, 20);
+        let c = path.mbox_p.cap_counters();
+        assert_eq!(
+            (
+                c.returned,
+                c.rejected.get("replayed"),
+                c.rejected.get("bad_mac")
+            ),
+            (n as u64 - 1, Some(&(n as u64 - 1)), Some(&2))
+        );
+    }
+}

@@ -1,11 +1,11 @@
 //! Root tests against the real kernel, each in its own throwaway namespace pair.
-//! Without root they print "skipped: needs root" and pass.
+//! Without root they are skipped, or fail where `MPOLICE_REQUIRE_ROOT_TESTS` is set.
 
 use std::io;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use super::testns::{ADDR_A, ADDR_B, NetnsPair, in_netns, is_root};
+use super::testns::{ADDR_A, ADDR_B, NetnsPair, in_netns};
 use super::{Incoming, Queue, QueueConfig, QueueError, Verdict, kernel_queue_stats};
 
 const PORT: u16 = 9;
@@ -13,8 +13,7 @@ const IPV4_UDP_HDRS: usize = 28;
 
 /// Return a pair with UDP port 9 queued to `num`, or None when not root.
 fn setup(num: u16) -> Option<NetnsPair> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !crate::testbed::root_tests_may_run() {
         return None;
     }
     let pair = NetnsPair::new().expect("create namespaces");

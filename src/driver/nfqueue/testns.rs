@@ -6,7 +6,7 @@
 
 use std::io;
 
-pub use crate::driver::testns::{in_netns, is_root, run};
+pub use crate::driver::testns::{in_netns, run};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Address of namespace `a` (the sender).

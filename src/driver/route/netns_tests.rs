@@ -1,5 +1,5 @@
 //! Root tests against the real kernel, each in its own throwaway namespaces.
-//! Without root they print "skipped: needs root" and pass.
+//! Without root they are skipped, or fail where `MPOLICE_REQUIRE_ROOT_TESTS` is set.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::testns::{
-    CLIENT4, CLIENT6, DEV, GW4, GW6, HOST4, HOST6, Testbed, drop_net_admin, in_netns, is_root,
+    CLIENT4, CLIENT6, DEV, GW4, GW6, HOST4, HOST6, Testbed, drop_net_admin, in_netns,
 };
 use super::{AdvmssGuard, AdvmssRoute, RouteError, set_advmss};
 
@@ -26,8 +26,7 @@ fn route(prefix: &str, advmss: u16) -> AdvmssRoute {
 
 /// Return a testbed, or None (after saying so) when not root.
 fn setup(default_route: bool) -> Option<Testbed> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !crate::testbed::root_tests_may_run() {
         return None;
     }
     Some(Testbed::new(default_route).expect("create namespaces"))

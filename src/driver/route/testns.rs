@@ -8,7 +8,7 @@
 
 use std::io;
 
-pub use crate::driver::testns::{drop_net_admin, in_netns, is_root, run};
+pub use crate::driver::testns::{drop_net_admin, in_netns, run};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The gateway's addresses on the shared link, seen from the host under test.
