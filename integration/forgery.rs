@@ -5,9 +5,11 @@
 //! trailer, and none raises (or lowers) the mbox's count of returned capabilities, which
 //! is what the sender's measured delivery is computed from. Root only.
 //!
-//! The mbox runs with a 60 s detection period (Th_rtt stays at its 1 s default), so the
-//! whole test lies in one period of each sender: a replay is then `replayed` and a late
-//! one `stale`, never `wrong_period` by the luck of where a period boundary fell.
+//! The mbox runs with a 60 s detection period, so the whole test lies in one period of
+//! each sender: a replay is then `replayed` and a late one `stale`, never `wrong_period`
+//! by the luck of where a period boundary fell. Th_rtt is 5 s, above the longest wait of
+//! the harness (3 s for the engines to be quiet), so real feedback is never late by the
+//! load of the machine; the test waits it out where it wants a capability late.
 
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -257,6 +259,9 @@ impl Bed {
     }
 }
 
+/// Th_rtt of the mbox in these tests.
+const RTT: Duration = Duration::from_secs(5);
+
 /// Build the testbed, start both engines and a web server, and download a file over
 /// IPv4 and IPv6, so the mbox knows the client and has had capabilities returned.
 fn bed(prefix: &str) -> Bed {
@@ -268,7 +273,10 @@ fn bed(prefix: &str) -> Bed {
         .with_capabilities(&tb, "mbox")
         .unwrap();
     if let Some(c) = mcfg.capabilities.as_mut() {
-        c.push_str("period_ms = 60000\nper_period = 1024\n");
+        c.push_str(&format!(
+            "period_ms = 60000\nrtt_ms = {}\nper_period = 1024\n",
+            RTT.as_millis()
+        ));
     }
     let victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &vcfg).unwrap();
     let mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mcfg).unwrap();
@@ -627,7 +635,7 @@ fn forged_replayed_stale_truncated_and_misplaced_capabilities_are_refused_and_co
         );
         check_returned(&s, true, "the original feedback");
         b = s;
-        std::thread::sleep(Duration::from_millis(1300).saturating_sub(issued_at.elapsed()));
+        std::thread::sleep((RTT + Duration::from_millis(300)).saturating_sub(issued_at.elapsed()));
         bed.inject(Host::Victim, &feedback);
         let s = bed.after(&b, 1, 1);
         let what = format!("{fam} feedback replayed after {:?}", issued_at.elapsed());

@@ -314,7 +314,9 @@ fn client_mss(tb: &Testbed, host: &str, port: u16) -> u32 {
 }
 
 /// Capture the first SYN-ACK the host sends while `connect` runs; return tcpdump's text.
-fn capture_syn_ack(tb: &Testbed, v6: bool, connect: impl FnOnce()) -> Option<String> {
+/// tcpdump is a test dependency (installed by `integration/install-deps.sh`): without it
+/// the test fails.
+fn capture_syn_ack(tb: &Testbed, v6: bool, connect: impl FnOnce()) -> String {
     let filter = if v6 {
         "ip6 and tcp and ip6[53] & 0x12 == 0x12"
     } else {
@@ -328,21 +330,17 @@ fn capture_syn_ack(tb: &Testbed, v6: bool, connect: impl FnOnce()) -> Option<Str
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let Ok(mut child) = spawned else {
-        eprintln!("tcpdump not available: SYN-ACK capture skipped");
-        return None;
-    };
+    let mut child = spawned.expect("run tcpdump (integration/install-deps.sh installs it)");
     // tcpdump says "listening on ..." once its filter is attached.
     let mut err = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
         line.clear();
     }
-    if !line.contains("listening on") {
-        let _ = child.wait();
-        eprintln!("tcpdump did not start: SYN-ACK capture skipped");
-        return None;
-    }
+    assert!(
+        line.contains("listening on"),
+        "tcpdump did not start: {line}"
+    );
     connect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
@@ -356,7 +354,7 @@ fn capture_syn_ack(tb: &Testbed, v6: bool, connect: impl FnOnce()) -> Option<Str
         .take()
         .expect("stdout")
         .read_to_string(&mut out);
-    Some(out)
+    out
 }
 
 /// Check the SYN-ACK from the host to a client in the prefix carries the MSS.
@@ -377,20 +375,15 @@ fn check_syn_ack_mss(v6: bool) {
     assert!(plain > 1400 && plain <= full, "mss without advmss: {plain}");
     let guard = set_in(&tb, &[route(prefix, 1400)]).expect("set advmss");
     let mut lowered = 0;
-    let dump = capture_syn_ack(&tb, v6, || lowered = client_mss(&tb, host, port));
-    if dump.is_none() {
-        lowered = client_mss(&tb, host, port);
-    }
+    let text = capture_syn_ack(&tb, v6, || lowered = client_mss(&tb, host, port));
     // 1400 advertised; 1388 once 12 bytes of timestamps are taken off.
     assert!(
         (1388..=1400).contains(&lowered),
         "mss with advmss 1400: {lowered}"
     );
-    if let Some(text) = dump {
-        assert!(text.contains("Flags [S.]"), "{text}");
-        assert!(text.contains(&format!("> {client}.")), "{text}");
-        assert!(text.contains("mss 1400"), "{text}");
-    }
+    assert!(text.contains("Flags [S.]"), "{text}");
+    assert!(text.contains(&format!("> {client}.")), "{text}");
+    assert!(text.contains("mss 1400"), "{text}");
     drop(guard);
     assert_eq!(client_mss(&tb, host, port), plain);
 }
