@@ -13,8 +13,6 @@
 
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -302,90 +300,6 @@ fn bed(prefix: &str) -> Bed {
     Bed { tb, mbox, victim }
 }
 
-/// tcpdump of whole packets (snap length 0) that stops after the first match.
-struct OnePacket {
-    child: Child,
-    file: PathBuf,
-}
-
-impl OnePacket {
-    fn start(tb: &Testbed, host: Host, iface: &str, filter: &str) -> Result<OnePacket> {
-        let file = tb.workdir().join(format!("one-{iface}.pcap"));
-        let log = tb.workdir().join(format!("one-{iface}.log"));
-        let f = file.to_str().context("path is not UTF-8")?;
-        let child = tb
-            .command(
-                host,
-                &[
-                    "tcpdump",
-                    "--immediate-mode",
-                    "-i",
-                    iface,
-                    "-s",
-                    "0",
-                    "-U",
-                    "-n",
-                    "-c",
-                    "1",
-                    "-w",
-                    f,
-                    filter,
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("start tcpdump")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&log)?.contains("listening on") {
-            if Instant::now() > deadline {
-                bail!("tcpdump did not start: {}", std::fs::read_to_string(&log)?);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(OnePacket { child, file })
-    }
-
-    /// Wait (at most 5 s) for the packet; return its IP packet bytes.
-    fn packet(mut self) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("no packet matched within 5 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        first_ip_packet(&std::fs::read(&self.file)?)
-    }
-}
-
-impl Drop for OnePacket {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The IP packet in the first record of a pcap file of Ethernet frames.
-fn first_ip_packet(pcap: &[u8]) -> Result<Vec<u8>> {
-    let u32_at = |at: usize| -> Result<u32> {
-        let b = pcap.get(at..at + 4).context("pcap too short")?;
-        Ok(u32::from_le_bytes(b.try_into()?))
-    };
-    if ![0xa1b2_c3d4, 0xa1b2_3c4d].contains(&u32_at(0)?) {
-        bail!("not a little-endian pcap file");
-    }
-    if u32_at(20)? != 1 {
-        bail!("link type {} is not Ethernet", u32_at(20)?);
-    }
-    let (incl, orig) = (u32_at(24 + 8)? as usize, u32_at(24 + 12)? as usize);
-    if incl != orig {
-        bail!("captured {incl} of {orig} bytes");
-    }
-    let frame = pcap.get(40..40 + incl).context("pcap record cut short")?;
-    Ok(frame.get(14..).context("frame too short")?.to_vec())
-}
-
 /// Run `recv` in the victim's namespace; once it says it is ready, run `send`.
 fn receive_while<T: Send>(
     tb: &Testbed,
@@ -582,7 +496,7 @@ fn forged_replayed_stale_truncated_and_misplaced_capabilities_are_refused_and_co
         let marked = f
             .filter(PORT_REPLAY, "TCP12 & 0x0e != 0")
             .replace("dst port", "src port 8080 and tcp dst port");
-        let capture = OnePacket::start(tb, Host::Mbox, &m1, &marked).unwrap();
+        let capture = testbed::FirstPacket::start(tb, Host::Mbox, &m1, &marked).unwrap();
         let issued_at = Instant::now();
         bed.inject(
             Host::Client,

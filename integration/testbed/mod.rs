@@ -25,7 +25,7 @@ use crate::driver::nfqueue::parse_kernel_queue_stats;
 pub use engine::{EngineProcess, RoleConfig};
 pub use inject::inject;
 pub use traffic::{
-    Capture, HttpServer, ServedFile, UdpBurst, UdpSink, count_packets, download, in_netns,
+    Capture, FirstPacket, HttpServer, ServedFile, UdpBurst, UdpSink, count_packets, in_netns,
     iperf3_tcp, sha256, upload, wait_listening,
 };
 

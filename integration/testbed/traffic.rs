@@ -49,15 +49,31 @@ impl ServedFile {
     /// Download it with curl from the client through `addr` (a host or `[v6]`); fail
     /// unless the copy is identical. Return the seconds the download took.
     pub fn fetch(&self, tb: &Testbed, addr: &str) -> Result<f64> {
-        self.fetch_from(tb, Host::Client, addr)
+        self.fetch_from(tb, Host::Client, None, addr)
     }
 
-    /// The same from another host (the victim itself: a local health check).
-    pub fn fetch_from(&self, tb: &Testbed, host: Host, addr: &str) -> Result<f64> {
-        let got = tb.workdir().join("got.bin");
-        let secs = download(tb, host, &format!("http://{addr}:8080/f.bin"), &got)?;
-        let copy = sha256(&got)?;
-        if copy != self.sha256 {
+    /// The same from `host` (the victim itself: a local health check), from its local
+    /// address `source` if given (one client host acting as several clients).
+    pub fn fetch_from(
+        &self,
+        tb: &Testbed,
+        host: Host,
+        source: Option<&str>,
+        addr: &str,
+    ) -> Result<f64> {
+        let got = tb
+            .workdir()
+            .join(format!("got-{}.bin", source.unwrap_or("any")));
+        let out = got.to_str().context("path is not UTF-8")?;
+        let url = format!("http://{addr}:8080/f.bin");
+        let mut args = vec!["-o", out, &url];
+        if let Some(source) = source {
+            args.extend(["--interface", source]);
+        }
+        let t = Instant::now();
+        curl(tb, host, &args)?;
+        let secs = t.elapsed().as_secs_f64();
+        if sha256(&got)? != self.sha256 {
             bail!("the download through {addr} differs from the served file");
         }
         Ok(secs)
@@ -162,14 +178,6 @@ pub fn wait_listening(tb: &Testbed, host: Host, port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nothing listens on port {port} in {}", tb.ns(host))
-}
-
-/// Download `url` with curl from a host into `out`; return the seconds it took.
-pub fn download(tb: &Testbed, host: Host, url: &str, out: &Path) -> Result<f64> {
-    let out = out.to_str().context("path is not UTF-8")?;
-    let t = Instant::now();
-    curl(tb, host, &["-o", out, url])?;
-    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Run curl in a host's namespace: quiet but for errors, failing on HTTP errors, bounded
@@ -358,40 +366,7 @@ impl Capture {
     /// Start capturing headers (first 128 bytes) of every packet on `iface` in `host`.
     pub fn start(tb: &Testbed, host: Host, iface: &str) -> Result<Capture> {
         let file = tb.workdir().join(format!("{iface}.pcap"));
-        let log = tb.workdir().join(format!("{iface}.tcpdump.log"));
-        let f = file.to_str().context("path is not UTF-8")?;
-        let child = tb
-            .command(
-                host,
-                // Immediate mode: without it libpcap hands packets over in 1 s batches,
-                // and the last batch is lost when the capture stops.
-                &[
-                    "tcpdump",
-                    "-i",
-                    iface,
-                    "-s",
-                    "128",
-                    "-U",
-                    "--immediate-mode",
-                    "-n",
-                    "-w",
-                    f,
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .context("start tcpdump")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&log)?.contains("listening on") {
-            if Instant::now() > deadline {
-                bail!(
-                    "tcpdump on {iface} did not start: {}",
-                    std::fs::read_to_string(&log)?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = tcpdump(tb, host, iface, &["-s", "128"], &file)?;
         Ok(Capture { child, file })
     }
 
@@ -410,6 +385,97 @@ impl Drop for Capture {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Start tcpdump on `iface` in `host` writing to `file` with `args` (snap length, count,
+/// filter), and wait until its filter is attached.
+fn tcpdump(tb: &Testbed, host: Host, iface: &str, args: &[&str], file: &Path) -> Result<Child> {
+    let log = file.with_extension("log");
+    let f = file.to_str().context("path is not UTF-8")?;
+    // Immediate mode: without it libpcap hands packets over in 1 s batches, and the last
+    // batch is lost when the capture stops.
+    let mut argv = vec![
+        "tcpdump",
+        "-i",
+        iface,
+        "-U",
+        "--immediate-mode",
+        "-n",
+        "-w",
+        f,
+    ];
+    argv.extend_from_slice(args);
+    let child = tb
+        .command(host, &argv)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log)?)
+        .spawn()
+        .context("start tcpdump")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)?.contains("listening on") {
+        if Instant::now() > deadline {
+            bail!(
+                "tcpdump on {iface} did not start: {}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+/// The first whole packet on an interface that matches a tcpdump filter.
+pub struct FirstPacket {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl FirstPacket {
+    /// Start waiting for the first packet on `iface` in `host` that matches `filter`.
+    pub fn start(tb: &Testbed, host: Host, iface: &str, filter: &str) -> Result<FirstPacket> {
+        let file = tb.workdir().join(format!("first-{iface}.pcap"));
+        let child = tcpdump(tb, host, iface, &["-s", "0", "-c", "1", filter], &file)?;
+        Ok(FirstPacket { child, file })
+    }
+
+    /// Wait (at most 5 s) for the packet; return its IP packet bytes.
+    pub fn packet(mut self) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("no packet matched within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        first_ip_packet(&std::fs::read(&self.file)?)
+    }
+}
+
+impl Drop for FirstPacket {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The IP packet of the first record of a little-endian Ethernet pcap file, whole.
+fn first_ip_packet(pcap: &[u8]) -> Result<Vec<u8>> {
+    let u32_at = |at: usize| -> Result<u32> {
+        let b = pcap.get(at..at + 4).context("pcap too short")?;
+        Ok(u32::from_le_bytes(b.try_into()?))
+    };
+    if ![0xa1b2_c3d4, 0xa1b2_3c4d].contains(&u32_at(0)?) {
+        bail!("not a little-endian pcap file");
+    }
+    if u32_at(20)? != 1 {
+        bail!("link type {} is not Ethernet", u32_at(20)?);
+    }
+    let (incl, orig) = (u32_at(24 + 8)? as usize, u32_at(24 + 12)? as usize);
+    if incl != orig {
+        bail!("captured {incl} of {orig} bytes");
+    }
+    let frame = pcap.get(40..40 + incl).context("pcap record cut short")?;
+    Ok(frame.get(14..).context("frame too short")?.to_vec())
 }
 
 /// Count the packets of a pcap file that match a tcpdump filter.
