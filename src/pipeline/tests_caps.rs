@@ -1136,3 +1136,69 @@ fn feedback_of_two_and_three_capabilities_counts_each_exactly() {
         );
     }
 }
+
+#[test]
+fn a_packet_is_stamped_exactly_up_to_the_mtu() {
+    for (client, server) in CLIENT_SERVER {
+        let v6 = client.contains(':');
+        let headers = if v6 { 60 } else { 40 };
+        // Filling the MTU exactly once stamped: stamped; one byte more: not.
+        let fits = usize::from(MTU) - headers - wire_len(v6);
+        let mut path = Path::new();
+        let mut exact = data(client, server, fits);
+        assert_eq!(path.mbox(&mut exact, 0), Verdict::AcceptModified);
+        assert_eq!(exact.len(), usize::from(MTU));
+        let mut over = data(client, server, fits + 1);
+        assert_eq!(path.mbox(&mut over, 1), Verdict::Accept);
+        assert_eq!(path.mbox_p.cap_counters().too_big, 1);
+    }
+}
+
+#[test]
+fn periods_stay_aligned_to_the_first_packet_across_idle_periods() {
+    // P = 4 s, Th_rtt = 1 s. First packet at 0: periods are [0, 4), [4, 8), [8, 12) ...
+    let mut path = Path::new();
+    let stamped = |path: &mut Path, ms| {
+        let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
+        path.mbox(&mut pkt, ms) == Verdict::AcceptModified
+    };
+    assert!(stamped(&mut path, 0));
+    // Idle for two periods: at 10 s the period is [8, 12), stamped until 11 s.
+    assert!(stamped(&mut path, 10_000));
+    assert!(!stamped(&mut path, 11_500), "the last Th_rtt of [8, 12)");
+    assert!(stamped(&mut path, 12_100), "a new period");
+}
+
+#[test]
+fn the_victim_returns_two_and_three_capabilities_on_one_ack() {
+    for (client, server) in CLIENT_SERVER {
+        for n in [2u8, 3] {
+            let mut path = Path::new();
+            for i in 0..u64::from(n) {
+                let mut pkt = data(client, server, 10);
+                path.mbox(&mut pkt, i);
+                path.victim(&mut pkt, i);
+            }
+            let sent = ack(server, client);
+            let mut a = sent.clone();
+            assert_eq!(path.victim(&mut a, 5), Verdict::AcceptModified);
+            assert!(matches!(marker(&a), Marker::Feedback(k) if k.get() == n));
+            let v6 = client.contains(':');
+            assert_eq!(a.len(), sent.len() + usize::from(n) * wire_len(v6));
+            path.mbox(&mut a, 6);
+            assert_eq!(a, sent, "stripped whole");
+            assert_eq!(path.mbox_p.cap_counters().returned, u64::from(n));
+        }
+    }
+}
+
+#[test]
+fn a_tunnel_packet_off_the_mbox_link_is_a_bypass() {
+    let mut path = tunnel_path();
+    let inner = data("198.18.1.2", "198.18.2.2", 100);
+    let mut w = wrapped(&inner, ("198.18.2.1", "198.18.2.2"), &tunnel_ring(11));
+    let now = path.at(1);
+    let v = through_links(&mut path.victim_p, &mut w, now, (DIRECT_IF, 0));
+    assert_eq!(v, Verdict::Drop(Reason::Bypassed));
+    assert_eq!(path.victim_p.cap_counters().tunneled, 0);
+}

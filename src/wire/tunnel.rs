@@ -205,6 +205,31 @@ mod tests {
     }
 
     #[test]
+    fn the_outer_header_carries_the_inner_traffic_class() {
+        for (c, v, m) in [
+            ("198.18.1.2", "198.18.2.2", "198.18.2.1"),
+            ("2001:2:0:1::2", "2001:2:0:2::2", "2001:2:0:2::1"),
+        ] {
+            let v6 = c.contains(':');
+            let mut pkt = Builder::tcp(ip(c), ip(v), 40000, 8080).build();
+            // DSCP EF (46) with ECT(0): every bit of the byte must cross.
+            let tc = (46 << 2) | 0x02;
+            if v6 {
+                pkt[0] = 0x60 | (tc >> 4);
+                pkt[1] = (pkt[1] & 0x0f) | ((tc & 0x0f) << 4);
+            } else {
+                pkt[1] = tc;
+            }
+            let p = parse(&pkt).unwrap();
+            fill_checksums(&mut pkt, &p).unwrap();
+            let mut buf = pkt.clone();
+            let outer = encap_udp(&mut buf, &p, (ip(m), ip(v)), (1, 6081), &AUTH).unwrap();
+            assert_eq!(traffic_class(&buf, v6), tc, "v6 {v6}");
+            assert!(verify_checksums(&buf, &outer));
+        }
+    }
+
+    #[test]
     fn mixed_families_and_non_tunnels_are_refused() {
         let pkt = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 1, 2).build();
         let p = parse(&pkt).unwrap();
