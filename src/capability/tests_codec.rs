@@ -338,6 +338,9 @@ fn rotation_refuses_the_current_id_and_ids_over_15() {
     assert_eq!(ring.current().0, 1);
     assert_eq!(ring.previous_id(), None);
     assert!(KeyRing::new(16, kat_key()).is_err());
+    // 15, the largest id the nibble holds, is a valid id to rotate to.
+    ring.rotate(15, Key::from_bytes([4; KEY_LEN])).unwrap();
+    assert_eq!((ring.current().0, ring.previous_id()), (15, Some(1)));
     // Rotating back to the previous id is fine: that key is dropped.
     ring.rotate(2, Key::from_bytes([2; KEY_LEN])).unwrap();
     ring.rotate(1, Key::from_bytes([3; KEY_LEN])).unwrap();

@@ -67,7 +67,7 @@ fn key_id_zero_is_valid() {
 fn bad_files_name_the_line() {
     let short = &HEX_A[..62];
     let non_hex = format!("{}g", &HEX_A[..63]);
-    let cases: Vec<(String, KeyFileError, &str)> = vec![
+    let mut cases: Vec<(String, KeyFileError, &str)> = vec![
         (String::new(), KeyFileError::NoKey, "no key line"),
         ("# only\n\n".into(), KeyFileError::NoKey, "no key line"),
         (
@@ -105,19 +105,12 @@ fn bad_files_name_the_line() {
             "line 1: key id 16 is over 15",
         ),
         (
-            format!("x {HEX_A}"),
-            KeyFileError::BadId { line: 1 },
-            "line 1: key id is not a number",
-        ),
-        (
-            format!("-1 {HEX_A}"),
-            KeyFileError::BadId { line: 1 },
-            "line 1: key id is not a number",
-        ),
-        (
-            format!("99999999999 {HEX_A}"),
-            KeyFileError::BadId { line: 1 },
-            "line 1: key id is not a number",
+            format!("999999999 {HEX_A}"),
+            KeyFileError::IdTooLarge {
+                line: 1,
+                id: 999_999_999,
+            },
+            "line 1: key id 999999999 is over 15",
         ),
         (
             HEX_A.into(),
@@ -135,6 +128,14 @@ fn bad_files_name_the_line() {
             "line 3: a third key",
         ),
     ];
+    // Only plain decimal digits, at most 9 of them: no sign, no padding to 10.
+    for id in ["x", "-1", "+1", "0000000001", "99999999999"] {
+        cases.push((
+            format!("{id} {HEX_A}"),
+            KeyFileError::BadId { line: 1 },
+            "line 1: key id is not a number",
+        ));
+    }
     for (text, want, message) in cases {
         let got = KeyRing::parse(&text).err();
         assert_eq!(got, Some(want), "{text:?}");
@@ -162,6 +163,8 @@ fn debug_never_shows_key_bytes() {
         }
     }
     assert!(format!("{ring:?}").contains("Key(<redacted>)"));
+    let run = RunId::from_bytes([0xA5; 16]);
+    assert_eq!(format!("{run:?}"), "RunId(<redacted>)");
 }
 
 #[test]
@@ -179,6 +182,7 @@ fn generated_lines_parse_and_differ() {
     let ring = KeyRing::parse(&format!("{a}\n{b}\n")).unwrap();
     assert_eq!((ring.current().0, ring.previous_id()), (5, Some(4)));
     assert!(holds(&ring, 4, &a[2..]));
+    assert!(generate_key_line(15).unwrap().starts_with("15 "));
     assert!(generate_key_line(16).is_err());
 }
 

@@ -243,6 +243,19 @@ mod tests {
                 assert_eq!(Returned::decode(&lying), Err(CapError::BadFeedbackCount));
             }
         }
+        // Nor does the victim write a count the mbox would refuse.
+        for count in [0, MAX_FEEDBACK + 1] {
+            let caps = vec![0xAB; feedback_len(count, false)];
+            let r = Returned {
+                server: "198.18.2.2".parse().unwrap(),
+                client: "198.18.1.2".parse().unwrap(),
+                count,
+                caps: &caps,
+            };
+            let mut out = Vec::new();
+            assert_eq!(r.encode(&mut out), Err(CapError::BadFeedbackCount));
+            assert!(out.is_empty());
+        }
         assert_eq!(Returned::decode(&[0, 1, 0]), Err(CapError::Truncated));
         assert_eq!(Returned::decode(&[2, 1, 0, 0]), Err(CapError::BadFlags));
     }

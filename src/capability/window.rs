@@ -203,10 +203,25 @@ mod tests {
     }
 
     #[test]
+    fn an_age_of_half_the_clock_is_never_fresh() {
+        // Ages read as signed: 2^31 ms or more is the future, whatever Th_rtt allows.
+        for th_rtt in [HALF - 1, HALF, u32::MAX] {
+            assert_eq!(check_fresh(0, HALF - 1, th_rtt), Ok(()), "{th_rtt}");
+            assert_eq!(
+                check_fresh(0, HALF, th_rtt),
+                Err(CapError::Stale),
+                "{th_rtt}"
+            );
+        }
+    }
+
+    #[test]
     fn period_start_bounds_issue_time() {
         assert_eq!(check_period(4000, 4000), Ok(()));
         assert_eq!(check_period(4001, 4000), Ok(()));
         assert_eq!(check_period(3999, 4000), Err(CapError::WrongPeriod));
+        assert_eq!(check_period(HALF - 1, 0), Ok(()));
+        assert_eq!(check_period(HALF, 0), Err(CapError::WrongPeriod));
         assert_eq!(check_period(10, u32::MAX - 10), Ok(()));
         assert_eq!(check_period(u32::MAX - 10, 10), Err(CapError::WrongPeriod));
     }
