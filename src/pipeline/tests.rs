@@ -53,6 +53,20 @@ fn selected_traffic_passes_unchanged_both_ways_and_both_families() {
 }
 
 #[test]
+fn a_rewritten_packet_is_counted_as_modified() {
+    let [_, Some(mbox_stages), _] = super::tests_caps::every_stage() else {
+        panic!("the second stage set is the mbox's");
+    };
+    let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, Some(mbox_stages));
+    let pkt = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .payload(b"GET /")
+        .build();
+    let (v, _, c) = run(&mut p, PacketMeta::default(), &pkt);
+    assert_eq!(v, Verdict::AcceptModified, "stamped");
+    assert_eq!((c.accepted, c.modified, c.dropped), (0, 1, 0));
+}
+
+#[test]
 fn classify_tells_the_direction() {
     let sel = selection();
     let to = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080).build();

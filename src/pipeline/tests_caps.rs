@@ -144,9 +144,13 @@ fn ack(server: &str, client: &str) -> Vec<u8> {
 
 #[test]
 fn a_capability_goes_round_trip_over_ipv4_and_ipv6() {
-    for (client, server) in CLIENT_SERVER {
+    // With data, and on a bare ACK: its whole payload is then the capability.
+    for ((client, server), len) in CLIENT_SERVER
+        .into_iter()
+        .flat_map(|cs| [(cs, 100), (cs, 0)])
+    {
         let mut path = Path::new();
-        let sent = data(client, server, 100);
+        let sent = data(client, server, len);
         let mut pkt = sent.clone();
         assert_eq!(path.mbox(&mut pkt, 0), Verdict::AcceptModified);
         assert_eq!(pkt.len(), sent.len() + wire_len(sent[0] >> 4 == 6));
@@ -180,11 +184,17 @@ fn a_capability_goes_round_trip_over_ipv4_and_ipv6() {
     }
 }
 
-/// Stamp one packet and return the victim's ACK carrying its capability back.
-fn feedback_ack(path: &mut Path, at_ms: u64) -> Vec<u8> {
+/// Stamp a client's packet at the mbox and strip it at the victim, which keeps the
+/// capability for its next ACK.
+fn stamp_and_keep(path: &mut Path, at_ms: u64) {
     let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
     path.mbox(&mut pkt, at_ms);
     path.victim(&mut pkt, at_ms);
+}
+
+/// Stamp one packet and return the victim's ACK carrying its capability back.
+fn feedback_ack(path: &mut Path, at_ms: u64) -> Vec<u8> {
+    stamp_and_keep(path, at_ms);
     let mut a = ack("198.18.2.2", "198.18.1.2");
     path.victim(&mut a, at_ms);
     a
@@ -305,17 +315,27 @@ fn traffic_that_bypassed_the_mbox_is_dropped() {
 
 #[test]
 fn mss_is_clamped_so_trailers_fit_the_mtu() {
-    let mut path = Path::new();
-    for (client, server, header) in [
+    for ((client, server, header), tunnel) in [
         ("198.18.1.2", "198.18.2.2", 40u16),
         ("2001:2:0:1::2", "2001:2:0:2::2", 60),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|f| [(f, false), (f, true)])
+    {
+        let mut path = if tunnel { tunnel_path() } else { Path::new() };
         let cap = wire_len(header == 60) as u16;
+        // In the tunnel a stamped segment is wrapped too: its overhead comes off as well.
+        let wrap = if tunnel {
+            wire::tunnel::overhead(header == 60) as u16
+        } else {
+            0
+        };
         let mut syn = Builder::tcp(ip(client), ip(server), 40000, 8080)
             .flags(tcp::SYN)
             .mss(1460)
             .build();
-        path.victim(&mut syn, 0);
+        // Only a modified verdict makes the kernel send the clamped bytes.
+        assert_eq!(path.victim(&mut syn, 0), Verdict::AcceptModified);
         let p = wire::parse(&syn).unwrap();
         assert_eq!(
             wire::tcp_mss(&syn, &p),
@@ -326,11 +346,11 @@ fn mss_is_clamped_so_trailers_fit_the_mtu() {
             .flags(tcp::SYN | tcp::ACK)
             .mss(1460)
             .build();
-        path.victim(&mut synack, 0);
+        assert_eq!(path.victim(&mut synack, 0), Verdict::AcceptModified);
         let p = wire::parse(&synack).unwrap();
         assert_eq!(
             wire::tcp_mss(&synack, &p),
-            Some(MTU - header - cap),
+            Some(MTU - header - cap - wrap),
             "room for a stamp"
         );
         assert!(wire::verify_checksums(&synack, &p));
@@ -709,9 +729,7 @@ const DIRECT_IF: u32 = 8;
 #[test]
 fn feedback_leaves_only_towards_the_mbox() {
     let mut path = Path::new();
-    let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
-    path.mbox(&mut pkt, 0);
-    path.victim(&mut pkt, 0);
+    stamp_and_keep(&mut path, 0);
     // An asymmetric route: the ACK leaves by a direct link. Nothing there strips.
     let sent = ack("198.18.2.2", "198.18.1.2");
     let mut a = sent.clone();
@@ -1139,18 +1157,38 @@ fn feedback_of_two_and_three_capabilities_counts_each_exactly() {
 
 #[test]
 fn a_packet_is_stamped_exactly_up_to_the_mtu() {
-    for (client, server) in CLIENT_SERVER {
-        let v6 = client.contains(':');
-        let headers = if v6 { 60 } else { 40 };
-        // Filling the MTU exactly once stamped: stamped; one byte more: not.
-        let fits = usize::from(MTU) - headers - wire_len(v6);
-        let mut path = Path::new();
-        let mut exact = data(client, server, fits);
-        assert_eq!(path.mbox(&mut exact, 0), Verdict::AcceptModified);
-        assert_eq!(exact.len(), usize::from(MTU));
-        let mut over = data(client, server, fits + 1);
-        assert_eq!(path.mbox(&mut over, 1), Verdict::Accept);
-        assert_eq!(path.mbox_p.cap_counters().too_big, 1);
+    for tunnel in [false, true] {
+        for (client, server) in CLIENT_SERVER {
+            let v6 = client.contains(':');
+            let headers = if v6 { 60 } else { 40 };
+            let wrap = if tunnel {
+                wire::tunnel::overhead(v6)
+            } else {
+                0
+            };
+            // Filling the MTU exactly once stamped (and wrapped): stamped; one byte
+            // more: not stamped, and in the tunnel all the same.
+            let fits = usize::from(MTU) - headers - wire_len(v6) - wrap;
+            let mut path = if tunnel { tunnel_path() } else { Path::new() };
+            let mut exact = data(client, server, fits);
+            assert_eq!(path.mbox(&mut exact, 0), Verdict::AcceptModified);
+            assert_eq!(exact.len(), usize::from(MTU), "tunnel {tunnel}");
+            let mut over = data(client, server, fits + 1);
+            let wrapped = if tunnel {
+                Verdict::AcceptModified
+            } else {
+                Verdict::Accept
+            };
+            assert_eq!(path.mbox(&mut over, 1), wrapped, "tunnel {tunnel}");
+            assert_eq!(over.len(), usize::from(MTU) + 1 - wire_len(v6));
+            let c = path.mbox_p.cap_counters();
+            let n = u64::from(tunnel) * 2;
+            assert_eq!(
+                (c.issued, c.too_big, c.tunneled),
+                (1, 1, n),
+                "tunnel {tunnel}"
+            );
+        }
     }
 }
 
@@ -1201,4 +1239,66 @@ fn a_tunnel_packet_off_the_mbox_link_is_a_bypass() {
     let v = through_links(&mut path.victim_p, &mut w, now, (DIRECT_IF, 0));
     assert_eq!(v, Verdict::Drop(Reason::Bypassed));
     assert_eq!(path.victim_p.cap_counters().tunneled, 0);
+}
+
+#[test]
+fn only_datagrams_to_our_end_of_the_tunnel_are_taken_for_feedback() {
+    let mut path = tunnel_path();
+    // From the victim's link, to the tunnel port of another host or another port of
+    // ours: someone else's traffic, passed on, never consumed.
+    for (to, port) in [("198.18.1.9", 6081), ("198.18.2.1", 6082)] {
+        let d = Datagram {
+            to: SocketAddr::new(ip(to), port),
+            payload: vec![0; 64],
+        };
+        let mut pkt = datagram_packet(&d, "198.18.2.2");
+        let v = path.mbox(&mut pkt, 0);
+        assert_eq!(v, Verdict::Pass(Reason::Unselected), "{to}:{port}");
+    }
+    assert!(path.mbox_p.cap_counters().rejected.is_empty());
+}
+
+#[test]
+fn feedback_rides_only_acks() {
+    let mut path = Path::new();
+    stamp_and_keep(&mut path, 0);
+    // A reset without ACK leaves as it is; the capability waits for the next ACK.
+    let rst = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::RST)
+        .build();
+    let mut r = rst.clone();
+    assert_eq!((path.victim(&mut r, 5), &r), (Verdict::Accept, &rst));
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    assert_eq!(path.victim(&mut a, 6), Verdict::AcceptModified);
+    assert_eq!(path.victim_p.cap_counters().fed_back, 1);
+}
+
+#[test]
+fn a_full_queue_drops_its_oldest_capability_and_counts_it() {
+    let mut path = Path::new();
+    for _ in 0..settings().kept_per_sender + 2 {
+        stamp_and_keep(&mut path, 0);
+    }
+    assert_eq!(path.victim_p.cap_counters().overflow, 2);
+    // The next ACK returns the oldest still kept: capability ids 2, 3 and 4.
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    path.victim(&mut a, 5);
+    let ids: Vec<u8> = a[a.len() - 96..].chunks(32).map(|c| c[11]).collect();
+    assert_eq!(ids, [2, 3, 4]);
+}
+
+#[test]
+fn only_handshake_segments_have_their_mss_clamped() {
+    let mut path = Path::new();
+    // An MSS option outside a SYN means nothing to TCP: left as it is, both ways.
+    for (src, dst, ports) in [
+        ("198.18.1.2", "198.18.2.2", (40000, 8080)),
+        ("198.18.2.2", "198.18.1.2", (8080, 40000)),
+    ] {
+        let sent = Builder::tcp(ip(src), ip(dst), ports.0, ports.1)
+            .mss(1460)
+            .build();
+        let mut pkt = sent.clone();
+        assert_eq!((path.victim(&mut pkt, 0), &pkt), (Verdict::Accept, &sent));
+    }
 }
