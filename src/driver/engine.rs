@@ -6,6 +6,7 @@
 //! still queued, the queues unbind, and only then is the table deleted: unbinding a queue
 //! or unregistering a hook makes the kernel drop whatever is still queued.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use crate::capability::{RunId, wire_len};
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
-use crate::driver::route::{self, AdvmssGuard, AdvmssRoute};
+use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::Worker;
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
@@ -176,8 +177,15 @@ impl StageFactory {
                     settings.period,
                     Instant::now(),
                 )?;
-                let victim_ifindexes = victim_links(&settings, cfg)?;
-                check_path_mtu(&settings, cfg, &victim_ifindexes, "the route to")?;
+                let routes = routes_to_protected(&settings, cfg)?;
+                let victim_ifindexes = victim_links(&settings, &routes)?;
+                let mut limits = link_mtus(&victim_ifindexes)?;
+                limits.extend(
+                    routes
+                        .iter()
+                        .map(|(a, path)| (format!("the route to {a}"), path.mtu)),
+                );
+                check_path_mtu(&settings, limits)?;
                 StageFactory::Mbox {
                     victim_ifindexes,
                     settings,
@@ -197,7 +205,7 @@ impl StageFactory {
                     .iter()
                     .map(|name| ifindex("mbox_interfaces", name))
                     .collect::<Result<Vec<_>>>()?;
-                check_path_mtu(&settings, cfg, &mbox_ifindexes, "")?;
+                check_path_mtu(&settings, link_mtus(&mbox_ifindexes)?)?;
                 StageFactory::Victim {
                     settings,
                     mbox_ifindexes,
@@ -354,9 +362,27 @@ fn ifindex(key: &str, name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// How the kernel reaches each protected address now (one lookup each, at start).
+fn routes_to_protected(caps: &CapSettings, cfg: &Config) -> Result<Vec<(IpAddr, PathTo)>> {
+    cfg.protect
+        .addresses
+        .iter()
+        .map(|prefix| {
+            let path = route::path_to(prefix.addr()).map_err(|e| {
+                if caps.victim_interfaces.is_empty() {
+                    anyhow::anyhow!("capabilities.victim_interfaces: not set, and {e}; name them")
+                } else {
+                    anyhow::anyhow!("capabilities.path_mtu: {e}")
+                }
+            })?;
+            Ok((prefix.addr(), path))
+        })
+        .collect()
+}
+
 /// The mbox's links towards the protected servers: configured, or those the kernel
-/// routes the protected addresses by now.
-fn victim_links(caps: &CapSettings, cfg: &Config) -> Result<Vec<u32>> {
+/// routes the protected addresses by now (`routes`).
+fn victim_links(caps: &CapSettings, routes: &[(IpAddr, PathTo)]) -> Result<Vec<u32>> {
     if !caps.victim_interfaces.is_empty() {
         return caps
             .victim_interfaces
@@ -365,10 +391,7 @@ fn victim_links(caps: &CapSettings, cfg: &Config) -> Result<Vec<u32>> {
             .collect();
     }
     let mut links = Vec::new();
-    for prefix in &cfg.protect.addresses {
-        let path = route::path_to(prefix.addr()).map_err(|e| {
-            anyhow::anyhow!("capabilities.victim_interfaces: not set, and {e}; name them")
-        })?;
+    for (_, path) in routes {
         if !links.contains(&path.oif) {
             links.push(path.oif);
         }
@@ -379,23 +402,22 @@ fn victim_links(caps: &CapSettings, cfg: &Config) -> Result<Vec<u32>> {
     Ok(links)
 }
 
-/// Refuse a `path_mtu` above the MTU of the links stamped or fed-back packets take
-/// (`links`), or of the routes to the protected addresses (the mbox, `route` set).
-fn check_path_mtu(caps: &CapSettings, cfg: &Config, links: &[u32], route: &str) -> Result<()> {
-    let mut paths: Vec<(String, u32)> = Vec::new();
-    for &link in links {
-        let mtu = route::interface_mtu(link)
-            .with_context(|| format!("capabilities.path_mtu: no MTU for ifindex {link}"))?;
-        paths.push((format!("interface {link}"), mtu));
-    }
-    if !route.is_empty() {
-        for prefix in &cfg.protect.addresses {
-            let path = route::path_to(prefix.addr())
-                .map_err(|e| anyhow::anyhow!("capabilities.path_mtu: {e}"))?;
-            paths.push((format!("{route} {}", prefix.addr()), path.mtu));
-        }
-    }
-    if let Some((what, mtu)) = paths.into_iter().min_by_key(|(_, mtu)| *mtu)
+/// Each link's MTU, named for the operator.
+fn link_mtus(links: &[u32]) -> Result<Vec<(String, u32)>> {
+    links
+        .iter()
+        .map(|&link| {
+            let mtu = route::interface_mtu(link)
+                .with_context(|| format!("capabilities.path_mtu: no MTU for ifindex {link}"))?;
+            Ok((format!("interface {link}"), mtu))
+        })
+        .collect()
+}
+
+/// Refuse a `path_mtu` above the smallest of `limits`: the MTUs of the links and routes
+/// stamped or fed-back packets take.
+fn check_path_mtu(caps: &CapSettings, limits: Vec<(String, u32)>) -> Result<()> {
+    if let Some((what, mtu)) = limits.into_iter().min_by_key(|(_, mtu)| *mtu)
         && u32::from(caps.path_mtu) > mtu
     {
         bail!(

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since};
+use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since, open_tunnel};
 use crate::capability::{
     CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, RunId,
     SharedKeys, check_fresh, check_period, feedback_len, split_feedback, tunnel, wire_len,
@@ -140,18 +140,10 @@ impl Mbox {
             c.count_rejected("off_victim_link");
             return Some(Reason::Bypassed);
         }
-        let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
-            c.count_rejected("truncated");
-            return Some(Reason::TunnelUnauthenticated);
+        let body = match open_tunnel(buf, p, keys, tunnel::Kind::Feedback, c) {
+            Ok(body) => body,
+            Err(why) => return Some(why),
         };
-        match tunnel::open(auth, body, keys.ring()) {
-            Ok(tunnel::Kind::Feedback) => {}
-            Ok(tunnel::Kind::Packet) => return Some(Reason::TunnelNotProtected),
-            Err(e) => {
-                c.count_rejected(e.as_str());
-                return Some(Reason::TunnelUnauthenticated);
-            }
-        }
         let fb = match tunnel::Returned::decode(body) {
             Ok(fb) => fb,
             Err(e) => {

@@ -20,7 +20,7 @@ pub use mbox::Mbox;
 pub use verdict::{Reason, Verdict};
 pub use victim::{Victim, mss_with_room};
 
-use crate::capability::Marker;
+use crate::capability::{KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::stats::{CapCounters, QueueCounters};
@@ -177,6 +177,34 @@ fn clear_marker(buf: &mut [u8], p: &Parsed) -> Result<Parsed, Reason> {
     let bits = Marker::None.apply(wire::tcp_reserved(buf, p));
     wire::set_tcp_reserved(buf, p, bits).map_err(Reason::Malformed)
 }
+
+/// The body of the tunnel payload in `buf` if its header is of `kind` and its MAC checks
+/// under `keys`; otherwise why the packet is dropped (a MAC's cause counted as refused).
+fn open_tunnel<'a>(
+    buf: &'a [u8],
+    p: &Parsed,
+    keys: &mut KeyReader,
+    kind: tunnel::Kind,
+    c: &mut CapCounters,
+) -> Result<&'a [u8], Reason> {
+    let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
+        c.count_rejected("truncated");
+        return Err(Reason::TunnelUnauthenticated);
+    };
+    match tunnel::open(auth, body, keys.ring()) {
+        Ok(k) if k == kind => Ok(body),
+        // A well-sealed payload of the other direction is nothing we take here.
+        Ok(_) => Err(Reason::TunnelNotProtected),
+        Err(e) => {
+            c.count_rejected(e.as_str());
+            Err(Reason::TunnelUnauthenticated)
+        }
+    }
+}
+
+/// The loopback device's ifindex, the same in every network namespace (the kernel's
+/// `LOOPBACK_IFINDEX`).
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Milliseconds from `epoch` to `t`, on the wrapping u32 clock capabilities carry.
 fn ms_since(epoch: Instant, t: Instant) -> u32 {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Datagram, Edit, Reason, clear_marker};
+use super::{Datagram, Edit, LOOPBACK_IFINDEX, Reason, clear_marker, open_tunnel};
 use crate::capability::{
     Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
 };
@@ -93,17 +93,8 @@ impl Victim {
         if !t.addresses.contains(&p.src) {
             return Some(Err(Reason::TunnelFromStranger));
         }
-        let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
-            c.count_rejected("truncated");
-            return Some(Err(Reason::TunnelUnauthenticated));
-        };
-        match tunnel::open(auth, body, keys.ring()) {
-            Ok(tunnel::Kind::Packet) => {}
-            Ok(tunnel::Kind::Feedback) => return Some(Err(Reason::TunnelNotProtected)),
-            Err(e) => {
-                c.count_rejected(e.as_str());
-                return Some(Err(Reason::TunnelUnauthenticated));
-            }
+        if let Err(why) = open_tunnel(buf, p, keys, tunnel::Kind::Packet, c) {
+            return Some(Err(why));
         }
         let inner = match wire::tunnel::decap_udp(buf, p) {
             Ok(inner) => inner,
@@ -282,10 +273,6 @@ fn take(queue: &mut VecDeque<Kept>, max: usize, len: usize) -> ([u8; 3 * MAX_WIR
     }
     (trailer, n)
 }
-
-/// The loopback device's ifindex, the same in every network namespace (the kernel's
-/// `LOOPBACK_IFINDEX`).
-const LOOPBACK_IFINDEX: u32 = 1;
 
 /// True for a SYN (`with_ack` false) or a SYN-ACK (`with_ack` true).
 fn is_syn(p: &Parsed, with_ack: bool) -> bool {

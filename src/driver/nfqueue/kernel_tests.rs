@@ -108,25 +108,13 @@ fn accept_drop_and_modify_take_effect() {
 fn send_from_user_socket(ns: &str, to: u32, datagram: &[u8]) -> io::Result<()> {
     let datagram = datagram.to_vec();
     in_netns(ns, move || {
-        // SAFETY: plain socket(2); the fd is checked, used below and closed at the end.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        let mut dst: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        dst.nl_family = libc::AF_NETLINK as u16;
+        let sock = super::socket::NlSocket::open().map_err(io::Error::other)?;
+        let mut dst = crate::driver::netlink::kernel_addr();
         dst.nl_pid = to;
         // SAFETY: `datagram` and `dst` outlive the call, their lengths are exact.
         let sent = unsafe {
             libc::sendto(
-                fd,
+                sock.raw_fd(),
                 datagram.as_ptr().cast(),
                 datagram.len(),
                 0,
@@ -134,14 +122,10 @@ fn send_from_user_socket(ns: &str, to: u32, datagram: &[u8]) -> io::Result<()> {
                 std::mem::size_of::<libc::sockaddr_nl>() as u32,
             )
         };
-        let result = if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        };
-        // SAFETY: fd is ours and closed once.
-        unsafe { libc::close(fd) };
-        result
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     })
     .expect("enter namespace")
 }

@@ -12,9 +12,7 @@ use nftnl::expr::{
 };
 
 use super::spec::{Field, L4Match, Proto, RuleSpec};
-
-/// The loopback device's ifindex, the same in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
+use crate::pipeline::LOOPBACK_IFINDEX;
 
 /// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and the port or type match.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
