@@ -592,9 +592,23 @@ fn tunnel_ring(byte: u8) -> KeyRing {
 
 /// Wrap `inner` as the mbox does, sealed with the current key of `ring`.
 fn wrapped(inner: &[u8], (src, dst): (&str, &str), ring: &KeyRing) -> Vec<u8> {
-    use crate::capability::tunnel::{Kind, seal};
+    wrapped_as(
+        crate::capability::tunnel::Kind::Packet,
+        inner,
+        (src, dst),
+        ring,
+    )
+}
+
+/// The same with a header of `kind`, the one the sealing end chose.
+fn wrapped_as(
+    kind: crate::capability::tunnel::Kind,
+    inner: &[u8],
+    (src, dst): (&str, &str),
+    ring: &KeyRing,
+) -> Vec<u8> {
     let (id, key) = ring.current();
-    let auth = seal(Kind::Packet, id, key, inner);
+    let auth = crate::capability::tunnel::seal(kind, id, key, inner);
     let mut buf = inner.to_vec();
     let p = wire::parse(&buf).unwrap();
     wire::tunnel::encap_udp(&mut buf, &p, (ip(src), ip(dst)), (9, 6081), &auth).unwrap();
@@ -1301,4 +1315,35 @@ fn only_handshake_segments_have_their_mss_clamped() {
         let mut pkt = sent.clone();
         assert_eq!((path.victim(&mut pkt, 0), &pkt), (Verdict::Accept, &sent));
     }
+}
+
+#[test]
+fn a_tunnel_payload_sealed_for_the_other_direction_is_refused() {
+    use crate::capability::tunnel::Kind;
+    let mut path = tunnel_path();
+    let inner = data("198.18.1.2", "198.18.2.2", 100);
+    // Feedback-kind, well sealed, sent into the victim's tunnel port: not a client packet.
+    let mut w = wrapped_as(
+        Kind::Feedback,
+        &inner,
+        ("198.18.2.1", "198.18.2.2"),
+        &tunnel_ring(11),
+    );
+    assert_eq!(
+        path.victim(&mut w, 1),
+        Verdict::Drop(Reason::TunnelNotProtected)
+    );
+    // Packet-kind, well sealed, sent to the mbox's feedback port: not feedback.
+    let mut w = wrapped_as(
+        Kind::Packet,
+        &inner,
+        ("198.18.2.2", "198.18.2.1"),
+        &tunnel_ring(11),
+    );
+    assert_eq!(
+        path.mbox(&mut w, 2),
+        Verdict::Drop(Reason::TunnelNotProtected)
+    );
+    assert_eq!(path.mbox_p.cap_counters().returned, 0);
+    assert_eq!(path.victim_p.cap_counters().tunneled, 0);
 }
