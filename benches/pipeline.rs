@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mpolice::capability::{Key, KeyRing, RunId, SharedKeys};
-use mpolice::config::{CapSettings, MalformedVerdict};
+use mpolice::config::{CapSettings, MalformedVerdict, PoliceSettings};
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
+use mpolice::police::Policy;
 use mpolice::wire::build::Builder;
 use mpolice::wire::tcp;
 
@@ -48,9 +49,9 @@ fn mbox(t0: Instant) -> Pipeline {
         MalformedVerdict::Drop,
         Some(Stages::Mbox(Mbox::new(
             &settings(),
+            &PoliceSettings::with_policy(Policy::NaturalShare),
             &keys,
-            t0,
-            RUN,
+            (t0, RUN),
             vec![MBOX_LINK],
         ))),
     )

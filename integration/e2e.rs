@@ -103,7 +103,8 @@ fn assert_all_through_queue(
 const KEPT_PER_SENDER: u64 = 64;
 
 /// Assert every capability is accounted for, given `senders` (client addresses that
-/// sent) and `pairs` (client ⇄ server pairs): each sender stamped at least Th_cap (128);
+/// sent) and `pairs` (client ⇄ server pairs): each sender stamped (how often depends on
+/// how long it sends: the sample spreads Th_cap over the period at the sender's rate);
 /// the victim stripped every stamp and fed back all but what it pushed out of a full
 /// queue (counted as overflow) or may still keep; the mbox
 /// counted every capability fed back, or refused it as late and for nothing else; ACKs
@@ -116,7 +117,7 @@ fn assert_capabilities_accounted(
 ) {
     let (mc, vc) = (m.total().engine.caps, v.total().engine.caps);
     let both = format!("{}{}", m.table(), v.table());
-    assert!(mc.issued >= 128 * senders, "Th_cap per sender: {both}");
+    assert!(mc.issued >= senders, "every sender stamped: {both}");
     assert_eq!(vc.stripped, mc.issued, "every stamp stripped: {both}");
     assert!(vc.fed_back + vc.overflow <= vc.stripped, "{both}");
     assert!(

@@ -118,6 +118,10 @@ pub struct StatsArgs {
     /// Print JSON (one object per engine, one per line) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also list the mbox's most active senders: NR, ND, WR, LLR, capabilities issued
+    /// and returned, delivered last period, non-TCP packets, state.
+    #[arg(long)]
+    pub senders: bool,
 }
 
 #[derive(Debug, Args)]
@@ -201,7 +205,7 @@ fn stats(args: StatsArgs) -> Result<()> {
         args.socket
     };
     for path in &sockets {
-        let s = control::query(path)?;
+        let s = control::query(path, args.senders)?;
         if args.json {
             println!("{}", serde_json::to_string(&s)?);
         } else {

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::police::PoliceReport;
+
 /// What happened to the packets of one queue, counted by its worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCounters {
@@ -63,6 +65,15 @@ pub struct CapCounters {
     pub not_via_mbox: u64,
     /// Senders evicted from the bounded table to make room.
     pub evictions: u64,
+    /// mbox: senders forgotten after idle periods.
+    #[serde(default)]
+    pub expired: u64,
+    /// mbox: stamps skipped because the budget for unverified senders was spent.
+    #[serde(default)]
+    pub stamps_over_budget: u64,
+    /// mbox: sender periods closed by the timer.
+    #[serde(default)]
+    pub periods_closed: u64,
     /// Senders tracked now.
     pub senders: u64,
     /// Capabilities and markers refused, by reason (bad_mac, stale, replayed, ...).
@@ -89,6 +100,9 @@ impl CapCounters {
         self.local += o.local;
         self.not_via_mbox += o.not_via_mbox;
         self.evictions += o.evictions;
+        self.expired += o.expired;
+        self.stamps_over_budget += o.stamps_over_budget;
+        self.periods_closed += o.periods_closed;
         self.senders += o.senders;
         for (r, n) in &o.rejected {
             *self.rejected.entry(r.clone()).or_default() += n;
@@ -144,7 +158,7 @@ pub struct QueueStats {
 }
 
 /// A running engine's whole state, as served to `mpolice stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStats {
     pub role: String,
     pub pid: u32,
@@ -152,6 +166,10 @@ pub struct EngineStats {
     /// Which queue rule the kernel took: "native" (nft queue) or "xt" (NFQUEUE via nft_compat).
     pub queue_rule: String,
     pub queues: Vec<QueueStats>,
+    /// mbox: the policy, the system loss rate, and (asked for with `senders`) the most
+    /// active senders.
+    #[serde(default)]
+    pub police: Option<PoliceReport>,
 }
 
 impl EngineStats {
@@ -249,7 +267,8 @@ impl EngineStats {
             let _ = writeln!(
                 s,
                 "capabilities: issued={} returned={} feedback_stripped={} too_big={} quotes_scrubbed={} redirected={} tunneled={} \
-                 stripped={} fed_back={} overflow={} local={} not_via_mbox={} senders={} evictions={}",
+                 stripped={} fed_back={} overflow={} local={} not_via_mbox={} senders={} evictions={} \
+                 expired={} stamps_over_budget={} periods_closed={}",
                 c.issued,
                 c.returned,
                 c.feedback_stripped,
@@ -263,13 +282,62 @@ impl EngineStats {
                 c.local,
                 c.not_via_mbox,
                 c.senders,
-                c.evictions
+                c.evictions,
+                c.expired,
+                c.stamps_over_budget,
+                c.periods_closed
             );
             if !c.rejected.is_empty() {
                 let _ = writeln!(s, "rejected: {}", list(&c.rejected));
             }
         }
+        if let Some(p) = &self.police {
+            police_table(&mut s, p);
+        }
         s
+    }
+}
+
+/// The police's lines of the table: the system view, then one line per sender.
+fn police_table(s: &mut String, p: &PoliceReport) {
+    let t = &p.totals;
+    let _ = writeln!(
+        s,
+        "police: policy={} slr={:.1}% active_senders={} delivered_last_period={}",
+        p.policy,
+        p.slr * 100.0,
+        t.active,
+        t.delivered
+    );
+    if p.senders.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "{:<39} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>9} {:>7} {:>7}  state",
+        "sender", "nr", "nd", "wr", "llr%", "issued", "ret", "delivered", "other", "o.drop"
+    );
+    for r in &p.senders {
+        let state = match (r.verified, r.premium) {
+            (true, true) => "verified premium",
+            (true, false) => "verified",
+            (false, true) => "unverified premium",
+            (false, false) => "unverified",
+        };
+        let _ = writeln!(
+            s,
+            "{:<39} {:>8} {:>8} {:>8} {:>6.1} {:>6} {:>6} {:>9} {:>7} {:>7}  {state}",
+            r.address.to_string(),
+            r.nr,
+            r.nd,
+            r.wr,
+            r.llr * 100.0,
+            r.issued,
+            r.returned,
+            r.delivered,
+            r.other,
+            r.other_dropped
+        );
     }
 }
 
@@ -306,7 +374,57 @@ mod tests {
                     kernel: None,
                 },
             ],
+            police: Some(PoliceReport {
+                policy: "fair_share".into(),
+                slr: 0.125,
+                totals: crate::police::Totals {
+                    delivered: 900,
+                    active: 2,
+                    ..Default::default()
+                },
+                senders: vec![crate::police::SenderRow {
+                    address: "198.18.1.2".parse().unwrap(),
+                    nr: 120,
+                    nd: 3,
+                    wr: 450,
+                    llr: 0.02,
+                    issued: 40,
+                    returned: 39,
+                    delivered: 460,
+                    other: 0,
+                    other_dropped: 0,
+                    verified: true,
+                    premium: false,
+                }],
+            }),
         }
+    }
+
+    #[test]
+    fn the_table_shows_the_police_and_each_sender() {
+        let t = sample().table();
+        assert!(
+            t.contains("police: policy=fair_share slr=12.5% active_senders=2"),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.starts_with("198.18.1.2")).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "198.18.1.2",
+                "120",
+                "3",
+                "450",
+                "2.0",
+                "40",
+                "39",
+                "460",
+                "0",
+                "0",
+                "verified"
+            ]
+        );
     }
 
     #[test]
@@ -330,7 +448,7 @@ mod tests {
     fn table_shows_every_queue_and_reason() {
         let t = sample().table();
         assert!(t.contains("queue rule: xt"));
-        assert_eq!(t.lines().count(), 5, "{t}");
+        assert_eq!(t.lines().count(), 8, "{t}");
         assert!(t.contains("fragment=2"));
     }
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use mpolice::capability::{Key, KeyRing, RunId, SharedKeys};
-use mpolice::config::{CapSettings, MalformedVerdict};
+use mpolice::config::{CapSettings, MalformedVerdict, PoliceSettings};
+use mpolice::police::Policy;
 use mpolice::driver::nft::Selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
 
@@ -37,7 +38,13 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     for stages in [
         None,
-        Some(Stages::Mbox(Mbox::new(&settings(), &keys, now, RUN, vec![MBOX_LINK]))),
+        Some(Stages::Mbox(Mbox::new(
+            &settings(),
+            &PoliceSettings::with_policy(Policy::NaturalShare),
+            &keys,
+            (now, RUN),
+            vec![MBOX_LINK],
+        ))),
         Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_LINK]))),
     ] {
         let mut p = Pipeline::new(selection(), MalformedVerdict::Drop, stages);

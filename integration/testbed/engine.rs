@@ -175,7 +175,7 @@ impl EngineProcess {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if control::query(&self.socket).is_ok() {
+            if control::query(&self.socket, false).is_ok() {
                 return Ok(());
             }
             if let Some(status) = self
@@ -198,7 +198,7 @@ impl EngineProcess {
 
     /// Ask the engine for its counters through its control socket.
     pub fn stats(&self) -> Result<EngineStats> {
-        control::query(&self.socket)
+        control::query(&self.socket, false)
     }
 
     /// Read the engine's and the kernel's queue counters once they agree (or after 5 s):

@@ -1,6 +1,7 @@
 //! The control socket: a running engine serves its stats to `mpolice stats` from another shell.
 //!
-//! Protocol: the client connects, writes one line (`stats`), and reads one JSON line back.
+//! Protocol: the client connects, writes one line (`stats`, or `senders` for the stats
+//! with the police's per-sender table), and reads one JSON line back.
 //! The socket is a filesystem path, so it is reachable from any network namespace.
 
 use std::io::{BufRead, BufReader, Write};
@@ -56,7 +57,7 @@ impl ControlSocket {
     /// Serve requests on a thread until `stop` is set; `snapshot` builds each answer.
     pub fn serve<F>(self, stop: Arc<AtomicBool>, snapshot: F) -> std::io::Result<JoinHandle<()>>
     where
-        F: Fn() -> EngineStats + Send + 'static,
+        F: Fn(bool) -> EngineStats + Send + 'static,
     {
         std::thread::Builder::new()
             .name("control".into())
@@ -87,7 +88,7 @@ impl Drop for ControlSocket {
     }
 }
 
-fn answer(stream: UnixStream, snapshot: &impl Fn() -> EngineStats) -> Result<()> {
+fn answer(stream: UnixStream, snapshot: &impl Fn(bool) -> EngineStats) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -95,20 +96,20 @@ fn answer(stream: UnixStream, snapshot: &impl Fn() -> EngineStats) -> Result<()>
     BufReader::new(&stream).read_line(&mut line)?;
     let mut out = &stream;
     match line.trim() {
-        "stats" => {
-            serde_json::to_writer(&mut out, &snapshot())?;
+        request @ ("stats" | "senders") => {
+            serde_json::to_writer(&mut out, &snapshot(request == "senders"))?;
             out.write_all(b"\n")?;
         }
         other => writeln!(
             out,
-            "{{\"error\":\"unknown request {other:?}; send stats\"}}"
+            "{{\"error\":\"unknown request {other:?}; send stats or senders\"}}"
         )?,
     }
     Ok(())
 }
 
-/// Ask the engine behind `path` for its stats.
-pub fn query(path: &Path) -> Result<EngineStats> {
+/// Ask the engine behind `path` for its stats, with the per-sender table if `senders`.
+pub fn query(path: &Path, senders: bool) -> Result<EngineStats> {
     let stream = UnixStream::connect(path).with_context(|| {
         format!(
             "no engine answers on {} (is `mpolice mbox|victim` running?)",
@@ -117,7 +118,7 @@ pub fn query(path: &Path) -> Result<EngineStats> {
     })?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    (&stream).write_all(b"stats\n")?;
+    (&stream).write_all(if senders { b"senders\n" } else { b"stats\n" })?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     serde_json::from_str(&line).with_context(|| format!("bad answer from {}", path.display()))
@@ -139,13 +140,13 @@ mod tests {
         assert!(err.contains("in use"), "{err}");
         let stop = Arc::new(AtomicBool::new(false));
         let t = sock
-            .serve(Arc::clone(&stop), || EngineStats {
+            .serve(Arc::clone(&stop), |_| EngineStats {
                 role: "victim".into(),
                 pid: 7,
                 ..Default::default()
             })
             .unwrap();
-        let s = query(&path).unwrap();
+        let s = query(&path, false).unwrap();
         assert_eq!((s.role.as_str(), s.pid), ("victim", 7));
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
@@ -162,7 +163,7 @@ mod tests {
 
     #[test]
     fn query_without_engine_says_what_to_do() {
-        let err = query(&temp_path("absent")).unwrap_err().to_string();
+        let err = query(&temp_path("absent"), false).unwrap_err().to_string();
         assert!(err.contains("is `mpolice mbox|victim` running"), "{err}");
     }
 }

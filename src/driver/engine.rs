@@ -13,16 +13,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{CapSettings, Config, RedirectPair, Tunnel};
+use crate::config::{CapSettings, Config, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::control::ControlSocket;
 use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::{RunId, wire_len};
+use crate::driver::board::Board;
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
-use crate::driver::worker::Worker;
+use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 
@@ -60,12 +61,14 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
 
     let worker_stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for (num, queue) in queues {
+    let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample));
+    for (index, (num, queue)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         workers.push(Worker::spawn(
             (num, queue),
             pipeline,
             stages.sends_datagrams(),
+            (Arc::clone(&board), index),
             Arc::clone(&worker_stop),
         )?);
     }
@@ -81,12 +84,14 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         started: Instant::now(),
     };
     let control_thread = {
-        let (counters, header) = (Arc::clone(&counters), header.clone());
-        control.serve(Arc::clone(&worker_stop), move || {
-            header.stats(
+        let (counters, header, board) = (Arc::clone(&counters), header.clone(), board);
+        control.serve(Arc::clone(&worker_stop), move |senders| {
+            let mut stats = header.stats(
                 &counters,
                 &nfqueue::kernel_queue_stats().unwrap_or_default(),
-            )
+            );
+            stats.police = board.report(if senders { REPORT_LIMIT } else { 0 });
+            stats
         })?
     };
 
@@ -127,6 +132,7 @@ enum StageFactory {
     PassThrough,
     Mbox {
         settings: CapSettings,
+        police: PoliceSettings,
         /// Owned by the main loop, which reloads the key file as it changes.
         keys: KeyWatch,
         epoch: Instant,
@@ -189,6 +195,7 @@ impl StageFactory {
                 StageFactory::Mbox {
                     victim_ifindexes,
                     settings,
+                    police: cfg.police.clone(),
                     keys,
                     redirect: cfg.redirect.clone(),
                     redirect_sel: cfg.redirect_selection(),
@@ -249,6 +256,7 @@ impl StageFactory {
             StageFactory::PassThrough => None,
             StageFactory::Mbox {
                 settings,
+                police,
                 keys,
                 epoch,
                 run,
@@ -259,9 +267,9 @@ impl StageFactory {
             } => {
                 let m = Mbox::new(
                     settings,
+                    police,
                     keys.shared(),
-                    *epoch,
-                    *run,
+                    (*epoch, *run),
                     victim_ifindexes.clone(),
                 )
                 .with_redirect(redirect.clone(), redirect_sel.clone());
@@ -510,6 +518,7 @@ impl Header {
             uptime_secs: self.started.elapsed().as_secs(),
             queue_rule: kind_name(self.kind).to_string(),
             queues,
+            police: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: NFQUEUE sockets, nftables rules, the control socket,
 //! and the threads that run them. Nothing outside this module opens a socket.
 
+pub mod board;
 pub mod control;
 pub mod engine;
 pub mod keys;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::board::Board;
 use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
     Incoming, PacketMsg, Queue, QueueError, Unreadable, Verdict as KernelVerdict,
@@ -28,6 +29,12 @@ const MAX_RECV_FAILURES: u32 = 100;
 const RECV_BACKOFF: Duration = Duration::from_millis(10);
 /// How often a worker publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often a worker runs its timer: closes due periods, merges the system view. An
+/// idle worker runs it at least every receive timeout.
+const TICK_EVERY: Duration = Duration::from_millis(20);
+/// How often a worker posts its sender report, and how many senders it holds.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_LIMIT: usize = 1000;
 /// Room for the largest packet plus what a role may append.
 const BUF_CAPACITY: usize = 0x10000 + 256;
 
@@ -40,11 +47,13 @@ pub struct Worker {
 
 impl Worker {
     /// Start a worker thread that owns queue `num` and `pipeline` until `stop` is set;
-    /// with `datagrams`, it opens the sockets to send what the pipeline produces.
+    /// with `datagrams`, it opens the sockets to send what the pipeline produces. It
+    /// shares the police's system-wide figures on `board` as worker `index`.
     pub fn spawn(
         (num, queue): (u16, Queue),
         pipeline: Pipeline,
         datagrams: bool,
+        (board, index): (Arc<Board>, usize),
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
         let counters = Arc::new(Mutex::new(QueueCounters::new(num)));
@@ -56,7 +65,9 @@ impl Worker {
         };
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
-            .spawn(move || Loop::new(num, queue, pipeline, published, sockets).run(&stop))?;
+            .spawn(move || {
+                Loop::new(num, queue, pipeline, published, sockets).run(&stop, (&board, index))
+            })?;
         Ok(Worker {
             queue: num,
             counters,
@@ -148,9 +159,9 @@ impl Loop {
         }
     }
 
-    fn run(mut self, stop: &AtomicBool) {
+    fn run(mut self, stop: &AtomicBool, board: (&Board, usize)) {
         let mut now = Instant::now();
-        let mut last_publish = now;
+        let (mut last_publish, mut last_tick, mut last_report) = (now, now, now);
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             // Block only when nothing awaits a verdict; otherwise drain, then flush.
@@ -188,6 +199,13 @@ impl Loop {
                 }
             }
             failures = 0;
+            if now.duration_since(last_tick) >= TICK_EVERY {
+                self.tick(now, board, now.duration_since(last_report) >= REPORT_EVERY);
+                last_tick = now;
+                if now.duration_since(last_report) >= REPORT_EVERY {
+                    last_report = now;
+                }
+            }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = now;
@@ -195,6 +213,20 @@ impl Loop {
         }
         self.flush();
         self.publish();
+    }
+
+    /// Run the pipeline's timer and trade figures with the other workers on `board`;
+    /// with `report`, post the police's sender report too.
+    fn tick(&mut self, now: Instant, (board, index): (&Board, usize), report: bool) {
+        let Some(figures) = self.pipeline.on_timer(now) else {
+            return;
+        };
+        self.pipeline.set_system(board.post(index, figures));
+        if report {
+            if let Some(r) = self.pipeline.police_report(REPORT_LIMIT) {
+                board.post_report(index, r);
+            }
+        }
     }
 
     fn process(&mut self, msg: &PacketMsg, now: Instant) {

@@ -31,3 +31,8 @@ pub fn direction(sel: &Selection, p: &Parsed) -> Option<Direction> {
         None
     }
 }
+
+/// Whether `addr` is one of the protected addresses (any protocol, any port).
+pub fn is_protected(sel: &Selection, addr: std::net::IpAddr) -> bool {
+    sel.addresses.iter().any(|a| a.contains(addr))
+}

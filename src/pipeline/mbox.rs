@@ -1,5 +1,6 @@
-//! The mbox's stages: stamp capabilities on a sample of each sender's packets to the
-//! protected service, and strip and check the feedback on the victim's ACKs.
+//! The mbox's stages: police each sender's packets to the protected addresses, stamp
+//! capabilities on a sample of its TCP packets to the protected ports, and strip and
+//! check the feedback on the victim's ACKs.
 //!
 //! Invariants: every ACK from the victim leaves without its feedback trailer and marker,
 //! whatever the trailer holds; a returned capability is counted only if its MAC
@@ -8,37 +9,25 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since, open_tunnel};
 use crate::capability::{
-    CapError, Capability, KeyReader, MAX_TH_CAP, MAX_WIRE_LEN, Marker, ReturnWindow, RunId,
-    SharedKeys, check_fresh, check_period, feedback_len, split_feedback, tunnel, wire_len,
+    CapError, Capability, KeyReader, MAX_WIRE_LEN, Marker, RunId, SharedKeys, feedback_len,
+    split_feedback, tunnel, wire_len,
 };
-use crate::config::{CapSettings, RedirectPair, Tunnel};
+use crate::config::{CapSettings, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
-use crate::police::SenderTable;
+use crate::police::{Figures, PoliceReport, Policer, Stamp, System};
 use crate::stats::CapCounters;
 use crate::wire::{self, Parsed, proto};
-
-/// What the mbox knows of one sender in the current period.
-struct Sender {
-    period_start: Instant,
-    issued: u32,
-    window: ReturnWindow,
-}
 
 /// The mbox role's capability state, owned by one queue worker.
 pub struct Mbox {
     keys: KeyReader,
     mbox_id: u16,
-    period: Duration,
-    rtt: Duration,
-    per_period: u32,
     path_mtu: usize,
     epoch: Instant,
-    /// An empty returned-capability bitmap, copied for each new sender.
-    window: ReturnWindow,
     /// Redirect mode: client-facing addresses and the victims behind them.
     redirect: Vec<RedirectPair>,
     redirect_sel: Selection,
@@ -47,7 +36,8 @@ pub struct Mbox {
     /// Ifindexes of the links towards the protected servers: feedback counts only
     /// from them.
     victim_ifindexes: Vec<u32>,
-    senders: SenderTable<Sender>,
+    /// The senders: their windows, stamps and returned capabilities.
+    police: Policer,
 }
 
 impl Mbox {
@@ -56,26 +46,20 @@ impl Mbox {
     /// `epoch` is the zero of the capability clock and `run` this process's id: every
     /// worker of one engine shares both (a capability may come back on any queue).
     /// Feedback is counted only from `victim_ifindexes`, the links towards the victims.
+    /// Senders are policed by `police`.
     pub fn new(
         s: &CapSettings,
+        police: &PoliceSettings,
         keys: &Arc<SharedKeys>,
-        epoch: Instant,
-        run: RunId,
+        (epoch, run): (Instant, RunId),
         victim_ifindexes: Vec<u32>,
     ) -> Self {
-        // `CapSettings` keeps per_period within what a window holds.
-        let window = ReturnWindow::new(s.per_period.clamp(1, MAX_TH_CAP))
-            .expect("1..=MAX_TH_CAP always makes a window");
         Mbox {
-            window,
             keys: keys.reader(run),
             mbox_id: s.mbox_id,
-            period: s.period,
-            rtt: s.rtt,
-            per_period: s.per_period,
             path_mtu: usize::from(s.path_mtu),
             epoch,
-            senders: SenderTable::new(s.max_senders),
+            police: Policer::new(s, police, epoch),
             redirect: Vec::new(),
             redirect_sel: Selection::default(),
             tunnel: None,
@@ -151,10 +135,9 @@ impl Mbox {
                 return Some(Reason::FeedbackDatagram);
             }
         };
-        let now_ms = ms_since(self.epoch, now);
         if let Ok(caps) = split_feedback(fb.caps, fb.count, fb.server.is_ipv6()) {
             for bytes in caps {
-                match self.count_returned(bytes, fb.server, fb.client, now, now_ms) {
+                match self.count_returned(bytes, fb.server, fb.client, now) {
                     Ok(()) => c.returned += 1,
                     Err(reason) => c.count_rejected(reason),
                 }
@@ -163,25 +146,38 @@ impl Mbox {
         Some(Reason::FeedbackDatagram)
     }
 
-    /// Stamp a client's packet to the protected service if its sample calls for it, and
-    /// in tunnel mode wrap it for the victim.
+    /// Police a client's packet to a protected address and, if it passes, stamp it if
+    /// its sample calls for it and in tunnel mode wrap it for the victim. `on_port`: it
+    /// is for a protected port (only TCP there can carry a capability; the rest is
+    /// best-effort, and in tunnel mode goes unwrapped, since the victim unwraps only
+    /// protected ports).
     pub fn to_victim(
         &mut self,
         buf: &mut Vec<u8>,
-        p: Parsed,
-        now: Instant,
+        mut p: Parsed,
+        (now, on_port): (Instant, bool),
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
-        // Only TCP carries capabilities (its reserved bits hold the marker).
-        let edit = if p.protocol == proto::TCP {
-            let edit = self.stamp(buf, p, now, c);
-            c.senders = self.senders.len() as u64;
-            c.evictions = self.senders.evictions();
-            edit?
-        } else {
-            Edit::Unchanged
+        let mut edit = Edit::Unchanged;
+        // Only we may mark packets: a client's marker would make the victim strip data.
+        if p.protocol == proto::TCP
+            && Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None)
+        {
+            p = clear_marker(buf, &p)?;
+            c.count_rejected("client_marker");
+            edit = Edit::Changed;
+        }
+        let tcp = on_port && p.protocol == proto::TCP;
+        let admitted = self.police.admit(p.src, tcp, now);
+        (c.senders, c.evictions) = {
+            let (held, evicted) = self.police.senders_held();
+            (held as u64, evicted)
         };
-        let Some((t, keys)) = self.tunnel.as_mut() else {
+        admitted.map_err(Reason::Policed)?;
+        if tcp {
+            edit = edit.or(self.stamp(buf, p, now, c)?);
+        }
+        let Some((t, keys)) = self.tunnel.as_mut().filter(|_| on_port) else {
             return Ok(edit);
         };
         let inner = wire::parse(buf).map_err(Reason::Malformed)?;
@@ -213,43 +209,22 @@ impl Mbox {
     fn stamp(
         &mut self,
         buf: &mut Vec<u8>,
-        mut p: Parsed,
+        p: Parsed,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
-        let mut edit = Edit::Unchanged;
-        // Only we may mark packets: a client's marker would make the victim strip data.
-        if Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None) {
-            p = clear_marker(buf, &p)?;
-            c.count_rejected("client_marker");
-            edit = Edit::Changed;
-        }
-        let (period, per_period) = (self.period, self.per_period);
         let v6 = p.src.is_ipv6();
-        let room = wire_len(v6) + self.tunnel_overhead(v6);
-        let window = &self.window;
-        let sender = self.senders.get_or_insert_with(p.src, now, || Sender {
-            period_start: now,
-            issued: 0,
-            window: window.clone(),
-        });
-        roll_period(sender, now, period);
-        // No stamp in a period's last Th_rtt: it could not come back within the period.
-        if sender.issued >= per_period || now >= sender.period_start + period - self.rtt {
-            return Ok(edit);
-        }
-        if p.total_len() + room > self.path_mtu {
-            c.too_big += 1;
-            return Ok(edit);
-        }
+        let fits = p.total_len() + wire_len(v6) + self.tunnel_overhead(v6) <= self.path_mtu;
+        let id = match self.police.stamp(p.src, now, fits) {
+            Stamp::No => return Ok(Edit::Unchanged),
+            Stamp::TooBig => {
+                c.too_big += 1;
+                return Ok(Edit::Unchanged);
+            }
+            Stamp::Id(id) => id,
+        };
         let (key_id, key) = self.keys.ring().current();
-        let cap = Capability::new(
-            key_id,
-            self.mbox_id,
-            ms_since(self.epoch, now),
-            sender.issued,
-            p.src,
-        );
+        let cap = Capability::new(key_id, self.mbox_id, ms_since(self.epoch, now), id, p.src);
         let mut bytes = [0u8; MAX_WIRE_LEN];
         let n = cap
             .encode(p.dst, key, &mut bytes)
@@ -257,7 +232,6 @@ impl Mbox {
         let stamped = wire::append_trailer(buf, &p, &bytes[..n]).map_err(Reason::Malformed)?;
         let bits = Marker::Stamped.apply(wire::tcp_reserved(buf, &stamped));
         wire::set_tcp_reserved(buf, &stamped, bits).map_err(Reason::Malformed)?;
-        sender.issued += 1;
         c.issued += 1;
         Ok(Edit::Changed)
     }
@@ -329,10 +303,9 @@ impl Mbox {
             c.count_rejected("off_victim_link");
             return Ok(Edit::Changed);
         }
-        let now_ms = ms_since(self.epoch, now);
         if let Ok(caps) = split_feedback(&trailer[..len], n, v6) {
             for bytes in caps {
-                match self.count_returned(bytes, p.src, p.dst, now, now_ms) {
+                match self.count_returned(bytes, p.src, p.dst, now) {
                     Ok(()) => c.returned += 1,
                     Err(reason) => c.count_rejected(reason),
                 }
@@ -348,7 +321,6 @@ impl Mbox {
         victim: IpAddr,
         client: IpAddr,
         now: Instant,
-        now_ms: u32,
     ) -> Result<(), &'static str> {
         let name = |e: CapError| e.as_str();
         let cap = Capability::verify(bytes, victim, self.keys.ring()).map_err(name)?;
@@ -356,23 +328,34 @@ impl Mbox {
         if cap.mbox_id != self.mbox_id {
             return Err("wrong_mbox");
         }
-        let period = self.period;
-        // A sender evicted since: its period and bitmap are gone, so nothing can count.
-        let sender = self.senders.get_mut(client, now).ok_or("unknown_sender")?;
-        roll_period(sender, now, period);
-        check_period(cap.issued_ms, ms_since(self.epoch, sender.period_start)).map_err(name)?;
-        let rtt_ms = u32::try_from(self.rtt.as_millis()).unwrap_or(u32::MAX);
-        check_fresh(cap.issued_ms, now_ms, rtt_ms).map_err(name)?;
-        sender.window.accept(cap.id).map_err(name)
+        self.police.returned(client, cap.id, cap.issued_ms, now)
     }
-}
 
-/// Start a new period for `s` if the current one is over (periods stay aligned).
-fn roll_period(s: &mut Sender, now: Instant, period: Duration) {
-    if now >= s.period_start + period {
-        let periods = (now - s.period_start).as_nanos() / period.as_nanos().max(1);
-        s.period_start += period * u32::try_from(periods).unwrap_or(u32::MAX);
-        s.issued = 0;
-        s.window.reset();
+    /// Close the periods due by `now`; this worker's figures for the system-wide view.
+    pub fn on_timer(&mut self, now: Instant, c: &mut CapCounters) -> Figures {
+        let figures = self.police.on_timer(now);
+        let k = self.police.counters();
+        (c.expired, c.stamps_over_budget, c.periods_closed) =
+            (k.expired, k.stamps_over_budget, k.periods_closed);
+        (c.senders, c.evictions) = {
+            let (held, evicted) = self.police.senders_held();
+            (held as u64, evicted)
+        };
+        figures
+    }
+
+    /// Police by the system-wide view merged from every worker's figures.
+    pub fn set_system(&mut self, system: System) {
+        self.police.set_system(system);
+    }
+
+    /// The policy, the system-wide view, and up to `limit` of the most active senders.
+    pub fn police_report(&self, limit: usize) -> PoliceReport {
+        PoliceReport {
+            policy: self.police.policy().name().to_owned(),
+            slr: self.police.system().slr,
+            totals: self.police.system().totals,
+            senders: self.police.report(limit),
+        }
     }
 }

@@ -23,6 +23,7 @@ pub use victim::{Victim, mss_with_room};
 use crate::capability::{KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
+use crate::police::{Figures, PoliceReport, System};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::wire::{self, Parsed};
 
@@ -95,6 +96,30 @@ impl Pipeline {
         }
     }
 
+    /// Close the periods due by `now` and report this worker's figures for the
+    /// system-wide view (None: nothing here is policed).
+    pub fn on_timer(&mut self, now: Instant) -> Option<Figures> {
+        match self.stages.as_mut()? {
+            Stages::Mbox(m) => Some(m.on_timer(now, &mut self.caps)),
+            Stages::Victim(_) => None,
+        }
+    }
+
+    /// Police by the system-wide view merged from every worker's figures.
+    pub fn set_system(&mut self, system: System) {
+        if let Some(Stages::Mbox(m)) = self.stages.as_mut() {
+            m.set_system(system);
+        }
+    }
+
+    /// The police's view and its `limit` most active senders (None: no policing here).
+    pub fn police_report(&self, limit: usize) -> Option<PoliceReport> {
+        match self.stages.as_ref()? {
+            Stages::Mbox(m) => Some(m.police_report(limit)),
+            Stages::Victim(_) => None,
+        }
+    }
+
     /// Take the datagrams the last packets produced (send them, in order).
     pub fn datagrams(&mut self) -> std::vec::Drain<'_, Datagram> {
         self.outbox.drain(..)
@@ -131,7 +156,9 @@ impl Pipeline {
         };
         let c = &mut self.caps;
         let edit = match (stages, dir) {
-            (Stages::Mbox(m), Some(Direction::ToProtected)) => m.to_victim(buf, parsed, now, c),
+            (Stages::Mbox(m), Some(Direction::ToProtected)) => {
+                m.to_victim(buf, parsed, (now, true), c)
+            }
             (Stages::Mbox(m), Some(Direction::FromProtected)) => {
                 m.from_victim(buf, parsed, meta, now, c)
             }
@@ -145,9 +172,15 @@ impl Pipeline {
                 if let Some(consumed) = m.feedback_in(buf, &parsed, meta, now, c) {
                     return Verdict::Drop(consumed);
                 }
-                match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
-                    Some(edit) => edit,
-                    None => return Verdict::Pass(Reason::Unselected),
+                if meta.hook == HOOK_FORWARD && classify::is_protected(&self.selection, parsed.dst)
+                {
+                    // Any other protocol or port to a protected address: policed too.
+                    m.to_victim(buf, parsed, (now, false), c)
+                } else {
+                    match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
+                        Some(edit) => edit,
+                        None => return Verdict::Pass(Reason::Unselected),
+                    }
                 }
             }
             (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, (meta.indev, now), c) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::capability::{Key, KeyRing, Marker, RunId, SharedKeys, wire_len};
-use crate::config::CapSettings;
+use crate::config::{CapSettings, PoliceSettings};
 use crate::wire::build::Builder;
 use crate::wire::tcp;
 
@@ -50,7 +50,13 @@ fn keys() -> Arc<SharedKeys> {
 
 /// An mbox pipeline with the test settings, its link to the victim `MBOX_IF`.
 fn mbox_pipeline(sel: Selection, keys: &Arc<SharedKeys>, t0: Instant, run: RunId) -> Pipeline {
-    let m = Mbox::new(&settings(), keys, t0, run, vec![MBOX_IF]);
+    let m = Mbox::new(
+        &settings(),
+        &PoliceSettings::off(),
+        keys,
+        (t0, run),
+        vec![MBOX_IF],
+    );
     Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)))
 }
 
@@ -60,9 +66,9 @@ pub(super) fn every_stage() -> [Option<Stages>; 3] {
         None,
         Some(Stages::Mbox(Mbox::new(
             &settings(),
+            &PoliceSettings::off(),
             &keys(),
-            Instant::now(),
-            RUN,
+            (Instant::now(), RUN),
             vec![MBOX_IF],
         ))),
         Some(Stages::Victim(Victim::new(&settings(), vec![MBOX_IF]))),
@@ -93,9 +99,11 @@ impl Path {
         self.t0 + Duration::from_millis(ms)
     }
 
-    /// Run a packet through the mbox `ms` after the start.
+    /// Run a packet through the mbox `ms` after the start, its timer run first as the
+    /// worker runs it between packets.
     fn mbox(&mut self, pkt: &mut Vec<u8>, ms: u64) -> Verdict {
         let now = self.at(ms);
+        self.mbox_p.on_timer(now);
         through(&mut self.mbox_p, pkt, now)
     }
 
@@ -358,21 +366,33 @@ fn mss_is_clamped_so_trailers_fit_the_mtu() {
 }
 
 #[test]
-fn nothing_is_stamped_past_the_mtu_or_the_per_period_budget() {
+fn nothing_is_stamped_past_the_mtu_or_the_period_budget_or_its_stamping_part() {
     let mut path = Path::new();
     let mut big = data("198.18.1.2", "198.18.2.2", 1460);
     assert_eq!(path.mbox(&mut big, 0), Verdict::Accept);
     assert_eq!(path.mbox_p.cap_counters().too_big, 1);
-    for i in 0..200u64 {
+    // A sender as fast as its first period allows: at most Th_cap stamps.
+    for i in 0..3_000u64 {
         let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
         path.mbox(&mut pkt, i);
     }
-    assert_eq!(path.mbox_p.cap_counters().issued, 128, "Th_cap per period");
+    assert!(
+        path.mbox_p.cap_counters().issued <= 128,
+        "Th_cap per period"
+    );
+    let issued = path.mbox_p.cap_counters().issued;
     // Nothing in the period's last Th_rtt; a new period stamps again.
-    let mut late = data("198.18.1.2", "198.18.2.2", 10);
-    assert_eq!(path.mbox(&mut late, 3_500), Verdict::Accept);
-    let mut next = data("198.18.1.2", "198.18.2.2", 10);
-    assert_eq!(path.mbox(&mut next, 4_001), Verdict::AcceptModified);
+    for i in 3_000..4_000u64 {
+        let mut late = data("198.18.1.2", "198.18.2.2", 10);
+        assert_eq!(path.mbox(&mut late, i), Verdict::Accept);
+    }
+    assert_eq!(path.mbox_p.cap_counters().issued, issued);
+    let before = path.mbox_p.cap_counters().issued;
+    for i in 4_000..4_100u64 {
+        let mut next = data("198.18.1.2", "198.18.2.2", 10);
+        path.mbox(&mut next, i);
+    }
+    assert!(path.mbox_p.cap_counters().issued > before, "a new period");
 }
 
 #[test]
@@ -410,9 +430,9 @@ fn a_sender_flood_keeps_state_bounded() {
         MalformedVerdict::Drop,
         Some(Stages::Mbox(Mbox::new(
             &s,
+            &PoliceSettings::off(),
             &keys(),
-            Instant::now(),
-            RUN,
+            (Instant::now(), RUN),
             vec![MBOX_IF],
         ))),
     );
@@ -499,8 +519,14 @@ fn redirect_readdresses_both_ways_for_tcp_and_udp() {
         udp_ports: vec!["9000".parse().unwrap()],
         ..selection()
     };
-    let m = Mbox::new(&settings(), &keys(), Instant::now(), RUN, vec![MBOX_IF])
-        .with_redirect(pairs, listen);
+    let m = Mbox::new(
+        &settings(),
+        &PoliceSettings::off(),
+        &keys(),
+        (Instant::now(), RUN),
+        vec![MBOX_IF],
+    )
+    .with_redirect(pairs, listen);
     let mut mbox = Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Mbox(m)));
     let forward = PacketMeta {
         hook: HOOK_FORWARD,
@@ -577,7 +603,14 @@ fn tunnel_path() -> Path {
         selection(),
         MalformedVerdict::Drop,
         Some(Stages::Mbox(
-            Mbox::new(&settings(), &keys(), path.t0, RUN, vec![MBOX_IF]).with_tunnel(t, &k),
+            Mbox::new(
+                &settings(),
+                &PoliceSettings::off(),
+                &keys(),
+                (path.t0, RUN),
+                vec![MBOX_IF],
+            )
+            .with_tunnel(t, &k),
         )),
     );
     path
@@ -1089,7 +1122,13 @@ fn a_capability_of_another_mbox_with_the_same_key_is_refused() {
         mbox_id: 10,
         ..settings()
     };
-    let m = Mbox::new(&other, &shared, t0, RUN, vec![MBOX_IF]);
+    let m = Mbox::new(
+        &other,
+        &PoliceSettings::off(),
+        &shared,
+        (t0, RUN),
+        vec![MBOX_IF],
+    );
     let mut receiver = Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Mbox(m)));
     let mut pkt = data("198.18.1.2", "198.18.2.2", 10);
     through(&mut issuer, &mut pkt, t0);
@@ -1111,7 +1150,13 @@ fn a_capability_from_before_the_senders_period_is_refused_even_when_fresh() {
     };
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
-    let m = Mbox::new(&s, &keys(), t0, RUN, vec![MBOX_IF]);
+    let m = Mbox::new(
+        &s,
+        &PoliceSettings::off(),
+        &keys(),
+        (t0, RUN),
+        vec![MBOX_IF],
+    );
     let mut mbox = Pipeline::new(selection(), MalformedVerdict::Drop, Some(Stages::Mbox(m)));
     let mut old = data("198.18.1.2", "198.18.2.2", 10);
     through(&mut mbox, &mut old, at(0));
@@ -1290,13 +1335,14 @@ fn feedback_rides_only_acks() {
 #[test]
 fn a_full_queue_drops_its_oldest_capability_and_counts_it() {
     let mut path = Path::new();
-    for _ in 0..settings().kept_per_sender + 2 {
-        stamp_and_keep(&mut path, 0);
+    // Slow enough that the sample stamps every packet.
+    for i in 0..settings().kept_per_sender + 2 {
+        stamp_and_keep(&mut path, 40 * i as u64);
     }
     assert_eq!(path.victim_p.cap_counters().overflow, 2);
     // The next ACK returns the oldest still kept: capability ids 2, 3 and 4.
     let mut a = ack("198.18.2.2", "198.18.1.2");
-    path.victim(&mut a, 5);
+    path.victim(&mut a, 3_000);
     let ids: Vec<u8> = a[a.len() - 96..].chunks(32).map(|c| c[11]).collect();
     assert_eq!(ids, [2, 3, 4]);
 }

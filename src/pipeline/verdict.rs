@@ -38,6 +38,9 @@ pub enum Reason {
     TunnelUnauthenticated,
     /// mbox, tunnel mode: a feedback datagram of the victim, counted and consumed.
     FeedbackDatagram,
+    /// mbox: the police dropped it (best-effort while a loss rate is over its
+    /// threshold, or non-TCP beyond its cap).
+    Policed(crate::police::Drop),
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
@@ -57,6 +60,7 @@ impl Reason {
             Reason::TunnelNotProtected => "tunnel_not_protected",
             Reason::TunnelUnauthenticated => "tunnel_unauthenticated",
             Reason::FeedbackDatagram => "feedback_datagram",
+            Reason::Policed(d) => d.as_str(),
             Reason::Unselected => "unselected",
         }
     }

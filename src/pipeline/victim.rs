@@ -15,7 +15,7 @@ use crate::capability::{
     Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
 };
 use crate::config::{CapSettings, Tunnel};
-use crate::police::SenderTable;
+use crate::police::{SenderTable, Worth};
 use crate::stats::CapCounters;
 use crate::wire::tunnel::AUTH_LEN;
 use crate::wire::{self, IpVersion, Parsed, proto, tcp};
@@ -34,6 +34,9 @@ struct KeptFlow {
     caps: VecDeque<Kept>,
     via: Option<IpAddr>,
 }
+
+// The victim's table of kept capabilities evicts the least recently seen flow.
+impl Worth for KeptFlow {}
 
 /// The victim role's capability state, owned by one queue worker.
 pub struct Victim {

@@ -2,17 +2,26 @@
 //!
 //! Invariant: it never holds more than its capacity. A spoofed-source flood fills it
 //! with senders that are never seen again; when full, a new sender takes the place of
-//! the least recently seen of a few entries sampled at random (approximate LRU, O(1)),
-//! and every eviction is counted.
+//! the least worth keeping of a few entries sampled at random (least [`Worth`], then
+//! least recently seen: O(1), and a flood cannot steer which entries are sampled), and
+//! every eviction is counted.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::random::Xorshift;
+
 /// Entries compared to choose one to evict.
 const EVICTION_SAMPLE: usize = 8;
+
+/// How much an entry is worth keeping when the table is full (0: nothing but its age).
+pub trait Worth {
+    fn worth(&self) -> u64 {
+        0
+    }
+}
 
 struct Entry<K, V> {
     sender: K,
@@ -27,10 +36,10 @@ pub struct SenderTable<V, K = IpAddr> {
     index: HashMap<K, usize>,
     capacity: usize,
     evictions: u64,
-    rng: u64,
+    rng: Xorshift,
 }
 
-impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
+impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
     /// Make an empty table holding at most `capacity` senders (at least one).
     pub fn new(capacity: usize) -> Self {
         SenderTable {
@@ -38,9 +47,8 @@ impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
             index: HashMap::new(),
             capacity: capacity.max(1),
             evictions: 0,
-            // Seeded per process (std's hasher keys come from the OS), so nobody can
-            // predict which entries a flood will sample.
-            rng: RandomState::new().hash_one(0x006d_706f_6c69_6365_u64) | 1,
+            // Nobody can predict which entries a flood will sample.
+            rng: Xorshift::from_os(),
         }
     }
 
@@ -80,6 +88,28 @@ impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
         &mut e.value
     }
 
+    /// Return the sender's value without marking it seen.
+    pub fn peek_mut(&mut self, sender: K) -> Option<&mut V> {
+        let i = *self.index.get(&sender)?;
+        Some(&mut self.entries[i].value)
+    }
+
+    /// Forget a sender; true if it was held.
+    pub fn remove(&mut self, sender: K) -> bool {
+        match self.index.get(&sender) {
+            Some(&i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every sender held, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (K, &V)> {
+        self.entries.iter().map(|e| (e.sender, &e.value))
+    }
+
     /// Remove senders not seen since `before`; return how many.
     pub fn expire(&mut self, before: Instant) -> usize {
         let mut removed = 0;
@@ -114,8 +144,9 @@ impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
         let n = self.entries.len();
         let mut victim: Option<usize> = None;
         for _ in 0..EVICTION_SAMPLE.min(n) {
-            let i = self.next_random() as usize % n;
-            if victim.is_none_or(|v| self.entries[i].last_seen < self.entries[v].last_seen) {
+            let i = self.rng.next_u64() as usize % n;
+            let key = |e: &Entry<K, V>| (e.value.worth(), e.last_seen);
+            if victim.is_none_or(|v| key(&self.entries[i]) < key(&self.entries[v])) {
                 victim = Some(i);
             }
         }
@@ -132,22 +163,41 @@ impl<V, K: Copy + Eq + Hash> SenderTable<V, K> {
             self.index.insert(moved.sender, i);
         }
     }
-
-    /// xorshift64 from a per-process seed: cheap, and not steerable from outside.
-    fn next_random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    impl Worth for u32 {}
+    impl Worth for () {}
+
+    /// A value worth its number.
+    struct Valued(u64);
+    impl Worth for Valued {
+        fn worth(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_sender_worth_keeping_outlives_a_flood_of_fresher_ones() {
+        let t0 = Instant::now();
+        let mut t = SenderTable::new(64);
+        let proven = addr(999_999);
+        t.get_or_insert_with(proven, t0, || Valued(10));
+        // Never seen again, yet never chosen while worthless senders are sampled beside it.
+        for i in 0..100_000u32 {
+            t.get_or_insert_with(
+                addr(i),
+                t0 + Duration::from_micros(u64::from(i) + 1),
+                || Valued(0),
+            );
+        }
+        assert!(t.peek_mut(proven).is_some());
+        assert_eq!(t.evictions(), 100_000 - 63);
+    }
 
     fn addr(i: u32) -> IpAddr {
         IpAddr::from((0xc612_0000u32 | i).to_be_bytes())

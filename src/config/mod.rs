@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod police;
+
+pub use police::PoliceSettings;
+
 use crate::driver::nfqueue::{DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
 use std::net::IpAddr;
 
@@ -55,6 +59,9 @@ pub struct Config {
     pub redirect: Vec<RedirectPair>,
     /// Tunnel mode: the mbox sends its traffic to the victim inside IP-in-UDP.
     pub tunnel: Option<Tunnel>,
+    /// mbox: how senders are policed ([`PoliceSettings::off`] without a `[police]`
+    /// section: stamp and measure, never drop).
+    pub police: PoliceSettings,
 }
 
 /// IP-in-UDP from mbox to victim.
@@ -233,6 +240,7 @@ struct RawConfig {
     capabilities: Option<RawCaps>,
     redirect: Option<RawRedirect>,
     tunnel: Option<RawTunnel>,
+    police: Option<police::RawPolice>,
 }
 
 #[derive(Deserialize)]
@@ -519,11 +527,22 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             return err("queue.fail_open: must be false on the victim with [capabilities]: when the queue is full, stamped packets would reach TCP with their trailer and corrupt the stream".into());
         }
     }
+    let police = match raw.police {
+        None => PoliceSettings::off(),
+        Some(_) if role != "mbox" => {
+            return err("police: only the mbox polices; remove it from this config".into());
+        }
+        Some(_) if raw.capabilities.is_none() => {
+            return err("police: needs the [capabilities] section (delivery is measured by the capabilities that come back)".into());
+        }
+        Some(p) => police::validate(p)?,
+    };
     let capabilities = raw
         .capabilities
         .map(|c| validate_caps(c, role))
         .transpose()?;
     Ok(Config {
+        police,
         capabilities,
         redirect,
         tunnel,

@@ -1,0 +1,472 @@
+//! The mbox's policing of one worker's senders: the gate each packet passes, the choice
+//! of packets to stamp, the count of capabilities that come back, and the timer that
+//! closes periods.
+//!
+//! Invariants: a sender's period closes on the timer (`on_timer`), never on a packet;
+//! every sender held has exactly one live entry in the deadline queue; privileged
+//! packets (within WR) are never dropped; nothing here locks or reads a clock.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::policy::{Policy, Totals};
+use super::random::Xorshift;
+use super::sender::Sender;
+use super::senders::SenderTable;
+use super::slots::SlotRing;
+use crate::capability::{MAX_TH_CAP, ReturnWindow, check_fresh, check_period};
+use crate::config::{CapSettings, PoliceSettings};
+
+/// Slots per Th_rtt in the ring of issued capabilities (the SLR's resolution).
+const SLR_SLOTS_PER_RTT: u64 = 10;
+/// Slots per period in the ring of closed periods (what the totals are summed from).
+/// Periods not a multiple of it make a window a few milliseconds off: harmless.
+const CLOSE_SLOTS_PER_PERIOD: u64 = 16;
+
+/// Why the police dropped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// A TCP packet beyond the sender's window while its own loss rate is over threshold.
+    SenderLoss,
+    /// A TCP packet beyond the sender's window while the system loss rate is over threshold.
+    SystemLoss,
+    /// A non-TCP packet beyond the per-sender cap of its period.
+    NonTcpCap,
+    /// A non-TCP packet while the system loss rate is over threshold.
+    NonTcpSystemLoss,
+}
+
+impl Drop {
+    /// The counter label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::SenderLoss => "police_sender_loss",
+            Drop::SystemLoss => "police_system_loss",
+            Drop::NonTcpCap => "police_non_tcp_cap",
+            Drop::NonTcpSystemLoss => "police_non_tcp_system_loss",
+        }
+    }
+}
+
+/// The sample's answer for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    No,
+    /// Picked, but it would not fit the path once stamped.
+    TooBig,
+    /// Stamp it with this capability id.
+    Id(u32),
+}
+
+/// What one worker reports at its timer, for the engine to sum over workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    /// Capabilities issued in the SLR's window (old enough to have come back).
+    pub slr_issued: u64,
+    /// Of those, returned.
+    pub slr_returned: u64,
+    /// What senders delivered in their last closed period.
+    pub totals: Totals,
+}
+
+/// The system-wide view every worker polices by.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct System {
+    /// Short-term loss rate over every worker's recent capabilities.
+    pub slr: f64,
+    pub totals: Totals,
+}
+
+impl System {
+    /// Sum what the workers reported; the SLR counts only from `min_sample` capabilities.
+    pub fn merge<'a>(figures: impl IntoIterator<Item = &'a Figures>, min_sample: u32) -> System {
+        let (mut issued, mut returned, mut totals) = (0u64, 0u64, Totals::default());
+        for f in figures {
+            issued += f.slr_issued;
+            returned += f.slr_returned;
+            totals.add(&f.totals);
+        }
+        let slr = if issued == 0 || issued < u64::from(min_sample) {
+            0.0
+        } else {
+            1.0 - returned.min(issued) as f64 / issued as f64
+        };
+        System { slr, totals }
+    }
+}
+
+/// What the police counted, beside the drops (counted by the pipeline by reason).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoliceCounters {
+    /// Senders removed by the timer after `idle_periods` empty periods.
+    pub expired: u64,
+    /// Stamps not made because the budget for unverified senders was spent.
+    pub stamps_over_budget: u64,
+    /// Periods closed.
+    pub periods_closed: u64,
+}
+
+/// One sender as `mpolice stats --senders` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SenderRow {
+    pub address: IpAddr,
+    pub nr: u32,
+    pub nd: u32,
+    pub wr: u32,
+    pub llr: f64,
+    pub issued: u32,
+    pub returned: u32,
+    /// Packets delivered in the last closed period.
+    pub delivered: u32,
+    /// Non-TCP packets this period, and of those dropped.
+    pub other: u32,
+    pub other_dropped: u32,
+    pub verified: bool,
+    pub premium: bool,
+}
+
+/// The police's state as `mpolice stats --senders` shows it, for one worker.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoliceReport {
+    pub policy: String,
+    /// The system loss rate in force.
+    pub slr: f64,
+    /// What all senders delivered in their last period, across workers.
+    pub totals: Totals,
+    /// The most active senders.
+    pub senders: Vec<SenderRow>,
+}
+
+/// A token bucket for stamps on senders no capability has come back from.
+#[derive(Debug, Clone)]
+struct StampBudget {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl StampBudget {
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.per_sec;
+        // At most one second's worth banked: a burst of new sources spends no more.
+        self.tokens = (self.tokens + refill).min(self.per_sec.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One worker's senders and the state that polices them.
+pub struct Policer {
+    policy: Policy,
+    period: Duration,
+    rtt: Duration,
+    per_period: u32,
+    beta: f64,
+    llr_threshold: f64,
+    slr_threshold: f64,
+    non_tcp_per_period: u32,
+    idle_periods: u32,
+    epoch: Instant,
+    senders: SenderTable<Sender>,
+    /// Period ends, in the order they were set: every period has the same length, so
+    /// deadlines enter in the order they fall due (out of order only by as much as the
+    /// timer ran late), and a FIFO serves as the timer wheel: O(1) per sender.
+    deadlines: VecDeque<(Instant, IpAddr)>,
+    /// An empty returned-capability bitmap, copied for each new sender.
+    window: ReturnWindow,
+    /// Capabilities issued and returned, by issue time.
+    issued: SlotRing,
+    /// Delivered packets and active senders, by the time their period closed; premium ones.
+    closes: SlotRing,
+    premium_closes: SlotRing,
+    system: System,
+    budget: StampBudget,
+    rng: Xorshift,
+    counters: PoliceCounters,
+}
+
+impl Policer {
+    /// Police by `p`, with the capability settings `c` (period, Th_rtt, Th_cap, table
+    /// size); `epoch` is the zero of the capability clock.
+    pub fn new(c: &CapSettings, p: &PoliceSettings, epoch: Instant) -> Self {
+        let rtt_ms = (c.rtt.as_millis() as u64).max(1);
+        let period_ms = (c.period.as_millis() as u64).max(1);
+        let slot = (rtt_ms / SLR_SLOTS_PER_RTT).max(1);
+        let close_slot = (period_ms / CLOSE_SLOTS_PER_PERIOD).max(1);
+        Policer {
+            policy: p.policy.clone(),
+            period: c.period,
+            rtt: c.rtt,
+            per_period: c.per_period,
+            beta: p.beta,
+            llr_threshold: p.llr_threshold,
+            slr_threshold: p.slr_threshold,
+            non_tcp_per_period: p.non_tcp_per_period,
+            idle_periods: p.idle_periods,
+            epoch,
+            senders: SenderTable::new(c.max_senders),
+            deadlines: VecDeque::new(),
+            // `CapSettings` keeps per_period within what a window holds.
+            window: ReturnWindow::new(c.per_period.clamp(1, MAX_TH_CAP))
+                .expect("1..=MAX_TH_CAP always makes a window"),
+            // Two Th_rtt and some: the SLR window is the Th_rtt before the last Th_rtt.
+            issued: SlotRing::new(slot, (3 * SLR_SLOTS_PER_RTT) as usize),
+            closes: SlotRing::new(close_slot, 2 * CLOSE_SLOTS_PER_PERIOD as usize),
+            premium_closes: SlotRing::new(close_slot, 2 * CLOSE_SLOTS_PER_PERIOD as usize),
+            system: System::default(),
+            budget: StampBudget {
+                per_sec: f64::from(p.unverified_stamps_per_sec),
+                tokens: f64::from(p.unverified_stamps_per_sec),
+                last: epoch,
+            },
+            // Nobody can predict which packets are stamped.
+            rng: Xorshift::from_os(),
+            counters: PoliceCounters::default(),
+        }
+    }
+
+    /// Decide whether a packet of `sender` passes; `tcp` says whether it can carry a
+    /// capability (anything else is best-effort only).
+    pub fn admit(&mut self, sender: IpAddr, tcp: bool, now: Instant) -> Result<(), Drop> {
+        let off = matches!(self.policy, Policy::Off);
+        let (llr_threshold, cap) = (self.llr_threshold, self.non_tcp_per_period);
+        let slr_over = self.system.slr > self.slr_threshold;
+        let s = self.sender(sender, now);
+        let llr_over = s.llr > llr_threshold;
+        if !tcp {
+            s.other = s.other.saturating_add(1);
+            let verdict = if off {
+                Ok(())
+            } else if s.other > cap {
+                Err(Drop::NonTcpCap)
+            } else if slr_over {
+                Err(Drop::NonTcpSystemLoss)
+            } else {
+                Ok(())
+            };
+            s.other_dropped += u32::from(verdict.is_err());
+            return verdict;
+        }
+        s.nr = s.nr.saturating_add(1);
+        // Within WR the packet is privileged; beyond it, best-effort.
+        let verdict = if off || s.nr <= s.wr {
+            Ok(())
+        } else if llr_over {
+            Err(Drop::SenderLoss)
+        } else if slr_over {
+            Err(Drop::SystemLoss)
+        } else {
+            Ok(())
+        };
+        s.nd += u32::from(verdict.is_err());
+        verdict
+    }
+
+    /// Whether to stamp this TCP packet of `sender` (admitted just before), and with
+    /// which id: a random share of its packets in the period's first P − Th_rtt, spread
+    /// to make Th_cap last the whole stretch at the rate it is sending. A packet the
+    /// sample picks that would not `fit` the path once stamped is counted, not stamped.
+    pub fn stamp(&mut self, sender: IpAddr, now: Instant, fits: bool) -> Stamp {
+        let (period, rtt, per_period) = (self.period, self.rtt, self.per_period);
+        let draw = self.rng.next_unit();
+        let Some(s) = self.senders.peek_mut(sender) else {
+            return Stamp::No;
+        };
+        let stamp_end = s.period_start + period - rtt;
+        if s.issued >= per_period || now >= stamp_end {
+            return Stamp::No;
+        }
+        // Packets per second: at least last period's, more if it sends faster now.
+        let elapsed = now.saturating_duration_since(s.period_start).max(rtt / 10);
+        let rate = (f64::from(s.last_nr) / period.as_secs_f64())
+            .max(f64::from(s.nr) / elapsed.as_secs_f64());
+        let expected = rate * (stamp_end - now).as_secs_f64();
+        let share = f64::from(per_period - s.issued) / expected.max(1.0);
+        if share < 1.0 && draw >= share {
+            return Stamp::No;
+        }
+        if !fits {
+            return Stamp::TooBig;
+        }
+        if !s.verified && !self.budget.take(now) {
+            self.counters.stamps_over_budget += 1;
+            return Stamp::No;
+        }
+        let id = s.issued;
+        s.issued += 1;
+        self.issued.add(self.ms(now), 1, 0);
+        Stamp::Id(id)
+    }
+
+    /// Count capability `id` of `sender`, issued at `issued_ms` on the capability clock,
+    /// as returned; the error names why it does not count.
+    pub fn returned(
+        &mut self,
+        sender: IpAddr,
+        id: u32,
+        issued_ms: u32,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        let now_ms = self.ms(now);
+        let rtt_ms = u32::try_from(self.rtt.as_millis()).unwrap_or(u32::MAX);
+        // A sender evicted since: its period and bitmap are gone, so nothing can count.
+        let start = self
+            .senders
+            .peek_mut(sender)
+            .ok_or("unknown_sender")?
+            .period_start;
+        let start_ms = self.ms(start);
+        let s = self.senders.get_mut(sender, now).ok_or("unknown_sender")?;
+        check_period(issued_ms, start_ms as u32).map_err(|e| e.as_str())?;
+        check_fresh(issued_ms, now_ms as u32, rtt_ms).map_err(|e| e.as_str())?;
+        s.window.accept(id).map_err(|e| e.as_str())?;
+        s.verified = true;
+        let age = u64::from((now_ms as u32).wrapping_sub(issued_ms));
+        self.issued.add(now_ms.saturating_sub(age), 0, 1);
+        Ok(())
+    }
+
+    /// Close every period due by `now`, expire idle senders, and report this worker's
+    /// figures for the system-wide view.
+    pub fn on_timer(&mut self, now: Instant) -> Figures {
+        while let Some(&(due, sender)) = self.deadlines.front() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.close_due(sender, due, now);
+        }
+        let now_ms = self.ms(now);
+        let rtt_ms = self.rtt.as_millis() as u64;
+        let mature = now_ms.saturating_sub(rtt_ms);
+        let (slr_issued, slr_returned) = self.issued.sum(mature.saturating_sub(rtt_ms), mature);
+        // Each sender closes once per period: one period of closes counts each once.
+        let (delivered, active) = self.closes.sum_last(now_ms, CLOSE_SLOTS_PER_PERIOD);
+        let (premium_delivered, premium_active) =
+            self.premium_closes.sum_last(now_ms, CLOSE_SLOTS_PER_PERIOD);
+        Figures {
+            slr_issued,
+            slr_returned,
+            totals: Totals {
+                delivered,
+                active,
+                premium_delivered,
+                premium_active,
+            },
+        }
+    }
+
+    /// Police by the system-wide view the engine merged from every worker's figures.
+    pub fn set_system(&mut self, system: System) {
+        self.system = system;
+    }
+
+    /// The system-wide view in force.
+    pub fn system(&self) -> System {
+        self.system
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Senders held, and evicted to make room.
+    pub fn senders_held(&self) -> (usize, u64) {
+        (self.senders.len(), self.senders.evictions())
+    }
+
+    /// What the police counted.
+    pub fn counters(&self) -> PoliceCounters {
+        self.counters
+    }
+
+    /// Up to `limit` senders, the most active first.
+    pub fn report(&self, limit: usize) -> Vec<SenderRow> {
+        let mut rows: Vec<SenderRow> = self
+            .senders
+            .iter()
+            .map(|(address, s)| SenderRow {
+                address,
+                nr: s.nr,
+                nd: s.nd,
+                wr: s.wr,
+                llr: s.llr,
+                issued: s.issued,
+                returned: s.window.returned(),
+                delivered: s.delivered,
+                other: s.other,
+                other_dropped: s.other_dropped,
+                verified: s.verified,
+                premium: s.premium,
+            })
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse((r.delivered, r.nr + r.other)));
+        rows.truncate(limit);
+        rows
+    }
+
+    /// The sender's state, created (with its first deadline) if it is new.
+    fn sender(&mut self, sender: IpAddr, now: Instant) -> &mut Sender {
+        let (window, premium) = (&self.window, self.policy.is_premium(sender));
+        let mut created = false;
+        // Borrowck: create first, then schedule, then hand out.
+        self.senders.get_or_insert_with(sender, now, || {
+            created = true;
+            Sender::new(now, window.clone(), premium)
+        });
+        if created {
+            self.deadlines.push_back((now + self.period, sender));
+        }
+        self.senders
+            .peek_mut(sender)
+            .expect("just found or inserted")
+    }
+
+    /// Close the period of `sender` that ended at `due` (and any that ended since, idle).
+    fn close_due(&mut self, sender: IpAddr, due: Instant, now: Instant) {
+        let (period, beta) = (self.period, self.beta);
+        let Some(s) = self.senders.peek_mut(sender) else {
+            return; // evicted or expired: its deadline goes with it
+        };
+        if s.period_start + period != due {
+            return; // a deadline of an earlier life of this address
+        }
+        // Periods that ended while the worker could not run the timer passed unseen.
+        let late = (now - due).as_nanos() / period.as_nanos().max(1);
+        let idle_after = u32::try_from(late).unwrap_or(u32::MAX);
+        let closed = s.close(beta, idle_after, &self.policy, &self.system.totals);
+        s.period_start = due + period * idle_after;
+        let (premium, idle, next) = (s.premium, s.idle, s.period_start + period);
+        self.counters.periods_closed += 1;
+        if closed.delivered > 0 {
+            let ms = self.ms(now);
+            let ring = if premium {
+                &mut self.premium_closes
+            } else {
+                &mut self.closes
+            };
+            ring.add(ms, u64::from(closed.delivered), 1);
+            if premium {
+                self.closes.add(ms, u64::from(closed.delivered), 1);
+            }
+        }
+        if idle >= self.idle_periods {
+            self.senders.remove(sender);
+            self.counters.expired += 1;
+        } else {
+            self.deadlines.push_back((next, sender));
+        }
+    }
+
+    /// Milliseconds since the capability clock's epoch.
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}

@@ -1,0 +1,270 @@
+//! The police on its own: gate, sample, timer, eviction, with the prototype's settings.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{CapSettings, PoliceSettings};
+
+const P: u64 = 4_000;
+
+/// Sender `i` (distinct for every i), in 2001:2::/48.
+fn ip(i: u32) -> IpAddr {
+    IpAddr::from(std::net::Ipv6Addr::from(
+        0x2001_0002_0000_0000_0000_0000_0000_0000u128 | u128::from(i),
+    ))
+}
+
+fn policer(policy: Policy) -> (Policer, Instant) {
+    let t0 = Instant::now();
+    let caps = CapSettings::default();
+    (
+        Policer::new(&caps, &PoliceSettings::with_policy(policy), t0),
+        t0,
+    )
+}
+
+fn at(t0: Instant, ms: u64) -> Instant {
+    t0 + Duration::from_millis(ms)
+}
+
+/// Send `n` TCP packets of `s` evenly over `from..to` ms, running the timer before each
+/// as the worker does; return the ids stamped (with their issue time) and the drops.
+fn send(
+    p: &mut Policer,
+    t0: Instant,
+    s: IpAddr,
+    n: u64,
+    (from, to): (u64, u64),
+) -> (Vec<(u32, u64)>, u64) {
+    let (mut stamped, mut dropped) = (Vec::new(), 0);
+    for i in 0..n {
+        let ms = from + (to - from) * i / n;
+        p.on_timer(at(t0, ms));
+        match p.admit(s, true, at(t0, ms)) {
+            Ok(()) => {
+                if let Stamp::Id(id) = p.stamp(s, at(t0, ms), true) {
+                    stamped.push((id, ms));
+                }
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    (stamped, dropped)
+}
+
+/// Return the capabilities in `ids` to the police `rtt_ms` after their issue.
+fn give_back(p: &mut Policer, t0: Instant, s: IpAddr, ids: &[(u32, u64)]) {
+    for &(id, ms) in ids {
+        let issued_ms = (at(t0, ms) - t0).as_millis() as u32;
+        p.returned(s, id, issued_ms, at(t0, ms + 100)).unwrap();
+    }
+}
+
+fn row(p: &Policer, s: IpAddr) -> SenderRow {
+    p.report(usize::MAX)
+        .into_iter()
+        .find(|r| r.address == s)
+        .expect("sender held")
+}
+
+#[test]
+fn a_sender_that_delivers_everything_gets_its_delivery_as_window() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let (ids, dropped) = send(&mut p, t0, ip(1), 1_000, (0, 3_900));
+    give_back(&mut p, t0, ip(1), &ids);
+    assert_eq!(dropped, 0);
+    assert!(!ids.is_empty() && ids.len() <= 128, "{} stamps", ids.len());
+    p.on_timer(at(t0, P));
+    let r = row(&p, ip(1));
+    assert_eq!((r.wr, r.delivered, r.llr), (1_000, 1_000, 0.0));
+    assert!(r.verified);
+}
+
+#[test]
+fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_never() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let (ids, _) = send(&mut p, t0, ip(1), 100, (0, 2_900));
+    give_back(&mut p, t0, ip(1), &ids);
+    p.on_timer(at(t0, P));
+    assert_eq!(row(&p, ip(1)).wr, 100);
+    p.set_system(System {
+        slr: 0.5,
+        totals: Totals::default(),
+    });
+    // 100 privileged, then best-effort and dropped; a new sender has no window at all.
+    let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 1_000));
+    assert_eq!(dropped, 50);
+    assert_eq!(
+        p.admit(ip(2), true, at(t0, P + 1_000)),
+        Err(Drop::SystemLoss)
+    );
+    let r = row(&p, ip(1));
+    assert_eq!((r.nr, r.nd), (150, 50));
+    // No system loss: best-effort passes.
+    p.set_system(System::default());
+    assert_eq!(p.admit(ip(2), true, at(t0, P + 1_001)), Ok(()));
+}
+
+#[test]
+fn a_sender_whose_capabilities_never_return_loses_its_best_effort() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    // Three periods of stamps that never come back: LLR climbs past 5 %.
+    for k in 0..3 {
+        send(&mut p, t0, ip(1), 200, (k * P, k * P + 3_000));
+    }
+    p.on_timer(at(t0, 3 * P));
+    let r = row(&p, ip(1));
+    assert!(r.llr > 0.05, "llr {}", r.llr);
+    assert_eq!(r.wr, 0, "it proved no delivery");
+    assert_eq!(
+        p.admit(ip(1), true, at(t0, 3 * P + 1)),
+        Err(Drop::SenderLoss)
+    );
+}
+
+#[test]
+fn periods_close_on_the_timer_and_idle_periods_decay_the_llr() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    send(&mut p, t0, ip(1), 200, (0, 3_000));
+    // The timer alone closes the period: no packet of the sender is needed.
+    p.on_timer(at(t0, P));
+    let llr = row(&p, ip(1)).llr;
+    assert!((llr - 0.2).abs() < 1e-9, "(1 - β) x all lost: {llr}");
+    assert_eq!(p.counters().periods_closed, 1);
+    // Two idle periods, the timer late for both: β twice.
+    p.on_timer(at(t0, 3 * P + 10));
+    assert!((row(&p, ip(1)).llr - 0.2 * 0.64).abs() < 1e-9);
+    // Forgotten once idle for `idle_periods` (4).
+    p.on_timer(at(t0, 5 * P));
+    assert!(p.report(10).is_empty());
+    assert_eq!(p.counters().expired, 1);
+}
+
+#[test]
+fn non_tcp_traffic_is_capped_per_sender_and_dropped_while_the_system_loses() {
+    let (mut p, t0) = policer(Policy::FairShare);
+    let now = at(t0, 10);
+    let passed = (0..1_500)
+        .filter(|_| p.admit(ip(1), false, now).is_ok())
+        .count();
+    assert_eq!(passed, 1_000, "non_tcp_per_period");
+    assert_eq!(p.admit(ip(1), false, now), Err(Drop::NonTcpCap));
+    p.set_system(System {
+        slr: 0.06,
+        totals: Totals::default(),
+    });
+    assert_eq!(p.admit(ip(2), false, now), Err(Drop::NonTcpSystemLoss));
+    let r = row(&p, ip(1));
+    assert_eq!((r.other, r.other_dropped, r.nr), (1_501, 501, 0));
+}
+
+#[test]
+fn measuring_only_never_drops() {
+    let (mut p, t0) = policer(Policy::Off);
+    p.set_system(System {
+        slr: 1.0,
+        totals: Totals::default(),
+    });
+    for i in 0..2_000 {
+        assert_eq!(p.admit(ip(1), i % 2 == 0, at(t0, 1)), Ok(()));
+    }
+}
+
+#[test]
+fn a_sender_that_paces_its_first_packets_and_floods_the_rest_shows_its_loss() {
+    // Each period: 200 packets in the first two seconds, all delivered; then 20,000 in
+    // the third, of which the path beyond the mbox loses half. Stamps on the first
+    // Th_cap packets only would show no loss at all.
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let s = ip(1);
+    let mut losses = Vec::new();
+    for k in 0..3 {
+        let base = k * P;
+        let (paced, _) = send(&mut p, t0, s, 200, (base, base + 2_000));
+        give_back(&mut p, t0, s, &paced);
+        let (flood, _) = send(&mut p, t0, s, 20_000, (base + 2_000, base + 3_000));
+        let kept: Vec<_> = flood.iter().copied().step_by(2).collect();
+        give_back(&mut p, t0, s, &kept);
+        let r = row(&p, s);
+        losses.push(1.0 - f64::from(r.returned) / f64::from(r.issued));
+        p.on_timer(at(t0, base + P));
+    }
+    // Once its rate is known (second period on), the stamps spread over the flood.
+    for loss in &losses[1..] {
+        assert!(*loss > 0.3, "measured loss {losses:?}");
+    }
+}
+
+#[test]
+fn stamps_on_unverified_senders_are_held_to_their_budget() {
+    // A spoofed-source flood: 100,000 new sources in one second, one SYN each.
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let mut stamped = 0;
+    for i in 0..100_000u32 {
+        let now = at(t0, u64::from(i) / 100);
+        p.admit(ip(i), true, now).unwrap();
+        stamped += u32::from(matches!(p.stamp(ip(i), now, true), Stamp::Id(_)));
+    }
+    // One second's budget banked at start, one more earned over the second.
+    assert!(stamped <= 2_000, "{stamped} stamps");
+    assert!(stamped >= 1_000, "{stamped} stamps");
+    assert_eq!(
+        u64::from(stamped) + p.counters().stamps_over_budget,
+        100_000
+    );
+}
+
+#[test]
+fn verified_senders_keep_their_state_through_a_spoofed_flood() {
+    let t0 = Instant::now();
+    let caps = CapSettings {
+        max_senders: 1_000,
+        ..CapSettings::default()
+    };
+    let mut p = Policer::new(
+        &caps,
+        &PoliceSettings::with_policy(Policy::NaturalShare),
+        t0,
+    );
+    let real: Vec<IpAddr> = (0..10).map(|i| ip(1 << 30 | i)).collect();
+    for &s in &real {
+        let (ids, _) = send(&mut p, t0, s, 50, (0, 2_000));
+        give_back(&mut p, t0, s, &ids);
+    }
+    // 200,000 spoofed sources, 100 times the table, none of them seen twice.
+    for i in 0..200_000u32 {
+        let now = at(t0, 2_000 + u64::from(i) / 100);
+        let _ = p.admit(ip(i), true, now);
+    }
+    for &s in &real {
+        let r = row(&p, s);
+        assert!(
+            r.verified && r.returned > 0,
+            "{s} kept its returned capabilities"
+        );
+    }
+    assert_eq!(p.senders_held(), (1_000, 200_000 + 10 - 1_000));
+}
+
+#[test]
+fn fair_share_caps_a_heavy_sender_at_the_average() {
+    let (mut p, t0) = policer(Policy::FairShare);
+    for (s, n) in [(ip(1), 300), (ip(2), 3_000)] {
+        let (ids, _) = send(&mut p, t0, s, n, (0, 2_900));
+        give_back(&mut p, t0, s, &ids);
+    }
+    // The worker merges its own figures (one worker here) before the periods close.
+    p.on_timer(at(t0, P - 1));
+    let f = p.on_timer(at(t0, P));
+    p.set_system(System::merge([&f], 1));
+    assert_eq!((f.totals.delivered, f.totals.active), (3_300, 2));
+    // The next close splits 3,300 two ways.
+    for s in [ip(1), ip(2)] {
+        let (ids, _) = send(&mut p, t0, s, 100, (P, P + 2_900));
+        give_back(&mut p, t0, s, &ids);
+    }
+    p.on_timer(at(t0, 2 * P));
+    assert_eq!(row(&p, ip(2)).wr, 1_650);
+    assert_eq!(row(&p, ip(1)).wr, 1_650);
+}
