@@ -14,7 +14,8 @@ use nftnl::expr::{
 use super::spec::{Field, L4Match, Proto, RuleSpec};
 use crate::pipeline::LOOPBACK_IFINDEX;
 
-/// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and the port or type match.
+/// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and
+/// the port or type match (none for [`L4Match::Any`]).
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     if let Some(side) = spec.skip_loopback {
         rule.add_expr(match side {
@@ -43,13 +44,14 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
         }
         rule.add_expr(&Cmp::new(CmpOp::Eq, addr.as_slice()));
     }
-    rule.add_expr(&Meta::L4Proto);
     match spec.l4 {
+        L4Match::Any => {}
         L4Match::Ports {
             proto,
             field,
             ports,
         } => {
+            rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, proto.number()));
             rule.add_expr(&port_payload(proto, field));
             // Ports are compared as big-endian bytes, which memcmp orders numerically.
@@ -68,6 +70,7 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
             } else {
                 libc::IPPROTO_ICMPV6
             } as u8;
+            rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, icmp));
             // ICMP and ICMPv6 both keep the type in their first byte.
             let header = TransportHeaderField::Icmpv6(Icmpv6HeaderField::Type);

@@ -1,7 +1,9 @@
 //! Map a role and a selection to the chains and rules that queue its traffic.
 //!
-//! Invariants: every chain is a filter base chain in table `mpolice`; each chain holds one
-//! rule per (prefix, protocol, port range), in selection order (TCP before UDP).
+//! Invariants: every chain is a filter base chain in table `mpolice`. The mbox's
+//! `to_victim` holds one rule per prefix, for every protocol; the other chains one rule
+//! per (prefix, protocol, port range), in selection order (TCP before UDP), or per ICMP
+//! error type.
 
 use super::spec::{
     ChainSpec, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec, RulesetSpec,
@@ -20,23 +22,30 @@ const PRIO_FILTER: i32 = 0;
 pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
     let chains = match role {
         Role::Mbox => vec![
-            // Client traffic is stamped after conntrack has tracked it.
+            // Client traffic is stamped after conntrack has tracked it; policing sees all
+            // of it, whatever the protocol or port.
             chain(
-                "to_victim",
-                Hook::Forward,
-                PRIO_FILTER,
-                "mbox: client traffic to the protected server, stamped here",
+                base(
+                    "to_victim",
+                    Hook::Forward,
+                    PRIO_FILTER,
+                    "mbox: all client traffic to the protected server, policed and stamped here",
+                ),
                 Field::Dst,
+                Upper::Any,
                 sel,
                 q,
             ),
             // Feedback trailers are stripped before conntrack judges the longer segment.
             chain(
-                "from_victim",
-                Hook::Prerouting,
-                PRIO_RAW,
-                "mbox: protected server replies, feedback stripped before conntrack",
+                base(
+                    "from_victim",
+                    Hook::Prerouting,
+                    PRIO_RAW,
+                    "mbox: protected server replies, feedback stripped before conntrack",
+                ),
                 Field::Src,
+                Upper::Ports,
                 sel,
                 q,
             ),
@@ -46,11 +55,14 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
             // Trailers are stripped before conntrack and TCP see the segment.
             skip_loopback(
                 chain(
-                    "inbound",
-                    Hook::Prerouting,
-                    PRIO_RAW,
-                    "victim: stamped traffic, trailer stripped before conntrack",
+                    base(
+                        "inbound",
+                        Hook::Prerouting,
+                        PRIO_RAW,
+                        "victim: stamped traffic, trailer stripped before conntrack",
+                    ),
                     Field::Dst,
+                    Upper::Ports,
                     sel,
                     q,
                 ),
@@ -59,11 +71,14 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
             // Conntrack's output hook (-200) has run, so it never sees the appended feedback.
             skip_loopback(
                 chain(
-                    "outbound",
-                    Hook::Postrouting,
-                    PRIO_FILTER,
-                    "victim: replies, feedback appended after conntrack",
+                    base(
+                        "outbound",
+                        Hook::Postrouting,
+                        PRIO_FILTER,
+                        "victim: replies, feedback appended after conntrack",
+                    ),
                     Field::Src,
+                    Upper::Ports,
                     sel,
                     q,
                 ),
@@ -89,20 +104,26 @@ pub fn add_redirect_chains(
     q: &QueueTarget,
 ) {
     spec.chains.push(chain(
-        "redirect_in",
-        Hook::Prerouting,
-        PRIO_RAW,
-        "mbox: clients' packets to a redirect address, readdressed to the victim before routing",
+        base(
+            "redirect_in",
+            Hook::Prerouting,
+            PRIO_RAW,
+            "mbox: clients' packets to a redirect address, readdressed to the victim before routing",
+        ),
         Field::Dst,
+        Upper::Ports,
         listen,
         q,
     ));
     spec.chains.push(chain(
-        "redirect_out",
-        Hook::Forward,
-        PRIO_FILTER,
-        "mbox: redirected victims' replies, answered in the redirect address's name",
+        base(
+            "redirect_out",
+            Hook::Forward,
+            PRIO_FILTER,
+            "mbox: redirected victims' replies, answered in the redirect address's name",
+        ),
         Field::Src,
+        Upper::Ports,
         victims,
         q,
     ));
@@ -113,11 +134,14 @@ pub fn add_redirect_chains(
 /// unwrapped packet like any other.
 pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTarget) {
     spec.chains.push(chain(
-        "tunnel_in",
-        Hook::Prerouting,
-        PRIO_RAW - 10,
-        "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
+        base(
+            "tunnel_in",
+            Hook::Prerouting,
+            PRIO_RAW - 10,
+            "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
+        ),
         Field::Dst,
+        Upper::Ports,
         tunnel,
         q,
     ));
@@ -128,11 +152,14 @@ pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTar
 /// the engine counts them and consumes them.
 pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &QueueTarget) {
     spec.chains.push(chain(
-        "tunnel_feedback",
-        Hook::Prerouting,
-        PRIO_RAW,
-        "mbox: the victim's feedback datagrams to the tunnel port, counted and consumed",
+        base(
+            "tunnel_feedback",
+            Hook::Prerouting,
+            PRIO_RAW,
+            "mbox: the victim's feedback datagrams to the tunnel port, counted and consumed",
+        ),
         Field::Dst,
+        Upper::Ports,
         feedback,
         q,
     ));
@@ -177,50 +204,71 @@ fn skip_loopback(mut c: ChainSpec, side: Field) -> ChainSpec {
     c
 }
 
-/// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
-fn chain(
-    name: &str,
-    hook: Hook,
-    priority: i32,
-    comment: &str,
-    side: Field,
-    sel: &Selection,
-    q: &QueueTarget,
-) -> ChainSpec {
-    let ports = [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)];
-    let mut rules = Vec::new();
-    for prefix in &sel.addresses {
-        for (proto, ranges) in ports {
-            for range in ranges {
-                let dir = match side {
-                    Field::Dst => "to",
-                    Field::Src => "from",
-                };
-                rules.push(RuleSpec {
-                    prefix: *prefix,
-                    addr_field: side,
-                    l4: L4Match::Ports {
-                        proto,
-                        field: side,
-                        ports: *range,
-                    },
-                    skip_loopback: None,
-                    queue: *q,
-                    comment: format!(
-                        "mpolice {name}: {} {dir} {prefix} port {range}",
-                        proto.keyword()
-                    ),
-                });
-            }
-        }
-    }
+/// What a chain matches above IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upper {
+    /// The selection's TCP and UDP port ranges (on the protected side).
+    Ports,
+    /// Every protocol: one rule per prefix.
+    Any,
+}
+
+/// Return an empty base chain.
+fn base(name: &str, hook: Hook, priority: i32, comment: &str) -> ChainSpec {
     ChainSpec {
         name: name.to_owned(),
         hook,
         priority,
         comment: comment.to_owned(),
-        rules,
+        rules: Vec::new(),
     }
+}
+
+/// Fill chain `c` with rules matching the protected side on `side` (Dst: towards it,
+/// Src: from it).
+fn chain(
+    mut c: ChainSpec,
+    side: Field,
+    upper: Upper,
+    sel: &Selection,
+    q: &QueueTarget,
+) -> ChainSpec {
+    let name = c.name.clone();
+    let dir = match side {
+        Field::Dst => "to",
+        Field::Src => "from",
+    };
+    let rule = |prefix: Prefix, l4: L4Match, comment: String| RuleSpec {
+        prefix,
+        addr_field: side,
+        l4,
+        skip_loopback: None,
+        queue: *q,
+        comment,
+    };
+    let rules = &mut c.rules;
+    for prefix in &sel.addresses {
+        if upper == Upper::Any {
+            let comment = format!("mpolice {name}: any protocol {dir} {prefix}");
+            rules.push(rule(*prefix, L4Match::Any, comment));
+            continue;
+        }
+        for (proto, ranges) in [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)] {
+            for range in ranges {
+                let l4 = L4Match::Ports {
+                    proto,
+                    field: side,
+                    ports: *range,
+                };
+                let comment = format!(
+                    "mpolice {name}: {} {dir} {prefix} port {range}",
+                    proto.keyword()
+                );
+                rules.push(rule(*prefix, l4, comment));
+            }
+        }
+    }
+    c
 }
 
 #[cfg(test)]
@@ -241,38 +289,45 @@ mod tests {
     fn port_field(r: &RuleSpec) -> Option<Field> {
         match r.l4 {
             L4Match::Ports { field, .. } => Some(field),
-            L4Match::IcmpType(_) => None,
+            L4Match::IcmpType(_) | L4Match::Any => None,
         }
     }
 
-    const Q: QueueTarget = QueueTarget {
+    const Q1: QueueTarget = QueueTarget {
         first: 0,
-        count: 2,
+        count: 1,
         bypass: true,
         fanout: false,
     };
 
-    #[test]
-    fn mbox_chains() {
-        let spec = plan(Role::Mbox, &selection(), &Q);
-        assert_eq!(spec.table, "mpolice");
-        let shape: Vec<_> = spec
-            .chains
+    fn shape(spec: &RulesetSpec) -> Vec<(&str, Hook, i32, usize)> {
+        spec.chains
             .iter()
             .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn mbox_chains() {
+        let spec = plan(Role::Mbox, &selection(), &Q1);
+        assert_eq!(spec.table, "mpolice");
         assert_eq!(
-            shape,
+            shape(&spec),
             [
-                ("to_victim", Hook::Forward, 0, 6),
+                ("to_victim", Hook::Forward, 0, 2),
                 ("from_victim", Hook::Prerouting, -300, 6)
             ]
         );
+        // Everything to a protected prefix, whatever the protocol and port.
         assert!(
             spec.chains[0]
                 .rules
                 .iter()
-                .all(|r| r.addr_field == Field::Dst && port_field(r) == Some(Field::Dst))
+                .all(|r| r.addr_field == Field::Dst && r.l4 == L4Match::Any)
+        );
+        assert_eq!(
+            spec.chains[0].rules[1].comment,
+            "mpolice to_victim: any protocol to 2001:2:0:2::/64"
         );
         assert!(
             spec.chains[1]
@@ -280,40 +335,38 @@ mod tests {
                 .iter()
                 .all(|r| r.addr_field == Field::Src && port_field(r) == Some(Field::Src))
         );
+        assert!(spec.chains.iter().all(|c| {
+            c.rules
+                .iter()
+                .all(|r| r.queue == Q1 && r.skip_loopback.is_none())
+        }));
     }
 
     #[test]
     fn victim_chains() {
-        let spec = plan(Role::Victim, &selection(), &Q);
-        let shape: Vec<_> = spec
-            .chains
-            .iter()
-            .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
-            .collect();
+        let spec = plan(Role::Victim, &selection(), &Q1);
         assert_eq!(
-            shape,
+            shape(&spec),
             [
                 ("inbound", Hook::Prerouting, -300, 6),
                 ("outbound", Hook::Postrouting, 0, 6)
             ]
         );
-        assert!(
-            spec.chains[0]
-                .rules
-                .iter()
-                .all(|r| r.addr_field == Field::Dst)
-        );
-        assert!(
-            spec.chains[1]
-                .rules
-                .iter()
-                .all(|r| port_field(r) == Some(Field::Src))
-        );
+        assert!(spec.chains[0].rules.iter().all(|r| {
+            r.addr_field == Field::Dst
+                && port_field(r) == Some(Field::Dst)
+                && r.skip_loopback == Some(Field::Src)
+        }));
+        assert!(spec.chains[1].rules.iter().all(|r| {
+            r.addr_field == Field::Src
+                && port_field(r) == Some(Field::Src)
+                && r.skip_loopback == Some(Field::Dst)
+        }));
     }
 
     #[test]
     fn rule_order_and_queue() {
-        let spec = plan(Role::Victim, &selection(), &Q);
+        let spec = plan(Role::Victim, &selection(), &Q1);
         let rules = &spec.chains[0].rules;
         let order: Vec<_> = rules
             .iter()
@@ -321,7 +374,7 @@ mod tests {
                 L4Match::Ports { proto, ports, .. } => {
                     (r.prefix.to_string(), proto, ports.to_string())
                 }
-                L4Match::IcmpType(_) => unreachable!("no ICMP rule in these chains"),
+                _ => unreachable!("only port rules in these chains"),
             })
             .collect();
         assert_eq!(order[0], ("198.18.2.2".into(), Proto::Tcp, "80".into()));
@@ -330,7 +383,7 @@ mod tests {
             order[4],
             ("2001:2:0:2::/64".into(), Proto::Tcp, "8000-8100".into())
         );
-        assert!(rules.iter().all(|r| r.queue == Q && !r.comment.is_empty()));
+        assert!(rules.iter().all(|r| r.queue == Q1 && !r.comment.is_empty()));
         assert_eq!(
             rules[0].comment,
             "mpolice inbound: tcp to 198.18.2.2 port 80"
@@ -339,7 +392,7 @@ mod tests {
 
     #[test]
     fn empty_selection_gives_empty_chains() {
-        let spec = plan(Role::Mbox, &Selection::default(), &Q);
+        let spec = plan(Role::Mbox, &Selection::default(), &Q1);
         assert_eq!(spec.chains.len(), 2);
         assert!(spec.chains.iter().all(|c| c.rules.is_empty()));
     }

@@ -89,6 +89,7 @@ fn rule_match(rule: &RuleSpec) -> String {
         None => addr,
     };
     match rule.l4 {
+        L4Match::Any => addr,
         L4Match::Ports {
             proto,
             field,
@@ -241,6 +242,24 @@ table inet mpolice {
         assert!(text.contains("type filter hook forward priority 0;"));
         assert!(text.contains("type filter hook prerouting priority -300;"));
         assert!(text.contains("ip saddr 198.18.2.0/24 tcp sport 8000-8100 queue num 7 comment"));
+    }
+
+    #[test]
+    fn renders_mbox_queueing_every_protocol_to_the_victim() {
+        let q = QueueTarget {
+            first: 0,
+            count: 1,
+            bypass: false,
+            fanout: false,
+        };
+        let text = render(&plan(Role::Mbox, &sel(), &q));
+        assert!(text.contains(
+            "\t\tip daddr 198.18.2.0/24 queue num 0 comment \"mpolice to_victim: any protocol to 198.18.2.0/24\"\n"
+        ), "{text}");
+        assert!(text.contains(
+            "\t\tip6 daddr 2001:2:0:2::5 queue num 0 comment \"mpolice to_victim: any protocol to 2001:2:0:2::5\"\n"
+        ), "{text}");
+        assert_eq!(text.matches("to_victim: any protocol").count(), 2);
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct RuleSpec {
 /// What a rule matches above the IP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Match {
+    /// Every protocol (the family is still matched, by the prefix).
+    Any,
     /// TCP or UDP with the port on `field` in `ports`.
     Ports {
         proto: Proto,
