@@ -1,7 +1,8 @@
 //! Turn a rule's match into nftnl expressions (all through register 1).
 //!
 //! Invariants: the family is checked (`meta nfproto`) before any network-header load, and
-//! the transport protocol (`meta l4proto`) before any transport-header load, as nft does.
+//! the transport protocol (`meta l4proto`) before any transport-header load, as nft does;
+//! the client hash comes last, so it is computed only for packets the rest matched.
 
 use std::net::IpAddr;
 
@@ -11,11 +12,12 @@ use nftnl::expr::{
     NetworkHeaderField, Payload, TcpHeaderField, TransportHeaderField, UdpHeaderField,
 };
 
+use super::expr::JHash;
 use super::spec::{Field, L4Match, Proto, RuleSpec};
 use crate::pipeline::LOOPBACK_IFINDEX;
 
 /// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and
-/// the port or type match (none for [`L4Match::Any`]).
+/// the port or type match (none for [`L4Match::Any`]), then the client hash if any.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     if let Some(side) = spec.skip_loopback {
         rule.add_expr(match side {
@@ -77,6 +79,17 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
             rule.add_expr(&Payload::Transport(header));
             rule.add_expr(&Cmp::new(CmpOp::Eq, kind));
         }
+    }
+    if let Some(pick) = spec.pick {
+        // Load the client's address into register 1, hash it there, compare the result
+        // (a u32 in host byte order, as the kernel writes it).
+        rule.add_expr(&addr_payload(v4, pick.client));
+        rule.add_expr(&JHash {
+            len: if v4 { 4 } else { 16 },
+            modulus: pick.modulus,
+            seed: pick.seed,
+        });
+        rule.add_expr(&Cmp::new(CmpOp::Eq, pick.value));
     }
 }
 

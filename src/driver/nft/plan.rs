@@ -3,15 +3,22 @@
 //! Invariants: every chain is a filter base chain in table `mpolice`. The mbox's
 //! `to_victim` holds one rule per prefix, for every protocol; the other chains one rule
 //! per (prefix, protocol, port range), in selection order (TCP before UDP), or per ICMP
-//! error type.
+//! error type. With several queues (and no CPU fanout) each of those rules becomes one
+//! rule per queue, in queue order, matching `jhash(client address) mod count` with the
+//! same seed and modulus in every chain, so every packet of one sender, in either
+//! direction and of any protocol, goes to the same queue.
 
 use super::spec::{
-    ChainSpec, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec, RulesetSpec,
-    Selection,
+    ChainSpec, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec,
+    RulesetSpec, Selection,
 };
 
 /// Name of the table all our chains live in (family inet).
 pub const TABLE: &str = "mpolice";
+
+/// Seed of the client hash, the same in every rule (and every run, so `rules show` prints
+/// what `install` installs).
+pub const CLIENT_HASH_SEED: u32 = 0x6d70_6f6c;
 
 /// Priority of the raw hook slot: ahead of conntrack (-200).
 const PRIO_RAW: i32 = -300;
@@ -167,23 +174,27 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
 
 /// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
-/// gets it. Queued after routing, like the stamped packets they answer.
+/// gets it. Queued after routing, like the stamped packets they answer, and to the queue
+/// of the client they are addressed to.
 pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
     let mut rules = Vec::new();
     for (family, any) in [("ip", "0.0.0.0/0"), ("ip6", "::/0")] {
         let v6 = family == "ip6";
         for &kind in crate::wire::icmp::error_types(v6) {
-            rules.push(RuleSpec {
+            let rule = RuleSpec {
                 prefix: any.parse::<Prefix>().expect("a valid zero-length prefix"),
                 addr_field: Field::Dst,
                 l4: L4Match::IcmpType(kind),
                 skip_loopback: None,
+                pick: None,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
                     if v6 { "icmpv6" } else { "icmp" }
                 ),
-            });
+            };
+            // An error goes to the client whose packet it quotes.
+            rules.extend(per_client(rule, Field::Dst));
         }
     }
     spec.chains.push(ChainSpec {
@@ -225,7 +236,7 @@ fn base(name: &str, hook: Hook, priority: i32, comment: &str) -> ChainSpec {
 }
 
 /// Fill chain `c` with rules matching the protected side on `side` (Dst: towards it,
-/// Src: from it).
+/// Src: from it); the client is on the other side.
 fn chain(
     mut c: ChainSpec,
     side: Field,
@@ -243,6 +254,7 @@ fn chain(
         addr_field: side,
         l4,
         skip_loopback: None,
+        pick: None,
         queue: *q,
         comment,
     };
@@ -250,7 +262,10 @@ fn chain(
     for prefix in &sel.addresses {
         if upper == Upper::Any {
             let comment = format!("mpolice {name}: any protocol {dir} {prefix}");
-            rules.push(rule(*prefix, L4Match::Any, comment));
+            rules.extend(per_client(
+                rule(*prefix, L4Match::Any, comment),
+                side.other(),
+            ));
             continue;
         }
         for (proto, ranges) in [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)] {
@@ -264,11 +279,39 @@ fn chain(
                     "mpolice {name}: {} {dir} {prefix} port {range}",
                     proto.keyword()
                 );
-                rules.push(rule(*prefix, l4, comment));
+                rules.extend(per_client(rule(*prefix, l4, comment), side.other()));
             }
         }
     }
     c
+}
+
+/// Spread `rule` over its queues by the address on `client`: with one queue or CPU
+/// fanout (or a queue range `install` will refuse), the rule as it is; else one rule per
+/// queue `first + i`, matching the senders whose address hashes to `i`. The xt NFQUEUE
+/// target takes no expression, hence a rule per queue rather than a computed number.
+fn per_client(rule: RuleSpec, client: Field) -> Vec<RuleSpec> {
+    let q = rule.queue;
+    if q.count <= 1 || q.fanout || q.last().is_err() {
+        return vec![rule];
+    }
+    (0..q.count)
+        .map(|i| RuleSpec {
+            pick: Some(ClientHash {
+                client,
+                modulus: u32::from(q.count),
+                seed: CLIENT_HASH_SEED,
+                value: u32::from(i),
+            }),
+            queue: QueueTarget {
+                first: q.first + i,
+                count: 1,
+                ..q
+            },
+            comment: format!("{}, client hash {i} of {}", rule.comment, q.count),
+            ..rule.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -299,6 +342,25 @@ mod tests {
         bypass: true,
         fanout: false,
     };
+
+    const Q: QueueTarget = QueueTarget {
+        first: 0,
+        count: 2,
+        bypass: true,
+        fanout: false,
+    };
+
+    /// The mbox with every optional chain: redirect and icmp_errors.
+    fn full_mbox(q: &QueueTarget) -> RulesetSpec {
+        let mut spec = plan(Role::Mbox, &selection(), q);
+        let listen = Selection {
+            addresses: vec!["198.18.1.1".parse().unwrap()],
+            ..selection()
+        };
+        add_redirect_chains(&mut spec, &listen, &selection(), q);
+        add_icmp_error_chain(&mut spec, q);
+        spec
+    }
 
     fn shape(spec: &RulesetSpec) -> Vec<(&str, Hook, i32, usize)> {
         spec.chains
@@ -338,7 +400,7 @@ mod tests {
         assert!(spec.chains.iter().all(|c| {
             c.rules
                 .iter()
-                .all(|r| r.queue == Q1 && r.skip_loopback.is_none())
+                .all(|r| r.pick.is_none() && r.queue == Q1 && r.skip_loopback.is_none())
         }));
     }
 
@@ -391,8 +453,140 @@ mod tests {
     }
 
     #[test]
+    fn several_queues_give_one_rule_per_queue_picked_by_the_clients_address() {
+        let q = QueueTarget {
+            first: 4,
+            count: 3,
+            bypass: false,
+            fanout: false,
+        };
+        let single = full_mbox(&Q1);
+        let spec = full_mbox(&q);
+        for (one, many) in single.chains.iter().zip(&spec.chains) {
+            assert_eq!(many.rules.len(), 3 * one.rules.len(), "{}", many.name);
+            // Each rule of one queue becomes three in a row, the same but for the pick.
+            for (base, group) in one.rules.iter().zip(many.rules.chunks(3)) {
+                for (i, r) in (0u16..).zip(group) {
+                    let pick = r.pick.expect("a client hash");
+                    assert_eq!(
+                        (pick.modulus, pick.seed, pick.value),
+                        (3, CLIENT_HASH_SEED, u32::from(i))
+                    );
+                    assert_eq!(
+                        r.queue,
+                        QueueTarget {
+                            first: 4 + i,
+                            count: 1,
+                            ..q
+                        }
+                    );
+                    assert_eq!(
+                        (r.prefix, r.addr_field, r.l4, r.skip_loopback),
+                        (base.prefix, base.addr_field, base.l4, base.skip_loopback)
+                    );
+                    assert_eq!(r.comment, format!("{}, client hash {i} of 3", base.comment));
+                }
+            }
+        }
+    }
+
+    /// Both directions of one sender hash the same address: the one not protected, and
+    /// for ICMP errors (addressed to the client) the destination.
+    #[test]
+    fn every_chain_hashes_the_client_side() {
+        let mut victim = plan(Role::Victim, &selection(), &Q);
+        add_tunnel_chain(&mut victim, &selection(), &Q);
+        let mut mbox = full_mbox(&Q);
+        add_feedback_chain(&mut mbox, &selection(), &Q);
+        let client_of: Vec<(&str, Field)> = [&mbox, &victim]
+            .iter()
+            .flat_map(|s| &s.chains)
+            .map(|c| {
+                let sides: Vec<Field> = c
+                    .rules
+                    .iter()
+                    .map(|r| r.pick.expect("a client hash").client)
+                    .collect();
+                assert!(sides.windows(2).all(|w| w[0] == w[1]), "{}", c.name);
+                assert!(
+                    c.rules
+                        .iter()
+                        .all(|r| c.name == "icmp_errors" || r.pick.unwrap().client != r.addr_field)
+                );
+                (c.name.as_str(), sides[0])
+            })
+            .collect();
+        assert_eq!(
+            client_of,
+            [
+                ("to_victim", Field::Src),
+                ("from_victim", Field::Dst),
+                ("redirect_in", Field::Src),
+                ("redirect_out", Field::Dst),
+                ("icmp_errors", Field::Dst),
+                ("tunnel_feedback", Field::Src),
+                ("inbound", Field::Src),
+                ("outbound", Field::Dst),
+                ("tunnel_in", Field::Src),
+            ]
+        );
+    }
+
+    #[test]
+    fn fanout_and_bad_ranges_keep_one_balancing_rule() {
+        for q in [
+            QueueTarget { fanout: true, ..Q },
+            QueueTarget {
+                first: 65535,
+                count: 2,
+                ..Q
+            },
+            QueueTarget { count: 0, ..Q },
+        ] {
+            let spec = full_mbox(&q);
+            assert_eq!(
+                shape(&spec),
+                shape(&full_mbox(&Q1)),
+                "one rule per selection rule"
+            );
+            assert!(
+                spec.chains
+                    .iter()
+                    .all(|c| c.rules.iter().all(|r| r.pick.is_none() && r.queue == q))
+            );
+        }
+    }
+
+    /// The longest comment (a long IPv6 prefix text, a wide port range, the most queues)
+    /// still fits libnftnl's limit, past which `install` refuses the ruleset.
+    #[test]
+    fn comments_fit_however_many_queues() {
+        let long = Selection {
+            addresses: vec!["2001:2:0:ffff:ffff:ffff:ffff:fff0/124".parse().unwrap()],
+            tcp_ports: vec!["10000-65535".parse().unwrap()],
+            udp_ports: vec![],
+        };
+        let q = QueueTarget {
+            first: 0,
+            count: u16::MAX,
+            ..Q
+        };
+        let mut spec = plan(Role::Victim, &long, &q);
+        add_redirect_chains(&mut spec, &long, &long, &q);
+        let longest = spec
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .map(|r| r.comment.len())
+            .max();
+        assert_eq!(longest, Some(113));
+        // The longest IPv6 prefix text anywhere ("ffff:…:fff0/124") is 6 bytes longer.
+        assert!(longest.unwrap() + 6 <= super::super::install::COMMENT_MAX);
+    }
+
+    #[test]
     fn empty_selection_gives_empty_chains() {
-        let spec = plan(Role::Mbox, &Selection::default(), &Q1);
+        let spec = plan(Role::Mbox, &Selection::default(), &Q);
         assert_eq!(spec.chains.len(), 2);
         assert!(spec.chains.iter().all(|c| c.rules.is_empty()));
     }
