@@ -1,7 +1,9 @@
-//! The two queue statements nftnl 0.9.4 lacks: native `queue` and the xt `NFQUEUE` target.
+//! The expressions nftnl 0.9.4 lacks: the two queue statements, native `queue` and the xt
+//! `NFQUEUE` target, and the Jenkins `hash` that picks a sender's queue.
 //!
-//! Invariants: both send the same queue range and flags (NFT_QUEUE_FLAG_* and NFQ_FLAG_*
-//! share values); `total` is at least 1 (checked by the caller, the kernel rejects 0).
+//! Invariants: both queue statements send the same queue range and flags
+//! (NFT_QUEUE_FLAG_* and NFQ_FLAG_* share values); `total` is at least 1 (checked by the
+//! caller, the kernel rejects 0). The hash reads and writes register 1.
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -97,6 +99,42 @@ impl Expression for XtNfqueue {
             if rc < 0 {
                 // Not taken over by libnftnl, so still ours to free.
                 libc::free(buf.cast::<c_void>());
+            }
+        }
+        expr
+    }
+}
+
+/// `enum nft_hash_types` in linux/netfilter/nf_tables.h: Jenkins hash of a register.
+const NFT_HASH_JENKINS: u32 = 0;
+
+/// `jhash(reg 1 [len bytes], seed) mod modulus` into register 1 (nft text: `jhash ip saddr
+/// mod 2 seed 0x1`); the kernel scales the hash into `0..modulus` (reciprocal_scale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JHash {
+    /// Bytes hashed: 4 for an IPv4 address, 16 for IPv6 (one 16-byte register).
+    pub len: u32,
+    /// At least 1 (the kernel refuses 0).
+    pub modulus: u32,
+    pub seed: u32,
+}
+
+impl Expression for JHash {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"hash");
+        let reg = libc::NFT_REG_1 as u32;
+        // SAFETY: `expr` is a live hash expression; these attributes are u32 in libnftnl.
+        unsafe {
+            for (attr, value) in [
+                (sys::NFTNL_EXPR_HASH_SREG, reg),
+                (sys::NFTNL_EXPR_HASH_DREG, reg),
+                (sys::NFTNL_EXPR_HASH_LEN, self.len),
+                (sys::NFTNL_EXPR_HASH_MODULUS, self.modulus),
+                (sys::NFTNL_EXPR_HASH_SEED, self.seed),
+                (sys::NFTNL_EXPR_HASH_OFFSET, 0),
+                (sys::NFTNL_EXPR_HASH_TYPE, NFT_HASH_JENKINS),
+            ] {
+                sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
             }
         }
         expr

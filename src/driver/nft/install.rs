@@ -19,7 +19,7 @@ const NAME_MAX: usize = 255;
 /// NFTA_TABLE_NAME from linux/netfilter/nf_tables.h (libc lacks it).
 const NFTA_TABLE_NAME: u16 = 1;
 /// libnftnl's NFTNL_UDATA_COMMENT_MAXLEN, including the NUL.
-const COMMENT_MAX: usize = 127;
+pub(super) const COMMENT_MAX: usize = 127;
 
 /// Why installing, removing or probing the rules failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! Turn a rule's match into nftnl expressions (all through register 1).
 //!
 //! Invariants: the family is checked (`meta nfproto`) before any network-header load, and
-//! the transport protocol (`meta l4proto`) before any transport-header load, as nft does.
+//! the transport protocol (`meta l4proto`) before any transport-header load, as nft does;
+//! the client hash comes last, so it is computed only for packets the rest matched.
 
 use std::net::IpAddr;
 
@@ -11,10 +12,12 @@ use nftnl::expr::{
     NetworkHeaderField, Payload, TcpHeaderField, TransportHeaderField, UdpHeaderField,
 };
 
+use super::expr::JHash;
 use super::spec::{Field, L4Match, Proto, RuleSpec};
 use crate::pipeline::LOOPBACK_IFINDEX;
 
-/// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and the port or type match.
+/// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and
+/// the port or type match (none for [`L4Match::Any`]), then the client hash if any.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     if let Some(side) = spec.skip_loopback {
         rule.add_expr(match side {
@@ -43,13 +46,14 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
         }
         rule.add_expr(&Cmp::new(CmpOp::Eq, addr.as_slice()));
     }
-    rule.add_expr(&Meta::L4Proto);
     match spec.l4 {
+        L4Match::Any => {}
         L4Match::Ports {
             proto,
             field,
             ports,
         } => {
+            rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, proto.number()));
             rule.add_expr(&port_payload(proto, field));
             // Ports are compared as big-endian bytes, which memcmp orders numerically.
@@ -68,12 +72,24 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
             } else {
                 libc::IPPROTO_ICMPV6
             } as u8;
+            rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, icmp));
             // ICMP and ICMPv6 both keep the type in their first byte.
             let header = TransportHeaderField::Icmpv6(Icmpv6HeaderField::Type);
             rule.add_expr(&Payload::Transport(header));
             rule.add_expr(&Cmp::new(CmpOp::Eq, kind));
         }
+    }
+    if let Some(pick) = spec.pick {
+        // Load the client's address into register 1, hash it there, compare the result
+        // (a u32 in host byte order, as the kernel writes it).
+        rule.add_expr(&addr_payload(v4, pick.client));
+        rule.add_expr(&JHash {
+            len: if v4 { 4 } else { 16 },
+            modulus: pick.modulus,
+            seed: pick.seed,
+        });
+        rule.add_expr(&Cmp::new(CmpOp::Eq, pick.value));
     }
 }
 

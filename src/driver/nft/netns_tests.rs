@@ -3,14 +3,19 @@
 //! Netlink calls run on a thread that joined the namespace with setns; the `nft` CLI runs
 //! through `ip netns exec`. Addresses come only from 198.18.0.0/15 and 2001:2::/48.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::render::render_accept;
 use super::*;
+use crate::driver::nfqueue::{Incoming, Queue as NfQueue, QueueConfig, Verdict};
 use crate::driver::testns;
+use crate::wire::build::Builder;
+use crate::wire::tcp;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -185,9 +190,34 @@ fn install_each_role_uses_native_queue_where_the_kernel_has_it_else_xt() {
                 l.contains("comment \"mpolice") && (l.contains("queue") || l.contains("NFQUEUE"))
             })
             .count();
-        assert_eq!(queued, 8, "{listing}");
-        assert!(listing.contains("comment \"mpolice"), "{listing}");
+        // Two queues: every rule twice, once per client hash value.
+        let rules = match role {
+            Role::Mbox => 2 * (2 + 4),
+            Role::Victim => 2 * (4 + 4),
+        };
+        assert_eq!(queued, rules, "{listing}");
+        // What the kernel holds (the hash included, as nft reads it back) is what
+        // `rules show` prints, up to the queue statement.
+        assert_eq!(
+            rule_matches(&listing),
+            rule_matches(&render(&spec)),
+            "{listing}"
+        );
     }
+}
+
+/// Return each rule's match part (before its queue or accept statement) and comment.
+fn rule_matches(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let c = l.find(" comment \"mpolice")?;
+            let end = [" queue ", " accept"]
+                .iter()
+                .filter_map(|stmt| l[..c].find(stmt))
+                .min()?;
+            Some((l[..end].trim().to_owned(), l[c..].to_owned()))
+        })
+        .collect()
 }
 
 #[test]
@@ -283,7 +313,7 @@ fn rendered_text_loads_with_nft() {
             Err(e) => assert!(
                 !ns.has_native_queue()
                     && e.contains("No such file or directory")
-                    && e.contains("queue flags bypass num 0-1"),
+                    && e.contains("queue flags bypass num 1 comment"),
                 "{e}"
             ),
         }
@@ -303,7 +333,13 @@ fn rendered_text_loads_with_nft() {
             );
             assert!(header.starts_with(&want), "{header} vs {want}");
         }
-        assert_eq!(listing.matches(" accept comment").count(), 8, "{listing}");
+        let rules: usize = spec.chains.iter().map(|c| c.rules.len()).sum();
+        assert_eq!(
+            listing.matches(" accept comment").count(),
+            rules,
+            "{listing}"
+        );
+        assert_eq!(rule_matches(&listing), rule_matches(&accept), "{listing}");
     }
 }
 
@@ -443,4 +479,347 @@ fn queue_to_accept(text: &str) -> String {
             _ => format!("{l}\n"),
         })
         .collect()
+}
+
+/// Client `c` ⇄ mbox `m` ⇄ victim side `v`. `c` and `v` send hand-built packets through
+/// raw sockets, so `c` speaks for many client addresses and `v` for the protected ones;
+/// `m` forwards (its `forward` chains see the packets) and has permanent neighbours.
+struct Path {
+    c: Netns,
+    m: Netns,
+    v: Netns,
+}
+
+/// The mbox's addresses on the client's and the victim's link.
+const M_CLIENT_SIDE: [&str; 2] = ["198.18.1.254", "2001:2:0:1::fe"];
+const M_VICTIM_SIDE: [&str; 2] = ["198.18.2.254", "2001:2:0:2::fe"];
+
+impl Path {
+    fn new() -> Option<Path> {
+        let path = Path {
+            c: Netns::new()?,
+            m: Netns::new()?,
+            v: Netns::new()?,
+        };
+        let (c, m, v) = (&path.c, &path.m, &path.v);
+        // (far end, its device, mbox device, mbox MAC, far subnet, mbox addresses, routes)
+        let links = [
+            (c, "cm", "mc", "02:00:00:00:01:fe", 1, M_CLIENT_SIDE, 2),
+            (v, "vm", "mv", "02:00:00:00:02:fe", 2, M_VICTIM_SIDE, 1),
+        ];
+        for (far, dev, mdev, mac, net, [m4, m6], other) in links {
+            far.exec_ok(
+                "ip",
+                &[
+                    "link", "add", dev, "type", "veth", "peer", "name", mdev, "netns", &m.name,
+                ],
+            );
+            m.exec_ok("ip", &["link", "set", mdev, "address", mac]);
+            m.exec_ok("ip", &["addr", "add", &format!("{m4}/24"), "dev", mdev]);
+            m.exec_ok(
+                "ip",
+                &["addr", "add", &format!("{m6}/64"), "dev", mdev, "nodad"],
+            );
+            m.exec_ok("ip", &["link", "set", mdev, "up"]);
+            let (a4, a6) = (
+                format!("198.18.{net}.1/24"),
+                format!("2001:2:0:{net}::1/64"),
+            );
+            far.exec_ok("ip", &["addr", "add", &a4, "dev", dev]);
+            far.exec_ok("ip", &["addr", "add", &a6, "dev", dev, "nodad"]);
+            far.exec_ok("ip", &["link", "set", dev, "up"]);
+            // Everything beyond the mbox goes through it, with no neighbour discovery.
+            for (gw, to) in [
+                (m4, format!("198.18.{other}.0/24")),
+                (m6, format!("2001:2:0:{other}::/64")),
+            ] {
+                far.exec_ok(
+                    "ip",
+                    &[
+                        "neigh",
+                        "replace",
+                        gw,
+                        "lladdr",
+                        mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
+                );
+                far.exec_ok("ip", &["route", "add", &to, "via", gw, "dev", dev]);
+            }
+        }
+        m.exec_ok(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
+        Some(path)
+    }
+}
+
+/// A raw socket in `ns` that sends whole IP packets as built (IPv4 `IPPROTO_RAW` implies
+/// `IP_HDRINCL`; IPv6 needs `IPV6_HDRINCL`), routed by their destination.
+fn raw_sender(ns: &Netns, v6: bool) -> OwnedFd {
+    /// `IPV6_HDRINCL` from linux/in6.h (not in every libc release).
+    const IPV6_HDRINCL: libc::c_int = 36;
+    ns.run(|| {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        if v6 {
+            let on: libc::c_int = 1;
+            // SAFETY: `on` outlives the call and its length is exact.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    IPV6_HDRINCL,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "IPV6_HDRINCL: {}", std::io::Error::last_os_error());
+        }
+        sock
+    })
+}
+
+/// Send one packet built for `dst` through `sock` (port 0: on an IPv6 raw socket a port
+/// would be read as the protocol).
+fn send_raw(sock: &OwnedFd, dst: IpAddr, packet: &[u8]) {
+    let sent = match dst {
+        IpAddr::V4(a) => {
+            // SAFETY: all-zero bytes are a valid sockaddr_in.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            // SAFETY: buffer and address outlive the call; their lengths are exact.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: all-zero bytes are a valid sockaddr_in6.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_addr.s6_addr = a.octets();
+            // SAFETY: as above.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    assert_eq!(
+        sent,
+        packet.len() as isize,
+        "sendto {dst}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The source and destination addresses of an IPv4 or IPv6 packet.
+fn addresses(p: &[u8]) -> (IpAddr, IpAddr) {
+    match p[0] >> 4 {
+        4 => (
+            IpAddr::from(<[u8; 4]>::try_from(&p[12..16]).unwrap()),
+            IpAddr::from(<[u8; 4]>::try_from(&p[16..20]).unwrap()),
+        ),
+        _ => (
+            IpAddr::from(<[u8; 16]>::try_from(&p[8..24]).unwrap()),
+            IpAddr::from(<[u8; 16]>::try_from(&p[24..40]).unwrap()),
+        ),
+    }
+}
+
+/// The packets of one client's exchange with one protected address, each with whether
+/// the mbox queues it. From the client: TCP and UDP to protected ports, UDP to another
+/// port, an ICMP echo request and a packet of protocol 253 (experimental), all queued
+/// (`to_victim` matches every protocol and port). Back to it: TCP and UDP from protected
+/// ports and an ICMP error, queued; UDP from another port, not (`from_victim` matches the
+/// protected ports only).
+fn exchange(client: IpAddr, server: IpAddr, n: u16) -> Vec<(Vec<u8>, bool)> {
+    let (echo, error, icmp) = if client.is_ipv4() {
+        (8, 3, 1)
+    } else {
+        (128, 1, 58)
+    };
+    let port = 40000 + n;
+    // An error quotes the packet at fault; its content does not matter to the rules.
+    let mut quote = vec![error, 0, 0, 0, 0, 0, 0, 0];
+    quote.extend_from_slice(&Builder::udp(client, server, port, 5001).build());
+    vec![
+        (
+            Builder::tcp(client, server, port, 80)
+                .flags(tcp::SYN)
+                .build(),
+            true,
+        ),
+        (Builder::udp(client, server, port, 5001).build(), true),
+        (Builder::udp(client, server, port, 9999).build(), true),
+        (
+            Builder::raw(client, server, icmp)
+                .payload(&[echo, 0, 0, 0, 0, 1, 0, 1])
+                .build(),
+            true,
+        ),
+        (
+            Builder::raw(client, server, 253)
+                .payload(b"experimental")
+                .build(),
+            true,
+        ),
+        (
+            Builder::tcp(server, client, 80, port)
+                .flags(tcp::SYN | tcp::ACK)
+                .build(),
+            true,
+        ),
+        (Builder::udp(server, client, 5001, port).build(), true),
+        (
+            Builder::raw(server, client, icmp).payload(&quote).build(),
+            true,
+        ),
+        (Builder::udp(server, client, 9999, port).build(), false),
+    ]
+}
+
+/// Per client address: the queues its packets reached, and how many packets.
+type Seen = BTreeMap<IpAddr, (BTreeSet<u16>, usize)>;
+
+/// Install the mbox's ruleset (with its ICMP error chain) for `count` queues from 3 on,
+/// bind them, send every client's exchanges with two protected addresses of its family,
+/// and return where each client's packets went (None when not root).
+fn queues_per_client(count: u16) -> Option<Seen> {
+    let path = Path::new()?;
+    let protected: Vec<IpAddr> = ["198.18.2.2", "198.18.2.3", "2001:2:0:2::2", "2001:2:0:2::3"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let sel = Selection {
+        addresses: protected
+            .iter()
+            .map(|a| a.to_string().parse().unwrap())
+            .collect(),
+        tcp_ports: vec!["80".parse().unwrap()],
+        udp_ports: vec!["5000-5010".parse().unwrap()],
+    };
+    let q = QueueTarget {
+        first: 3,
+        count,
+        bypass: false,
+        fanout: false,
+    };
+    let mut spec = plan(Role::Mbox, &sel, &q);
+    add_icmp_error_chain(&mut spec, &q);
+    path.m
+        .run(|| install(&spec, QueuePreference::Auto))
+        .expect("install");
+    let mut queues: Vec<NfQueue> = (q.first..q.first + count)
+        .map(|num| {
+            let cfg = QueueConfig {
+                rcvbuf_bytes: 1 << 20,
+                recv_timeout: Duration::from_millis(50),
+                ..QueueConfig::new(num)
+            };
+            path.m.run(|| NfQueue::open(&cfg)).expect("bind the queue")
+        })
+        .collect();
+
+    let clients: Vec<IpAddr> = (10..18)
+        .flat_map(|i| [format!("198.18.1.{i}"), format!("2001:2:0:1::{i:x}")])
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let senders = [
+        (raw_sender(&path.c, false), raw_sender(&path.v, false)),
+        (raw_sender(&path.c, true), raw_sender(&path.v, true)),
+    ];
+    let mut queued = 0;
+    for (n, &client) in (0u16..).zip(&clients) {
+        let (from_client, from_victim) = &senders[usize::from(client.is_ipv6())];
+        for &server in protected.iter().filter(|s| s.is_ipv4() == client.is_ipv4()) {
+            for (p, is_queued) in exchange(client, server, n) {
+                let (src, dst) = addresses(&p);
+                let sock = if src == client {
+                    from_client
+                } else {
+                    from_victim
+                };
+                send_raw(sock, dst, &p);
+                queued += usize::from(is_queued);
+            }
+        }
+    }
+
+    // Read until every packet arrived and the queues stay quiet; drop each one.
+    let mut seen = Seen::new();
+    let mut received = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut quiet_rounds = 0;
+    while quiet_rounds < 3 && std::time::Instant::now() < deadline {
+        let before = received;
+        for queue in &mut queues {
+            while let Some(incoming) = queue.recv(true).expect("recv") {
+                let Incoming::Packet(msg) = incoming else {
+                    panic!("unreadable packet: {incoming:?}")
+                };
+                let (src, dst) = addresses(queue.payload(&msg));
+                let client = if protected.contains(&src) { dst } else { src };
+                let entry = seen.entry(client).or_default();
+                entry.0.insert(queue.num());
+                entry.1 += 1;
+                received += 1;
+                queue.verdict(msg.id, Verdict::Drop, None).expect("verdict");
+            }
+        }
+        quiet_rounds = if received == before && received >= queued {
+            quiet_rounds + 1
+        } else {
+            0
+        };
+    }
+    assert_eq!(received, queued, "each packet to be queued, queued once");
+    Some(seen)
+}
+
+/// Every packet the mbox queues between one client and the protected addresses, both
+/// ways and of every protocol, reaches one queue; different clients spread over queues.
+#[test]
+fn each_client_meets_one_queue_both_ways_and_clients_spread() {
+    for count in [2, 4] {
+        let Some(seen) = queues_per_client(count) else {
+            return;
+        };
+        assert_eq!(seen.len(), 16, "{seen:?}");
+        for (client, (queues, packets)) in &seen {
+            // Two protected addresses, eight queued packets each (five to, three from).
+            assert_eq!(*packets, 16, "{client}: {seen:?}");
+            assert_eq!(queues.len(), 1, "{client} reached several queues: {seen:?}");
+            assert!(queues.iter().all(|&q| (3..3 + count).contains(&q)));
+        }
+        let used: BTreeSet<u16> = seen.values().flat_map(|(q, _)| q.iter().copied()).collect();
+        assert!(used.len() > 1, "{count} queues, all clients on {used:?}");
+        eprintln!("{count} queues: clients on queues {used:?}");
+    }
 }

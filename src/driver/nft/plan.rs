@@ -1,15 +1,24 @@
 //! Map a role and a selection to the chains and rules that queue its traffic.
 //!
-//! Invariants: every chain is a filter base chain in table `mpolice`; each chain holds one
-//! rule per (prefix, protocol, port range), in selection order (TCP before UDP).
+//! Invariants: every chain is a filter base chain in table `mpolice`. The mbox's
+//! `to_victim` holds one rule per prefix, for every protocol; the other chains one rule
+//! per (prefix, protocol, port range), in selection order (TCP before UDP), or per ICMP
+//! error type. With several queues (and no CPU fanout) each of those rules becomes one
+//! rule per queue, in queue order, matching `jhash(client address) mod count` with the
+//! same seed and modulus in every chain, so every packet of one sender, in either
+//! direction and of any protocol, goes to the same queue.
 
 use super::spec::{
-    ChainSpec, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec, RulesetSpec,
-    Selection,
+    ChainSpec, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec,
+    RulesetSpec, Selection,
 };
 
 /// Name of the table all our chains live in (family inet).
 pub const TABLE: &str = "mpolice";
+
+/// Seed of the client hash, the same in every rule (and every run, so `rules show` prints
+/// what `install` installs).
+pub const CLIENT_HASH_SEED: u32 = 0x6d70_6f6c;
 
 /// Priority of the raw hook slot: ahead of conntrack (-200).
 const PRIO_RAW: i32 = -300;
@@ -20,23 +29,30 @@ const PRIO_FILTER: i32 = 0;
 pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
     let chains = match role {
         Role::Mbox => vec![
-            // Client traffic is stamped after conntrack has tracked it.
+            // Client traffic is stamped after conntrack has tracked it; policing sees all
+            // of it, whatever the protocol or port.
             chain(
-                "to_victim",
-                Hook::Forward,
-                PRIO_FILTER,
-                "mbox: client traffic to the protected server, stamped here",
+                base(
+                    "to_victim",
+                    Hook::Forward,
+                    PRIO_FILTER,
+                    "mbox: all client traffic to the protected server, policed and stamped here",
+                ),
                 Field::Dst,
+                Upper::Any,
                 sel,
                 q,
             ),
             // Feedback trailers are stripped before conntrack judges the longer segment.
             chain(
-                "from_victim",
-                Hook::Prerouting,
-                PRIO_RAW,
-                "mbox: protected server replies, feedback stripped before conntrack",
+                base(
+                    "from_victim",
+                    Hook::Prerouting,
+                    PRIO_RAW,
+                    "mbox: protected server replies, feedback stripped before conntrack",
+                ),
                 Field::Src,
+                Upper::Ports,
                 sel,
                 q,
             ),
@@ -46,11 +62,14 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
             // Trailers are stripped before conntrack and TCP see the segment.
             skip_loopback(
                 chain(
-                    "inbound",
-                    Hook::Prerouting,
-                    PRIO_RAW,
-                    "victim: stamped traffic, trailer stripped before conntrack",
+                    base(
+                        "inbound",
+                        Hook::Prerouting,
+                        PRIO_RAW,
+                        "victim: stamped traffic, trailer stripped before conntrack",
+                    ),
                     Field::Dst,
+                    Upper::Ports,
                     sel,
                     q,
                 ),
@@ -59,11 +78,14 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
             // Conntrack's output hook (-200) has run, so it never sees the appended feedback.
             skip_loopback(
                 chain(
-                    "outbound",
-                    Hook::Postrouting,
-                    PRIO_FILTER,
-                    "victim: replies, feedback appended after conntrack",
+                    base(
+                        "outbound",
+                        Hook::Postrouting,
+                        PRIO_FILTER,
+                        "victim: replies, feedback appended after conntrack",
+                    ),
                     Field::Src,
+                    Upper::Ports,
                     sel,
                     q,
                 ),
@@ -89,20 +111,26 @@ pub fn add_redirect_chains(
     q: &QueueTarget,
 ) {
     spec.chains.push(chain(
-        "redirect_in",
-        Hook::Prerouting,
-        PRIO_RAW,
-        "mbox: clients' packets to a redirect address, readdressed to the victim before routing",
+        base(
+            "redirect_in",
+            Hook::Prerouting,
+            PRIO_RAW,
+            "mbox: clients' packets to a redirect address, readdressed to the victim before routing",
+        ),
         Field::Dst,
+        Upper::Ports,
         listen,
         q,
     ));
     spec.chains.push(chain(
-        "redirect_out",
-        Hook::Forward,
-        PRIO_FILTER,
-        "mbox: redirected victims' replies, answered in the redirect address's name",
+        base(
+            "redirect_out",
+            Hook::Forward,
+            PRIO_FILTER,
+            "mbox: redirected victims' replies, answered in the redirect address's name",
+        ),
         Field::Src,
+        Upper::Ports,
         victims,
         q,
     ));
@@ -113,11 +141,14 @@ pub fn add_redirect_chains(
 /// unwrapped packet like any other.
 pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTarget) {
     spec.chains.push(chain(
-        "tunnel_in",
-        Hook::Prerouting,
-        PRIO_RAW - 10,
-        "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
+        base(
+            "tunnel_in",
+            Hook::Prerouting,
+            PRIO_RAW - 10,
+            "victim: IP-in-UDP from the mbox, unwrapped before conntrack",
+        ),
         Field::Dst,
+        Upper::Ports,
         tunnel,
         q,
     ));
@@ -128,11 +159,14 @@ pub fn add_tunnel_chain(spec: &mut RulesetSpec, tunnel: &Selection, q: &QueueTar
 /// the engine counts them and consumes them.
 pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &QueueTarget) {
     spec.chains.push(chain(
-        "tunnel_feedback",
-        Hook::Prerouting,
-        PRIO_RAW,
-        "mbox: the victim's feedback datagrams to the tunnel port, counted and consumed",
+        base(
+            "tunnel_feedback",
+            Hook::Prerouting,
+            PRIO_RAW,
+            "mbox: the victim's feedback datagrams to the tunnel port, counted and consumed",
+        ),
         Field::Dst,
+        Upper::Ports,
         feedback,
         q,
     ));
@@ -140,23 +174,27 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
 
 /// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
-/// gets it. Queued after routing, like the stamped packets they answer.
+/// gets it. Queued after routing, like the stamped packets they answer, and to the queue
+/// of the client they are addressed to.
 pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
     let mut rules = Vec::new();
     for (family, any) in [("ip", "0.0.0.0/0"), ("ip6", "::/0")] {
         let v6 = family == "ip6";
         for &kind in crate::wire::icmp::error_types(v6) {
-            rules.push(RuleSpec {
+            let rule = RuleSpec {
                 prefix: any.parse::<Prefix>().expect("a valid zero-length prefix"),
                 addr_field: Field::Dst,
                 l4: L4Match::IcmpType(kind),
                 skip_loopback: None,
+                pick: None,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
                     if v6 { "icmpv6" } else { "icmp" }
                 ),
-            });
+            };
+            // An error goes to the client whose packet it quotes.
+            rules.extend(per_client(rule, Field::Dst));
         }
     }
     spec.chains.push(ChainSpec {
@@ -177,50 +215,103 @@ fn skip_loopback(mut c: ChainSpec, side: Field) -> ChainSpec {
     c
 }
 
-/// Build one chain matching the protected side on `side` (Dst: towards it, Src: from it).
-fn chain(
-    name: &str,
-    hook: Hook,
-    priority: i32,
-    comment: &str,
-    side: Field,
-    sel: &Selection,
-    q: &QueueTarget,
-) -> ChainSpec {
-    let ports = [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)];
-    let mut rules = Vec::new();
-    for prefix in &sel.addresses {
-        for (proto, ranges) in ports {
-            for range in ranges {
-                let dir = match side {
-                    Field::Dst => "to",
-                    Field::Src => "from",
-                };
-                rules.push(RuleSpec {
-                    prefix: *prefix,
-                    addr_field: side,
-                    l4: L4Match::Ports {
-                        proto,
-                        field: side,
-                        ports: *range,
-                    },
-                    skip_loopback: None,
-                    queue: *q,
-                    comment: format!(
-                        "mpolice {name}: {} {dir} {prefix} port {range}",
-                        proto.keyword()
-                    ),
-                });
-            }
-        }
-    }
+/// What a chain matches above IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upper {
+    /// The selection's TCP and UDP port ranges (on the protected side).
+    Ports,
+    /// Every protocol: one rule per prefix.
+    Any,
+}
+
+/// Return an empty base chain.
+fn base(name: &str, hook: Hook, priority: i32, comment: &str) -> ChainSpec {
     ChainSpec {
         name: name.to_owned(),
         hook,
         priority,
         comment: comment.to_owned(),
-        rules,
+        rules: Vec::new(),
     }
+}
+
+/// Fill chain `c` with rules matching the protected side on `side` (Dst: towards it,
+/// Src: from it); the client is on the other side.
+fn chain(
+    mut c: ChainSpec,
+    side: Field,
+    upper: Upper,
+    sel: &Selection,
+    q: &QueueTarget,
+) -> ChainSpec {
+    let name = c.name.clone();
+    let dir = match side {
+        Field::Dst => "to",
+        Field::Src => "from",
+    };
+    let rule = |prefix: Prefix, l4: L4Match, comment: String| RuleSpec {
+        prefix,
+        addr_field: side,
+        l4,
+        skip_loopback: None,
+        pick: None,
+        queue: *q,
+        comment,
+    };
+    let rules = &mut c.rules;
+    for prefix in &sel.addresses {
+        if upper == Upper::Any {
+            let comment = format!("mpolice {name}: any protocol {dir} {prefix}");
+            rules.extend(per_client(
+                rule(*prefix, L4Match::Any, comment),
+                side.other(),
+            ));
+            continue;
+        }
+        for (proto, ranges) in [(Proto::Tcp, &sel.tcp_ports), (Proto::Udp, &sel.udp_ports)] {
+            for range in ranges {
+                let l4 = L4Match::Ports {
+                    proto,
+                    field: side,
+                    ports: *range,
+                };
+                let comment = format!(
+                    "mpolice {name}: {} {dir} {prefix} port {range}",
+                    proto.keyword()
+                );
+                rules.extend(per_client(rule(*prefix, l4, comment), side.other()));
+            }
+        }
+    }
+    c
+}
+
+/// Spread `rule` over its queues by the address on `client`: with one queue or CPU
+/// fanout (or a queue range `install` will refuse), the rule as it is; else one rule per
+/// queue `first + i`, matching the senders whose address hashes to `i`. The xt NFQUEUE
+/// target takes no expression, hence a rule per queue rather than a computed number.
+fn per_client(rule: RuleSpec, client: Field) -> Vec<RuleSpec> {
+    let q = rule.queue;
+    if q.count <= 1 || q.fanout || q.last().is_err() {
+        return vec![rule];
+    }
+    (0..q.count)
+        .map(|i| RuleSpec {
+            pick: Some(ClientHash {
+                client,
+                modulus: u32::from(q.count),
+                seed: CLIENT_HASH_SEED,
+                value: u32::from(i),
+            }),
+            queue: QueueTarget {
+                first: q.first + i,
+                count: 1,
+                ..q
+            },
+            comment: format!("{}, client hash {i} of {}", rule.comment, q.count),
+            ..rule.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -241,9 +332,16 @@ mod tests {
     fn port_field(r: &RuleSpec) -> Option<Field> {
         match r.l4 {
             L4Match::Ports { field, .. } => Some(field),
-            L4Match::IcmpType(_) => None,
+            L4Match::IcmpType(_) | L4Match::Any => None,
         }
     }
+
+    const Q1: QueueTarget = QueueTarget {
+        first: 0,
+        count: 1,
+        bypass: true,
+        fanout: false,
+    };
 
     const Q: QueueTarget = QueueTarget {
         first: 0,
@@ -252,27 +350,46 @@ mod tests {
         fanout: false,
     };
 
-    #[test]
-    fn mbox_chains() {
-        let spec = plan(Role::Mbox, &selection(), &Q);
-        assert_eq!(spec.table, "mpolice");
-        let shape: Vec<_> = spec
-            .chains
+    /// The mbox with every optional chain: redirect and icmp_errors.
+    fn full_mbox(q: &QueueTarget) -> RulesetSpec {
+        let mut spec = plan(Role::Mbox, &selection(), q);
+        let listen = Selection {
+            addresses: vec!["198.18.1.1".parse().unwrap()],
+            ..selection()
+        };
+        add_redirect_chains(&mut spec, &listen, &selection(), q);
+        add_icmp_error_chain(&mut spec, q);
+        spec
+    }
+
+    fn shape(spec: &RulesetSpec) -> Vec<(&str, Hook, i32, usize)> {
+        spec.chains
             .iter()
             .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn mbox_chains() {
+        let spec = plan(Role::Mbox, &selection(), &Q1);
+        assert_eq!(spec.table, "mpolice");
         assert_eq!(
-            shape,
+            shape(&spec),
             [
-                ("to_victim", Hook::Forward, 0, 6),
+                ("to_victim", Hook::Forward, 0, 2),
                 ("from_victim", Hook::Prerouting, -300, 6)
             ]
         );
+        // Everything to a protected prefix, whatever the protocol and port.
         assert!(
             spec.chains[0]
                 .rules
                 .iter()
-                .all(|r| r.addr_field == Field::Dst && port_field(r) == Some(Field::Dst))
+                .all(|r| r.addr_field == Field::Dst && r.l4 == L4Match::Any)
+        );
+        assert_eq!(
+            spec.chains[0].rules[1].comment,
+            "mpolice to_victim: any protocol to 2001:2:0:2::/64"
         );
         assert!(
             spec.chains[1]
@@ -280,40 +397,38 @@ mod tests {
                 .iter()
                 .all(|r| r.addr_field == Field::Src && port_field(r) == Some(Field::Src))
         );
+        assert!(spec.chains.iter().all(|c| {
+            c.rules
+                .iter()
+                .all(|r| r.pick.is_none() && r.queue == Q1 && r.skip_loopback.is_none())
+        }));
     }
 
     #[test]
     fn victim_chains() {
-        let spec = plan(Role::Victim, &selection(), &Q);
-        let shape: Vec<_> = spec
-            .chains
-            .iter()
-            .map(|c| (c.name.as_str(), c.hook, c.priority, c.rules.len()))
-            .collect();
+        let spec = plan(Role::Victim, &selection(), &Q1);
         assert_eq!(
-            shape,
+            shape(&spec),
             [
                 ("inbound", Hook::Prerouting, -300, 6),
                 ("outbound", Hook::Postrouting, 0, 6)
             ]
         );
-        assert!(
-            spec.chains[0]
-                .rules
-                .iter()
-                .all(|r| r.addr_field == Field::Dst)
-        );
-        assert!(
-            spec.chains[1]
-                .rules
-                .iter()
-                .all(|r| port_field(r) == Some(Field::Src))
-        );
+        assert!(spec.chains[0].rules.iter().all(|r| {
+            r.addr_field == Field::Dst
+                && port_field(r) == Some(Field::Dst)
+                && r.skip_loopback == Some(Field::Src)
+        }));
+        assert!(spec.chains[1].rules.iter().all(|r| {
+            r.addr_field == Field::Src
+                && port_field(r) == Some(Field::Src)
+                && r.skip_loopback == Some(Field::Dst)
+        }));
     }
 
     #[test]
     fn rule_order_and_queue() {
-        let spec = plan(Role::Victim, &selection(), &Q);
+        let spec = plan(Role::Victim, &selection(), &Q1);
         let rules = &spec.chains[0].rules;
         let order: Vec<_> = rules
             .iter()
@@ -321,7 +436,7 @@ mod tests {
                 L4Match::Ports { proto, ports, .. } => {
                     (r.prefix.to_string(), proto, ports.to_string())
                 }
-                L4Match::IcmpType(_) => unreachable!("no ICMP rule in these chains"),
+                _ => unreachable!("only port rules in these chains"),
             })
             .collect();
         assert_eq!(order[0], ("198.18.2.2".into(), Proto::Tcp, "80".into()));
@@ -330,11 +445,143 @@ mod tests {
             order[4],
             ("2001:2:0:2::/64".into(), Proto::Tcp, "8000-8100".into())
         );
-        assert!(rules.iter().all(|r| r.queue == Q && !r.comment.is_empty()));
+        assert!(rules.iter().all(|r| r.queue == Q1 && !r.comment.is_empty()));
         assert_eq!(
             rules[0].comment,
             "mpolice inbound: tcp to 198.18.2.2 port 80"
         );
+    }
+
+    #[test]
+    fn several_queues_give_one_rule_per_queue_picked_by_the_clients_address() {
+        let q = QueueTarget {
+            first: 4,
+            count: 3,
+            bypass: false,
+            fanout: false,
+        };
+        let single = full_mbox(&Q1);
+        let spec = full_mbox(&q);
+        for (one, many) in single.chains.iter().zip(&spec.chains) {
+            assert_eq!(many.rules.len(), 3 * one.rules.len(), "{}", many.name);
+            // Each rule of one queue becomes three in a row, the same but for the pick.
+            for (base, group) in one.rules.iter().zip(many.rules.chunks(3)) {
+                for (i, r) in (0u16..).zip(group) {
+                    let pick = r.pick.expect("a client hash");
+                    assert_eq!(
+                        (pick.modulus, pick.seed, pick.value),
+                        (3, CLIENT_HASH_SEED, u32::from(i))
+                    );
+                    assert_eq!(
+                        r.queue,
+                        QueueTarget {
+                            first: 4 + i,
+                            count: 1,
+                            ..q
+                        }
+                    );
+                    assert_eq!(
+                        (r.prefix, r.addr_field, r.l4, r.skip_loopback),
+                        (base.prefix, base.addr_field, base.l4, base.skip_loopback)
+                    );
+                    assert_eq!(r.comment, format!("{}, client hash {i} of 3", base.comment));
+                }
+            }
+        }
+    }
+
+    /// Both directions of one sender hash the same address: the one not protected, and
+    /// for ICMP errors (addressed to the client) the destination.
+    #[test]
+    fn every_chain_hashes_the_client_side() {
+        let mut victim = plan(Role::Victim, &selection(), &Q);
+        add_tunnel_chain(&mut victim, &selection(), &Q);
+        let mut mbox = full_mbox(&Q);
+        add_feedback_chain(&mut mbox, &selection(), &Q);
+        let client_of: Vec<(&str, Field)> = [&mbox, &victim]
+            .iter()
+            .flat_map(|s| &s.chains)
+            .map(|c| {
+                let sides: Vec<Field> = c
+                    .rules
+                    .iter()
+                    .map(|r| r.pick.expect("a client hash").client)
+                    .collect();
+                assert!(sides.windows(2).all(|w| w[0] == w[1]), "{}", c.name);
+                assert!(
+                    c.rules
+                        .iter()
+                        .all(|r| c.name == "icmp_errors" || r.pick.unwrap().client != r.addr_field)
+                );
+                (c.name.as_str(), sides[0])
+            })
+            .collect();
+        assert_eq!(
+            client_of,
+            [
+                ("to_victim", Field::Src),
+                ("from_victim", Field::Dst),
+                ("redirect_in", Field::Src),
+                ("redirect_out", Field::Dst),
+                ("icmp_errors", Field::Dst),
+                ("tunnel_feedback", Field::Src),
+                ("inbound", Field::Src),
+                ("outbound", Field::Dst),
+                ("tunnel_in", Field::Src),
+            ]
+        );
+    }
+
+    #[test]
+    fn fanout_and_bad_ranges_keep_one_balancing_rule() {
+        for q in [
+            QueueTarget { fanout: true, ..Q },
+            QueueTarget {
+                first: 65535,
+                count: 2,
+                ..Q
+            },
+            QueueTarget { count: 0, ..Q },
+        ] {
+            let spec = full_mbox(&q);
+            assert_eq!(
+                shape(&spec),
+                shape(&full_mbox(&Q1)),
+                "one rule per selection rule"
+            );
+            assert!(
+                spec.chains
+                    .iter()
+                    .all(|c| c.rules.iter().all(|r| r.pick.is_none() && r.queue == q))
+            );
+        }
+    }
+
+    /// The longest comment (a long IPv6 prefix text, a wide port range, the most queues)
+    /// still fits libnftnl's limit, past which `install` refuses the ruleset.
+    #[test]
+    fn comments_fit_however_many_queues() {
+        let long = Selection {
+            addresses: vec!["2001:2:0:ffff:ffff:ffff:ffff:fff0/124".parse().unwrap()],
+            tcp_ports: vec!["10000-65535".parse().unwrap()],
+            udp_ports: vec![],
+        };
+        let q = QueueTarget {
+            first: 0,
+            count: u16::MAX,
+            ..Q
+        };
+        let mut spec = plan(Role::Victim, &long, &q);
+        add_redirect_chains(&mut spec, &long, &long, &q);
+        let longest = spec
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .map(|r| r.comment.len())
+            .max();
+        assert_eq!(longest, Some(113));
+        // The longest IPv6 prefix text anywhere ("ffff:…:fff0/124") is 6 bytes longer.
+        assert!(longest.unwrap() + 6 <= super::super::install::COMMENT_MAX);
     }
 
     #[test]

@@ -32,6 +32,24 @@ fn render_with(spec: &RulesetSpec, stmt: &dyn Fn(&QueueTarget) -> String) -> Str
     ] {
         let _ = writeln!(out, "{line}");
     }
+    if let Some(pick) = spec
+        .chains
+        .iter()
+        .flat_map(|c| &c.rules)
+        .find_map(|r| r.pick)
+    {
+        let _ = writeln!(
+            out,
+            "# {} queues: each rule is repeated for each queue and picks it by a Jenkins hash of",
+            pick.modulus
+        );
+        for line in [
+            "# the client's address (the address that is not protected), the same in every chain,",
+            "# so all of one sender's packets, both ways and of every protocol, meet one worker.",
+        ] {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let _ = writeln!(out, "table inet {} {{}}", spec.table);
     let _ = writeln!(out, "delete table inet {}", spec.table);
     let _ = writeln!(out, "table inet {} {{", spec.table);
@@ -88,7 +106,8 @@ fn rule_match(rule: &RuleSpec) -> String {
         Some(Field::Dst) => format!("oif != \"lo\" {addr}"),
         None => addr,
     };
-    match rule.l4 {
+    let upper = match rule.l4 {
+        L4Match::Any => addr,
         L4Match::Ports {
             proto,
             field,
@@ -105,6 +124,16 @@ fn rule_match(rule: &RuleSpec) -> String {
                 icmp_type_name(family == "ip6", kind)
             )
         }
+    };
+    match rule.pick {
+        Some(pick) => format!(
+            "{upper} jhash {family} {} mod {} seed {:#x} {}",
+            field_word(pick.client, "addr"),
+            pick.modulus,
+            pick.seed,
+            pick.value
+        ),
+        None => upper,
     }
 }
 
@@ -193,7 +222,7 @@ mod tests {
     fn renders_victim() {
         let q = QueueTarget {
             first: 0,
-            count: 2,
+            count: 1,
             bypass: true,
             fanout: false,
         };
@@ -210,10 +239,10 @@ table inet mpolice {
 \t# victim: stamped traffic, trailer stripped before conntrack
 \tchain inbound {
 \t\ttype filter hook prerouting priority -300; policy accept;
-\t\tiif != \"lo\" ip daddr 198.18.2.0/24 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100\"
-\t\tiif != \"lo\" ip daddr 198.18.2.0/24 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 198.18.2.0/24 port 53\"
-\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 tcp dport 8000-8100 queue flags bypass num 0-1 comment \"mpolice inbound: tcp to 2001:2:0:2::5 port 8000-8100\"
-\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 udp dport 53 queue flags bypass num 0-1 comment \"mpolice inbound: udp to 2001:2:0:2::5 port 53\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 tcp dport 8000-8100 queue flags bypass num 0 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 udp dport 53 queue flags bypass num 0 comment \"mpolice inbound: udp to 198.18.2.0/24 port 53\"
+\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 tcp dport 8000-8100 queue flags bypass num 0 comment \"mpolice inbound: tcp to 2001:2:0:2::5 port 8000-8100\"
+\t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 udp dport 53 queue flags bypass num 0 comment \"mpolice inbound: udp to 2001:2:0:2::5 port 53\"
 \t}
 
 \t# victim: replies, feedback appended after conntrack
@@ -222,9 +251,67 @@ table inet mpolice {
 ";
         assert!(text.starts_with(expected), "{text}");
         assert!(text.contains(
-            "\t\toif != \"lo\" ip6 saddr 2001:2:0:2::5 udp sport 53 queue flags bypass num 0-1"
+            "\t\toif != \"lo\" ip6 saddr 2001:2:0:2::5 udp sport 53 queue flags bypass num 0 comment"
         ));
         assert!(text.ends_with("\t}\n}\n"));
+    }
+
+    #[test]
+    fn renders_one_rule_per_queue_hashing_the_client() {
+        let q = QueueTarget {
+            first: 2,
+            count: 2,
+            bypass: true,
+            fanout: false,
+        };
+        let text = render(&plan(Role::Victim, &sel(), &q));
+        assert!(
+            text.contains("# 2 queues: each rule is repeated for each queue and picks it by a Jenkins hash of\n"),
+            "{text}"
+        );
+        let inbound = "\
+\t\ttype filter hook prerouting priority -300; policy accept;
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 tcp dport 8000-8100 jhash ip saddr mod 2 seed 0x6d706f6c 0 queue flags bypass num 2 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100, client hash 0 of 2\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 tcp dport 8000-8100 jhash ip saddr mod 2 seed 0x6d706f6c 1 queue flags bypass num 3 comment \"mpolice inbound: tcp to 198.18.2.0/24 port 8000-8100, client hash 1 of 2\"
+\t\tiif != \"lo\" ip daddr 198.18.2.0/24 udp dport 53 jhash ip saddr mod 2 seed 0x6d706f6c 0 queue flags bypass num 2 comment";
+        assert!(text.contains(inbound), "{text}");
+        assert!(text.contains(
+            "\t\toif != \"lo\" ip6 saddr 2001:2:0:2::5 udp sport 53 jhash ip6 daddr mod 2 seed 0x6d706f6c 1 queue flags bypass num 3 comment \"mpolice outbound: udp from 2001:2:0:2::5 port 53, client hash 1 of 2\"\n"
+        ), "{text}");
+        // CPU fanout balances as before: one rule over the range, no hash.
+        let fanout = render(&plan(
+            Role::Victim,
+            &sel(),
+            &QueueTarget { fanout: true, ..q },
+        ));
+        assert!(
+            !fanout.contains("jhash") && !fanout.contains("2 queues"),
+            "{fanout}"
+        );
+        assert!(fanout.contains("udp dport 53 queue flags bypass,fanout num 2-3 comment"));
+    }
+
+    #[test]
+    fn renders_mbox_queueing_every_protocol_to_the_victim() {
+        let q = QueueTarget {
+            first: 0,
+            count: 4,
+            bypass: false,
+            fanout: false,
+        };
+        let mut spec = plan(Role::Mbox, &sel(), &q);
+        super::super::plan::add_icmp_error_chain(&mut spec, &q);
+        let text = render(&spec);
+        assert!(text.contains(
+            "\t\tip daddr 198.18.2.0/24 jhash ip saddr mod 4 seed 0x6d706f6c 3 queue num 3 comment \"mpolice to_victim: any protocol to 198.18.2.0/24, client hash 3 of 4\"\n"
+        ), "{text}");
+        assert!(text.contains(
+            "\t\tip6 daddr 2001:2:0:2::5 jhash ip6 saddr mod 4 seed 0x6d706f6c 0 queue num 0 comment"
+        ));
+        assert!(text.contains(
+            "\t\tmeta nfproto ipv6 icmpv6 type packet-too-big jhash ip6 daddr mod 4 seed 0x6d706f6c 2 queue num 2 comment"
+        ));
+        assert_eq!(text.matches("to_victim: any protocol").count(), 8);
     }
 
     #[test]

@@ -38,11 +38,12 @@ pub struct Selection {
 pub struct QueueTarget {
     /// First queue number.
     pub first: u16,
-    /// Number of queues (>= 1); more than one balances over `first..first + count`.
+    /// Number of queues (>= 1); with more than one, each sender's traffic goes to one of
+    /// `first..first + count`, picked by a hash of its address (or by CPU with `fanout`).
     pub count: u16,
     /// Accept the packet instead of dropping it when no process is bound to the queue.
     pub bypass: bool,
-    /// Pick the queue by CPU instead of by flow hash.
+    /// Pick the queue by CPU instead of by the client's address.
     pub fanout: bool,
 }
 
@@ -105,7 +106,7 @@ impl Hook {
     }
 }
 
-/// One rule: address prefix, what it matches above IP, then queue.
+/// One rule: address prefix, what it matches above IP, which senders, then queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     /// A zero-length prefix matches the whole family.
@@ -115,13 +116,31 @@ pub struct RuleSpec {
     /// Leave loopback traffic alone: arriving on it (`Src`, iif) or leaving by it (`Dst`,
     /// oif). The host's own traffic needs no policing and may exceed the copy range.
     pub skip_loopback: Option<Field>,
+    /// With several queues: match only the senders whose client address hashes to one
+    /// of them (and `queue` is then that single queue). None: every sender.
+    pub pick: Option<ClientHash>,
     pub queue: QueueTarget,
     pub comment: String,
+}
+
+/// `jhash(client address, seed) mod modulus == value`: the match that sends all of a
+/// sender's traffic, both directions, every protocol, to one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHash {
+    /// Which address of the packet is the client's (the one that is not protected).
+    pub client: Field,
+    /// Number of queues hashed over (>= 2).
+    pub modulus: u32,
+    pub seed: u32,
+    /// The hash value this rule matches, `0..modulus`.
+    pub value: u32,
 }
 
 /// What a rule matches above the IP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Match {
+    /// Every protocol (the family is still matched, by the prefix).
+    Any,
     /// TCP or UDP with the port on `field` in `ports`.
     Ports {
         proto: Proto,
@@ -144,6 +163,16 @@ pub enum Field {
 pub enum Proto {
     Tcp,
     Udp,
+}
+
+impl Field {
+    /// Return the other side: the client's address in a rule matching the protected one.
+    pub fn other(self) -> Field {
+        match self {
+            Field::Src => Field::Dst,
+            Field::Dst => Field::Src,
+        }
+    }
 }
 
 impl Proto {
