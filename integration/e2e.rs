@@ -862,15 +862,16 @@ fn fragments_are_counted_and_dropped_as_malformed() {
     let tb = Testbed::up("mpfrag").unwrap();
     let mut mbox =
         EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
-    // A 3000-byte datagram leaves the client as fragments; the first carries the UDP
-    // header, so the rules queue it, and the parser refuses it as a fragment.
+    // A 3000-byte datagram leaves the client as 3 fragments. The mbox queues everything
+    // to a protected address, so all 9 reach the engine, which cannot police a
+    // fragment by port or sender state and refuses each as malformed.
     let to: SocketAddr = format!("{VICTIM_V4}:9000").parse().unwrap();
     burst(to, 3, 3000).send(&tb, Host::Client).unwrap();
-    let s = wait_received(&mbox, 3, Duration::from_secs(10));
+    let s = wait_received(&mbox, 9, Duration::from_secs(10));
     let t = s.total().engine;
-    assert_eq!(t.malformed, 3, "{}", s.table());
-    assert_eq!(t.dropped, 3, "{}", s.table());
-    assert_eq!(t.reasons.get("fragment"), Some(&3), "{}", s.table());
+    assert_eq!(t.malformed, 9, "{}", s.table());
+    assert_eq!(t.dropped, 9, "{}", s.table());
+    assert_eq!(t.reasons.get("fragment"), Some(&9), "{}", s.table());
     stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
 }
 

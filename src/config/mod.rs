@@ -29,6 +29,9 @@ fn host(a: IpAddr) -> Option<Prefix> {
 /// compared over half its range (24 days), so periods must stay far below that.
 pub const MAX_PERIOD_MS: u64 = 24 * 3600 * 1000;
 
+/// Queues (worker threads) at most.
+pub const MAX_QUEUES: u16 = 64;
+
 /// Senders tracked per worker at most.
 pub const MAX_SENDERS: usize = 1 << 24;
 /// Capabilities kept per sender at most (the victim's per-sender queue).
@@ -438,6 +441,13 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     if let Err(e) = target.last() {
         return err(format!("queue.first, queue.count: {e}"));
     }
+    if q.count > MAX_QUEUES {
+        // Each queue is a worker thread, and every rule is installed once per queue.
+        return err(format!(
+            "queue.count: {} is more than {MAX_QUEUES} (one worker thread per queue)",
+            q.count
+        ));
+    }
     if q.max_len == 0 {
         return err("queue.max_len: must be at least 1".into());
     }
@@ -830,6 +840,7 @@ mod tests {
         let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n[queue]\n";
         for (bad, key) in [
             ("count = 0", "queue.count"),
+            ("count = 65", "queue.count: 65 is more than 64"),
             ("first = 65535\ncount = 2", "queue.first"),
             ("kind = \"fast\"", "queue.kind"),
             ("rcvbuf_bytes = 10", "queue.rcvbuf_bytes"),
