@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use mpolice::stats::EngineStats;
 use mpolice::testbed::{
-    self, EngineProcess, Host, MBOX_V4, MBOX_V6, RoleConfig, ServedFile, Testbed, UdpBurst,
-    UdpSink, VICTIM_V4, VICTIM_V6,
+    self, CLIENT_V4, CLIENT_V6, EngineProcess, Host, MBOX_V4, MBOX_V6, RoleConfig, ServedFile,
+    Testbed, UdpBurst, UdpSink, VICTIM_V4, VICTIM_V6,
 };
 
 #[path = "common.rs"]
@@ -1208,4 +1208,68 @@ fn bench_goodput_through_the_mbox() {
             eprintln!("  {name:<14} {:6.2} Gbit/s{ratio}", m / 1e9);
         }
     }
+}
+
+#[test]
+fn a_victim_withholds_feedback_at_run_time_and_the_mbox_sees_that_sender_lose() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpwith").unwrap();
+    let (mut victim, mut mbox) = start_with_capabilities(&tb, false);
+    let withhold = |args: &[&str]| {
+        let socket = victim.socket().to_str().unwrap().to_string();
+        let out = std::process::Command::new(bin())
+            .args(["withhold", "--socket", &socket])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let client = format!("{CLIENT_V4}/32");
+    // A host prefix is shown as the address.
+    assert_eq!(
+        withhold(&["add", &client]),
+        format!("changed\n{CLIENT_V4}\n")
+    );
+    assert_eq!(withhold(&["list"]), format!("{CLIENT_V4}\n"));
+    let served = ServedFile::start(&tb, 5 << 20).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        served.fetch(&tb, &addr).unwrap();
+    }
+    // The IPv4 client's stamps never come back; the IPv6 client's do. Workers post
+    // their sender reports every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let police = loop {
+        let p = mbox.senders().unwrap().police;
+        match p {
+            Some(p) if p.senders.len() >= 2 => break p,
+            _ if Instant::now() > deadline => panic!("no sender report: {p:?}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let row = |a: &str| {
+        police
+            .senders
+            .iter()
+            .find(|r| r.address.to_string() == a)
+            .cloned()
+            .unwrap_or_else(|| panic!("{a} listed: {police:?}"))
+    };
+    let (v4, v6) = (row(CLIENT_V4), row(CLIENT_V6));
+    assert!(v4.issued > 0 && v4.returned == 0 && !v4.verified, "{v4:?}");
+    assert!(v6.returned > 0 && v6.verified, "{v6:?}");
+    let v = victim.stats().unwrap().total().engine.caps;
+    assert!(
+        v.withheld >= v4.issued.into(),
+        "every IPv4 stamp withheld: {v:?}"
+    );
+    assert_eq!(withhold(&["remove", &client]), "changed\n");
+    assert_eq!(withhold(&["remove", &client]), "unchanged\n");
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
 }

@@ -45,6 +45,9 @@ const PORT_FORGED: u16 = 40000;
 const PORT_SHORT: u16 = 40001;
 const PORT_BAD_MARKER: u16 = 40002;
 const PORT_REPLAY: u16 = 40010;
+/// A second address of the client, which sends nothing until the replay case.
+const PROBE_V4: &str = "198.18.1.3";
+const PROBE_V6: &str = "2001:2:0:1::3";
 const PORT_CLIENT_MARKER: u16 = 40020;
 const PORT_VICTIM_SHORT: u16 = 40030;
 const PORT_UDP: u16 = 40040;
@@ -74,6 +77,15 @@ impl Fam {
                 victim: ip(VICTIM_V6),
             },
         ]
+    }
+
+    /// The same family with the client's second address as the client (see `bed`).
+    fn probe(self) -> Fam {
+        let client = if self.v6 { PROBE_V6 } else { PROBE_V4 };
+        Fam {
+            client: client.parse().expect("testbed address"),
+            ..self
+        }
     }
 
     /// IP header bytes (no options, no extension headers).
@@ -284,6 +296,25 @@ fn bed(prefix: &str) -> Bed {
             served.fetch(&tb, &addr).unwrap();
         }
     }
+    let c0 = tb.link("c0");
+    tb.exec(
+        Host::Client,
+        &["ip", "addr", "add", &format!("{PROBE_V4}/24"), "dev", &c0],
+    )
+    .unwrap();
+    tb.exec(
+        Host::Client,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{PROBE_V6}/64"),
+            "dev",
+            &c0,
+            "nodad",
+        ],
+    )
+    .unwrap();
     // From here on the client's stack stays silent towards our injected packets.
     for cmd in [
         "add table inet forge",
@@ -491,6 +522,9 @@ fn forged_replayed_stale_truncated_and_misplaced_capabilities_are_refused_and_co
         check_returned(&s, false, &what);
 
         // A real capability, returned once, then replayed at once and again after Th_rtt.
+        // From a sender new to the mbox: the sample stamps a sender's first packet, while
+        // the client's own, after its downloads, it stamps only now and then.
+        let f = f.probe();
         b = s;
         let m1 = tb.link("m1");
         let marked = f

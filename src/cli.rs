@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
+use crate::driver::control::{Request, Withheld};
 use crate::driver::{control, engine, nft};
 
 /// MiddlePolice DDoS defence as a netfilter (NFQUEUE) verdict engine.
@@ -49,6 +50,32 @@ pub enum Command {
     /// Manage the mbox's capability MAC keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List, add or remove the senders a running victim withholds feedback from.
+    ///
+    /// Their capabilities are stripped and never returned: the mbox counts their
+    /// stamped packets as lost and polices them as losing senders. Takes effect within
+    /// a few milliseconds, until the engine stops (list them in
+    /// `capabilities.withhold_feedback` to keep them across restarts).
+    Withhold(WithholdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WithholdArgs {
+    /// Control socket of the victim (default /run/mpolice/victim.sock).
+    #[arg(short, long, default_value = "/run/mpolice/victim.sock")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub op: WithholdOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WithholdOp {
+    /// Print the senders feedback is withheld from.
+    List,
+    /// Withhold feedback from a sender address or prefix.
+    Add { prefix: String },
+    /// Return feedback to a sender again.
+    Remove { prefix: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,7 +184,35 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::capability::generate_key_line(id)?);
             Ok(())
         }
+        Command::Withhold(w) => withhold(w),
     }
+}
+
+fn withhold(w: WithholdArgs) -> Result<()> {
+    let prefix = |p: &str| {
+        p.parse::<nft::Prefix>()
+            .map_err(|e| anyhow::anyhow!("{p:?}: {e}"))
+    };
+    let request = match &w.op {
+        WithholdOp::List => Request::WithholdList,
+        WithholdOp::Add { prefix: p } => Request::WithholdAdd(prefix(p)?),
+        WithholdOp::Remove { prefix: p } => Request::WithholdRemove(prefix(p)?),
+    };
+    let answer: Withheld = control::ask(&w.socket, &request)?;
+    if !matches!(w.op, WithholdOp::List) {
+        println!(
+            "{}",
+            if answer.changed {
+                "changed"
+            } else {
+                "unchanged"
+            }
+        );
+    }
+    for p in &answer.withheld {
+        println!("{p}");
+    }
+    Ok(())
 }
 
 fn run_role(role: nft::Role, path: &Path) -> Result<()> {

@@ -63,6 +63,9 @@ pub struct CapCounters {
     /// victim: ACKs that could have carried feedback but left by a link that does not
     /// lead to an mbox (nothing there would strip it), so carried none.
     pub not_via_mbox: u64,
+    /// victim: capabilities of senders it withholds feedback from, stripped and dropped.
+    #[serde(default)]
+    pub withheld: u64,
     /// Senders evicted from the bounded table to make room.
     pub evictions: u64,
     /// mbox: senders forgotten after idle periods.
@@ -99,6 +102,7 @@ impl CapCounters {
         self.overflow += o.overflow;
         self.local += o.local;
         self.not_via_mbox += o.not_via_mbox;
+        self.withheld += o.withheld;
         self.evictions += o.evictions;
         self.expired += o.expired;
         self.stamps_over_budget += o.stamps_over_budget;
@@ -267,7 +271,7 @@ impl EngineStats {
             let _ = writeln!(
                 s,
                 "capabilities: issued={} returned={} feedback_stripped={} too_big={} quotes_scrubbed={} redirected={} tunneled={} \
-                 stripped={} fed_back={} overflow={} local={} not_via_mbox={} senders={} evictions={} \
+                 stripped={} fed_back={} overflow={} local={} not_via_mbox={} withheld={} senders={} evictions={} \
                  expired={} stamps_over_budget={} periods_closed={}",
                 c.issued,
                 c.returned,
@@ -281,6 +285,7 @@ impl EngineStats {
                 c.overflow,
                 c.local,
                 c.not_via_mbox,
+                c.withheld,
                 c.senders,
                 c.evictions,
                 c.expired,

@@ -196,6 +196,16 @@ impl EngineProcess {
         }
     }
 
+    /// The engine's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The engine's stats with the police's per-sender table.
+    pub fn senders(&self) -> Result<EngineStats> {
+        control::query(&self.socket, true)
+    }
+
     /// Ask the engine for its counters through its control socket.
     pub fn stats(&self) -> Result<EngineStats> {
         control::query(&self.socket, false)

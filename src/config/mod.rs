@@ -179,6 +179,9 @@ pub struct CapSettings {
     /// mbox: interfaces towards the protected servers, the only ones feedback counts
     /// from. Empty: those the routes to the protected addresses use.
     pub victim_interfaces: Vec<String>,
+    /// victim: senders it returns no capabilities for (changeable at run time with
+    /// `mpolice withhold`).
+    pub withhold_feedback: Vec<Prefix>,
 }
 
 impl Default for CapSettings {
@@ -197,6 +200,7 @@ impl Default for CapSettings {
             mbox_interfaces: Vec::new(),
             client_prefixes: Vec::new(),
             victim_interfaces: Vec::new(),
+            withhold_feedback: Vec::new(),
         }
     }
 }
@@ -301,6 +305,8 @@ struct RawCaps {
     client_prefixes: Vec<String>,
     #[serde(default)]
     victim_interfaces: Vec<String>,
+    #[serde(default)]
+    withhold_feedback: Vec<String>,
 }
 
 // The prototype's defaults (SPEC.md): P = 4 s, Th_rtt = 1 s, Th_cap = 128, 3 per ACK.
@@ -640,15 +646,23 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
             return err(format!("{key}: {bad:?} is not an interface name"));
         }
     }
-    let client_prefixes = c
-        .client_prefixes
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            a.parse::<Prefix>()
-                .map_err(|e| ConfigError(format!("capabilities.client_prefixes[{i}]: {a:?}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let prefixes = |key: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<Prefix>()
+                    .map_err(|e| ConfigError(format!("capabilities.{key}[{i}]: {a:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let client_prefixes = prefixes("client_prefixes", &c.client_prefixes)?;
+    if role != "victim" && !c.withhold_feedback.is_empty() {
+        return err(
+            "withhold_feedback: only the victim returns feedback; remove it from this config"
+                .into(),
+        );
+    }
+    let withhold_feedback = prefixes("withhold_feedback", &c.withhold_feedback)?;
     Ok(CapSettings {
         key_file: c.key_file,
         mbox_id: c.mbox_id,
@@ -662,6 +676,7 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         mbox_interfaces: c.mbox_interfaces,
         client_prefixes,
         victim_interfaces: c.victim_interfaces,
+        withhold_feedback,
     })
 }
 

@@ -2,10 +2,14 @@
 //!
 //! Each worker posts its own figures at its timer and takes back the merge of every
 //! worker's latest: one lock per worker per tick, never one per packet. Its sender
-//! report is posted less often, for the control socket.
+//! report is posted less often, for the control socket. The victim's list of senders
+//! it withholds feedback from is changed here by the control socket and picked up by
+//! each worker at its next tick.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::driver::nft::Prefix;
 use crate::police::{Figures, PoliceReport, System};
 
 /// What the workers share: their latest figures and sender reports, by worker index.
@@ -14,16 +18,61 @@ pub struct Board {
     reports: Mutex<Vec<Option<PoliceReport>>>,
     /// Capabilities the SLR needs before it counts.
     min_sample: u32,
+    withheld: Mutex<Vec<Prefix>>,
+    /// Bumped at every change of `withheld`, read by workers without the lock.
+    withheld_version: AtomicU64,
 }
 
 impl Board {
-    /// A board for `workers` workers.
-    pub fn new(workers: usize, min_sample: u32) -> Board {
+    /// A board for `workers` workers, withholding feedback from `withheld` at start
+    /// (the workers' pipelines start with the same list: version 0).
+    pub fn new(workers: usize, min_sample: u32, withheld: Vec<Prefix>) -> Board {
         Board {
             figures: Mutex::new(vec![Figures::default(); workers]),
             reports: Mutex::new(vec![None; workers]),
             min_sample,
+            withheld: Mutex::new(withheld),
+            withheld_version: AtomicU64::new(0),
         }
+    }
+
+    /// The senders feedback is withheld from.
+    pub fn withheld(&self) -> Vec<Prefix> {
+        self.withheld
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Withhold feedback from `p` (`add`) or no longer; true if that changed the list.
+    pub fn change_withheld(&self, p: Prefix, add: bool) -> bool {
+        let mut list = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
+        let at = list.iter().position(|q| *q == p);
+        let changed = match (add, at) {
+            (true, None) => {
+                list.push(p);
+                true
+            }
+            (false, Some(i)) => {
+                list.remove(i);
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.withheld_version.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+
+    /// The list, if it changed since version `seen` (which is then brought up to date).
+    pub fn withheld_since(&self, seen: &mut u64) -> Option<Vec<Prefix>> {
+        let now = self.withheld_version.load(Ordering::Acquire);
+        if now == *seen {
+            return None;
+        }
+        *seen = now;
+        Some(self.withheld())
     }
 
     /// Post worker `i`'s figures; the system-wide view merged from every worker's latest.
@@ -69,8 +118,24 @@ mod tests {
     use crate::police::Totals;
 
     #[test]
+    fn workers_see_each_change_of_the_withheld_list_once() {
+        let p: Prefix = "198.18.9.0/24".parse().unwrap();
+        let b = Board::new(1, 1, vec![p]);
+        let mut seen = 0;
+        assert_eq!(b.withheld_since(&mut seen), None, "the start list is known");
+        assert!(!b.change_withheld(p, true), "already there");
+        let q: Prefix = "2001:2::/48".parse().unwrap();
+        assert!(b.change_withheld(q, true));
+        assert_eq!(b.withheld_since(&mut seen), Some(vec![p, q]));
+        assert_eq!(b.withheld_since(&mut seen), None);
+        assert!(b.change_withheld(p, false));
+        assert!(!b.change_withheld(p, false));
+        assert_eq!(b.withheld_since(&mut seen), Some(vec![q]));
+    }
+
+    #[test]
     fn the_system_view_sums_every_workers_latest_figures() {
-        let b = Board::new(2, 100);
+        let b = Board::new(2, 100, Vec::new());
         let f = |issued, returned, delivered| Figures {
             slr_issued: issued,
             slr_returned: returned,

@@ -1,7 +1,10 @@
 //! The control socket: a running engine serves its stats to `mpolice stats` from another shell.
 //!
-//! Protocol: the client connects, writes one line (`stats`, or `senders` for the stats
-//! with the police's per-sender table), and reads one JSON line back.
+//! Protocol: the client connects, writes one request line, and reads one JSON line back:
+//! `stats`; `senders` (the stats with the police's per-sender table); `withhold list`,
+//! `withhold add PREFIX`, `withhold remove PREFIX` (the victim's senders it returns no
+//! feedback for). Only users who may write the socket file (root, by its mode) can
+//! connect at all.
 //! The socket is a filesystem path, so it is reachable from any network namespace.
 
 use std::io::{BufRead, BufReader, Write};
@@ -14,7 +17,55 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::driver::nft::Prefix;
 use crate::stats::EngineStats;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Stats,
+    /// The stats with the police's per-sender table.
+    Senders,
+    WithholdList,
+    WithholdAdd(Prefix),
+    WithholdRemove(Prefix),
+}
+
+impl Request {
+    /// The request line for this request.
+    pub fn line(&self) -> String {
+        match self {
+            Request::Stats => "stats".into(),
+            Request::Senders => "senders".into(),
+            Request::WithholdList => "withhold list".into(),
+            Request::WithholdAdd(p) => format!("withhold add {p}"),
+            Request::WithholdRemove(p) => format!("withhold remove {p}"),
+        }
+    }
+
+    /// Read a request line; the error says what is understood.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let prefix = |w: &str| w.parse::<Prefix>().map_err(|e| format!("{w:?}: {e}"));
+        match words.as_slice() {
+            ["stats"] => Ok(Request::Stats),
+            ["senders"] => Ok(Request::Senders),
+            ["withhold", "list"] => Ok(Request::WithholdList),
+            ["withhold", "add", p] => prefix(p).map(Request::WithholdAdd),
+            ["withhold", "remove", p] => prefix(p).map(Request::WithholdRemove),
+            _ => Err(format!(
+                "unknown request {line:?}; send stats, senders, or withhold list|add PREFIX|remove PREFIX"
+            )),
+        }
+    }
+}
+
+/// The answer to a `withhold` request: the list in force, and whether this changed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Withheld {
+    pub withheld: Vec<String>,
+    pub changed: bool,
+}
 
 /// How long the server waits between checks of the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -54,10 +105,11 @@ impl ControlSocket {
         })
     }
 
-    /// Serve requests on a thread until `stop` is set; `snapshot` builds each answer.
-    pub fn serve<F>(self, stop: Arc<AtomicBool>, snapshot: F) -> std::io::Result<JoinHandle<()>>
+    /// Serve requests on a thread until `stop` is set; `handle` answers each with a
+    /// JSON value (or an error message).
+    pub fn serve<F>(self, stop: Arc<AtomicBool>, handle: F) -> std::io::Result<JoinHandle<()>>
     where
-        F: Fn(bool) -> EngineStats + Send + 'static,
+        F: Fn(&Request) -> Result<serde_json::Value, String> + Send + 'static,
     {
         std::thread::Builder::new()
             .name("control".into())
@@ -65,7 +117,7 @@ impl ControlSocket {
                 while !stop.load(Ordering::Relaxed) {
                     match self.listener.accept() {
                         Ok((stream, _)) => {
-                            if let Err(e) = answer(stream, &snapshot) {
+                            if let Err(e) = answer(stream, &handle) {
                                 tracing::debug!("control client: {e}");
                             }
                         }
@@ -88,28 +140,25 @@ impl Drop for ControlSocket {
     }
 }
 
-fn answer(stream: UnixStream, snapshot: &impl Fn(bool) -> EngineStats) -> Result<()> {
+type Handler = dyn Fn(&Request) -> Result<serde_json::Value, String>;
+
+fn answer(stream: UnixStream, handle: &Handler) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
+    let answer = Request::parse(line.trim())
+        .and_then(|r| handle(&r))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e }));
     let mut out = &stream;
-    match line.trim() {
-        request @ ("stats" | "senders") => {
-            serde_json::to_writer(&mut out, &snapshot(request == "senders"))?;
-            out.write_all(b"\n")?;
-        }
-        other => writeln!(
-            out,
-            "{{\"error\":\"unknown request {other:?}; send stats or senders\"}}"
-        )?,
-    }
+    serde_json::to_writer(&mut out, &answer)?;
+    out.write_all(b"\n")?;
     Ok(())
 }
 
-/// Ask the engine behind `path` for its stats, with the per-sender table if `senders`.
-pub fn query(path: &Path, senders: bool) -> Result<EngineStats> {
+/// Send `request` to the engine behind `path` and read its JSON answer as `T`.
+pub fn ask<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
     let stream = UnixStream::connect(path).with_context(|| {
         format!(
             "no engine answers on {} (is `mpolice mbox|victim` running?)",
@@ -118,10 +167,27 @@ pub fn query(path: &Path, senders: bool) -> Result<EngineStats> {
     })?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    (&stream).write_all(if senders { b"senders\n" } else { b"stats\n" })?;
+    (&stream).write_all(format!("{}\n", request.line()).as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    serde_json::from_str(&line).with_context(|| format!("bad answer from {}", path.display()))
+    let value: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
+    if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
+        bail!("{}: {e}", path.display());
+    }
+    serde_json::from_value(value).with_context(|| format!("bad answer from {}", path.display()))
+}
+
+/// Ask the engine behind `path` for its stats, with the per-sender table if `senders`.
+pub fn query(path: &Path, senders: bool) -> Result<EngineStats> {
+    ask(
+        path,
+        if senders {
+            &Request::Senders
+        } else {
+            &Request::Stats
+        },
+    )
 }
 
 #[cfg(test)]
@@ -140,17 +206,45 @@ mod tests {
         assert!(err.contains("in use"), "{err}");
         let stop = Arc::new(AtomicBool::new(false));
         let t = sock
-            .serve(Arc::clone(&stop), |_| EngineStats {
-                role: "victim".into(),
-                pid: 7,
-                ..Default::default()
+            .serve(Arc::clone(&stop), |r| match r {
+                Request::Stats => Ok(serde_json::to_value(EngineStats {
+                    role: "victim".into(),
+                    pid: 7,
+                    ..Default::default()
+                })
+                .unwrap()),
+                other => Err(format!("not here: {other:?}")),
             })
             .unwrap();
         let s = query(&path, false).unwrap();
         assert_eq!((s.role.as_str(), s.pid), ("victim", 7));
+        let e = query(&path, true).unwrap_err().to_string();
+        assert!(e.contains("not here: Senders"), "{e}");
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         assert!(!path.exists(), "socket file removed on exit");
+    }
+
+    #[test]
+    fn requests_read_back_as_written() {
+        for r in [
+            Request::Stats,
+            Request::Senders,
+            Request::WithholdList,
+            Request::WithholdAdd("198.18.9.0/24".parse().unwrap()),
+            Request::WithholdRemove("2001:2::9/128".parse().unwrap()),
+        ] {
+            assert_eq!(Request::parse(&r.line()), Ok(r));
+        }
+        for bad in [
+            "",
+            "stat",
+            "withhold add",
+            "withhold add 198.18.9.0/33",
+            "withhold x y",
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::config::{CapSettings, Config, PoliceSettings, RedirectPair, Tunnel};
-use crate::driver::control::ControlSocket;
+use crate::driver::control::{ControlSocket, Request, Withheld};
 use crate::driver::keys::KeyWatch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
@@ -61,7 +61,11 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
 
     let worker_stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample));
+    let withheld = cfg
+        .capabilities
+        .as_ref()
+        .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
+    let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
     for (index, (num, queue)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         workers.push(Worker::spawn(
@@ -84,15 +88,13 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         started: Instant::now(),
     };
     let control_thread = {
-        let (counters, header, board) = (Arc::clone(&counters), header.clone(), board);
-        control.serve(Arc::clone(&worker_stop), move |senders| {
-            let mut stats = header.stats(
-                &counters,
-                &nfqueue::kernel_queue_stats().unwrap_or_default(),
-            );
-            stats.police = board.report(if senders { REPORT_LIMIT } else { 0 });
-            stats
-        })?
+        let answers = Answers {
+            counters: Arc::clone(&counters),
+            header: header.clone(),
+            board,
+            withholds: role == Role::Victim && cfg.capabilities.is_some(),
+        };
+        control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
 
     let mut failed = None;
@@ -520,6 +522,55 @@ impl Header {
             queues,
             police: None,
         }
+    }
+}
+
+/// What the control socket answers from.
+struct Answers {
+    counters: Arc<Vec<Published>>,
+    header: Header,
+    board: Arc<Board>,
+    /// A victim with capabilities: it takes `withhold` requests.
+    withholds: bool,
+}
+
+impl Answers {
+    fn answer(&self, request: &Request) -> std::result::Result<serde_json::Value, String> {
+        let withheld = |changed| Withheld {
+            withheld: self
+                .board
+                .withheld()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            changed,
+        };
+        let value = match request {
+            Request::Stats | Request::Senders => {
+                let mut stats = self.header.stats(
+                    &self.counters,
+                    &nfqueue::kernel_queue_stats().unwrap_or_default(),
+                );
+                let limit = if *request == Request::Senders {
+                    REPORT_LIMIT
+                } else {
+                    0
+                };
+                stats.police = self.board.report(limit);
+                serde_json::to_value(stats)
+            }
+            _ if !self.withholds => {
+                return Err("only a victim with [capabilities] withholds feedback".into());
+            }
+            Request::WithholdList => serde_json::to_value(withheld(false)),
+            Request::WithholdAdd(p) | Request::WithholdRemove(p) => {
+                let add = matches!(request, Request::WithholdAdd(_));
+                let changed = self.board.change_withheld(*p, add);
+                tracing::info!(prefix = %p, add, changed, "withhold feedback");
+                serde_json::to_value(withheld(changed))
+            }
+        };
+        value.map_err(|e| e.to_string())
     }
 }
 

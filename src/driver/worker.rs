@@ -136,6 +136,8 @@ struct Loop {
     stuck: Vec<u32>,
     /// Reads and verdicts that failed here; the binding counts kernel-side errors.
     send_errors: u64,
+    /// The version of the board's withheld list the pipeline has.
+    withheld_seen: u64,
 }
 
 impl Loop {
@@ -156,6 +158,7 @@ impl Loop {
             pending: Vec::with_capacity(BATCH_MAX),
             stuck: Vec::new(),
             send_errors: 0,
+            withheld_seen: 0,
         }
     }
 
@@ -216,11 +219,17 @@ impl Loop {
     }
 
     /// Run the pipeline's timer and trade figures with the other workers on `board`;
-    /// with `report`, post the police's sender report too.
+    /// with `report`, post the police's sender report too. Pick up a new list of
+    /// senders to withhold feedback from.
     fn tick(&mut self, now: Instant, (board, index): (&Board, usize), report: bool) {
+        if let Some(list) = board.withheld_since(&mut self.withheld_seen) {
+            self.pipeline.set_withheld(list);
+        }
         let Some(figures) = self.pipeline.on_timer(now) else {
             return;
         };
+        // Nothing keeps a kernel set of verified senders yet: taken, so they never pile up.
+        let _ = self.pipeline.take_verified_changes();
         self.pipeline.set_system(board.post(index, figures));
         if report {
             if let Some(r) = self.pipeline.police_report(REPORT_LIMIT) {

@@ -344,6 +344,11 @@ impl Mbox {
         figures
     }
 
+    /// The changes to the set of verified senders since the last call.
+    pub fn take_verified_changes(&mut self) -> Vec<(IpAddr, bool)> {
+        self.police.take_verified_changes().collect()
+    }
+
     /// Police by the system-wide view merged from every worker's figures.
     pub fn set_system(&mut self, system: System) {
         self.police.set_system(system);

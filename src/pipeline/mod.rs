@@ -112,6 +112,22 @@ impl Pipeline {
         }
     }
 
+    /// mbox: the senders that became verified (true) or left the table verified (false)
+    /// since the last call, in order (empty for the victim).
+    pub fn take_verified_changes(&mut self) -> Vec<(std::net::IpAddr, bool)> {
+        match self.stages.as_mut() {
+            Some(Stages::Mbox(m)) => m.take_verified_changes(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// victim: withhold feedback from the senders in `prefixes` (and no others).
+    pub fn set_withheld(&mut self, prefixes: Vec<crate::driver::nft::Prefix>) {
+        if let Some(Stages::Victim(v)) = self.stages.as_mut() {
+            v.set_withheld(prefixes, &mut self.caps);
+        }
+    }
+
     /// The police's view and its `limit` most active senders (None: no policing here).
     pub fn police_report(&self, limit: usize) -> Option<PoliceReport> {
         match self.stages.as_ref()? {

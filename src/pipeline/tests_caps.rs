@@ -1393,3 +1393,34 @@ fn a_tunnel_payload_sealed_for_the_other_direction_is_refused() {
     assert_eq!(path.mbox_p.cap_counters().returned, 0);
     assert_eq!(path.victim_p.cap_counters().tunneled, 0);
 }
+
+#[test]
+fn the_victim_withholds_feedback_from_the_senders_it_names() {
+    let named = CapSettings {
+        withhold_feedback: vec!["198.18.1.0/24".parse().unwrap()],
+        ..settings()
+    };
+    let mut path = Path::with_victim(Victim::new(&named, vec![MBOX_IF]));
+    stamp_and_keep(&mut path, 0);
+    let c = path.victim_p.cap_counters();
+    assert_eq!((c.stripped, c.withheld), (1, 1), "stripped, never kept");
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    assert_eq!(
+        path.victim(&mut a, 1),
+        Verdict::Accept,
+        "no feedback rides it"
+    );
+
+    // Named at run time: what was kept for it goes, and nothing more is kept.
+    let mut path = Path::new();
+    stamp_and_keep(&mut path, 0);
+    stamp_and_keep(&mut path, 40);
+    path.victim_p
+        .set_withheld(vec!["198.18.1.2/32".parse().unwrap()]);
+    assert_eq!(path.victim_p.cap_counters().withheld, 2);
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    assert_eq!(path.victim(&mut a, 80), Verdict::Accept);
+    // And no longer named: feedback again.
+    path.victim_p.set_withheld(Vec::new());
+    assert_eq!(feedback_ack(&mut path, 120).len(), a.len() + 32);
+}

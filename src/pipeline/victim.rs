@@ -15,6 +15,7 @@ use crate::capability::{
     Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
 };
 use crate::config::{CapSettings, Tunnel};
+use crate::driver::nft::Prefix;
 use crate::police::{SenderTable, Worth};
 use crate::stats::CapCounters;
 use crate::wire::tunnel::AUTH_LEN;
@@ -51,6 +52,9 @@ pub struct Victim {
     kept: SenderTable<KeptFlow, (IpAddr, IpAddr)>,
     /// Tunnel mode: the mboxes accepted, and the keys the tunnel's MACs are made with.
     tunnel: Option<(Tunnel, KeyReader)>,
+    /// Senders whose capabilities are stripped and never returned: the mbox then counts
+    /// all their stamped packets as lost, and polices them as losing senders.
+    withheld: Vec<Prefix>,
 }
 
 impl Victim {
@@ -63,7 +67,29 @@ impl Victim {
             mbox_ifindexes,
             kept: SenderTable::new(s.max_senders),
             tunnel: None,
+            withheld: s.withhold_feedback.clone(),
         }
+    }
+
+    /// Withhold feedback from the senders in `prefixes` from now on (and no longer from
+    /// any other). Capabilities already kept for them are dropped (counted as withheld).
+    pub fn set_withheld(&mut self, prefixes: Vec<Prefix>, c: &mut CapCounters) {
+        self.withheld = prefixes;
+        let flows: Vec<_> = self
+            .kept
+            .iter()
+            .map(|(flow, _)| flow)
+            .filter(|(client, _)| self.withholds(*client))
+            .collect();
+        for flow in flows {
+            if let Some(f) = self.kept.remove(flow) {
+                c.withheld += f.caps.len() as u64;
+            }
+        }
+    }
+
+    fn withholds(&self, client: IpAddr) -> bool {
+        self.withheld.iter().any(|p| p.contains(client))
     }
 
     /// Tunnel mode: accept IP-in-UDP on `t.port` from the mboxes in `t.addresses` only,
@@ -162,6 +188,7 @@ impl Victim {
                 c.stripped += 1;
                 // We hold no key, but a trailer that is not even well formed is not kept.
                 match Capability::decode(&kept.bytes[..len]) {
+                    Ok(_) if self.withholds(p.src) => c.withheld += 1,
                     Ok(_) => self.keep((p.src, p.dst), kept, now, c),
                     Err(e) => c.count_rejected(e.as_str()),
                 }

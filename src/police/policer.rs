@@ -189,6 +189,9 @@ pub struct Policer {
     budget: StampBudget,
     rng: Xorshift,
     counters: PoliceCounters,
+    /// Senders that became verified (true) or that a verified sender left the table
+    /// (false) since the driver last took them: it keeps the kernel's set in step.
+    verified_changes: Vec<(IpAddr, bool)>,
 }
 
 impl Policer {
@@ -228,6 +231,7 @@ impl Policer {
             // Nobody can predict which packets are stamped.
             rng: Xorshift::from_os(),
             counters: PoliceCounters::default(),
+            verified_changes: Vec::new(),
         }
     }
 
@@ -326,7 +330,10 @@ impl Policer {
         check_period(issued_ms, start_ms as u32).map_err(|e| e.as_str())?;
         check_fresh(issued_ms, now_ms as u32, rtt_ms).map_err(|e| e.as_str())?;
         s.window.accept(id).map_err(|e| e.as_str())?;
-        s.verified = true;
+        if !s.verified {
+            s.verified = true;
+            self.verified_changes.push((sender, true));
+        }
         let age = u64::from((now_ms as u32).wrapping_sub(issued_ms));
         self.issued.add(now_ms.saturating_sub(age), 0, 1);
         Ok(())
@@ -417,10 +424,13 @@ impl Policer {
         let (window, premium) = (&self.window, self.policy.is_premium(sender));
         let mut created = false;
         // Borrowck: create first, then schedule, then hand out.
-        self.senders.get_or_insert_with(sender, now, || {
+        let (_, evicted) = self.senders.insert_evicting(sender, now, || {
             created = true;
             Sender::new(now, window.clone(), premium)
         });
+        if let Some((gone, s)) = evicted {
+            self.forget(gone, &s);
+        }
         if created {
             self.deadlines.push_back((now + self.period, sender));
         }
@@ -458,10 +468,24 @@ impl Policer {
             }
         }
         if idle >= self.idle_periods {
-            self.senders.remove(sender);
+            if let Some(s) = self.senders.remove(sender) {
+                self.forget(sender, &s);
+            }
             self.counters.expired += 1;
         } else {
             self.deadlines.push_back((next, sender));
+        }
+    }
+
+    /// Take the changes to the set of verified senders since the last call, in order.
+    pub fn take_verified_changes(&mut self) -> std::vec::Drain<'_, (IpAddr, bool)> {
+        self.verified_changes.drain(..)
+    }
+
+    /// A sender left the table: if it was verified, it leaves the verified set too.
+    fn forget(&mut self, sender: IpAddr, s: &Sender) {
+        if s.verified {
+            self.verified_changes.push((sender, false));
         }
     }
 

@@ -67,11 +67,22 @@ impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
         now: Instant,
         make: impl FnOnce() -> V,
     ) -> &mut V {
+        self.insert_evicting(sender, now, make).0
+    }
+
+    /// Like [`Self::get_or_insert_with`], and hand back the sender evicted to make room.
+    pub fn insert_evicting(
+        &mut self,
+        sender: K,
+        now: Instant,
+        make: impl FnOnce() -> V,
+    ) -> (&mut V, Option<(K, V)>) {
+        let mut evicted = None;
         let i = match self.index.get(&sender) {
             Some(&i) => i,
             None => {
                 if self.entries.len() >= self.capacity {
-                    self.evict_one();
+                    evicted = self.evict_one();
                 }
                 self.entries.push(Entry {
                     sender,
@@ -85,7 +96,7 @@ impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
         };
         let e = &mut self.entries[i];
         e.last_seen = now;
-        &mut e.value
+        (&mut e.value, evicted)
     }
 
     /// Return the sender's value without marking it seen.
@@ -94,35 +105,15 @@ impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
         Some(&mut self.entries[i].value)
     }
 
-    /// Forget a sender; true if it was held.
-    pub fn remove(&mut self, sender: K) -> bool {
-        match self.index.get(&sender) {
-            Some(&i) => {
-                self.remove_at(i);
-                true
-            }
-            None => false,
-        }
+    /// Forget a sender; its value if it was held.
+    pub fn remove(&mut self, sender: K) -> Option<V> {
+        let i = *self.index.get(&sender)?;
+        Some(self.remove_at(i))
     }
 
     /// Every sender held, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (K, &V)> {
         self.entries.iter().map(|e| (e.sender, &e.value))
-    }
-
-    /// Remove senders not seen since `before`; return how many.
-    pub fn expire(&mut self, before: Instant) -> usize {
-        let mut removed = 0;
-        let mut i = 0;
-        while i < self.entries.len() {
-            if self.entries[i].last_seen < before {
-                self.remove_at(i);
-                removed += 1;
-            } else {
-                i += 1;
-            }
-        }
-        removed
     }
 
     /// Senders held now.
@@ -140,7 +131,7 @@ impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
         self.evictions
     }
 
-    fn evict_one(&mut self) {
+    fn evict_one(&mut self) -> Option<(K, V)> {
         let n = self.entries.len();
         let mut victim: Option<usize> = None;
         for _ in 0..EVICTION_SAMPLE.min(n) {
@@ -150,18 +141,19 @@ impl<V: Worth, K: Copy + Eq + Hash> SenderTable<V, K> {
                 victim = Some(i);
             }
         }
-        if let Some(i) = victim {
-            self.remove_at(i);
-            self.evictions += 1;
-        }
+        let i = victim?;
+        let sender = self.entries[i].sender;
+        self.evictions += 1;
+        Some((sender, self.remove_at(i)))
     }
 
-    fn remove_at(&mut self, i: usize) {
+    fn remove_at(&mut self, i: usize) -> V {
         let gone = self.entries.swap_remove(i);
         self.index.remove(&gone.sender);
         if let Some(moved) = self.entries.get(i) {
             self.index.insert(moved.sender, i);
         }
+        gone.value
     }
 }
 
@@ -229,17 +221,5 @@ mod tests {
             t.get_or_insert_with(addr(i), now + Duration::from_micros(1), || 0);
         }
         assert_eq!(t.get_mut(busy, t0).copied(), Some(5_000), "kept all along");
-    }
-
-    #[test]
-    fn idle_senders_expire() {
-        let t0 = Instant::now();
-        let mut t = SenderTable::new(10);
-        t.get_or_insert_with(addr(1), t0, || ());
-        t.get_or_insert_with(addr(2), t0 + Duration::from_secs(5), || ());
-        assert_eq!(t.expire(t0 + Duration::from_secs(1)), 1);
-        assert!(t.get_mut(addr(1), t0).is_none());
-        assert!(t.get_mut(addr(2), t0).is_some());
-        assert_eq!(t.evictions(), 0, "expiry is not eviction");
     }
 }

@@ -268,3 +268,36 @@ fn fair_share_caps_a_heavy_sender_at_the_average() {
     assert_eq!(row(&p, ip(2)).wr, 1_650);
     assert_eq!(row(&p, ip(1)).wr, 1_650);
 }
+
+#[test]
+fn the_verified_set_follows_senders_in_and_out_of_the_table() {
+    let t0 = Instant::now();
+    let caps = CapSettings {
+        max_senders: 1,
+        ..CapSettings::default()
+    };
+    let mut p = Policer::new(
+        &caps,
+        &PoliceSettings::with_policy(Policy::NaturalShare),
+        t0,
+    );
+    let (ids, _) = send(&mut p, t0, ip(1), 5, (0, 100));
+    give_back(&mut p, t0, ip(1), &ids);
+    let changes: Vec<_> = p.take_verified_changes().collect();
+    assert_eq!(
+        changes,
+        [(ip(1), true)],
+        "once, on its first returned capability"
+    );
+    // Evicted to make room: out of the set; an unverified sender evicted: no change.
+    send(&mut p, t0, ip(2), 1, (200, 201));
+    send(&mut p, t0, ip(3), 1, (300, 301));
+    let changes: Vec<_> = p.take_verified_changes().collect();
+    assert_eq!(changes, [(ip(1), false)]);
+    // Verified, then expired after idle periods: leaves the set.
+    let (ids, _) = send(&mut p, t0, ip(4), 5, (400, 500));
+    give_back(&mut p, t0, ip(4), &ids);
+    p.on_timer(at(t0, 10 * P));
+    let changes: Vec<_> = p.take_verified_changes().collect();
+    assert_eq!(changes, [(ip(4), true), (ip(4), false)]);
+}
