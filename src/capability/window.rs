@@ -25,21 +25,24 @@ const HALF: u32 = 1 << 31;
 const WORD_BITS: u32 = u64::BITS;
 
 /// Capability ids returned by one sender in one period, each counted once.
+///
+/// One bit per id below `th_cap`: the mbox holds one per sender, so it is sized to
+/// `th_cap` (16 bytes for the default 128), not to the largest `th_cap`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReturnWindow {
-    bits: [u64; (MAX_TH_CAP / WORD_BITS) as usize],
+    bits: Box<[u64]>,
     th_cap: u16,
     returned: u16,
 }
 
 impl ReturnWindow {
     /// Return an empty window for ids `0..th_cap`, if `th_cap` is 1..=1024.
-    pub const fn new(th_cap: u32) -> Option<ReturnWindow> {
+    pub fn new(th_cap: u32) -> Option<ReturnWindow> {
         if th_cap == 0 || th_cap > MAX_TH_CAP {
             return None;
         }
         Some(ReturnWindow {
-            bits: [0; (MAX_TH_CAP / WORD_BITS) as usize],
+            bits: vec![0; th_cap.div_ceil(WORD_BITS) as usize].into_boxed_slice(),
             th_cap: th_cap as u16,
             returned: 0,
         })
@@ -84,7 +87,7 @@ impl ReturnWindow {
 
     /// Forget every id (at period rollover).
     pub fn reset(&mut self) {
-        self.bits = [0; (MAX_TH_CAP / WORD_BITS) as usize];
+        self.bits.fill(0);
         self.returned = 0;
     }
 }

@@ -622,7 +622,7 @@ fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {
         ));
     }
     // Bounds keep the worst case of state a flood can build known: per worker, about
-    // max_senders x 100 B (mbox) or max_senders x kept_per_sender x 56 B (victim).
+    // max_senders x 270 B (mbox, `bytes_per_tracked_sender`) or max_senders x kept_per_sender x 56 B (victim).
     within("per_period", c.per_period, 1..=MAX_PER_PERIOD)?;
     within("max_senders", c.max_senders, 1..=MAX_SENDERS)?;
     within("path_mtu", c.path_mtu, 1280..=65535)?;

@@ -301,3 +301,45 @@ fn the_verified_set_follows_senders_in_and_out_of_the_table() {
     let changes: Vec<_> = p.take_verified_changes().collect();
     assert_eq!(changes, [(ip(4), true), (ip(4), false)]);
 }
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Memory a tracked sender costs: `cargo test --release --lib -- --ignored
+/// bytes_per_tracked_sender --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn bytes_per_tracked_sender() {
+    const N: u32 = 1_000_000;
+    let t0 = Instant::now();
+    let caps = CapSettings {
+        max_senders: N as usize,
+        ..CapSettings::default()
+    };
+    let before = resident_bytes();
+    let mut p = Policer::new(
+        &caps,
+        &PoliceSettings::with_policy(Policy::NaturalShare),
+        t0,
+    );
+    for i in 0..N {
+        let now = at(t0, u64::from(i) / 1_000);
+        let _ = p.admit(ip(i), true, now);
+        let _ = p.stamp(ip(i), now, true);
+    }
+    let after = resident_bytes();
+    assert_eq!(p.senders_held().0, N as usize);
+    eprintln!(
+        "{N} senders: {} MB resident more, {} bytes per sender",
+        (after - before) >> 20,
+        (after - before) / u64::from(N)
+    );
+}
