@@ -13,6 +13,7 @@ mod objects;
 mod plan;
 mod render;
 mod spec;
+mod verified;
 
 #[cfg(test)]
 mod netns_tests;
@@ -29,3 +30,4 @@ pub use spec::{
     QueuePreference, QueueTarget, Role, RuleSpec, RulesetSpec, Selection, SpecError,
     UnverifiedChannel, UnverifiedLimits,
 };
+pub use verified::{VerifiedSet, unverified_drops};
