@@ -16,6 +16,8 @@ mod spec;
 mod verified;
 
 #[cfg(test)]
+mod channel_tests;
+#[cfg(test)]
 mod netns_tests;
 
 pub use install::{RulesError, flush_rules, install, remove, table_exists};
