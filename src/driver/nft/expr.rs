@@ -1,11 +1,14 @@
 //! The expressions nftnl 0.9.4 lacks: the two queue statements, native `queue` and the xt
-//! `NFQUEUE` target, and the Jenkins `hash` that picks a sender's queue.
+//! `NFQUEUE` target, the Jenkins `hash` that picks a sender's queue, and for the channel of
+//! unverified senders a set lookup by name, a meter update with a per-element limit, and
+//! references to named objects (counters, limits).
 //!
 //! Invariants: both queue statements send the same queue range and flags
 //! (NFT_QUEUE_FLAG_* and NFQ_FLAG_* share values); `total` is at least 1 (checked by the
-//! caller, the kernel rejects 0). The hash reads and writes register 1.
+//! caller, the kernel rejects 0). The hash reads and writes register 1; the lookup and the
+//! meter read their key from register 1. Limits count packets per second.
 
-use std::ffi::c_void;
+use std::ffi::{CString, c_void};
 use std::ptr::NonNull;
 
 use nftnl::Rule;
@@ -136,6 +139,135 @@ impl Expression for JHash {
             ] {
                 sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
             }
+        }
+        expr
+    }
+}
+
+/// `ip saddr @set`: the rule goes on only if register 1 holds an element of the named set
+/// (nftnl's own `Lookup` needs the set's nftnl object; this names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetLookup {
+    pub set: CString,
+}
+
+impl Expression for SetLookup {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"lookup");
+        // SAFETY: `expr` is a live lookup expression; libnftnl copies the name.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_LOOKUP_SET as u16,
+                self.set.as_ptr(),
+            );
+        }
+        expr
+    }
+}
+
+/// `NFT_OBJECT_COUNTER` and `NFT_OBJECT_LIMIT` in linux/netfilter/nf_tables.h.
+pub const NFT_OBJECT_COUNTER: u32 = 1;
+pub const NFT_OBJECT_LIMIT: u32 = 4;
+
+/// `update @set { <reg 1> limit rate over pps/second burst burst packets }`: find or add
+/// the element keyed by register 1 (refreshing its timeout) and charge its own limit; the
+/// rule goes on only if that element is over its rate. When the set is full a new key is
+/// not added and the rule does not go on either (the kernel's dynset breaks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterUpdate {
+    pub set: CString,
+    pub pps: u32,
+    pub burst: u32,
+}
+
+impl Expression for MeterUpdate {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let limit = limit_over(self.pps, self.burst);
+        let expr = alloc_expr(c"dynset");
+        // SAFETY: both expressions are live; libnftnl copies the name and takes ownership of
+        // the nested limit expression (freed with the dynset, `len` unused for it).
+        unsafe {
+            for (attr, value) in [
+                (sys::NFTNL_EXPR_DYNSET_SREG_KEY, libc::NFT_REG_1 as u32),
+                (sys::NFTNL_EXPR_DYNSET_OP, libc::NFT_DYNSET_OP_UPDATE as u32),
+            ] {
+                sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
+            }
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_DYNSET_SET_NAME as u16,
+                self.set.as_ptr(),
+            );
+            let rc = sys::nftnl_expr_set(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_DYNSET_EXPR as u16,
+                limit.as_ptr().cast::<c_void>(),
+                0,
+            );
+            if rc < 0 {
+                // A meter without its limit would drop every packet it sees; the trait
+                // cannot report the failure, so stop as on out-of-memory.
+                sys::nftnl_expr_free(limit.as_ptr());
+                std::process::abort();
+            }
+        }
+        expr
+    }
+}
+
+/// A `limit rate over pps/second burst burst packets` expression (the rule goes on only
+/// over the rate).
+fn limit_over(pps: u32, burst: u32) -> NonNull<sys::nftnl_expr> {
+    let expr = alloc_expr(c"limit");
+    // SAFETY: `expr` is a live limit expression; rate and unit are u64, the rest u32.
+    unsafe {
+        sys::nftnl_expr_set_u64(
+            expr.as_ptr(),
+            sys::NFTNL_EXPR_LIMIT_RATE as u16,
+            u64::from(pps),
+        );
+        sys::nftnl_expr_set_u64(expr.as_ptr(), sys::NFTNL_EXPR_LIMIT_UNIT as u16, 1);
+        for (attr, value) in [
+            (sys::NFTNL_EXPR_LIMIT_BURST, burst),
+            (sys::NFTNL_EXPR_LIMIT_TYPE, libc::NFT_LIMIT_PKTS as u32),
+            (sys::NFTNL_EXPR_LIMIT_FLAGS, libc::NFT_LIMIT_F_INV as u32),
+        ] {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
+        }
+    }
+    expr
+}
+
+/// A reference to a named object of the rule's table: `counter name "x"` counts the
+/// packet, `limit name "x"` lets the rule go on only over the shared limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjRef {
+    /// `NFT_OBJECT_COUNTER` or `NFT_OBJECT_LIMIT`.
+    pub kind: u32,
+    pub name: CString,
+}
+
+impl Expression for ObjRef {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"objref");
+        // SAFETY: `expr` is a live objref expression; libnftnl copies the name.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_OBJREF_IMM_TYPE as u16,
+                self.kind,
+            );
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_OBJREF_IMM_NAME as u16,
+                self.name.as_ptr(),
+            );
         }
         expr
     }

@@ -12,7 +12,8 @@ use nftnl::{Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table};
 use super::expr::{Queue, XtNfqueue};
 use super::matches;
 use super::nl::{self, Reply};
-use super::spec::{Hook, QueueKind, QueuePreference, RulesetSpec};
+use super::objects;
+use super::spec::{ChannelStep, Hook, QueueKind, QueuePreference, RulesetSpec};
 
 /// nf_tables names are at most NFT_NAME_MAXLEN - 1 bytes.
 const NAME_MAX: usize = 255;
@@ -182,7 +183,8 @@ fn get_table_request(name: &CString, seq: u32) -> Vec<u8> {
 
 /// Send the whole ruleset with `kind` queue statements; Err(Failure) if the kernel refused.
 fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure>, RulesError> {
-    let table = Table::new(&c_name(&spec.table)?, ProtoFamily::Inet);
+    let table_name = c_name(&spec.table)?;
+    let table = Table::new(&table_name, ProtoFamily::Inet);
     let mut batch = Batch::new();
     let mut steps = Vec::new();
     let mut rule_steps = Vec::new();
@@ -196,6 +198,9 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         batch.add(&table, msg);
         steps.push(format!("{op} {table_step}"));
     }
+    if let Some(ch) = &spec.channel {
+        objects::add_channel(&mut batch, &table, &table_name, ch, &mut steps);
+    }
     for chain_spec in &spec.chains {
         let mut chain = Chain::new(c_name(&chain_spec.name)?, &table);
         chain.set_type(ChainType::Filter);
@@ -206,18 +211,25 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         for (i, rule_spec) in chain_spec.rules.iter().enumerate() {
             let mut rule = Rule::new(&chain);
             matches::add_match(&mut rule, rule_spec);
-            let (num, total, flags) = queue_args(rule_spec)?;
-            match kind {
-                QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
-                QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
-            }
+            // A channel drop has no queue statement, so its refusal is never taken for
+            // a missing queue expression.
+            let what = if matches::add_channel_drop(&mut rule, rule_spec) {
+                "unverified channel drop".to_owned()
+            } else {
+                let (num, total, flags) = queue_args(rule_spec)?;
+                match kind {
+                    QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
+                    QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
+                }
+                rule_steps.push(steps.len());
+                format!("{kind:?} queue")
+            };
             rule.set_comment(c_text(&rule_spec.comment)?).map_err(|e| {
                 RulesError::Invalid(format!("rule comment {:?}: {e}", rule_spec.comment))
             })?;
             batch.add(&rule, MsgType::Add);
-            rule_steps.push(steps.len());
             steps.push(format!(
-                "add rule {} to chain {} ({kind:?} queue)",
+                "add rule {} to chain {} ({what})",
                 i + 1,
                 chain_spec.name
             ));
@@ -292,14 +304,42 @@ fn nft_hook(hook: Hook) -> nftnl::Hook {
     }
 }
 
-/// Check names, comments and queue ranges before anything is sent.
+/// Check names, comments, queue ranges and the channel's limits before anything is sent.
 fn validate(spec: &RulesetSpec) -> Result<(), RulesError> {
     c_name(&spec.table)?;
+    let invalid = |e: super::spec::SpecError| RulesError::Invalid(e.to_string());
+    if let Some(ch) = &spec.channel {
+        ch.limits.validate().map_err(invalid)?;
+        if ch.verified_size == 0 || ch.meter_size == 0 || ch.meter_timeout_s == 0 {
+            return Err(RulesError::Invalid(format!(
+                "unverified channel: set sizes and meter timeout must be at least 1: {ch:?}"
+            )));
+        }
+    }
     for chain in &spec.chains {
         c_name(&chain.name)?;
         for rule in &chain.rules {
             queue_args(rule)?;
             c_text(&rule.comment)?;
+            match (rule.channel, &spec.channel) {
+                (None, _) => {}
+                (Some(_), None) => {
+                    return Err(RulesError::Invalid(format!(
+                        "rule {:?} uses the unverified channel, which the ruleset lacks",
+                        rule.comment
+                    )));
+                }
+                (Some(ChannelStep::OverSource { pps, burst }), Some(ch)) => {
+                    super::spec::UnverifiedLimits {
+                        per_source_pps: pps,
+                        per_source_burst: burst,
+                        ..ch.limits
+                    }
+                    .validate()
+                    .map_err(invalid)?;
+                }
+                (Some(_), Some(_)) => {}
+            }
         }
     }
     Ok(())

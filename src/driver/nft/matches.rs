@@ -2,22 +2,26 @@
 //!
 //! Invariants: the family is checked (`meta nfproto`) before any network-header load, and
 //! the transport protocol (`meta l4proto`) before any transport-header load, as nft does;
-//! the client hash comes last, so it is computed only for packets the rest matched.
+//! the client hash comes last, so it is computed only for packets the rest matched (after
+//! the verified-set lookup, as `rules show` prints it).
 
+use std::ffi::CString;
 use std::net::IpAddr;
 
 use nftnl::Rule;
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Icmpv6HeaderField, Ipv4HeaderField, Ipv6HeaderField, Meta,
-    NetworkHeaderField, Payload, TcpHeaderField, TransportHeaderField, UdpHeaderField,
+    NetworkHeaderField, Payload, TcpHeaderField, TransportHeaderField, UdpHeaderField, Verdict,
 };
 
-use super::expr::JHash;
-use super::spec::{Field, L4Match, Proto, RuleSpec};
+use super::expr::{JHash, MeterUpdate, NFT_OBJECT_COUNTER, NFT_OBJECT_LIMIT, ObjRef, SetLookup};
+use super::plan::{COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, meter_set, verified_set};
+use super::spec::{ChannelStep, Field, L4Match, Proto, RuleSpec};
 use crate::pipeline::LOOPBACK_IFINDEX;
 
 /// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and
-/// the port or type match (none for [`L4Match::Any`]), then the client hash if any.
+/// the port or type match (none for [`L4Match::Any`]), the lookup of the client's address
+/// in the verified set for a [`ChannelStep::Verified`] rule, then the client hash if any.
 pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     if let Some(side) = spec.skip_loopback {
         rule.add_expr(match side {
@@ -80,6 +84,13 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
             rule.add_expr(&Cmp::new(CmpOp::Eq, kind));
         }
     }
+    if spec.channel == Some(ChannelStep::Verified) {
+        // The client's address, looked up in the engine's verified set of this family.
+        rule.add_expr(&addr_payload(v4, spec.addr_field.other()));
+        rule.add_expr(&SetLookup {
+            set: c_string(verified_set(v4)),
+        });
+    }
     if let Some(pick) = spec.pick {
         // Load the client's address into register 1, hash it there, compare the result
         // (a u32 in host byte order, as the kernel writes it).
@@ -91,6 +102,42 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
         });
         rule.add_expr(&Cmp::new(CmpOp::Eq, pick.value));
     }
+}
+
+/// Append the counted drop of a channel rule (`OverSource`, `OverTotal`) and return true;
+/// return false for any other rule, which the caller ends with its queue statement.
+pub(super) fn add_channel_drop(rule: &mut Rule, spec: &RuleSpec) -> bool {
+    let v4 = spec.prefix.addr().is_ipv4();
+    let counter = match spec.channel {
+        Some(ChannelStep::OverSource { pps, burst }) => {
+            rule.add_expr(&addr_payload(v4, spec.addr_field.other()));
+            rule.add_expr(&MeterUpdate {
+                set: c_string(meter_set(v4)),
+                pps,
+                burst,
+            });
+            COUNTER_OVER_SOURCE
+        }
+        Some(ChannelStep::OverTotal) => {
+            rule.add_expr(&ObjRef {
+                kind: NFT_OBJECT_LIMIT,
+                name: c_string(LIMIT_TOTAL),
+            });
+            COUNTER_OVER_TOTAL
+        }
+        None | Some(ChannelStep::Verified) => return false,
+    };
+    rule.add_expr(&ObjRef {
+        kind: NFT_OBJECT_COUNTER,
+        name: c_string(counter),
+    });
+    rule.add_expr(&Verdict::Drop);
+    true
+}
+
+/// One of our constant set or object names as a C string (they hold no NUL).
+fn c_string(name: &str) -> CString {
+    CString::new(name).expect("set and object names hold no NUL")
 }
 
 /// Return the load of the source or destination address.

@@ -9,19 +9,27 @@ mod expr;
 mod install;
 mod matches;
 mod nl;
+mod objects;
 mod plan;
 mod render;
 mod spec;
+mod verified;
 
+#[cfg(test)]
+mod channel_tests;
 #[cfg(test)]
 mod netns_tests;
 
 pub use install::{RulesError, flush_rules, install, remove, table_exists};
 pub use plan::{
-    TABLE, add_feedback_chain, add_icmp_error_chain, add_redirect_chains, add_tunnel_chain, plan,
+    COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, METER_SIZE, METER_V4, METER_V6, TABLE,
+    VERIFIED_SIZE, VERIFIED_V4, VERIFIED_V6, add_feedback_chain, add_icmp_error_chain,
+    add_redirect_chains, add_tunnel_chain, add_unverified_channel, plan,
 };
 pub use render::render;
 pub use spec::{
-    ChainSpec, Field, Hook, PortRange, Prefix, Proto, QueueKind, QueuePreference, QueueTarget,
-    Role, RuleSpec, RulesetSpec, Selection, SpecError,
+    ChainSpec, ChannelStep, Field, Hook, MAX_LIMIT_PPS, PortRange, Prefix, Proto, QueueKind,
+    QueuePreference, QueueTarget, Role, RuleSpec, RulesetSpec, Selection, SpecError,
+    UnverifiedChannel, UnverifiedLimits,
 };
+pub use verified::{VerifiedSet, unverified_drops};

@@ -20,13 +20,13 @@ use crate::wire::tcp;
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A network namespace deleted on drop, even when the test fails.
-struct Netns {
-    name: String,
+pub(super) struct Netns {
+    pub(super) name: String,
 }
 
 impl Netns {
     /// Create a namespace with lo up, or None when not root (the test is then skipped).
-    fn new() -> Option<Netns> {
+    pub(super) fn new() -> Option<Netns> {
         if !crate::testbed::root_tests_may_run() {
             return None;
         }
@@ -42,11 +42,11 @@ impl Netns {
     }
 
     /// Run `f` on a thread inside this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(super) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         testns::in_netns(&self.name, f).expect("enter the test namespace")
     }
 
-    fn exec(&self, prog: &str, args: &[&str]) -> Output {
+    pub(super) fn exec(&self, prog: &str, args: &[&str]) -> Output {
         let mut all = vec!["netns", "exec", &self.name, prog];
         all.extend_from_slice(args);
         Command::new("ip")
@@ -55,7 +55,7 @@ impl Netns {
             .expect("run ip netns exec")
     }
 
-    fn exec_ok(&self, prog: &str, args: &[&str]) -> String {
+    pub(super) fn exec_ok(&self, prog: &str, args: &[&str]) -> String {
         let out = self.exec(prog, args);
         assert!(
             out.status.success(),
@@ -67,7 +67,7 @@ impl Netns {
 
     /// Whether this kernel has the nft `queue` expression (module nft_queue): stock
     /// distribution kernels do, the machines this was built on do not.
-    fn has_native_queue(&self) -> bool {
+    pub(super) fn has_native_queue(&self) -> bool {
         let probe = "table inet probe { chain c { type filter hook input priority 0; queue num 99 bypass; } }";
         let ok = self.nft_load(probe).is_ok();
         let _ = self.nft_load("delete table inet probe");
@@ -75,7 +75,7 @@ impl Netns {
     }
 
     /// The queue expression `install` picks here.
-    fn queue_kind(&self) -> QueueKind {
+    pub(super) fn queue_kind(&self) -> QueueKind {
         if self.has_native_queue() {
             QueueKind::Native
         } else {
@@ -83,12 +83,12 @@ impl Netns {
         }
     }
 
-    fn list(&self) -> String {
+    pub(super) fn list(&self) -> String {
         self.exec_ok("nft", &["list", "table", "inet", TABLE])
     }
 
     /// Load nft text with `nft -f -`; return stderr on failure.
-    fn nft_load(&self, text: &str) -> Result<(), String> {
+    pub(super) fn nft_load(&self, text: &str) -> Result<(), String> {
         use std::io::Write;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name, "nft", "-f", "-"])
@@ -147,7 +147,7 @@ const Q: QueueTarget = QueueTarget {
 };
 
 /// Return each chain's header line, e.g. "chain inbound { type filter hook prerouting ...".
-fn chain_headers(listing: &str) -> Vec<String> {
+pub(super) fn chain_headers(listing: &str) -> Vec<String> {
     let lines: Vec<&str> = listing.lines().map(str::trim).collect();
     lines
         .windows(2)
@@ -206,15 +206,17 @@ fn install_each_role_uses_native_queue_where_the_kernel_has_it_else_xt() {
     }
 }
 
-/// Return each rule's match part (before its queue or accept statement) and comment.
-fn rule_matches(text: &str) -> Vec<(String, String)> {
+/// Return each rule's match part (before its queue or accept statement) and comment; for
+/// a rule that ends otherwise (the channel's counted drops), all of it before the comment.
+pub(super) fn rule_matches(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| {
             let c = l.find(" comment \"mpolice")?;
             let end = [" queue ", " accept"]
                 .iter()
                 .filter_map(|stmt| l[..c].find(stmt))
-                .min()?;
+                .min()
+                .unwrap_or(c);
             Some((l[..end].trim().to_owned(), l[c..].to_owned()))
         })
         .collect()
@@ -472,7 +474,7 @@ fn nft_rules_files_load_with_nft() {
 }
 
 /// Replace each rule's queue statement (up to its comment) with `accept`.
-fn queue_to_accept(text: &str) -> String {
+pub(super) fn queue_to_accept(text: &str) -> String {
     text.lines()
         .map(|l| match (l.find(" queue "), l.find(" comment ")) {
             (Some(q), Some(c)) if q < c => format!("{} accept{}\n", &l[..q], &l[c..]),
@@ -484,10 +486,10 @@ fn queue_to_accept(text: &str) -> String {
 /// Client `c` ⇄ mbox `m` ⇄ victim side `v`. `c` and `v` send hand-built packets through
 /// raw sockets, so `c` speaks for many client addresses and `v` for the protected ones;
 /// `m` forwards (its `forward` chains see the packets) and has permanent neighbours.
-struct Path {
-    c: Netns,
-    m: Netns,
-    v: Netns,
+pub(super) struct Path {
+    pub(super) c: Netns,
+    pub(super) m: Netns,
+    pub(super) v: Netns,
 }
 
 /// The mbox's addresses on the client's and the victim's link.
@@ -495,7 +497,7 @@ const M_CLIENT_SIDE: [&str; 2] = ["198.18.1.254", "2001:2:0:1::fe"];
 const M_VICTIM_SIDE: [&str; 2] = ["198.18.2.254", "2001:2:0:2::fe"];
 
 impl Path {
-    fn new() -> Option<Path> {
+    pub(super) fn new() -> Option<Path> {
         let path = Path {
             c: Netns::new()?,
             m: Netns::new()?,
@@ -564,7 +566,7 @@ impl Path {
 
 /// A raw socket in `ns` that sends whole IP packets as built (IPv4 `IPPROTO_RAW` implies
 /// `IP_HDRINCL`; IPv6 needs `IPV6_HDRINCL`), routed by their destination.
-fn raw_sender(ns: &Netns, v6: bool) -> OwnedFd {
+pub(super) fn raw_sender(ns: &Netns, v6: bool) -> OwnedFd {
     /// `IPV6_HDRINCL` from linux/in6.h (not in every libc release).
     const IPV6_HDRINCL: libc::c_int = 36;
     ns.run(|| {
@@ -594,7 +596,7 @@ fn raw_sender(ns: &Netns, v6: bool) -> OwnedFd {
 
 /// Send one packet built for `dst` through `sock` (port 0: on an IPv6 raw socket a port
 /// would be read as the protocol).
-fn send_raw(sock: &OwnedFd, dst: IpAddr, packet: &[u8]) {
+pub(super) fn send_raw(sock: &OwnedFd, dst: IpAddr, packet: &[u8]) {
     let sent = match dst {
         IpAddr::V4(a) => {
             // SAFETY: all-zero bytes are a valid sockaddr_in.
@@ -640,7 +642,7 @@ fn send_raw(sock: &OwnedFd, dst: IpAddr, packet: &[u8]) {
 }
 
 /// The source and destination addresses of an IPv4 or IPv6 packet.
-fn addresses(p: &[u8]) -> (IpAddr, IpAddr) {
+pub(super) fn addresses(p: &[u8]) -> (IpAddr, IpAddr) {
     match p[0] >> 4 {
         4 => (
             IpAddr::from(<[u8; 4]>::try_from(&p[12..16]).unwrap()),

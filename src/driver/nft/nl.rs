@@ -1,14 +1,16 @@
 //! Netfilter netlink transport: send one request (or batch) and collect every reply.
 //!
-//! Invariants: the socket is opened per request, so it lives in the network namespace of
-//! the calling thread; a request is sent with a single sendmsg (a batch must reach the
-//! kernel in one skb); every message carries NLM_F_ACK, and `talk` returns once each
-//! expected sequence number has an ack or an error, once an error arrived and nothing more
-//! is queued (nfnetlink replies before sendmsg returns), or after `REPLY_TIMEOUT`.
+//! Invariants: a socket lives in the network namespace of the thread that opened it
+//! (`talk` opens one per request, in the caller's); a request is sent with a single sendmsg
+//! (a batch must reach the kernel in one skb); every message carries NLM_F_ACK, and a
+//! request returns once each expected sequence number has an ack or an error, once an
+//! error arrived and nothing more is queued (nfnetlink replies before sendmsg returns), or
+//! after `REPLY_TIMEOUT`. On a socket kept open, replies left from an earlier request (one
+//! that timed out) are drained before sending and never taken for this one's.
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::driver::netlink;
@@ -33,32 +35,104 @@ pub(super) enum Reply {
     Data { seq: u32 },
 }
 
-/// Send `pages` as one message and return all replies for the sequence numbers `expect`.
+/// A data message's type and body (after nlmsghdr), kept for callers that read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DataMsg {
+    pub seq: u32,
+    pub kind: u16,
+    pub body: Vec<u8>,
+}
+
+/// Send `pages` as one message on a new socket and return all replies for the sequence
+/// numbers `expect`.
 pub(super) fn talk(pages: &[&[u8]], expect: Range<u32>) -> io::Result<Vec<Reply>> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let fd = socket.as_raw_fd();
-    set_rcvbuf(fd);
-    send(fd, pages)?;
-    let mut replies = Vec::new();
-    let mut buf = vec![0u8; RECV_BUF];
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !all_acked(&replies, &expect) {
-        // After a refused batch the kernel acks no batch end: take what is queued and stop.
-        let failed = replies
-            .iter()
-            .any(|r| matches!(r, Reply::Ack { errno, .. } if *errno != 0));
-        let wait = if failed {
-            Duration::ZERO
-        } else {
-            deadline.saturating_duration_since(Instant::now())
+    Ok(NlSocket::open()?.talk(pages, expect)?.0)
+}
+
+/// A NETLINK_NETFILTER socket, bound to a port the kernel picks.
+#[derive(Debug)]
+pub(super) struct NlSocket {
+    fd: OwnedFd,
+}
+
+impl NlSocket {
+    /// Open and bind a socket in the calling thread's network namespace.
+    pub(super) fn open() -> io::Result<NlSocket> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
         };
-        if (wait.is_zero() && !failed) || !readable(fd, wait)? {
-            break;
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let n = recv(fd, &mut buf)?;
-        parse(&buf[..n], &mut replies)?;
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let addr = netlink::kernel_addr();
+        // SAFETY: `addr` is a valid sockaddr_nl for the duration of the call (port 0: the
+        // kernel assigns one).
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_rcvbuf(fd.as_raw_fd());
+        Ok(NlSocket { fd })
     }
-    Ok(replies)
+
+    /// Send `pages` as one message; return the acks and errors for the sequence numbers
+    /// `expect`, and their data messages.
+    pub(super) fn talk(
+        &self,
+        pages: &[&[u8]],
+        expect: Range<u32>,
+    ) -> io::Result<(Vec<Reply>, Vec<DataMsg>)> {
+        let fd = self.fd.as_raw_fd();
+        let mut buf = vec![0u8; RECV_BUF];
+        // Whatever is queued now answers an earlier request (and a receive queue that
+        // overflowed then reports it once, here).
+        while readable(fd, Duration::ZERO)? {
+            match recv(fd, &mut buf) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+        send(fd, pages)?;
+        let mut replies = Vec::new();
+        let mut data = Vec::new();
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while !all_acked(&replies, &expect) {
+            // After a refused batch the kernel acks no batch end: take what is queued and stop.
+            let failed = replies
+                .iter()
+                .any(|r| matches!(r, Reply::Ack { errno, .. } if *errno != 0));
+            let wait = if failed {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            if (wait.is_zero() && !failed) || !readable(fd, wait)? {
+                break;
+            }
+            let n = recv(fd, &mut buf)?;
+            parse(&buf[..n], &mut replies, &mut data)?;
+            replies.retain(|r| match r {
+                Reply::Ack { seq, .. } | Reply::Data { seq } => expect.contains(seq),
+            });
+            data.retain(|d| expect.contains(&d.seq));
+        }
+        Ok((replies, data))
+    }
 }
 
 /// Return true if every seq in `expect` has an ack or an error.
@@ -142,8 +216,8 @@ fn recv(fd: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Append the messages in one datagram to `out`.
-fn parse(mut data: &[u8], out: &mut Vec<Reply>) -> io::Result<()> {
+/// Append the messages in one datagram to `out`, and data messages' bodies to `msgs`.
+fn parse(mut data: &[u8], out: &mut Vec<Reply>, msgs: &mut Vec<DataMsg>) -> io::Result<()> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
     while data.len() >= NLMSG_HDRLEN {
         let len = u32_at(data, 0) as usize;
@@ -161,7 +235,14 @@ fn parse(mut data: &[u8], out: &mut Vec<Reply>) -> io::Result<()> {
                 out.push(Reply::Ack { seq, errno });
             }
             libc::NLMSG_NOOP | libc::NLMSG_DONE => {}
-            _ => out.push(Reply::Data { seq }),
+            _ => {
+                out.push(Reply::Data { seq });
+                msgs.push(DataMsg {
+                    seq,
+                    kind,
+                    body: data[NLMSG_HDRLEN..len].to_vec(),
+                });
+            }
         }
         data = &data[len.next_multiple_of(4).min(data.len())..];
     }
@@ -199,7 +280,16 @@ mod tests {
             &(-libc::ENOENT).to_ne_bytes(),
         ));
         let mut out = Vec::new();
-        parse(&data, &mut out).unwrap();
+        let mut msgs = Vec::new();
+        parse(&data, &mut out, &mut msgs).unwrap();
+        assert_eq!(
+            msgs,
+            [DataMsg {
+                seq: 5,
+                kind: 0x0a00,
+                body: vec![1, 2, 3, 4]
+            }]
+        );
         assert_eq!(
             out,
             [
@@ -219,6 +309,6 @@ mod tests {
     fn rejects_truncated_reply() {
         let mut data = msg(libc::NLMSG_ERROR as u16, 1, &0i32.to_ne_bytes());
         data[0] = 200;
-        assert!(parse(&data, &mut Vec::new()).is_err());
+        assert!(parse(&data, &mut Vec::new(), &mut Vec::new()).is_err());
     }
 }

@@ -9,8 +9,8 @@
 //! direction and of any protocol, goes to the same queue.
 
 use super::spec::{
-    ChainSpec, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role, RuleSpec,
-    RulesetSpec, Selection,
+    ChainSpec, ChannelStep, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role,
+    RuleSpec, RulesetSpec, Selection, UnverifiedChannel, UnverifiedLimits,
 };
 
 /// Name of the table all our chains live in (family inet).
@@ -97,6 +97,7 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
         table: TABLE.to_owned(),
         role,
         chains,
+        channel: None,
     }
 }
 
@@ -187,6 +188,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
                 l4: L4Match::IcmpType(kind),
                 skip_loopback: None,
                 pick: None,
+                channel: None,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
@@ -205,6 +207,122 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
         rules,
     });
 }
+
+/// The engine's verified senders, one set per family: their packets skip the limits.
+pub const VERIFIED_V4: &str = "verified_v4";
+pub const VERIFIED_V6: &str = "verified_v6";
+/// The per-source meters of unverified senders (dynamic sets, one per family).
+pub const METER_V4: &str = "unverified_rate_v4";
+pub const METER_V6: &str = "unverified_rate_v6";
+/// Named counters of the packets dropped over a source's own rate, and over the total.
+pub const COUNTER_OVER_SOURCE: &str = "unverified_over_source";
+pub const COUNTER_OVER_TOTAL: &str = "unverified_over_total";
+/// The named limit object all unverified traffic to every protected prefix shares.
+pub const LIMIT_TOTAL: &str = "unverified_total";
+/// Most addresses a verified set holds (a bound, not an allocation: the set grows).
+pub const VERIFIED_SIZE: u32 = 1 << 20;
+/// Most sources a meter tracks at once; about 250 bytes of kernel memory each when full.
+pub const METER_SIZE: u32 = 1 << 16;
+
+/// The verified set of a family.
+pub(super) fn verified_set(v4: bool) -> &'static str {
+    if v4 { VERIFIED_V4 } else { VERIFIED_V6 }
+}
+
+/// The per-source meter of a family.
+pub(super) fn meter_set(v4: bool) -> &'static str {
+    if v4 { METER_V4 } else { METER_V6 }
+}
+
+/// Rewrite the mbox's `to_victim` chain so that senders the engine has not verified reach
+/// the queue only within `limits` (a spoofed-source flood must not fill the queue that
+/// verified senders use). Per protected prefix, in order:
+/// 1. a source in the verified set of the prefix's family: queued as before (one rule per
+///    queue with several queues);
+/// 2. a source over its own rate (meter `unverified_rate_v4`/`_v6`): counted in
+///    `unverified_over_source` and dropped;
+/// 3. beyond the total rate (limit object `unverified_total`, shared by every prefix):
+///    counted in `unverified_over_total` and dropped;
+/// 4. the rest: queued as before.
+///
+/// A spec without a `to_victim` chain (the victim's) is left as it is. Calling it again
+/// replaces the earlier limits. `install` refuses limits that fail
+/// [`UnverifiedLimits::validate`].
+pub fn add_unverified_channel(spec: &mut RulesetSpec, limits: &UnverifiedLimits) {
+    let Some(chain) = spec.chains.iter_mut().find(|c| c.name == "to_victim") else {
+        return;
+    };
+    let plain: Vec<RuleSpec> = chain
+        .rules
+        .drain(..)
+        .filter(|r| r.channel.is_none())
+        .collect();
+    let name = chain.name.clone();
+    // The rules one prefix became (one per queue) are consecutive and differ only in
+    // their client hash, queue and comment.
+    for group in plain.chunk_by(|a, b| {
+        (a.prefix, a.addr_field, a.l4, a.skip_loopback)
+            == (b.prefix, b.addr_field, b.l4, b.skip_loopback)
+    }) {
+        let first = &group[0];
+        let prefix = first.prefix;
+        for r in group {
+            let hash = r
+                .pick
+                .map(|p| format!(", client hash {} of {}", p.value, p.modulus))
+                .unwrap_or_default();
+            chain.rules.push(RuleSpec {
+                channel: Some(ChannelStep::Verified),
+                comment: format!("mpolice {name}: verified senders to {prefix}{hash}"),
+                ..r.clone()
+            });
+        }
+        let drop = |step: ChannelStep, comment: String| RuleSpec {
+            pick: None,
+            channel: Some(step),
+            comment,
+            ..first.clone()
+        };
+        chain.rules.push(drop(
+            ChannelStep::OverSource {
+                pps: limits.per_source_pps,
+                burst: limits.per_source_burst,
+            },
+            format!(
+                "mpolice {name}: unverified senders to {prefix} over {}/s each, dropped",
+                limits.per_source_pps
+            ),
+        ));
+        chain.rules.push(drop(
+            ChannelStep::OverTotal,
+            format!(
+                "mpolice {name}: unverified senders to {prefix} over {}/s in all, dropped",
+                limits.total_pps
+            ),
+        ));
+        chain.rules.extend_from_slice(group);
+    }
+    spec.channel = Some(UnverifiedChannel {
+        limits: *limits,
+        verified_size: VERIFIED_SIZE,
+        meter_size: METER_SIZE,
+        meter_timeout_s: meter_timeout_s(limits),
+    });
+}
+
+/// How long a meter entry outlives its source's last packet: as long as the source's
+/// bucket takes to fill up again (burst / rate, 1 s to 1 h). An entry kept longer would
+/// hold nothing a new one lacks (a full bucket); one dropped sooner would refill the
+/// bucket early and let a source that pauses between bursts exceed its rate.
+pub(super) fn meter_timeout_s(limits: &UnverifiedLimits) -> u32 {
+    limits
+        .per_source_burst
+        .div_ceil(limits.per_source_pps.max(1))
+        .clamp(1, MAX_METER_TIMEOUT_S)
+}
+
+/// Longest meter timeout: a source silent for an hour may start over with a full bucket.
+const MAX_METER_TIMEOUT_S: u32 = 3600;
 
 /// Make every rule of `c` leave alone what arrives on loopback (`Src`) or leaves by it
 /// (`Dst`).
@@ -255,6 +373,7 @@ fn chain(
         l4,
         skip_loopback: None,
         pick: None,
+        channel: None,
         queue: *q,
         comment,
     };
@@ -581,6 +700,163 @@ mod tests {
             .max();
         assert_eq!(longest, Some(113));
         // The longest IPv6 prefix text anywhere ("ffff:…:fff0/124") is 6 bytes longer.
+        assert!(longest.unwrap() + 6 <= super::super::install::COMMENT_MAX);
+    }
+
+    const LIMITS: UnverifiedLimits = UnverifiedLimits {
+        per_source_pps: 50,
+        per_source_burst: 120,
+        total_pps: 20_000,
+        total_burst: 5_000,
+    };
+
+    #[test]
+    fn unverified_channel_puts_verified_senders_first_and_limits_the_rest() {
+        for q in [Q1, Q] {
+            let count = usize::from(q.count);
+            let before = plan(Role::Mbox, &selection(), &q);
+            let mut spec = before.clone();
+            add_unverified_channel(&mut spec, &LIMITS);
+            assert_eq!(
+                spec.channel,
+                Some(UnverifiedChannel {
+                    limits: LIMITS,
+                    verified_size: VERIFIED_SIZE,
+                    meter_size: METER_SIZE,
+                    meter_timeout_s: 3,
+                })
+            );
+            // Only to_victim changes: per prefix, verified rules, two drops, the old rules.
+            assert_eq!(spec.chains[1], before.chains[1]);
+            let rules = &spec.chains[0].rules;
+            assert_eq!(rules.len(), 2 * (2 * count + 2));
+            for (group, old) in rules
+                .chunks(2 * count + 2)
+                .zip(before.chains[0].rules.chunks(count))
+            {
+                let (verified, rest) = group.split_at(count);
+                let (drops, plain) = rest.split_at(2);
+                assert_eq!(plain, old);
+                for (v, o) in verified.iter().zip(old) {
+                    assert_eq!(v.channel, Some(ChannelStep::Verified));
+                    assert_eq!((v.pick, v.queue, v.prefix), (o.pick, o.queue, o.prefix));
+                }
+                assert_eq!(
+                    drops.iter().map(|r| r.channel).collect::<Vec<_>>(),
+                    [
+                        Some(ChannelStep::OverSource {
+                            pps: 50,
+                            burst: 120
+                        }),
+                        Some(ChannelStep::OverTotal)
+                    ]
+                );
+                assert!(drops.iter().all(|r| r.pick.is_none()
+                    && r.prefix == old[0].prefix
+                    && r.l4 == L4Match::Any));
+            }
+            assert_eq!(
+                rules[count + 1].comment,
+                "mpolice to_victim: unverified senders to 198.18.2.2 over 20000/s in all, dropped"
+            );
+            let last_verified = &rules[2 * count + 2 + count - 1].comment;
+            if q.count > 1 {
+                assert_eq!(
+                    last_verified,
+                    "mpolice to_victim: verified senders to 2001:2:0:2::/64, client hash 1 of 2"
+                );
+            } else {
+                assert_eq!(
+                    last_verified,
+                    "mpolice to_victim: verified senders to 2001:2:0:2::/64"
+                );
+            }
+            // Again with other limits: replaced, not added to.
+            let other = UnverifiedLimits {
+                per_source_pps: 7,
+                ..LIMITS
+            };
+            let mut again = spec.clone();
+            add_unverified_channel(&mut again, &other);
+            let mut direct = before.clone();
+            add_unverified_channel(&mut direct, &other);
+            assert_eq!(again, direct);
+        }
+    }
+
+    #[test]
+    fn unverified_channel_leaves_the_victim_alone() {
+        let before = plan(Role::Victim, &selection(), &Q);
+        let mut spec = before.clone();
+        add_unverified_channel(&mut spec, &LIMITS);
+        assert_eq!(spec, before);
+    }
+
+    #[test]
+    fn meter_entries_live_as_long_as_a_bucket_takes_to_refill() {
+        let t = |pps, burst| {
+            meter_timeout_s(&UnverifiedLimits {
+                per_source_pps: pps,
+                per_source_burst: burst,
+                ..LIMITS
+            })
+        };
+        assert_eq!(t(10, 20), 2);
+        assert_eq!(t(10, 21), 3);
+        assert_eq!(t(1000, 10), 1);
+        assert_eq!(t(1, u32::MAX), 3600);
+        assert_eq!(t(0, 5), 5, "an invalid zero rate is refused by install");
+    }
+
+    #[test]
+    fn channel_limits_are_checked() {
+        assert_eq!(LIMITS.validate(), Ok(()));
+        for (bad, what) in [
+            (
+                UnverifiedLimits {
+                    per_source_pps: 0,
+                    ..LIMITS
+                },
+                "per_source_pps = 0",
+            ),
+            (
+                UnverifiedLimits {
+                    total_burst: 0,
+                    ..LIMITS
+                },
+                "total_burst = 0",
+            ),
+            (
+                UnverifiedLimits {
+                    total_pps: 1_000_000_001,
+                    ..LIMITS
+                },
+                "total_pps = 1000000001 must be 1 to 1000000000",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+    }
+
+    /// The longest channel comments fit libnftnl's limit too.
+    #[test]
+    fn channel_comments_fit() {
+        let long = Selection {
+            addresses: vec!["2001:2:0:ffff:ffff:ffff:ffff:fff0/124".parse().unwrap()],
+            ..Selection::default()
+        };
+        let q = QueueTarget { count: 64, ..Q };
+        let mut spec = plan(Role::Mbox, &long, &q);
+        let max = UnverifiedLimits {
+            per_source_pps: u32::MAX,
+            total_pps: u32::MAX,
+            ..LIMITS
+        };
+        add_unverified_channel(&mut spec, &max);
+        let longest = spec.chains[0].rules.iter().map(|r| r.comment.len()).max();
+        assert_eq!(longest, Some(112));
+        // As above, the longest IPv6 prefix text is 6 bytes longer than this one.
         assert!(longest.unwrap() + 6 <= super::super::install::COMMENT_MAX);
     }
 

@@ -3,11 +3,19 @@
 //! Invariants: the text replaces exactly `table inet <table>` (create-empty, delete, create:
 //! accepted both on a fresh system and where the table exists) and matches what `install`
 //! puts in the kernel, except that chain comments are `#` lines (nftnl cannot set them).
+//! The channel's sets and objects come first, declared before any rule refers to them,
+//! written as `nft list` writes them back.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::spec::{ChainSpec, Field, L4Match, QueueTarget, RuleSpec, RulesetSpec};
+use super::plan::{
+    COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, METER_V4, METER_V6, VERIFIED_V4,
+    VERIFIED_V6, meter_set, verified_set,
+};
+use super::spec::{
+    ChainSpec, ChannelStep, Field, L4Match, QueueTarget, RuleSpec, RulesetSpec, UnverifiedChannel,
+};
 
 /// Return the nft script for `spec`.
 pub fn render(spec: &RulesetSpec) -> String {
@@ -50,17 +58,122 @@ fn render_with(spec: &RulesetSpec, stmt: &dyn Fn(&QueueTarget) -> String) -> Str
             let _ = writeln!(out, "{line}");
         }
     }
+    if let Some(ch) = &spec.channel {
+        let l = ch.limits;
+        for line in [
+            "# Senders the engine has verified (a capability came back) are in verified_v4 or"
+                .to_owned(),
+            "# verified_v6, which the engine fills, and queued as ever. Every other sender reaches"
+                .to_owned(),
+            format!(
+                "# the queue only within {}/s (burst {}) per source and {}/s (burst {}) in all; the",
+                l.per_source_pps, l.per_source_burst, l.total_pps, l.total_burst
+            ),
+            "# excess is dropped here and counted in counters unverified_over_source and"
+                .to_owned(),
+            format!(
+                "# unverified_over_total. A full meter ({} sources) limits new sources in total only.",
+                ch.meter_size
+            ),
+        ] {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let _ = writeln!(out, "table inet {} {{}}", spec.table);
     let _ = writeln!(out, "delete table inet {}", spec.table);
     let _ = writeln!(out, "table inet {} {{", spec.table);
+    if let Some(ch) = &spec.channel {
+        render_channel(&mut out, ch);
+    }
     for (i, chain) in spec.chains.iter().enumerate() {
-        if i > 0 {
+        if i > 0 || spec.channel.is_some() {
             out.push('\n');
         }
         render_chain(&mut out, chain, stmt);
     }
     out.push_str("}\n");
     out
+}
+
+/// Append the channel's sets and named objects.
+fn render_channel(out: &mut String, ch: &UnverifiedChannel) {
+    let _ = writeln!(
+        out,
+        "\t# senders the engine has verified: it adds and deletes them, none expires (with"
+    );
+    let _ = writeln!(
+        out,
+        "\t# flags timeout the kernel picks a set that grows, not one allocated whole)"
+    );
+    for (name, kind) in [(VERIFIED_V4, "ipv4_addr"), (VERIFIED_V6, "ipv6_addr")] {
+        let _ = writeln!(
+            out,
+            "\tset {name} {{\n\t\ttype {kind}\n\t\tsize {}\n\t\tflags timeout\n\t}}",
+            ch.verified_size
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\t# each unverified source's rate, kept {} after its last packet",
+        duration(ch.meter_timeout_s)
+    );
+    for (name, kind) in [(METER_V4, "ipv4_addr"), (METER_V6, "ipv6_addr")] {
+        let _ = writeln!(
+            out,
+            "\tset {name} {{\n\t\ttype {kind}\n\t\tsize {}\n\t\tflags dynamic,timeout\n\t\ttimeout {}\n\t}}",
+            ch.meter_size,
+            duration(ch.meter_timeout_s)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\t# packets of unverified senders dropped over the limits"
+    );
+    for name in [COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL] {
+        let _ = writeln!(out, "\tcounter {name} {{\n\t}}");
+    }
+    let _ = writeln!(
+        out,
+        "\t# all unverified senders together, to every protected prefix"
+    );
+    let _ = writeln!(
+        out,
+        "\tlimit {LIMIT_TOTAL} {{\n\t\trate over {}/second burst {} packets\n\t}}",
+        ch.limits.total_pps, ch.limits.total_burst
+    );
+}
+
+/// A duration in seconds as nft writes it back (`90` is `1m30s`).
+fn duration(secs: u32) -> String {
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if rest >= len {
+            let _ = write!(out, "{}{unit}", rest / len);
+            rest %= len;
+        }
+    }
+    out
+}
+
+/// Return the counted drop that ends a channel rule, or None for a queue rule.
+fn channel_drop(rule: &RuleSpec) -> Option<String> {
+    let v4 = rule.prefix.addr().is_ipv4();
+    let family = if v4 { "ip" } else { "ip6" };
+    let client = field_word(rule.addr_field.other(), "addr");
+    match rule.channel? {
+        ChannelStep::OverSource { pps, burst } => Some(format!(
+            "update @{} {{ {family} {client} limit rate over {pps}/second burst {burst} packets }} counter name \"{COUNTER_OVER_SOURCE}\" drop",
+            meter_set(v4)
+        )),
+        ChannelStep::OverTotal => Some(format!(
+            "limit name \"{LIMIT_TOTAL}\" counter name \"{COUNTER_OVER_TOTAL}\" drop"
+        )),
+        ChannelStep::Verified => None,
+    }
 }
 
 /// Append one chain: its comment line, header and rules.
@@ -74,11 +187,12 @@ fn render_chain(out: &mut String, chain: &ChainSpec, stmt: &dyn Fn(&QueueTarget)
         chain.priority
     );
     for rule in &chain.rules {
+        let action = channel_drop(rule).unwrap_or_else(|| stmt(&rule.queue));
+        let matched = rule_match(rule);
+        let sep = if matched.is_empty() { "" } else { " " };
         let _ = writeln!(
             out,
-            "\t\t{} {} comment \"{}\"",
-            rule_match(rule),
-            stmt(&rule.queue),
+            "\t\t{matched}{sep}{action} comment \"{}\"",
             rule.comment
         );
     }
@@ -91,7 +205,15 @@ fn rule_match(rule: &RuleSpec) -> String {
         IpAddr::V4(_) => ("ip", "ipv4"),
         IpAddr::V6(_) => ("ip6", "ipv6"),
     };
-    let addr = if rule.prefix.is_empty() {
+    // A channel rule that loads the client's address implies the family, and nft writes
+    // no `meta nfproto` then (its parser adds the same match back).
+    let implied = matches!(
+        rule.channel,
+        Some(ChannelStep::Verified | ChannelStep::OverSource { .. })
+    );
+    let addr = if rule.prefix.is_empty() && implied {
+        String::new()
+    } else if rule.prefix.is_empty() {
         // A zero-length prefix matches the whole family.
         format!("meta nfproto {nfproto}")
     } else {
@@ -125,7 +247,16 @@ fn rule_match(rule: &RuleSpec) -> String {
             )
         }
     };
-    match rule.pick {
+    let upper = if rule.channel == Some(ChannelStep::Verified) {
+        format!(
+            "{upper} {family} {} @{}",
+            field_word(rule.addr_field.other(), "addr"),
+            verified_set(family == "ip")
+        )
+    } else {
+        upper
+    };
+    let text = match rule.pick {
         Some(pick) => format!(
             "{upper} jhash {family} {} mod {} seed {:#x} {}",
             field_word(pick.client, "addr"),
@@ -134,7 +265,8 @@ fn rule_match(rule: &RuleSpec) -> String {
             pick.value
         ),
         None => upper,
-    }
+    };
+    text.trim_start().to_owned()
 }
 
 /// nft's name for an ICMP or ICMPv6 error type (the ones the mbox queues), else the number.
@@ -328,6 +460,99 @@ table inet mpolice {
         assert!(text.contains("type filter hook forward priority 0;"));
         assert!(text.contains("type filter hook prerouting priority -300;"));
         assert!(text.contains("ip saddr 198.18.2.0/24 tcp sport 8000-8100 queue num 7 comment"));
+    }
+
+    #[test]
+    fn renders_the_unverified_channel() {
+        let q = QueueTarget {
+            first: 0,
+            count: 2,
+            bypass: false,
+            fanout: false,
+        };
+        let mut spec = plan(Role::Mbox, &sel(), &q);
+        let limits = super::super::spec::UnverifiedLimits {
+            per_source_pps: 50,
+            per_source_burst: 100,
+            total_pps: 20_000,
+            total_burst: 5_000,
+        };
+        super::super::plan::add_unverified_channel(&mut spec, &limits);
+        let text = render(&spec);
+        let head = "\
+# Senders the engine has verified (a capability came back) are in verified_v4 or
+# verified_v6, which the engine fills, and queued as ever. Every other sender reaches
+# the queue only within 50/s (burst 100) per source and 20000/s (burst 5000) in all; the
+# excess is dropped here and counted in counters unverified_over_source and
+# unverified_over_total. A full meter (65536 sources) limits new sources in total only.
+table inet mpolice {}
+delete table inet mpolice
+table inet mpolice {
+\t# senders the engine has verified: it adds and deletes them, none expires (with
+\t# flags timeout the kernel picks a set that grows, not one allocated whole)
+\tset verified_v4 {
+\t\ttype ipv4_addr
+\t\tsize 1048576
+\t\tflags timeout
+\t}
+\tset verified_v6 {
+\t\ttype ipv6_addr
+\t\tsize 1048576
+\t\tflags timeout
+\t}
+\t# each unverified source's rate, kept 2s after its last packet
+\tset unverified_rate_v4 {
+\t\ttype ipv4_addr
+\t\tsize 65536
+\t\tflags dynamic,timeout
+\t\ttimeout 2s
+\t}
+\tset unverified_rate_v6 {
+\t\ttype ipv6_addr
+\t\tsize 65536
+\t\tflags dynamic,timeout
+\t\ttimeout 2s
+\t}
+\t# packets of unverified senders dropped over the limits
+\tcounter unverified_over_source {
+\t}
+\tcounter unverified_over_total {
+\t}
+\t# all unverified senders together, to every protected prefix
+\tlimit unverified_total {
+\t\trate over 20000/second burst 5000 packets
+\t}
+
+\t# mbox: all client traffic to the protected server, policed and stamped here
+\tchain to_victim {
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tip daddr 198.18.2.0/24 ip saddr @verified_v4 jhash ip saddr mod 2 seed 0x6d706f6c 0 queue num 0 comment \"mpolice to_victim: verified senders to 198.18.2.0/24, client hash 0 of 2\"
+\t\tip daddr 198.18.2.0/24 ip saddr @verified_v4 jhash ip saddr mod 2 seed 0x6d706f6c 1 queue num 1 comment \"mpolice to_victim: verified senders to 198.18.2.0/24, client hash 1 of 2\"
+\t\tip daddr 198.18.2.0/24 update @unverified_rate_v4 { ip saddr limit rate over 50/second burst 100 packets } counter name \"unverified_over_source\" drop comment \"mpolice to_victim: unverified senders to 198.18.2.0/24 over 50/s each, dropped\"
+\t\tip daddr 198.18.2.0/24 limit name \"unverified_total\" counter name \"unverified_over_total\" drop comment \"mpolice to_victim: unverified senders to 198.18.2.0/24 over 20000/s in all, dropped\"
+\t\tip daddr 198.18.2.0/24 jhash ip saddr mod 2 seed 0x6d706f6c 0 queue num 0 comment \"mpolice to_victim: any protocol to 198.18.2.0/24, client hash 0 of 2\"
+\t\tip daddr 198.18.2.0/24 jhash ip saddr mod 2 seed 0x6d706f6c 1 queue num 1 comment \"mpolice to_victim: any protocol to 198.18.2.0/24, client hash 1 of 2\"
+\t\tip6 daddr 2001:2:0:2::5 ip6 saddr @verified_v6 jhash ip6 saddr mod 2 seed 0x6d706f6c 0 queue num 0 comment";
+        assert!(text.contains(head), "{text}");
+        assert!(text.contains(
+            "\t\tip6 daddr 2001:2:0:2::5 update @unverified_rate_v6 { ip6 saddr limit rate over 50/second burst 100 packets } counter name \"unverified_over_source\" drop comment"
+        ), "{text}");
+        // The accept variant keeps the drops and swaps only queue statements.
+        let accept = render_accept(&spec);
+        assert_eq!(accept.matches(" drop comment").count(), 4);
+        // to_victim: 2 prefixes x (2 verified + 2 plain); from_victim: 2 x 2 ranges x 2.
+        assert_eq!(accept.matches(" accept comment").count(), 8 + 8);
+        // Without the channel nothing of it is printed.
+        let plain = render(&plan(Role::Mbox, &sel(), &q));
+        assert!(!plain.contains("verified"), "{plain}");
+    }
+
+    #[test]
+    fn durations_as_nft_writes_them() {
+        let d: Vec<String> = [1, 59, 60, 90, 3600, 3661, 86_400 + 1]
+            .map(duration)
+            .to_vec();
+        assert_eq!(d, ["1s", "59s", "1m", "1m30s", "1h", "1h1m1s", "1d1s"]);
     }
 
     #[test]

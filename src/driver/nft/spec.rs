@@ -75,6 +75,70 @@ pub struct RulesetSpec {
     /// The role the ruleset was planned for (shown in rendered text).
     pub role: Role,
     pub chains: Vec<ChainSpec>,
+    /// The sets and named objects of the channel for unverified senders, when the mbox's
+    /// `to_victim` chain has one (see `add_unverified_channel`).
+    pub channel: Option<UnverifiedChannel>,
+}
+
+/// In-kernel limits on the traffic of senders the engine has not verified (no capability
+/// came back from them yet): per source address, and for all of them together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnverifiedLimits {
+    /// Packets a second one unverified source may send before the excess is dropped.
+    pub per_source_pps: u32,
+    /// Packets one source may send at once (its token bucket's depth).
+    pub per_source_burst: u32,
+    /// Packets a second all unverified senders together may send to the engine.
+    pub total_pps: u32,
+    /// Their bucket's depth.
+    pub total_burst: u32,
+}
+
+/// Highest rate the kernel's limit can express in packets a second (one token per ns).
+pub const MAX_LIMIT_PPS: u32 = 1_000_000_000;
+
+impl UnverifiedLimits {
+    /// Check that every rate is 1 to [`MAX_LIMIT_PPS`] and every burst at least 1 (the
+    /// kernel would read a zero burst as 5, and a zero rate is refused).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for (what, value, max) in [
+            ("per_source_pps", self.per_source_pps, MAX_LIMIT_PPS),
+            ("per_source_burst", self.per_source_burst, u32::MAX),
+            ("total_pps", self.total_pps, MAX_LIMIT_PPS),
+            ("total_burst", self.total_burst, u32::MAX),
+        ] {
+            if value == 0 || value > max {
+                return Err(SpecError::ChannelLimit { what, value, max });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The channel's kernel state: the limits and the bounds of its sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnverifiedChannel {
+    pub limits: UnverifiedLimits,
+    /// Most addresses each verified set (`verified_v4`, `verified_v6`) holds.
+    pub verified_size: u32,
+    /// Most sources each per-source meter (`unverified_rate_v4`, `..._v6`) tracks.
+    pub meter_size: u32,
+    /// Seconds a meter entry outlives its source's last packet.
+    pub meter_timeout_s: u32,
+}
+
+/// A rule's place in the channel for unverified senders (mbox `to_victim` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelStep {
+    /// Matches only senders whose address is in the verified set of the rule's family;
+    /// the rule queues as any other.
+    Verified,
+    /// Drops (and counts in `unverified_over_source`) a sender's packets over its own
+    /// rate, tracked in the meter of the rule's family; queues nothing.
+    OverSource { pps: u32, burst: u32 },
+    /// Drops (and counts in `unverified_over_total`) what exceeds the shared limit
+    /// object `unverified_total`; queues nothing.
+    OverTotal,
 }
 
 /// A base chain of type filter with policy accept.
@@ -119,6 +183,9 @@ pub struct RuleSpec {
     /// With several queues: match only the senders whose client address hashes to one
     /// of them (and `queue` is then that single queue). None: every sender.
     pub pick: Option<ClientHash>,
+    /// Part of the channel for unverified senders: a match on the verified set, or a
+    /// counted drop instead of the queue statement. None: an ordinary queue rule.
+    pub channel: Option<ChannelStep>,
     pub queue: QueueTarget,
     pub comment: String,
 }
@@ -421,6 +488,12 @@ pub enum SpecError {
     QueueCount,
     #[error("queues {first}..{first}+{count} run past queue number 65535")]
     QueueRange { first: u16, count: u16 },
+    #[error("unverified channel: {what} = {value} must be 1 to {max}")]
+    ChannelLimit {
+        what: &'static str,
+        value: u32,
+        max: u32,
+    },
 }
 
 #[cfg(test)]
