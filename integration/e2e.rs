@@ -1273,3 +1273,49 @@ fn a_victim_withholds_feedback_at_run_time_and_the_mbox_sees_that_sender_lose() 
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
     );
 }
+
+#[test]
+fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in_the_kernel() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mppol").unwrap();
+    let vcfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let mut mcfg = RoleConfig::default()
+        .with_capabilities(&tb, "mbox")
+        .unwrap();
+    if let Some(c) = mcfg.capabilities.as_mut() {
+        c.push_str("\n[police]\npolicy = \"natural_share\"\n");
+    }
+    let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
+    let served = ServedFile::start(&tb, 5 << 20).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        served.fetch(&tb, &addr).unwrap();
+    }
+    // Workers update the kernel's sets at their next tick (20 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    for (set, client) in [("verified_v4", CLIENT_V4), ("verified_v6", CLIENT_V6)] {
+        let listed = tb
+            .exec(Host::Mbox, &["nft", "list", "set", "inet", "mpolice", set])
+            .unwrap();
+        assert!(listed.contains(client), "{set}: {listed}");
+    }
+    let s = mbox.stats().unwrap();
+    let police = s.police.as_ref().expect("a police report");
+    assert_eq!(police.policy, "natural_share");
+    let t = s.total().engine;
+    assert_eq!(t.dropped, 0, "nothing policed away: {}", s.table());
+    assert_eq!(
+        (s.unverified_over_source, s.unverified_over_total),
+        (0, 0),
+        "{}",
+        s.table()
+    );
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}

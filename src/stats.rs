@@ -174,6 +174,12 @@ pub struct EngineStats {
     /// active senders.
     #[serde(default)]
     pub police: Option<PoliceReport>,
+    /// mbox: packets of unverified senders the kernel dropped before the queue, over
+    /// their source's limit and over the limit of all of them together.
+    #[serde(default)]
+    pub unverified_over_source: u64,
+    #[serde(default)]
+    pub unverified_over_total: u64,
 }
 
 impl EngineStats {
@@ -297,6 +303,11 @@ impl EngineStats {
             }
         }
         if let Some(p) = &self.police {
+            let _ = writeln!(
+                s,
+                "kernel: unverified_over_source={} unverified_over_total={}",
+                self.unverified_over_source, self.unverified_over_total
+            );
             police_table(&mut s, p);
         }
         s
@@ -402,6 +413,8 @@ mod tests {
                     premium: false,
                 }],
             }),
+            unverified_over_source: 5,
+            unverified_over_total: 6,
         }
     }
 
@@ -453,7 +466,8 @@ mod tests {
     fn table_shows_every_queue_and_reason() {
         let t = sample().table();
         assert!(t.contains("queue rule: xt"));
-        assert_eq!(t.lines().count(), 8, "{t}");
+        assert_eq!(t.lines().count(), 9, "{t}");
+        assert!(t.contains("unverified_over_source=5 unverified_over_total=6"));
         assert!(t.contains("fragment=2"));
     }
 }

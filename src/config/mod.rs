@@ -132,7 +132,28 @@ impl Config {
         if role == Role::Mbox && self.capabilities.is_some() {
             nft::add_icmp_error_chain(&mut spec, &self.queue.target);
         }
+        if let Some(limits) = self.unverified_channel(role) {
+            nft::add_unverified_channel(&mut spec, &limits);
+        }
         spec
+    }
+
+    /// The kernel's limits on unverified senders, if `role` has the channel: a policing
+    /// mbox (measuring only, it drops nothing, in the kernel either).
+    pub fn unverified_channel(&self, role: Role) -> Option<nft::UnverifiedLimits> {
+        if role != Role::Mbox || self.police.policy == crate::police::Policy::Off {
+            return None;
+        }
+        let ((per_source_pps, per_source_burst), (total_pps, total_burst)) = (
+            self.police.unverified_per_source,
+            self.police.unverified_total,
+        );
+        Some(nft::UnverifiedLimits {
+            per_source_pps,
+            per_source_burst,
+            total_pps,
+            total_burst,
+        })
     }
 
     /// The listen addresses of the redirect pairs, with the protected ports.

@@ -25,6 +25,10 @@ pub struct PoliceSettings {
     pub unverified_stamps_per_sec: u32,
     /// Periods in a row without a packet after which a sender is forgotten.
     pub idle_periods: u32,
+    /// In the kernel, before the queue: packets per second (and burst) each unverified
+    /// source may send to the engine, and all unverified sources together.
+    pub unverified_per_source: (u32, u32),
+    pub unverified_total: (u32, u32),
 }
 
 impl PoliceSettings {
@@ -39,6 +43,8 @@ impl PoliceSettings {
             non_tcp_per_period: 1000,
             unverified_stamps_per_sec: 1000,
             idle_periods: 4,
+            unverified_per_source: (50, 100),
+            unverified_total: (20_000, 20_000),
         }
     }
 
@@ -59,6 +65,10 @@ pub(super) struct RawPolice {
     non_tcp_per_period: Option<u32>,
     unverified_stamps_per_sec: Option<u32>,
     idle_periods: Option<u32>,
+    unverified_per_source_pps: Option<u32>,
+    unverified_per_source_burst: Option<u32>,
+    unverified_total_pps: Option<u32>,
+    unverified_total_burst: Option<u32>,
     #[serde(default)]
     premium: Vec<String>,
     premium_share: Option<f64>,
@@ -100,6 +110,19 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
         }
     };
     let d = PoliceSettings::with_policy(policy);
+    let limits = crate::driver::nft::UnverifiedLimits {
+        per_source_pps: r
+            .unverified_per_source_pps
+            .unwrap_or(d.unverified_per_source.0),
+        per_source_burst: r
+            .unverified_per_source_burst
+            .unwrap_or(d.unverified_per_source.1),
+        total_pps: r.unverified_total_pps.unwrap_or(d.unverified_total.0),
+        total_burst: r.unverified_total_burst.unwrap_or(d.unverified_total.1),
+    };
+    if let Err(e) = limits.validate() {
+        return err(format!("unverified_*: {e}"));
+    }
     let beta = r.beta.unwrap_or(d.beta);
     if !(0.0..1.0).contains(&beta) {
         return err(format!(
@@ -126,6 +149,30 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
             d.unverified_stamps_per_sec,
         )?,
         idle_periods: at_least_one("idle_periods", r.idle_periods, d.idle_periods)?,
+        unverified_per_source: (
+            at_least_one(
+                "unverified_per_source_pps",
+                r.unverified_per_source_pps,
+                d.unverified_per_source.0,
+            )?,
+            at_least_one(
+                "unverified_per_source_burst",
+                r.unverified_per_source_burst,
+                d.unverified_per_source.1,
+            )?,
+        ),
+        unverified_total: (
+            at_least_one(
+                "unverified_total_pps",
+                r.unverified_total_pps,
+                d.unverified_total.0,
+            )?,
+            at_least_one(
+                "unverified_total_burst",
+                r.unverified_total_burst,
+                d.unverified_total.1,
+            )?,
+        ),
         policy: d.policy,
     })
 }

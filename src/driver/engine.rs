@@ -68,10 +68,14 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
     for (index, (num, queue)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
+        let verified = match cfg.unverified_channel(role) {
+            Some(_) => Some(nft::VerifiedSet::open().map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
         workers.push(Worker::spawn(
             (num, queue),
             pipeline,
-            stages.sends_datagrams(),
+            (stages.sends_datagrams(), verified),
             (Arc::clone(&board), index),
             Arc::clone(&worker_stop),
         )?);
@@ -521,6 +525,8 @@ impl Header {
             queue_rule: kind_name(self.kind).to_string(),
             queues,
             police: None,
+            unverified_over_source: 0,
+            unverified_over_total: 0,
         }
     }
 }
@@ -557,6 +563,9 @@ impl Answers {
                     0
                 };
                 stats.police = self.board.report(limit);
+                // Dropped in the kernel before the queue (0 without the channel).
+                (stats.unverified_over_source, stats.unverified_over_total) =
+                    nft::unverified_drops().unwrap_or_default();
                 serde_json::to_value(stats)
             }
             _ if !self.withholds => {

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::board::Board;
+use super::nft::VerifiedSet;
 use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
     Incoming, PacketMsg, Queue, QueueError, Unreadable, Verdict as KernelVerdict,
@@ -49,10 +50,12 @@ impl Worker {
     /// Start a worker thread that owns queue `num` and `pipeline` until `stop` is set;
     /// with `datagrams`, it opens the sockets to send what the pipeline produces. It
     /// shares the police's system-wide figures on `board` as worker `index`.
+    /// With `verified`, it keeps the kernel's set of verified senders in step with its
+    /// pipeline's.
     pub fn spawn(
         (num, queue): (u16, Queue),
         pipeline: Pipeline,
-        datagrams: bool,
+        (datagrams, verified): (bool, Option<VerifiedSet>),
         (board, index): (Arc<Board>, usize),
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
@@ -66,7 +69,9 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
             .spawn(move || {
-                Loop::new(num, queue, pipeline, published, sockets).run(&stop, (&board, index))
+                let mut l = Loop::new(num, queue, pipeline, published, sockets);
+                l.verified = verified;
+                l.run(&stop, (&board, index))
             })?;
         Ok(Worker {
             queue: num,
@@ -138,6 +143,9 @@ struct Loop {
     send_errors: u64,
     /// The version of the board's withheld list the pipeline has.
     withheld_seen: u64,
+    /// The kernel's sets of verified senders (the channel that bypasses the kernel's
+    /// limits on unverified ones), if installed.
+    verified: Option<VerifiedSet>,
 }
 
 impl Loop {
@@ -159,12 +167,15 @@ impl Loop {
             stuck: Vec::new(),
             send_errors: 0,
             withheld_seen: 0,
+            verified: None,
         }
     }
 
     fn run(mut self, stop: &AtomicBool, board: (&Board, usize)) {
         let mut now = Instant::now();
-        let (mut last_publish, mut last_tick, mut last_report) = (now, now, now);
+        let (mut last_publish, mut last_tick) = (now, now);
+        // None: report at the first tick, so the stats show the police from the start.
+        let mut last_report: Option<Instant> = None;
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             // Block only when nothing awaits a verdict; otherwise drain, then flush.
@@ -203,10 +214,11 @@ impl Loop {
             }
             failures = 0;
             if now.duration_since(last_tick) >= TICK_EVERY {
-                self.tick(now, board, now.duration_since(last_report) >= REPORT_EVERY);
+                let report = last_report.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY);
+                self.tick(now, board, report);
                 last_tick = now;
-                if now.duration_since(last_report) >= REPORT_EVERY {
-                    last_report = now;
+                if report {
+                    last_report = Some(now);
                 }
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
@@ -228,12 +240,23 @@ impl Loop {
         let Some(figures) = self.pipeline.on_timer(now) else {
             return;
         };
-        // Nothing keeps a kernel set of verified senders yet: taken, so they never pile up.
-        let _ = self.pipeline.take_verified_changes();
+        // Taken every tick, so they never pile up, also when no set is installed.
+        self.update_verified();
         self.pipeline.set_system(board.post(index, figures));
         if report {
             if let Some(r) = self.pipeline.police_report(REPORT_LIMIT) {
                 board.post_report(index, r);
+            }
+        }
+    }
+
+    /// Bring the kernel's set of verified senders in step with the pipeline's.
+    fn update_verified(&mut self) {
+        let changes = self.pipeline.take_verified_changes();
+        if let (Some(set), false) = (self.verified.as_mut(), changes.is_empty()) {
+            if let Err(e) = set.apply(&changes) {
+                self.send_errors += 1;
+                tracing::warn!(queue = self.counters.queue, "verified senders' set: {e}");
             }
         }
     }
@@ -249,6 +272,12 @@ impl Loop {
         };
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
         pipeline::count(&mut self.counters, &verdict);
+        // A sender just verified leaves the kernel's limits on unverified senders now,
+        // not at the next tick: a new connection's first round trips run at full rate.
+        // Once per sender, so the syscall is rare.
+        if self.verified.is_some() && self.pipeline.verified_changed() {
+            self.update_verified();
+        }
         self.send_datagrams();
         match verdict {
             Verdict::Accept | Verdict::Pass(_) => self.accept_later(msg.id),

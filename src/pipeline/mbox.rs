@@ -344,6 +344,11 @@ impl Mbox {
         figures
     }
 
+    /// Whether the set of verified senders changed since the changes were last taken.
+    pub fn verified_changed(&self) -> bool {
+        self.police.verified_changed()
+    }
+
     /// The changes to the set of verified senders since the last call.
     pub fn take_verified_changes(&mut self) -> Vec<(IpAddr, bool)> {
         self.police.take_verified_changes().collect()

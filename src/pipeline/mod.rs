@@ -112,6 +112,12 @@ impl Pipeline {
         }
     }
 
+    /// mbox: whether a sender became verified or left the table verified since the
+    /// changes were last taken.
+    pub fn verified_changed(&self) -> bool {
+        matches!(&self.stages, Some(Stages::Mbox(m)) if m.verified_changed())
+    }
+
     /// mbox: the senders that became verified (true) or left the table verified (false)
     /// since the last call, in order (empty for the victim).
     pub fn take_verified_changes(&mut self) -> Vec<(std::net::IpAddr, bool)> {

@@ -477,6 +477,11 @@ impl Policer {
         }
     }
 
+    /// Whether the set of verified senders changed since the changes were last taken.
+    pub fn verified_changed(&self) -> bool {
+        !self.verified_changes.is_empty()
+    }
+
     /// Take the changes to the set of verified senders since the last call, in order.
     pub fn take_verified_changes(&mut self) -> std::vec::Drain<'_, (IpAddr, bool)> {
         self.verified_changes.drain(..)
