@@ -88,12 +88,28 @@ fn bench(c: &mut Criterion) {
             let mut period = 0u32;
             let mut buf = Vec::with_capacity(0x10100);
             b.iter(|| {
-                // Each packet in a new period, so every one is stamped.
+                // Each packet in a new period, so every one is stamped; the timer closes
+                // the last one (timed too, as the worker runs it between packets).
                 period += 1;
                 buf.clear();
                 buf.extend_from_slice(&data);
-                let v = run(&mut m, &mut buf, t0 + PERIOD * period);
+                let now = t0 + PERIOD * period;
+                m.on_timer(now);
+                let v = run(&mut m, &mut buf, now);
                 assert_eq!(v, Verdict::AcceptModified);
+            });
+        });
+
+        c.bench_function(&format!("police_unstamped_{family}"), |b| {
+            // A known sender in its period's last Th_rtt: policed, never stamped.
+            let mut m = mbox(t0);
+            let mut buf = Vec::with_capacity(0x10100);
+            run(&mut m, &mut data.clone(), t0);
+            let late = t0 + PERIOD - Duration::from_millis(500);
+            b.iter(|| {
+                buf.clear();
+                buf.extend_from_slice(&data);
+                assert_eq!(run(&mut m, &mut buf, late), Verdict::Accept);
             });
         });
 

@@ -421,12 +421,12 @@ impl Policer {
 
     /// The sender's state, created (with its first deadline) if it is new.
     fn sender(&mut self, sender: IpAddr, now: Instant) -> &mut Sender {
-        let (window, premium) = (&self.window, self.policy.is_premium(sender));
+        let (window, policy) = (&self.window, &self.policy);
         let mut created = false;
         // Borrowck: create first, then schedule, then hand out.
         let (_, evicted) = self.senders.insert_evicting(sender, now, || {
             created = true;
-            Sender::new(now, window.clone(), premium)
+            Sender::new(now, window.clone(), policy.is_premium(sender))
         });
         if let Some((gone, s)) = evicted {
             self.forget(gone, &s);
