@@ -20,7 +20,7 @@ use crate::config::{CapSettings, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, Policer, Stamp, System};
 use crate::stats::CapCounters;
-use crate::wire::{self, Parsed, proto};
+use crate::wire::{self, Parsed, proto, tcp};
 
 /// The mbox role's capability state, owned by one queue worker.
 pub struct Mbox {
@@ -137,7 +137,8 @@ impl Mbox {
         };
         if let Ok(caps) = split_feedback(fb.caps, fb.count, fb.server.is_ipv6()) {
             for bytes in caps {
-                match self.count_returned(bytes, fb.server, fb.client, now) {
+                // The datagram does not say which segment it answered: taken as proof.
+                match self.count_returned(bytes, (fb.server, fb.client), true, now) {
                     Ok(()) => c.returned += 1,
                     Err(reason) => c.count_rejected(reason),
                 }
@@ -303,9 +304,14 @@ impl Mbox {
             c.count_rejected("off_victim_link");
             return Ok(Edit::Changed);
         }
+        // Only a segment of an established connection proves the client is real: a
+        // SYN-ACK or a RST also goes to a spoofed source, which can never answer it.
+        let proves = p
+            .tcp()
+            .is_some_and(|t| t.flags & (tcp::SYN | tcp::RST) == 0);
         if let Ok(caps) = split_feedback(&trailer[..len], n, v6) {
             for bytes in caps {
-                match self.count_returned(bytes, p.src, p.dst, now) {
+                match self.count_returned(bytes, (p.src, p.dst), proves, now) {
                     Ok(()) => c.returned += 1,
                     Err(reason) => c.count_rejected(reason),
                 }
@@ -314,12 +320,13 @@ impl Mbox {
         Ok(Edit::Changed)
     }
 
-    /// Check one returned capability (the ACK went from `victim` to `client`).
+    /// Check one returned capability (the ACK went from `victim` to `client`); if it
+    /// `proves` the client real, the client becomes a verified sender.
     fn count_returned(
         &mut self,
         bytes: &[u8],
-        victim: IpAddr,
-        client: IpAddr,
+        (victim, client): (IpAddr, IpAddr),
+        proves: bool,
         now: Instant,
     ) -> Result<(), &'static str> {
         let name = |e: CapError| e.as_str();
@@ -328,7 +335,8 @@ impl Mbox {
         if cap.mbox_id != self.mbox_id {
             return Err("wrong_mbox");
         }
-        self.police.returned(client, cap.id, cap.issued_ms, now)
+        self.police
+            .returned(client, (cap.id, cap.issued_ms), proves, now)
     }
 
     /// Close the periods due by `now`; this worker's figures for the system-wide view.

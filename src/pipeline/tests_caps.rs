@@ -388,7 +388,8 @@ fn nothing_is_stamped_past_the_mtu_or_the_period_budget_or_its_stamping_part() {
     }
     assert_eq!(path.mbox_p.cap_counters().issued, issued);
     let before = path.mbox_p.cap_counters().issued;
-    for i in 4_000..4_100u64 {
+    // At last period's rate, about 4 % of its packets: dozens in a second.
+    for i in 4_000..5_000u64 {
         let mut next = data("198.18.1.2", "198.18.2.2", 10);
         path.mbox(&mut next, i);
     }
@@ -1423,4 +1424,27 @@ fn the_victim_withholds_feedback_from_the_senders_it_names() {
     // And no longer named: feedback again.
     path.victim_p.set_withheld(Vec::new());
     assert_eq!(feedback_ack(&mut path, 120).len(), a.len() + 32);
+}
+
+#[test]
+fn feedback_on_a_syn_ack_counts_but_only_an_established_segment_verifies_the_sender() {
+    let mut path = Path::new();
+    stamp_and_keep(&mut path, 0);
+    // The victim's SYN-ACK carries the capability back: delivered, yet a spoofed
+    // source gets SYN-ACKs too, so the sender is not verified by it.
+    let mut synack = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::SYN | tcp::ACK)
+        .build();
+    assert_eq!(path.victim(&mut synack, 1), Verdict::AcceptModified);
+    assert_eq!(path.mbox(&mut synack, 2), Verdict::AcceptModified);
+    assert_eq!(path.mbox_p.cap_counters().returned, 1);
+    assert!(path.mbox_p.take_verified_changes().is_empty());
+    // A plain ACK of the connection does.
+    let mut a = feedback_ack(&mut path, 40);
+    assert_eq!(path.mbox(&mut a, 41), Verdict::AcceptModified);
+    assert_eq!(path.mbox_p.cap_counters().returned, 2);
+    assert_eq!(
+        path.mbox_p.take_verified_changes(),
+        [(ip("198.18.1.2"), true)]
+    );
 }

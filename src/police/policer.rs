@@ -309,12 +309,14 @@ impl Policer {
     }
 
     /// Count capability `id` of `sender`, issued at `issued_ms` on the capability clock,
-    /// as returned; the error names why it does not count.
+    /// as returned; the error names why it does not count. If it came back on a segment
+    /// that `proves` the sender real (not a SYN-ACK, which a spoofed source also gets),
+    /// the sender becomes verified: worth keeping, and let past the kernel's limits.
     pub fn returned(
         &mut self,
         sender: IpAddr,
-        id: u32,
-        issued_ms: u32,
+        (id, issued_ms): (u32, u32),
+        proves: bool,
         now: Instant,
     ) -> Result<(), &'static str> {
         let now_ms = self.ms(now);
@@ -330,7 +332,7 @@ impl Policer {
         check_period(issued_ms, start_ms as u32).map_err(|e| e.as_str())?;
         check_fresh(issued_ms, now_ms as u32, rtt_ms).map_err(|e| e.as_str())?;
         s.window.accept(id).map_err(|e| e.as_str())?;
-        if !s.verified {
+        if proves && !s.verified {
             s.verified = true;
             self.verified_changes.push((sender, true));
         }

@@ -57,7 +57,8 @@ fn send(
 fn give_back(p: &mut Policer, t0: Instant, s: IpAddr, ids: &[(u32, u64)]) {
     for &(id, ms) in ids {
         let issued_ms = (at(t0, ms) - t0).as_millis() as u32;
-        p.returned(s, id, issued_ms, at(t0, ms + 100)).unwrap();
+        p.returned(s, (id, issued_ms), true, at(t0, ms + 100))
+            .unwrap();
     }
 }
 
