@@ -19,32 +19,31 @@
 //! it always stops: `--packets` and `--seconds` are both required, and it stops at
 //! whichever bound comes first.
 
+mod guard;
+mod pace;
+mod packets;
+mod send;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::wire::build::Builder;
-use crate::wire::checksum as cs;
-use crate::wire::{proto, tcp};
+pub use guard::{ALLOWED, BitRate, Prefix, check_address, check_prefix};
+pub use pace::{Pacer, off_for};
+use packets::Rng;
+pub use packets::{PacketMaker, Sources};
+use send::RawSender;
 
-/// The only ranges a flood may touch: 198.18.0.0/15 and 2001:2::/48.
-pub const ALLOWED: [(IpAddr, u8); 2] = [
-    (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 15),
-    (IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0)), 48),
-];
-
-/// Most packets handed to the kernel in one `sendmmsg`.
-const MAX_BATCH: usize = 1024;
 /// Default number of distinct spoofed sources (and the most drawn by default).
 const DEFAULT_SOURCES: u128 = 65_536;
-/// IPv6 `IPV6_HDRINCL` from linux/in6.h (not in every libc release).
-const IPV6_HDRINCL: libc::c_int = 36;
-
+/// Most packets handed to the kernel in one `sendmmsg`.
+const MAX_BATCH: usize = 1024;
 /// `mpolice flood`: its kind and options.
 #[derive(Debug, Args)]
 pub struct FloodArgs {
@@ -117,187 +116,6 @@ pub struct Common {
     /// Packets per sendmmsg call.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-}
-
-/// An IP prefix such as `198.19.0.0/16`, host bits zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    /// Bits of the address family (32 or 128).
-    fn bits(&self) -> u8 {
-        if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-
-    /// Whether `a` lies inside this prefix (same family only).
-    pub fn contains(&self, a: IpAddr) -> bool {
-        if a.is_ipv4() != self.addr.is_ipv4() {
-            return false;
-        }
-        let shift = u32::from(self.bits() - self.len);
-        let (x, y) = (to_u128(a), to_u128(self.addr));
-        shift >= 128 || (x >> shift) == (y >> shift)
-    }
-
-    /// Whether every address of `other` lies inside this prefix.
-    pub fn covers(&self, other: &Prefix) -> bool {
-        other.len >= self.len && self.contains(other.addr)
-    }
-
-    /// The number of host bits.
-    fn host_bits(&self) -> u8 {
-        self.bits() - self.len
-    }
-}
-
-impl FromStr for Prefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?}: write a prefix as ADDRESS/LENGTH"))?;
-        let addr: IpAddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
-        let len: u8 = l.parse().map_err(|e| format!("length {l:?}: {e}"))?;
-        let p = Prefix { addr, len };
-        if len > p.bits() {
-            return Err(format!("{s}: length {len} is longer than the address"));
-        }
-        let host = p.host_bits();
-        if host > 0 && to_u128(addr) & low_mask(host) != 0 {
-            return Err(format!("{s}: host bits are set"));
-        }
-        Ok(p)
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// A bit rate in bits per second, written like `100M`, `1.5G`, `50mbit` or `2000000`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BitRate(pub f64);
-
-impl FromStr for BitRate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim().to_ascii_lowercase();
-        let t = t
-            .strip_suffix("bit")
-            .or_else(|| t.strip_suffix("bps"))
-            .unwrap_or(&t);
-        let (num, mult) = match t.chars().last() {
-            Some('k') => (&t[..t.len() - 1], 1e3),
-            Some('m') => (&t[..t.len() - 1], 1e6),
-            Some('g') => (&t[..t.len() - 1], 1e9),
-            _ => (t, 1.0),
-        };
-        let v: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: write a rate like 100M, 1.5G or 50mbit"))?;
-        let v = v * mult;
-        if !v.is_finite() || v <= 0.0 {
-            return Err(format!("{s:?}: the rate must be above 0"));
-        }
-        Ok(BitRate(v))
-    }
-}
-
-fn to_u128(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-fn low_mask(bits: u8) -> u128 {
-    if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    }
-}
-
-fn allowed_text() -> String {
-    ALLOWED
-        .iter()
-        .map(|(a, l)| format!("{a}/{l}"))
-        .collect::<Vec<_>>()
-        .join(" and ")
-}
-
-/// Refuse an address outside the benchmarking ranges; `what` names it in the error.
-pub fn check_address(what: &str, a: IpAddr) -> Result<()> {
-    if ALLOWED
-        .iter()
-        .any(|&(addr, len)| Prefix { addr, len }.contains(a))
-    {
-        return Ok(());
-    }
-    bail!(
-        "{what} {a} is outside the benchmarking ranges {}: mpolice flood sends only to and from test addresses",
-        allowed_text()
-    )
-}
-
-/// Refuse a prefix not wholly inside the benchmarking ranges.
-pub fn check_prefix(what: &str, p: &Prefix) -> Result<()> {
-    if ALLOWED
-        .iter()
-        .any(|&(addr, len)| Prefix { addr, len }.covers(p))
-    {
-        return Ok(());
-    }
-    bail!(
-        "{what} {p} is not inside the benchmarking ranges {}: mpolice flood sends only to and from test addresses",
-        allowed_text()
-    )
-}
-
-/// The source addresses of a flood.
-#[derive(Debug, Clone)]
-pub enum Sources {
-    /// One address.
-    Fixed(IpAddr),
-    /// `count` distinct addresses of `prefix`, used in turn.
-    Spoofed { prefix: Prefix, count: u128 },
-}
-
-/// An odd multiplier: multiplying an index by it is a bijection modulo any power of
-/// two, so consecutive packets come from scattered addresses yet no two of the first
-/// 2^host_bits indices share one.
-const SCATTER: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
-
-impl Sources {
-    /// The source of packet number `i`.
-    pub fn nth(&self, i: u64) -> IpAddr {
-        match *self {
-            Sources::Fixed(a) => a,
-            Sources::Spoofed { prefix, count } => {
-                let j = u128::from(i) % count;
-                let offset = j.wrapping_mul(SCATTER) & low_mask(prefix.host_bits());
-                let v = to_u128(prefix.addr) | offset;
-                if prefix.addr.is_ipv4() {
-                    IpAddr::V4(Ipv4Addr::from(v as u32))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(v))
-                }
-            }
-        }
-    }
-
-    /// How many distinct sources.
-    pub fn count(&self) -> u128 {
-        match self {
-            Sources::Fixed(_) => 1,
-            Sources::Spoofed { count, .. } => *count,
-        }
-    }
 }
 
 /// Which packets.
@@ -434,176 +252,13 @@ fn route_source(dst: IpAddr) -> Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
-/// Builds the packets of a flood: one template, then per packet only the fields that
-/// change (source address; for SYNs source port and sequence number) and the checksums.
-#[derive(Debug, Clone)]
-pub struct PacketMaker {
-    template: Vec<u8>,
-    v4: bool,
-    l4: usize,
-    l4_header: usize,
-    protocol: u8,
-    /// Partial checksum sum of the bytes after the L4 header (constant).
-    payload_sum: u64,
-    /// Whether packets differ from one another at all.
-    varies: bool,
-}
-
-impl PacketMaker {
-    /// The template of `plan`'s packets, from its first source.
-    pub fn new(plan: &Plan) -> PacketMaker {
-        let src = plan.sources.nth(0);
-        let (builder, l4_header, protocol) = match plan.kind {
-            Kind::Udp(size) => (
-                Builder::udp(src, plan.dst, 40_000, plan.port).payload(&vec![0x5a; size]),
-                8,
-                proto::UDP,
-            ),
-            Kind::Syn => (
-                Builder::tcp(src, plan.dst, 40_000, plan.port)
-                    .flags(tcp::SYN)
-                    .window(64_240)
-                    .mss(1460),
-                24,
-                proto::TCP,
-            ),
-        };
-        let template = builder.ttl(64).build();
-        let l4 = if plan.dst.is_ipv4() { 20 } else { 40 };
-        let payload_sum = cs::sum(&template[l4 + l4_header..]);
-        PacketMaker {
-            v4: plan.dst.is_ipv4(),
-            l4,
-            l4_header,
-            protocol,
-            payload_sum,
-            varies: plan.kind == Kind::Syn || plan.sources.count() > 1,
-            template,
-        }
-    }
-
-    /// The length of every packet.
-    pub fn len(&self) -> usize {
-        self.template.len()
-    }
-
-    /// Whether packets are empty (never: there is always an IP header).
-    pub fn is_empty(&self) -> bool {
-        self.template.is_empty()
-    }
-
-    /// Write a packet from `src` with `sport` and `seq` (SYN only) into `buf`, which
-    /// must already hold a copy of the template.
-    pub fn write(&self, buf: &mut [u8], src: IpAddr, sport: u16, seq: u32) {
-        if !self.varies {
-            return;
-        }
-        let l4 = self.l4;
-        let l4_len = buf.len() - l4;
-        let pseudo = match src {
-            IpAddr::V4(a) => {
-                buf[12..16].copy_from_slice(&a.octets());
-                buf[10..12].fill(0);
-                let c = cs::checksum(&buf[..20]);
-                buf[10..12].copy_from_slice(&c.to_be_bytes());
-                let dst: [u8; 4] = buf[16..20].try_into().unwrap_or_default();
-                cs::pseudo_v4(a.octets(), dst, self.protocol, l4_len as u16)
-            }
-            IpAddr::V6(a) => {
-                buf[8..24].copy_from_slice(&a.octets());
-                let dst: [u8; 16] = buf[24..40].try_into().unwrap_or_default();
-                cs::pseudo_v6(&a.octets(), &dst, self.protocol, l4_len as u32)
-            }
-        };
-        let field = if self.protocol == proto::TCP {
-            buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
-            buf[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-            l4 + 16
-        } else {
-            l4 + 6
-        };
-        buf[field..field + 2].fill(0);
-        let mut c = cs::finish(pseudo + cs::sum(&buf[l4..l4 + self.l4_header]) + self.payload_sum);
-        if self.protocol == proto::UDP && c == 0 {
-            c = 0xFFFF;
-        }
-        buf[field..field + 2].copy_from_slice(&c.to_be_bytes());
-    }
-
-    /// A fresh copy of the template.
-    pub fn template(&self) -> Vec<u8> {
-        self.template.clone()
-    }
-
-    /// Whether it builds IPv4 packets.
-    pub fn is_v4(&self) -> bool {
-        self.v4
-    }
-}
-
-/// A token bucket in packets: `pps` a second, at most `depth` saved up.
-#[derive(Debug, Clone)]
-pub struct Pacer {
-    pps: f64,
-    depth: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pacer {
-    /// Start with `start` tokens at `now`.
-    pub fn new(pps: f64, depth: f64, start: f64, now: Instant) -> Pacer {
-        Pacer {
-            pps,
-            depth,
-            tokens: start.min(depth),
-            last: now,
-        }
-    }
-
-    /// Add the tokens earned since the last call; return the whole packets available.
-    pub fn refill(&mut self, now: Instant) -> u64 {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.pps).min(self.depth);
-        self.last = now;
-        self.tokens.max(0.0).floor() as u64
-    }
-
-    /// Spend `n` packets' tokens.
-    pub fn take(&mut self, n: u64) {
-        self.tokens -= n as f64;
-    }
-
-    /// How long until `n` packets' tokens are there.
-    pub fn wait_for(&self, n: u64) -> Duration {
-        let missing = (n as f64 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing / self.pps)
-    }
-
-    /// Start again at `now` with `start` tokens (after an off period).
-    pub fn restart(&mut self, now: Instant, start: f64) {
-        self.tokens = start.min(self.depth);
-        self.last = now;
-    }
-}
-
-/// In an on-off flood, `elapsed` since the start: None while on, or how long until the
-/// next on period starts.
-pub fn off_for(elapsed: Duration, on: Duration, off: Duration) -> Option<Duration> {
-    let period = (on + off).as_nanos();
-    if off.is_zero() || period == 0 {
-        return None;
-    }
-    let phase = elapsed.as_nanos() % period;
-    let on_ns = on.as_nanos();
-    (phase >= on_ns).then(|| Duration::from_nanos((period - phase) as u64))
-}
-
 /// Which bound ended a flood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoppedBy {
     Packets,
     Seconds,
+    /// SIGINT or SIGTERM: it stops early and still prints its summary.
+    Signal,
 }
 
 /// What a flood did, printed as one line.
@@ -646,15 +301,16 @@ impl fmt::Display for Summary {
         write!(
             f,
             "flood {kind} to {to}: sent {} packets of {} bytes from {} source{} in {:.2} s \
-             (stopped by --{}): {:.0} packets/s, {:.1} Mbit/s",
+             (stopped by {}): {:.0} packets/s, {:.1} Mbit/s",
             self.sent,
             self.packet_len,
             self.sources,
             if self.sources == 1 { "" } else { "s" },
             self.elapsed.as_secs_f64(),
             match self.stopped_by {
-                StoppedBy::Packets => "packets",
-                StoppedBy::Seconds => "seconds",
+                StoppedBy::Packets => "--packets",
+                StoppedBy::Seconds => "--seconds",
+                StoppedBy::Signal => "a signal",
             },
             self.pps(),
             self.bps() / 1e6,
@@ -666,168 +322,9 @@ impl fmt::Display for Summary {
     }
 }
 
-/// A small fast random generator (xorshift64*), seeded from the kernel.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let mut seed = [0u8; 8];
-        // SAFETY: the buffer outlives the call and its length is passed exactly.
-        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-        let s = if n == 8 {
-            u64::from_ne_bytes(seed)
-        } else {
-            u64::from(std::process::id()) ^ 0x2545_F491_4F6C_DD1D
-        };
-        Rng(s | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-/// A raw socket that sends whole IP packets to one destination.
-struct RawSender {
-    sock: OwnedFd,
-    addr: libc::sockaddr_storage,
-    addr_len: libc::socklen_t,
-}
-
-impl RawSender {
-    fn open(dst: IpAddr) -> Result<RawSender> {
-        let family = if dst.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EPERM) {
-                bail!("raw socket: {e} (mpolice flood needs root or CAP_NET_RAW)");
-            }
-            bail!("raw socket: {e}");
-        }
-        // SAFETY: fd is a freshly opened socket that nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        if !dst.is_ipv4() {
-            setsockopt_int(&sock, libc::IPPROTO_IPV6, IPV6_HDRINCL, 1).context("IPV6_HDRINCL")?;
-        }
-        // A larger send buffer, so a queueing qdisc on our own link does not stall each
-        // batch; not fatal if refused.
-        let _ = setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
-        let (addr, addr_len) = sockaddr(dst);
-        Ok(RawSender {
-            sock,
-            addr,
-            addr_len,
-        })
-    }
-
-    /// Send `bufs` (each of `len` bytes) in one sendmmsg; return how many went, or
-    /// None if the kernel had no buffer space for the first.
-    fn send(&mut self, bufs: &mut [Vec<u8>], len: usize) -> Result<Option<usize>> {
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: len,
-            })
-            .collect();
-        let name = (&raw mut self.addr).cast::<libc::c_void>();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: all-zero bytes are a valid msghdr (null pointers, zero lengths).
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = name;
-                h.msg_namelen = self.addr_len;
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: every msghdr points at a live iovec, buffer and address that outlive the
-        // call; the count passed is the vector's length.
-        let n = unsafe {
-            libc::sendmmsg(
-                self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
-                0,
-            )
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => Ok(None),
-            _ => bail!("sendmmsg: {e}"),
-        }
-    }
-}
-
-fn setsockopt_int(
-    sock: &OwnedFd,
-    level: libc::c_int,
-    opt: libc::c_int,
-    v: libc::c_int,
-) -> Result<()> {
-    // SAFETY: `v` outlives the call and its length is passed exactly.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&raw const v).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        bail!("{}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A `sockaddr_storage` holding `dst` with port 0 (on an IPv6 raw socket a port would be
-/// read as the protocol), and the length of the part in use.
-fn sockaddr(dst: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero bytes are a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match dst {
-        IpAddr::V4(a) => {
-            // SAFETY: all-zero bytes are a valid sockaddr_in.
-            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            s.sin_family = libc::AF_INET as libc::sa_family_t;
-            s.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&raw mut ss).cast(), s) };
-            size_of::<libc::sockaddr_in>()
-        }
-        IpAddr::V6(a) => {
-            // SAFETY: all-zero bytes are a valid sockaddr_in6.
-            let mut s: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            s.sin6_addr.s6_addr = a.octets();
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&raw mut ss).cast(), s) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-/// Send the flood `plan` describes from the current network namespace; return what it did.
-pub fn run(plan: &Plan) -> Result<Summary> {
+/// Send the flood `plan` describes from the current network namespace; return what it
+/// did. It stops early, and still returns, once `stop` is set.
+pub fn run(plan: &Plan, stop: &AtomicBool) -> Result<Summary> {
     let maker = PacketMaker::new(plan);
     let len = maker.len();
     let mut sender = RawSender::open(plan.dst)?;
@@ -846,6 +343,9 @@ pub fn run(plan: &Plan) -> Result<Summary> {
     });
     let (mut sent, mut blocked) = (0u64, 0u64);
     let stopped_by = loop {
+        if stop.load(Ordering::Relaxed) {
+            break StoppedBy::Signal;
+        }
         if sent >= plan.packets {
             break StoppedBy::Packets;
         }
@@ -855,10 +355,11 @@ pub fn run(plan: &Plan) -> Result<Summary> {
         }
         if let Some((on, off)) = plan.cycle {
             if let Some(wait) = off_for(now - start, on, off) {
-                let resume = (now + wait).min(deadline);
-                std::thread::sleep(resume - now);
+                // In slices, so a signal is heard within 50 ms.
+                let nap = wait.min(deadline - now).min(Duration::from_millis(50));
+                std::thread::sleep(nap);
                 if let Some(p) = pacer.as_mut() {
-                    p.restart(resume, chunk as f64);
+                    p.restart(now + nap, chunk as f64);
                 }
                 continue;
             }
@@ -916,7 +417,11 @@ pub fn run(plan: &Plan) -> Result<Summary> {
 /// `mpolice flood`: check, send, print the summary line.
 pub fn command(args: &FloodArgs) -> Result<()> {
     let plan = Plan::from_args(args)?;
-    let summary = run(&plan)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
+    }
+    let summary = run(&plan, &stop)?;
     println!("{summary}");
     Ok(())
 }

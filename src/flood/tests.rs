@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::wire::{IpVersion, parse, verify_checksums};
+use crate::wire::{IpVersion, parse, tcp, verify_checksums};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
