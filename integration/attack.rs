@@ -43,10 +43,11 @@ const SYN_SOURCES: u32 = 65_536;
 const UDP_PORT: u16 = 9000;
 /// The SYN flood's target: a listening HTTP server on the victim.
 const SYN_PORT: u16 = 8080;
-/// Attacks start this long before the legitimate senders.
-const LEAD: Duration = Duration::from_secs(1);
+/// Seconds at the start of each legitimate upload that iperf3 leaves out of its result
+/// (`-O`): the senders connect, then the attack starts and ramps up.
+const OMIT_SECS: u32 = 2;
 /// Seconds a legitimate sender's iperf3 may take to set up its control connection.
-const CONNECT_SECS: u32 = 20;
+const CONNECT_SECS: u32 = 10;
 /// Pause between runs, so queues drain and the next run starts on an idle path.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -305,6 +306,28 @@ impl Bed {
         Ok(Some((victim, mbox)))
     }
 
+    /// Wait (at most `within`) until every legitimate sender's iperf3 has its control and
+    /// data connections established at the victim.
+    fn wait_connected(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let Ok(ss) = self
+                .tb
+                .exec(Host::Victim, &["ss", "-Htn", "state", "established"])
+            else {
+                return;
+            };
+            let connected = (1..=LEGIT).all(|i| {
+                let port = format!(":{} ", legit_port(i));
+                ss.lines().filter(|l| l.contains(&port)).count() >= 2
+            });
+            if connected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start the attack; every process is bounded in packets and seconds.
     fn start_attack(&self, a: Attack, secs: u32) -> Result<Vec<Background>> {
         let bin = bin();
@@ -418,36 +441,22 @@ impl Bed {
             match EngineProcess::start(tb, Host::Mbox, "mbox", &bin(), &mcfg) {
                 Ok(m) => engines.push(m),
                 Err(e) if matches!(d, Defence::Police(_)) => {
-                    let why = format!("{e:#}");
-                    let line = why
-                        .lines()
-                        .rev()
-                        .find(|l| l.contains("mpolice:"))
-                        .unwrap_or(why.lines().next().unwrap_or_default());
-                    return Ok(Outcome::Skipped(format!(
-                        "the engine refused the config: {}",
-                        line.trim()
-                    )));
+                    return Ok(Outcome::Skipped(refusal(&format!("{e:#}"))));
                 }
                 Err(e) => return Err(e),
             }
         }
-        // Bounded: the attack lasts its lead, the run, the slowest connect and a margin,
-        // and is stopped as soon as the legitimate senders are done.
-        let attack_secs = LEAD.as_secs() as u32 + secs + CONNECT_SECS + 5;
-        let mut attack = self.start_attack(a, attack_secs)?;
-        std::thread::sleep(LEAD);
         let sampler = if engines.len() == 2 {
             SenderSampler::start(&tb.workdir().join("mbox.sock"))
         } else {
             None
         };
-        let (m0, q0, t0) = (
-            self.meter.read(tb)?,
-            tb.bottleneck_counters()?,
-            Instant::now(),
-        );
-        let legit: Vec<Result<f64, String>> = std::thread::scope(|s| {
+        // The legitimate senders connect first; the attack starts once they are
+        // connected and is bounded: the omitted start, the run and a margin (it is
+        // stopped as soon as the legitimate senders are done).
+        let attack_secs = OMIT_SECS + secs + 10;
+        let started = Instant::now();
+        let (legit, attack, m0, q0, t0) = std::thread::scope(|s| -> Result<_> {
             let handles: Vec<_> = legit_hosts()
                 .enumerate()
                 .map(|(i, h)| {
@@ -458,18 +467,31 @@ impl Bed {
                             VICTIM_V4,
                             legit_port(i as u8 + 1),
                             secs,
-                            1,
+                            OMIT_SECS,
                             CONNECT_SECS,
                         )
                         .map_err(|e| format!("{e:#}"))
                     })
                 })
                 .collect();
-            handles
+            self.wait_connected(Duration::from_secs(5));
+            let attack = self.start_attack(a, attack_secs);
+            // iperf3 omits its first OMIT_SECS from its result: the attack's ramp.
+            std::thread::sleep(
+                Duration::from_secs(OMIT_SECS.into()).saturating_sub(started.elapsed()),
+            );
+            let (m0, q0, t0) = (
+                self.meter.read(tb),
+                tb.bottleneck_counters(),
+                Instant::now(),
+            );
+            let legit: Vec<Result<f64, String>> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
-                .collect()
-        });
+                .collect();
+            Ok((legit, attack?, m0?, q0?, t0))
+        })?;
+        let mut attack = attack;
         let (m1, q1, window) = (
             self.meter.read(tb)?,
             tb.bottleneck_counters()?,
@@ -477,11 +499,22 @@ impl Bed {
         );
         let samples = sampler.map(SenderSampler::stop).unwrap_or_default();
         let (mut sent_bps, mut sent_pps) = (0.0, 0.0);
+        let verbose = std::env::var_os("ATTACK_VERBOSE").is_some();
         for p in &mut attack {
             let (_, out) = p.stop()?;
             if let Some((pps, bps)) = flood_rate(&out) {
                 sent_pps += pps;
                 sent_bps += bps;
+            }
+            if verbose {
+                eprint!("    {out}");
+            }
+        }
+        if verbose {
+            for e in &engines {
+                if let Ok(st) = e.stats() {
+                    eprint!("{}", st.table());
+                }
             }
         }
         let queue_drops = if engines.is_empty() {
@@ -526,6 +559,32 @@ impl Bed {
         std::thread::sleep(SETTLE);
         Ok(Outcome::Ran(Box::new(run)))
     }
+}
+
+/// Why the engine refused to start, in one short line: its own error message, without
+/// the config file's path.
+fn refusal(log: &str) -> String {
+    let last = log
+        .rsplit("mpolice: ")
+        .next()
+        .unwrap_or(log)
+        .lines()
+        .next()
+        .unwrap_or_default();
+    let msg = match last.strip_prefix("config ") {
+        Some(rest) => rest.split_once(": ").map_or(rest, |(_, m)| m),
+        None => last,
+    };
+    let mut msg = msg.trim().to_string();
+    if msg.len() > 90 {
+        let cut = (0..=90)
+            .rev()
+            .find(|&i| msg.is_char_boundary(i))
+            .unwrap_or(0);
+        msg.truncate(cut);
+        msg.push_str("...");
+    }
+    format!("the engine refused the config: {msg}")
 }
 
 fn counter_name(h: Host) -> String {
@@ -1096,6 +1155,20 @@ fn jain_index_is_one_for_equal_shares_and_one_over_n_for_one_taker() {
     assert!((jain(&[8.0, 0.0, 0.0, 0.0]) - 0.25).abs() < 1e-12);
     assert!((jain(&[1.0, 2.0, 3.0, 4.0]) - 100.0 / 120.0).abs() < 1e-12);
     assert_eq!(jain(&[0.0, 0.0]), 0.0);
+}
+
+#[test]
+fn a_refused_config_is_named_in_one_short_line() {
+    let log = "mpolice mbox exited at start (exit status: 1): mpolice: config /tmp/x/mbox.toml: \
+               line 18: `[police]`: unknown field `police`, expected one of `queue`, `protect`";
+    assert_eq!(
+        refusal(log),
+        "the engine refused the config: line 18: `[police]`: unknown field `police`, expected one of `queue`, `protect`"
+    );
+    assert_eq!(
+        refusal("mpolice mbox exited at start: mpolice: police.beta: 1.5 is outside 0..1"),
+        "the engine refused the config: police.beta: 1.5 is outside 0..1"
+    );
 }
 
 #[test]

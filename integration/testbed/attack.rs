@@ -336,16 +336,16 @@ impl Drop for Iperf3Server {
     }
 }
 
-/// Upload with iperf3 from `from` to `to`:`port` for `secs` over `parallel` TCP
-/// connections; return the bits per second the server received (goodput). The control
-/// connection may take `connect_secs` to set up (SYNs lost to a flood are retried).
+/// Upload with iperf3 from `from` to `to`:`port` for `omit` + `secs` seconds (one TCP
+/// connection); return the bits per second the server received (goodput) in the last
+/// `secs`. The control connection may take `connect_secs` to set up.
 pub fn iperf3_upload(
     tb: &Testbed,
     from: Host,
     to: &str,
     port: u16,
     secs: u32,
-    parallel: u32,
+    omit: u32,
     connect_secs: u32,
 ) -> Result<f64> {
     let out = tb
@@ -353,7 +353,7 @@ pub fn iperf3_upload(
             from,
             &[
                 "timeout",
-                &(secs + connect_secs + 30).to_string(),
+                &(omit + secs + connect_secs + 30).to_string(),
                 "iperf3",
                 "-c",
                 to,
@@ -361,8 +361,8 @@ pub fn iperf3_upload(
                 &port.to_string(),
                 "-t",
                 &secs.to_string(),
-                "-P",
-                &parallel.to_string(),
+                "-O",
+                &omit.to_string(),
                 "--connect-timeout",
                 &(connect_secs * 1000).to_string(),
                 "-J",
