@@ -1056,7 +1056,7 @@ fn syn_flood_sweep() {
         .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
         .unwrap_or_else(|| {
             vec![
-                10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000,
+                10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000,
             ]
         });
     let defences = wanted(&DEFENCES, Defence::name, "ATTACK_DEFENCES");
@@ -1072,11 +1072,13 @@ fn syn_flood_sweep() {
     for d in defences {
         let mut first_below = None;
         let mut below_in_a_row = 0;
+        let mut skipped = false;
         for &pps in &rates {
             let o = bed.run(d, Attack::Syn { pps }, secs, None).unwrap();
             let r = match o {
                 Outcome::Skipped(why) => {
                     eprintln!("  {:<22} skipped: {why}", d.describe());
+                    skipped = true;
                     break;
                 }
                 Outcome::Ran(r) => r,
@@ -1102,6 +1104,7 @@ fn syn_flood_sweep() {
             }
         }
         match first_below {
+            _ if skipped => {}
             Some(p) => eprintln!("  => {}: below 80 % from {p} packets/s", d.describe()),
             None => eprintln!("  => {}: at least 80 % at every rate tried", d.describe()),
         }
