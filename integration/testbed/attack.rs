@@ -161,7 +161,8 @@ impl Testbed {
     }
 
     /// Put the bottleneck on the mbox's link to the victim: htb at `mbit` Mbit/s with a
-    /// pfifo leaf of `limit` packets (this kernel has htb, pfifo and bfifo, not fq_codel).
+    /// pfifo leaf of `limit` packets (this kernel has htb, tbf, pfifo, bfifo and red; no
+    /// fq_codel, sfq or netem).
     pub fn bottleneck(&self, mbit: u32, limit: u32) -> Result<()> {
         let dev = self.link("m1");
         let rate = format!("{mbit}mbit");
