@@ -179,10 +179,11 @@ fn police_section(policy: &str) -> String {
 
 /// The testbed with its servers and meter, built once for many runs.
 struct Bed {
-    tb: Testbed,
-    meter: SourceMeter,
+    // Dropped in this order: the servers stop before the testbed goes.
     _servers: Vec<Iperf3Server>,
     _http: HttpServer,
+    meter: SourceMeter,
+    tb: Testbed,
 }
 
 /// What one run measured.
@@ -260,10 +261,10 @@ impl Bed {
         sources.push(("spoofed".into(), format!("ip saddr {SPOOF_V4}")));
         let meter = SourceMeter::install(&tb, Host::Victim, &sources, Some(UDP_PORT))?;
         Ok(Bed {
-            tb,
-            meter,
             _servers: servers,
             _http: http,
+            meter,
+            tb,
         })
     }
 
