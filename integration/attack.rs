@@ -205,6 +205,8 @@ struct Run {
     queue_drops: Option<(u64, u64)>,
     /// Per-sender samples, if the engine serves them.
     samples: Vec<Sample>,
+    /// Namespaces of other testbeds seen during the run: another test shared the CPUs.
+    others: Vec<String>,
 }
 
 impl Run {
@@ -327,8 +329,28 @@ impl Bed {
         }
         runs.sort_by(|x, y| x.legit_total().total_cmp(&y.legit_total()));
         let totals = runs.iter().map(|r| r.legit_total()).collect();
-        let median = runs.swap_remove(runs.len() / 2);
+        let mut others: Vec<String> = runs.iter().flat_map(|r| r.others.clone()).collect();
+        others.sort();
+        others.dedup();
+        let mut median = runs.swap_remove(runs.len() / 2);
+        median.others = others;
         (Outcome::Ran(median), totals)
+    }
+
+    /// Network namespaces that are not this testbed's: another test is running and
+    /// sharing the CPUs, which makes this run's numbers noisier.
+    fn other_testbeds(&self) -> Vec<String> {
+        let mine = self.tb.ns(Host::Mbox);
+        let prefix = mine.trim_end_matches("mbox");
+        host_output(&["ip", "netns", "list"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|ns| !ns.starts_with(prefix))
+            .map(|ns| match ns.rsplit_once('-') {
+                Some((p, _)) => format!("{p}-*"),
+                None => ns.to_string(),
+            })
+            .collect()
     }
 
     /// Wait (at most `within`) until every legitimate sender's iperf3 has its control and
@@ -454,6 +476,8 @@ impl Bed {
     /// One run: engines for the defence, the attack, the legitimate uploads for `secs`.
     fn run(&self, d: Defence, a: Attack, secs: u32, svg: Option<&Path>) -> Result<Outcome> {
         let tb = &self.tb;
+        let mut others = self.other_testbeds();
+        others.dedup();
         let mut engines = Vec::new();
         if let Some((vcfg, mcfg)) = self.configs(d)? {
             engines.push(EngineProcess::start(
@@ -523,6 +547,9 @@ impl Bed {
             t0.elapsed().as_secs_f64(),
         );
         let samples = sampler.map(SenderSampler::stop).unwrap_or_default();
+        others.extend(self.other_testbeds());
+        others.sort();
+        others.dedup();
         let (mut sent_bps, mut sent_pps) = (0.0, 0.0);
         let verbose = std::env::var_os("ATTACK_VERBOSE").is_some();
         for p in &mut attack {
@@ -577,6 +604,7 @@ impl Bed {
             bottleneck: q1 - q0,
             queue_drops,
             samples,
+            others,
         };
         if let Some(path) = svg.filter(|_| !run.samples.is_empty()) {
             let title = format!("{} under {}", d.describe(), a.describe());
@@ -612,6 +640,15 @@ fn refusal(log: &str) -> String {
         msg.push_str("...");
     }
     format!("the engine refused the config: {msg}")
+}
+
+/// Run a command in this namespace; its stdout, or nothing if it failed.
+fn host_output(argv: &[&str]) -> String {
+    std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn counter_name(h: Host) -> String {
@@ -972,6 +1009,9 @@ fn table_row(d: Defence, o: &Outcome, baseline: f64, totals: &[f64]) -> String {
         mbit(r.attackers_total()),
         r.bottleneck.drops,
     );
+    if !r.others.is_empty() {
+        let _ = write!(row, "  * other testbeds ran: {}", r.others.join(" "));
+    }
     row
 }
 
@@ -1037,7 +1077,8 @@ fn attack_table() {
         "\nshare: the legitimate senders' total goodput against the no-attack, no-defence baseline \
          ({} Mbit/s); attackers: their bytes arriving at the victim; att.sent: what the floods sent; \
          bn.drops: packets the bottleneck's pfifo dropped; k.qdrop m/v: packets the kernel dropped \
-         at the mbox's and victim's full queues",
+         at the mbox's and victim's full queues; *: another testbed's namespaces existed during the \
+         run (its numbers shared the CPUs)",
         mbit(baseline)
     );
 }
