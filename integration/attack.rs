@@ -1126,8 +1126,13 @@ fn syn_flood_sweep() {
                 Outcome::Ran(r) => r,
             };
             let share = r.legit_total() / baseline;
+            let flag = if r.others.is_empty() {
+                String::new()
+            } else {
+                format!("  * other testbeds ran: {}", r.others.join(" "))
+            };
             eprintln!(
-                "  {:<22} {:>7} pps asked, {:>7.0} sent: legit {:>5} Mbit/s, {:>3.0} %, spoofed arriving {:>7.0} pps",
+                "  {:<22} {:>7} pps asked, {:>7.0} sent: legit {:>5} Mbit/s, {:>3.0} %, spoofed arriving {:>7.0} pps{flag}",
                 d.describe(),
                 pps,
                 r.sent_pps,
