@@ -495,7 +495,7 @@ impl Bed {
                 Err(e) => return Err(e),
             }
         }
-        let sampler = if engines.len() == 2 {
+        let sampler = if engines.len() == 2 && matches!(d, Defence::Police(_)) {
             SenderSampler::start(&tb.workdir().join("mbox.sock"))
         } else {
             None
@@ -710,7 +710,7 @@ impl SenderSampler {
                 let next = Instant::now() + Duration::from_secs(1);
                 if let Ok(v) = query_senders(&socket) {
                     let secs = t0.elapsed().as_secs_f64();
-                    for s in v["senders"].as_array().into_iter().flatten() {
+                    for s in sender_rows(&v) {
                         let Some(address) = s["address"].as_str() else {
                             continue;
                         };
@@ -756,10 +756,41 @@ fn query_senders(socket: &Path) -> Result<serde_json::Value> {
     let first = text.lines().next().unwrap_or_default();
     let v: serde_json::Value =
         serde_json::from_str(first).context("`mpolice stats --senders --json` output")?;
-    if !v["senders"].is_array() {
+    if !has_sender_list(&v) {
         bail!("`mpolice stats --senders --json` printed no \"senders\" list");
     }
     Ok(v)
+}
+
+/// Whether `v` holds a `"senders"` list anywhere (at the top, or under `"police"`).
+fn has_sender_list(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| (k == "senders" && x.is_array()) || has_sender_list(x)),
+        serde_json::Value::Array(a) => a.iter().any(has_sender_list),
+        _ => false,
+    }
+}
+
+/// Every per-sender row (an object with an `"address"`) in any `"senders"` list of `v`.
+fn sender_rows(v: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match x.as_array() {
+                    Some(rows) if k == "senders" => {
+                        out.extend(rows.iter().filter(|r| r["address"].is_string()));
+                    }
+                    _ => out.extend(sender_rows(x)),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| out.extend(sender_rows(x))),
+        _ => {}
+    }
+    out
 }
 
 /// One line of the picture: a sender's label, colour and (seconds, WR, LLR) points.
@@ -1277,6 +1308,25 @@ fn a_refused_config_is_named_in_one_short_line() {
         refusal("mpolice mbox exited at start: mpolice: police.beta: 1.5 is outside 0..1"),
         "the engine refused the config: police.beta: 1.5 is outside 0..1"
     );
+}
+
+#[test]
+fn sender_rows_are_found_at_the_top_or_under_police() {
+    let top: serde_json::Value = serde_json::from_str(
+        r#"{"policy": "natural_share", "slr": 0.01, "senders": [{"address": "198.18.11.2", "wr": 3, "llr": 0.0}]}"#,
+    )
+    .unwrap();
+    let nested: serde_json::Value = serde_json::from_str(
+        r#"{"role": "mbox", "queues": [], "police": {"policy": "fair_share", "slr": 0.0,
+            "senders": [{"address": "198.18.11.2", "wr": 7}, {"address": "198.18.21.2", "wr": 1}]}}"#,
+    )
+    .unwrap();
+    let none: serde_json::Value =
+        serde_json::from_str(r#"{"role": "mbox", "police": null}"#).unwrap();
+    assert_eq!(sender_rows(&top).len(), 1);
+    assert_eq!(sender_rows(&nested).len(), 2);
+    assert_eq!(sender_rows(&nested)[0]["wr"].as_f64(), Some(7.0));
+    assert!(has_sender_list(&top) && has_sender_list(&nested) && !has_sender_list(&none));
 }
 
 #[test]
