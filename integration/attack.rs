@@ -823,16 +823,17 @@ fn series(samples: &[Sample]) -> Vec<Series> {
     out
 }
 
-/// A rounded axis maximum at or above `v`: 1, 2 or 5 times a power of ten.
+/// A rounded axis maximum at or above `v`: 1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6 or 8 times a
+/// power of ten (each divides into 4 readable ticks).
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.6, 2.0, 2.4, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * p)
-        .find(|&m| m >= v)
+        .find(|&m| m >= v * (1.0 - 1e-9))
         .unwrap_or(10.0 * p)
 }
 
@@ -884,7 +885,7 @@ fn svg_wr_llr(title: &str, series: &[Series]) -> String {
                 y(v),
                 LEFT - 6.0,
                 y(v) + 4.0,
-                fmt_tick(v)
+                fmt_tick(v, max / 4.0)
             );
             let t = t_max * f64::from(i) / 4.0;
             let _ = writeln!(
@@ -892,7 +893,7 @@ fn svg_wr_llr(title: &str, series: &[Series]) -> String {
                 "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
                 x(t),
                 y0 + PANEL + 16.0,
-                fmt_tick(t)
+                fmt_tick(t, t_max / 4.0)
             );
         }
         let _ = writeln!(
@@ -937,12 +938,15 @@ fn svg_wr_llr(title: &str, series: &[Series]) -> String {
     s
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
+/// A tick label with as many decimals as a tick step of `step` needs to be exact.
+fn fmt_tick(v: f64, step: f64) -> String {
+    let decimals = (0..6)
+        .find(|&d| {
+            let x = step * 10f64.powi(d);
+            (x - x.round()).abs() < 1e-6 * x.abs().max(1.0)
+        })
+        .unwrap_or(6) as usize;
+    format!("{v:.decimals$}")
 }
 
 fn xml_escape(s: &str) -> String {
@@ -1400,9 +1404,15 @@ fn the_picture_has_two_panels_a_line_per_sender_and_a_legend() {
         }
     }
     assert_eq!(nice_max(0.0), 1.0);
-    assert_eq!(nice_max(7.0), 10.0);
-    assert_eq!(nice_max(110.0), 200.0);
-    assert_eq!(nice_max(0.3), 0.5);
+    assert_eq!(nice_max(7.0), 8.0);
+    assert_eq!(nice_max(10.0), 10.0);
+    assert_eq!(nice_max(110.0), 120.0);
+    assert!((nice_max(0.0075) - 0.008).abs() < 1e-12);
+    assert_eq!(fmt_tick(0.002, 0.002), "0.002");
+    assert_eq!(fmt_tick(7500.0, 2500.0), "7500");
+    assert_eq!(fmt_tick(0.5, 0.25), "0.50");
+    assert_eq!(fmt_tick(0.75, 0.25), "0.75");
+    assert_eq!(fmt_tick(15.0, 5.0), "15");
 }
 
 /// Not a pass/fail test: how fast `mpolice flood` sends here, unpaced, from one attacker
