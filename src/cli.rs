@@ -57,6 +57,10 @@ pub enum Command {
     /// a few milliseconds, until the engine stops (list them in
     /// `capabilities.withhold_feedback` to keep them across restarts).
     Withhold(WithholdArgs),
+    /// Send a bounded UDP or SYN flood from this network namespace, for the attack
+    /// testbed: only to and from 198.18.0.0/15 and 2001:2::/48, and it stops at
+    /// --packets or --seconds, whichever comes first.
+    Flood(crate::flood::FloodArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +184,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rules(r) => rules(r),
         Command::Stats(s) => stats(s),
         Command::Demo(d) => crate::demo::run(&d),
+        Command::Flood(f) => crate::flood::command(&f),
         Command::Keys(KeysCommand::New { id }) => {
             println!("{}", crate::capability::generate_key_line(id)?);
             Ok(())

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod flood;
 mod labels;
 pub mod pipeline;
 pub mod police;

@@ -10,6 +10,7 @@
 //!         2001:2:0:1::2                      2001:2:0:1::1 / 2001:2:0:2::1                   2001:2:0:2::2
 //! ```
 
+mod attack;
 mod engine;
 mod inject;
 mod traffic;
@@ -22,6 +23,10 @@ use anyhow::{Context, Result, bail};
 pub use crate::driver::nfqueue::KernelQueueStats as KernelQueue;
 use crate::driver::nfqueue::parse_kernel_queue_stats;
 
+pub use attack::{
+    BOTTLENECK_LIMIT, BOTTLENECK_MBIT, Background, Iperf3Server, QdiscCounters, SPOOF_V4,
+    SourceMeter, iperf3_upload,
+};
 pub use engine::{EngineProcess, RoleConfig};
 pub use inject::inject;
 pub use traffic::{
@@ -62,22 +67,27 @@ pub const CLIENT_V4: &str = "198.18.1.2";
 /// The client's IPv6 address.
 pub const CLIENT_V6: &str = "2001:2:0:1::2";
 
-/// The hosts of the testbed (a router only in [`Testbed::up_with_router`]).
+/// The hosts of the testbed (a router only in [`Testbed::up_with_router`], legitimate
+/// senders and attackers, numbered from 1, only in [`Testbed::up_attack`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Host {
     Client,
     Mbox,
     Router,
     Victim,
+    Legit(u8),
+    Attacker(u8),
 }
 
 impl Host {
-    fn suffix(self) -> &'static str {
+    fn suffix(self) -> String {
         match self {
-            Host::Client => "client",
-            Host::Mbox => "mbox",
-            Host::Router => "router",
-            Host::Victim => "victim",
+            Host::Client => "client".into(),
+            Host::Mbox => "mbox".into(),
+            Host::Router => "router".into(),
+            Host::Victim => "victim".into(),
+            Host::Legit(i) => format!("legit{i}"),
+            Host::Attacker(i) => format!("attack{i}"),
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct Testbed {
     workdir: PathBuf,
     up: Vec<String>,
     links: Vec<LinkPlan>,
+    /// Interfaces of links added after the build (host, interface suffix).
+    more_links: Vec<(Host, String)>,
 }
 
 impl Testbed {
@@ -122,6 +134,7 @@ impl Testbed {
             workdir,
             up: Vec::new(),
             links: Vec::new(),
+            more_links: Vec::new(),
         };
         let hosts: &[Host] = if router {
             &[Host::Client, Host::Mbox, Host::Router, Host::Victim]
@@ -268,7 +281,7 @@ impl Testbed {
     }
 
     /// Add one veth link between two hosts, addressed and up.
-    fn add_link(&self, link: &LinkPlan) -> Result<()> {
+    fn add_link(&self, link: &[(Host, &str, &str, &str); 2]) -> Result<()> {
         let [(ha, a, _, _), (hb, b, _, _)] = *link;
         let (a, b) = (self.link(a), self.link(b));
         let (na, nb) = (self.ns(ha), self.ns(hb));
@@ -292,6 +305,9 @@ impl Testbed {
     pub fn wire_sized(&self) -> Result<()> {
         for &(h, dev, _, _) in self.links.iter().flatten() {
             self.offloads_off(h, dev)?;
+        }
+        for (h, dev) in &self.more_links {
+            self.offloads_off(*h, dev)?;
         }
         Ok(())
     }
