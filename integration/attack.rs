@@ -1200,12 +1200,11 @@ fn syn_flood_sweep() {
 const SMOKE_SECS: u32 = 6;
 
 /// The CI smoke test: a UDP flood (4 x 100 Mbit/s, bounded in packets and seconds) against
-/// the 50 Mbit/s bottleneck with no defence costs the legitimate senders goodput. A
-/// direction, not a threshold. Once the engine polices, one more line,
-/// `assert_policing_raises_share(&bed, "natural_share", &flood)`, asserts the defence's
-/// direction too (see `policing_raises_the_legitimate_share_under_a_udp_flood`).
+/// the 50 Mbit/s bottleneck with no defence costs the legitimate senders goodput, and the
+/// policing mbox (natural share) gives them more and the attackers less. Directions,
+/// not thresholds.
 #[test]
-fn a_udp_flood_costs_the_legitimate_senders_goodput() {
+fn a_udp_flood_costs_the_legitimate_senders_goodput_and_policing_wins_it_back() {
     if !root() {
         return;
     }
@@ -1236,6 +1235,10 @@ fn a_udp_flood_costs_the_legitimate_senders_goodput() {
         flood.attackers_total() > 0.0 && flood.bottleneck.drops > base.bottleneck.drops,
         "the flood reached the bottleneck: {flood:?}"
     );
+    assert!(
+        assert_policing_raises_share(&bed, "natural_share", &flood),
+        "the engine refused [police]"
+    );
 }
 
 fn ran(o: Outcome) -> Box<Run> {
@@ -1259,6 +1262,13 @@ fn assert_policing_raises_share(bed: &Bed, policy: &'static str, undefended: &Ru
         }
         Outcome::Ran(r) => r,
     };
+    eprintln!(
+        "{policy}: legitimate {} Mbit/s, attackers {} Mbit/s (no defence: {} and {})",
+        mbit(policed.legit_total()),
+        mbit(policed.attackers_total()),
+        mbit(undefended.legit_total()),
+        mbit(undefended.attackers_total())
+    );
     assert!(
         policed.legit_total() > undefended.legit_total(),
         "{policy}: legitimate goodput {} Mbit/s, {} with no defence",
@@ -1274,10 +1284,9 @@ fn assert_policing_raises_share(bed: &Bed, policy: &'static str, undefended: &Ru
     true
 }
 
-/// What the smoke test becomes once the engine polices (ignored until then: it only
-/// skips, after building the whole testbed).
+/// The smoke test's direction for every policy (run by hand: about a minute).
 #[test]
-#[ignore = "until the engine accepts [police]"]
+#[ignore = "run by hand: every policy against the UDP flood"]
 fn policing_raises_the_legitimate_share_under_a_udp_flood() {
     if !root() {
         return;
@@ -1288,7 +1297,10 @@ fn policing_raises_the_legitimate_share_under_a_udp_flood() {
         .run(Defence::None, Attack::UdpFlat, SMOKE_SECS, None)
         .unwrap());
     for policy in ["natural_share", "fair_share", "priority"] {
-        assert_policing_raises_share(&bed, policy, &flood);
+        assert!(
+            assert_policing_raises_share(&bed, policy, &flood),
+            "{policy}"
+        );
     }
 }
 
