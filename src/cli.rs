@@ -45,7 +45,8 @@ pub enum Command {
     /// With no --socket, asks every engine with a socket in /run/mpolice.
     Stats(StatsArgs),
     /// Build a client ⇄ mbox ⇄ victim testbed in network namespaces, push real
-    /// traffic through both engines, print a summary and clean up.
+    /// traffic through both engines, then a bounded UDP flood through a bottleneck
+    /// with and without policing, print a summary and clean up.
     Demo(DemoArgs),
     /// Manage the mbox's capability MAC keys.
     #[command(subcommand)]

@@ -91,6 +91,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (ms, _) = mbox.settled_stats(&tb, Host::Mbox)?;
     let (vs, _) = victim.settled_stats(&tb, Host::Victim)?;
     let (mstat, vstat) = (mbox.stop()?, victim.stop()?);
+    check()?;
+    flood_phase(&tb, &bin, args, &mut out, &check)?;
     let leftover: Vec<String> = [Host::Mbox, Host::Victim]
         .iter()
         .map(|h| tb.nft_tables(*h))
@@ -138,6 +140,92 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     if !mstat.success() || !vstat.success() || !leftover.is_empty() {
         bail!("an engine did not exit cleanly");
+    }
+    Ok(())
+}
+
+/// The flood's source: a second address of the client, so the legitimate transfer and
+/// the flood are two senders.
+const FLOOD_FROM: &str = "198.18.1.3";
+
+/// A bottleneck behind the mbox, an iperf3 upload from the client and a UDP flood at
+/// twice the bottleneck from another address: first with the engines measuring only,
+/// then with the mbox policing. Appends one line per run to `out`.
+fn flood_phase(
+    tb: &Testbed,
+    bin: &std::path::Path,
+    args: &DemoArgs,
+    out: &mut String,
+    check: &dyn Fn() -> Result<()>,
+) -> Result<()> {
+    let mbit = testbed::BOTTLENECK_MBIT;
+    tb.bottleneck(mbit, testbed::BOTTLENECK_LIMIT)?;
+    tb.exec(
+        Host::Client,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{FLOOD_FROM}/24"),
+            "dev",
+            &tb.link("c0"),
+        ],
+    )?;
+    let _server = testbed::Iperf3Server::start(tb, Host::Victim, 5201)?;
+    let secs = args.iperf_secs.max(3);
+    for (label, police) in [
+        ("measuring only (no [police])", None),
+        ("policing (natural_share)", Some("natural_share")),
+    ] {
+        let vcfg = RoleConfig::default().with_capabilities(tb, "victim")?;
+        let mut mcfg = RoleConfig::default().with_capabilities(tb, "mbox")?;
+        if let (Some(policy), Some(c)) = (police, mcfg.capabilities.as_mut()) {
+            c.push_str(&format!("\n[police]\npolicy = \"{policy}\"\n"));
+        }
+        let mut victim = EngineProcess::start(tb, Host::Victim, "victim", bin, &vcfg)?;
+        let mut mbox = EngineProcess::start(tb, Host::Mbox, "mbox", bin, &mcfg)?;
+        let rate = format!("{}M", 2 * mbit);
+        // Bounded: it stops by itself after the upload, whatever happens here.
+        let flood_secs = (secs + 4).to_string();
+        let mut flood = testbed::Background::start(
+            tb,
+            Host::Client,
+            "demo-flood",
+            &[
+                bin.to_str().context("binary path")?,
+                "flood",
+                "udp",
+                "--to",
+                VICTIM_V4,
+                "--port",
+                "9000",
+                "--rate",
+                &rate,
+                "--from",
+                FLOOD_FROM,
+                "--packets",
+                "2000000",
+                "--seconds",
+                &flood_secs,
+            ],
+        )?;
+        let upload = testbed::iperf3_upload(tb, Host::Client, VICTIM_V4, 5201, secs, 1, 5);
+        flood.stop()?;
+        let (ms, _) = mbox.settled_stats(tb, Host::Mbox)?;
+        let (mstat, vstat) = (mbox.stop()?, victim.stop()?);
+        if !mstat.success() || !vstat.success() {
+            bail!("an engine did not exit cleanly in the flood phase");
+        }
+        let dropped =
+            ms.unverified_over_source + ms.unverified_over_total + ms.total().engine.dropped;
+        let _ = writeln!(
+            out,
+            "  iperf3 upload through a {mbit} Mbit/s bottleneck under a {} Mbit/s UDP flood, {label}: \
+             {:.1} Mbit/s; flood packets dropped before the bottleneck: {dropped}",
+            2 * mbit,
+            upload? / 1e6,
+        );
+        check()?;
     }
     Ok(())
 }
