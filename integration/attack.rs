@@ -184,8 +184,7 @@ fn police_section(policy: &str) -> String {
 
 /// The testbed with its servers and meter, built once for many runs.
 struct Bed {
-    // Dropped in this order: the servers stop before the testbed goes.
-    _servers: Vec<Iperf3Server>,
+    // Dropped in this order: the server stops before the testbed goes.
     _http: HttpServer,
     meter: SourceMeter,
     tb: Testbed,
@@ -196,6 +195,9 @@ struct Bed {
 struct Run {
     /// Each legitimate sender's goodput (bit/s), or why iperf3 failed (counted as 0).
     legit: Vec<Result<f64, String>>,
+    /// Each legitimate sender's bytes arriving at the victim, as bit/s over the window:
+    /// stands in for the goodput when iperf3 gives no result.
+    legit_arriving: Vec<f64>,
     /// Each attacker's bytes arriving at the victim, as bit/s over the measured window.
     attackers: Vec<f64>,
     /// Spoofed sources' arrivals: bit/s and packets/s.
@@ -218,7 +220,8 @@ impl Run {
     fn legit_bps(&self) -> Vec<f64> {
         self.legit
             .iter()
-            .map(|r| r.as_ref().copied().unwrap_or(0.0))
+            .zip(&self.legit_arriving)
+            .map(|(r, arriving)| r.as_ref().copied().unwrap_or(*arriving))
             .collect()
     }
 
@@ -251,13 +254,6 @@ impl Bed {
     fn up(prefix: &str) -> Result<Bed> {
         let tb = Testbed::up_attack(prefix, LEGIT, ATTACKERS)?;
         tb.bottleneck(BOTTLENECK_MBIT, BOTTLENECK_LIMIT)?;
-        let mut servers = Vec::new();
-        for i in 1..=LEGIT {
-            servers.push(Iperf3Server::start(&tb, Host::Victim, legit_port(i))?);
-        }
-        for i in 1..=ATTACKERS {
-            servers.push(Iperf3Server::start(&tb, Host::Victim, attacker_port(i))?);
-        }
         let www = tb.workdir().join("www");
         std::fs::create_dir_all(&www)?;
         let http = HttpServer::start(&tb, Host::Victim, &www, SYN_PORT)?;
@@ -268,7 +264,6 @@ impl Bed {
         sources.push(("spoofed".into(), format!("ip saddr {SPOOF_V4}")));
         let meter = SourceMeter::install(&tb, Host::Victim, &sources, Some(UDP_PORT))?;
         Ok(Bed {
-            _servers: servers,
             _http: http,
             meter,
             tb,
@@ -505,12 +500,19 @@ impl Bed {
         } else {
             None
         };
+        // Fresh iperf3 servers each run: one whose last client vanished mid-test (killed
+        // when its results could not get through a flood) stays busy for minutes.
+        let _servers = (1..=LEGIT)
+            .map(legit_port)
+            .chain((1..=ATTACKERS).map(attacker_port))
+            .map(|port| Iperf3Server::start(tb, Host::Victim, port))
+            .collect::<Result<Vec<_>>>()?;
         // The legitimate senders connect first; the attack starts once they are
         // connected and is bounded: the omitted start, the run and a margin (it is
         // stopped as soon as the legitimate senders are done).
         let attack_secs = OMIT_SECS + secs + 10;
         let started = Instant::now();
-        let (legit, attack, m0, q0, t0) = std::thread::scope(|s| -> Result<_> {
+        let (legit, attack, m0, q0, m1, q1, window) = std::thread::scope(|s| -> Result<_> {
             let handles: Vec<_> = legit_hosts()
                 .enumerate()
                 .map(|(i, h)| {
@@ -539,18 +541,22 @@ impl Bed {
                 tb.bottleneck_counters(),
                 Instant::now(),
             );
+            // The meter's window is iperf3's: from the end of the omitted start for
+            // `secs`, whenever the uploads' processes end.
+            let end = started + Duration::from_secs((OMIT_SECS + secs).into());
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+            let (m1, q1, window) = (
+                self.meter.read(tb),
+                tb.bottleneck_counters(),
+                t0.elapsed().as_secs_f64(),
+            );
             let legit: Vec<Result<f64, String>> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
                 .collect();
-            Ok((legit, attack?, m0?, q0?, t0))
+            Ok((legit, attack?, m0?, q0?, m1?, q1?, window))
         })?;
         let mut attack = attack;
-        let (m1, q1, window) = (
-            self.meter.read(tb)?,
-            tb.bottleneck_counters()?,
-            t0.elapsed().as_secs_f64(),
-        );
         let samples = sampler.map(SenderSampler::stop).unwrap_or_default();
         others.extend(self.other_testbeds());
         others.sort();
@@ -599,6 +605,7 @@ impl Bed {
         };
         let run = Run {
             legit,
+            legit_arriving: legit_hosts().map(|h| delta(&counter_name(h)).1).collect(),
             attackers: attacker_hosts()
                 .map(|h| delta(&counter_name(h)).1)
                 .collect(),
@@ -1021,10 +1028,10 @@ fn table_row(d: Defence, o: &Outcome, baseline: f64, totals: &[f64]) -> String {
         "  {name:<22} {:>7} {share:>6} {range:>9}",
         mbit(r.legit_total())
     );
-    for l in &r.legit {
+    for (l, arriving) in r.legit.iter().zip(&r.legit_arriving) {
         let cell = match l {
             Ok(b) => mbit(*b),
-            Err(_) => "fail".into(),
+            Err(_) => format!("~{}", mbit(*arriving)),
         };
         let _ = write!(row, " {cell:>7}");
     }
@@ -1125,7 +1132,8 @@ fn attack_table() {
         "\nshare: the legitimate senders' total goodput against the no-attack, no-defence baseline \
          ({} Mbit/s); attackers: their bytes arriving at the victim; att.sent: what the floods sent; \
          bn.drops: packets the bottleneck's pfifo dropped; k.qdrop m/v: packets the kernel dropped \
-         at the mbox's and victim's full queues; *: another testbed's namespaces existed during the \
+         at the mbox's and victim's full queues; ~: iperf3 gave no result (the error is under the \
+         row), the sender's bytes arriving at the victim stand in; *: another testbed's namespaces existed during the \
          run (its numbers shared the CPUs)",
         mbit(baseline)
     );
