@@ -2,14 +2,18 @@
 //! namespace, reach the victim through the mbox and a 50 Mbit/s bottleneck (htb with a
 //! pfifo leaf on the mbox's link to the victim); see `integration/testbed/attack.rs`.
 //!
-//! - `a_udp_flood_costs_the_legitimate_senders_goodput` (CI, root): the direction of a
-//!   flood's harm with no defence, no timing threshold.
+//! - `a_udp_flood_costs_the_legitimate_senders_goodput_and_policing_wins_it_back` (CI,
+//!   root): the direction of a flood's harm with no defence and of the policing's help,
+//!   no timing threshold.
 //! - `attack_table` (ignored, by hand): per attack, the goodput of the legitimate senders
 //!   together and each, Jain's index among them, their share of the no-attack baseline
 //!   and what the attackers got through, for each defence:
 //!   `cargo test --release --test attack -- --ignored attack_table --nocapture`
 //! - `syn_flood_sweep` (ignored): the SYN-flood rate at which the legitimate share first
 //!   falls below 80 %, per defence.
+//! - `every_policy_raises_the_legitimate_share_under_a_udp_flood` and `flood_max_rate`
+//!   (ignored): the smoke test's policing direction for every policy; the flood
+//!   generator's top rate in the testbed.
 //!
 //! Knobs for the ignored ones: `ATTACK_SECS` (seconds per run, default 20 for the
 //! table, 10 for the sweep), `ATTACK_REPS` (runs per cell, the median shown, default 1),
@@ -702,8 +706,8 @@ struct SenderSampler {
 }
 
 impl SenderSampler {
-    /// Start, if the engine answers the query at all (until it serves per-sender state,
-    /// it refuses `--senders` and this says so once and returns None).
+    /// Start, if the engine answers the query at all (an engine that refuses `--senders`
+    /// is said once, and None returned).
     fn start(socket: &Path) -> Option<SenderSampler> {
         if let Err(e) = query_senders(socket) {
             static SAID: AtomicBool = AtomicBool::new(false);
