@@ -389,12 +389,28 @@ impl Pair {
             .unwrap();
         let rx = self
             .v
-            .run(|| UdpSocket::bind(SocketAddr::new(any.ip(), to.port())))?;
+            .run(|| bind_again(SocketAddr::new(any.ip(), to.port())))?;
         rx.set_read_timeout(Some(Duration::from_millis(500)))?;
         self.c
             .run(|| UdpSocket::bind(any)?.send_to(b"mpolice", to))?;
         let mut buf = [0u8; 16];
         Ok(rx.recv_from(&mut buf).is_ok())
+    }
+}
+
+/// Bind `at`, retrying briefly while the port is still held: the socket the last probe
+/// closed can live on a moment in a child another test thread forked and has not yet
+/// exec'd (CI saw `AddrInUse` here once).
+fn bind_again(at: SocketAddr) -> std::io::Result<UdpSocket> {
+    let mut tries = 0;
+    loop {
+        match UdpSocket::bind(at) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
