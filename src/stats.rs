@@ -33,6 +33,13 @@ pub struct QueueCounters {
     /// What the capability stages did.
     #[serde(default)]
     pub caps: CapCounters,
+    /// The packets the kernel may hold for this queue now (`queue.max_len`, or less when
+    /// bounded by `queue.max_delay_ms`).
+    #[serde(default)]
+    pub queue_limit: u32,
+    /// Packets this worker answers per second of work (0: not measured).
+    #[serde(default)]
+    pub service_pps: u64,
 }
 
 /// What the capability stages of one queue did.
@@ -221,7 +228,7 @@ impl EngineStats {
         );
         let _ = writeln!(
             s,
-            "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+            "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8} | {:>7} {:>9}",
             "queue",
             "received",
             "accepted",
@@ -232,7 +239,9 @@ impl EngineStats {
             "enobufs",
             "k.wait",
             "k.qdrop",
-            "k.udrop"
+            "k.udrop",
+            "limit",
+            "svc.pps"
         );
         for q in &self.queues {
             let e = &q.engine;
@@ -248,7 +257,7 @@ impl EngineStats {
             );
             let _ = writeln!(
                 s,
-                "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+                "{:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>8} {:>8} | {:>7} {:>9}",
                 e.queue,
                 e.received,
                 e.accepted,
@@ -259,7 +268,9 @@ impl EngineStats {
                 e.enobufs,
                 w,
                 qd,
-                ud
+                ud,
+                e.queue_limit,
+                e.service_pps
             );
         }
         let total = self.total().engine;

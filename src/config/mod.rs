@@ -233,6 +233,9 @@ pub struct QueueSettings {
     pub kind: QueuePreference,
     pub fail_open: bool,
     pub max_len: u32,
+    /// Longest backlog the queue may hold, as a delay at the worker's measured rate
+    /// (None: `max_len` alone bounds it).
+    pub max_delay: Option<Duration>,
     pub rcvbuf_bytes: usize,
     pub malformed: MalformedVerdict,
 }
@@ -368,6 +371,8 @@ struct RawQueue {
     fail_open: bool,
     #[serde(default = "default_max_len")]
     max_len: u32,
+    #[serde(default = "default_max_delay_ms")]
+    max_delay_ms: u64,
     #[serde(default = "default_rcvbuf")]
     rcvbuf_bytes: usize,
     #[serde(default = "default_kind")]
@@ -385,6 +390,7 @@ impl Default for RawQueue {
             fanout: false,
             fail_open: false,
             max_len: DEFAULT_MAX_LEN,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
             rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
             kind: default_kind(),
             malformed: MalformedVerdict::Drop,
@@ -397,6 +403,12 @@ fn one() -> u16 {
 }
 fn default_max_len() -> u32 {
     DEFAULT_MAX_LEN
+}
+/// A queued packet waits at most this long: bursts of tens of milliseconds fit, and a
+/// flood cannot pile up seconds of backlog in front of the packets that matter.
+const DEFAULT_MAX_DELAY_MS: u64 = 100;
+fn default_max_delay_ms() -> u64 {
+    DEFAULT_MAX_DELAY_MS
 }
 fn default_rcvbuf() -> usize {
     DEFAULT_RCVBUF_BYTES
@@ -477,6 +489,12 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     }
     if q.max_len == 0 {
         return err("queue.max_len: must be at least 1".into());
+    }
+    if q.max_delay_ms > 10_000 {
+        return err(format!(
+            "queue.max_delay_ms: {} ms is more than 10 s of backlog; use 0 to bound the queue by max_len alone",
+            q.max_delay_ms
+        ));
     }
     if q.rcvbuf_bytes < 65536 {
         return err("queue.rcvbuf_bytes: must be at least 65536 (one full-size packet)".into());
@@ -588,6 +606,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             kind,
             fail_open: q.fail_open,
             max_len: q.max_len,
+            max_delay: (q.max_delay_ms > 0).then(|| Duration::from_millis(q.max_delay_ms)),
             rcvbuf_bytes: q.rcvbuf_bytes,
             malformed: q.malformed,
         },
@@ -838,6 +857,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.control_socket, PathBuf::from("/run/mpolice/victim.sock"));
         assert_eq!(c.queue.max_len, DEFAULT_MAX_LEN);
+        assert_eq!(c.queue.max_delay, Some(Duration::from_millis(100)));
+        let fixed = parse(
+            "[protect]\naddresses=[\"198.18.2.2\"]\nudp_ports=[53]\n[queue]\nmax_delay_ms=0",
+            "victim",
+        )
+        .unwrap();
+        assert_eq!(fixed.queue.max_delay, None, "0: max_len alone bounds the queue");
         assert_eq!(c.queue.kind, QueuePreference::Auto);
     }
 
@@ -881,6 +907,7 @@ mod tests {
             ("kind = \"fast\"", "queue.kind"),
             ("rcvbuf_bytes = 10", "queue.rcvbuf_bytes"),
             ("max_len = 0", "queue.max_len"),
+            ("max_delay_ms = 10001", "queue.max_delay_ms"),
             ("malformed = \"maybe\"", "malformed"),
         ] {
             let e = error_of(&format!("{base}{bad}"));

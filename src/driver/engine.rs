@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::{RunId, wire_len};
 use crate::driver::board::Board;
+use crate::driver::depth::DepthBound;
 use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
@@ -66,14 +67,14 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
-    for (index, (num, queue)) in queues.into_iter().enumerate() {
+    for (index, (num, queue, depth)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         let verified = match cfg.unverified_channel(role) {
             Some(_) => Some(nft::VerifiedSet::open().map_err(|e| anyhow::anyhow!("{e}"))?),
             None => None,
         };
         workers.push(Worker::spawn(
-            (num, queue),
+            (num, queue, depth),
             pipeline,
             (stages.sends_datagrams(), verified),
             (Arc::clone(&board), index),
@@ -442,12 +443,14 @@ fn check_path_mtu(caps: &CapSettings, limits: Vec<(String, u32)>) -> Result<()> 
     Ok(())
 }
 
-fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue)>> {
+/// Open every queue, each with its depth bound (which sets its first limit).
+fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue, DepthBound)>> {
     cfg.queue
         .numbers()
         .map(|num| {
+            let depth = DepthBound::new(cfg.queue.max_delay, cfg.queue.max_len);
             let q = Queue::open(&QueueConfig {
-                max_len: cfg.queue.max_len,
+                max_len: depth.limit(),
                 rcvbuf_bytes: cfg.queue.rcvbuf_bytes,
                 fail_open: cfg.queue.fail_open,
                 // Roles rewrite packets, and a rewritten GSO super-packet loses its
@@ -456,7 +459,7 @@ fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue)>> {
                 recv_timeout: RECV_TIMEOUT,
                 ..QueueConfig::new(num)
             })?;
-            Ok((num, q))
+            Ok((num, q, depth))
         })
         .collect()
 }

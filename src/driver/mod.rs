@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod control;
+pub mod depth;
 pub mod engine;
 pub mod keys;
 pub mod netlink;

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::board::Board;
+use super::depth::{self, DepthBound};
 use super::nft::VerifiedSet;
 use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
@@ -51,9 +52,10 @@ impl Worker {
     /// with `datagrams`, it opens the sockets to send what the pipeline produces. It
     /// shares the police's system-wide figures on `board` as worker `index`.
     /// With `verified`, it keeps the kernel's set of verified senders in step with its
-    /// pipeline's.
+    /// pipeline's. It measures its service rate into `depth`, which may move the queue's
+    /// limit.
     pub fn spawn(
-        (num, queue): (u16, Queue),
+        (num, queue, depth): (u16, Queue, DepthBound),
         pipeline: Pipeline,
         (datagrams, verified): (bool, Option<VerifiedSet>),
         (board, index): (Arc<Board>, usize),
@@ -69,7 +71,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
             .spawn(move || {
-                let mut l = Loop::new(num, queue, pipeline, published, sockets);
+                let mut l = Loop::new((num, queue, depth), pipeline, published, sockets);
                 l.verified = verified;
                 l.run(&stop, (&board, index))
             })?;
@@ -146,12 +148,13 @@ struct Loop {
     /// The kernel's sets of verified senders (the channel that bypasses the kernel's
     /// limits on unverified ones), if installed.
     verified: Option<VerifiedSet>,
+    /// This worker's service rate, and the queue limit it may move with it.
+    depth: DepthBound,
 }
 
 impl Loop {
     fn new(
-        num: u16,
-        queue: Queue,
+        (num, queue, depth): (u16, Queue, DepthBound),
         pipeline: Pipeline,
         published: Arc<Mutex<QueueCounters>>,
         sockets: Option<Sockets>,
@@ -168,19 +171,28 @@ impl Loop {
             send_errors: 0,
             withheld_seen: 0,
             verified: None,
+            depth,
         }
     }
 
     fn run(mut self, stop: &AtomicBool, board: (&Board, usize)) {
         let mut now = Instant::now();
-        let (mut last_publish, mut last_tick) = (now, now);
+        let (mut last_publish, mut last_tick, mut last_estimate) = (now, now, now);
+        // Time spent blocked for want of packets since the last estimate: not work.
+        let mut idle = Duration::ZERO;
+        let mut received_then = 0;
         // None: report at the first tick, so the stats show the police from the start.
         let mut last_report: Option<Instant> = None;
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             // Block only when nothing awaits a verdict; otherwise drain, then flush.
             let wait = self.pending.is_empty();
-            match self.queue.recv(wait) {
+            let blocked_from = wait.then(Instant::now);
+            let got = self.queue.recv(wait);
+            if let Some(t) = blocked_from {
+                idle += t.elapsed();
+            }
+            match got {
                 Ok(Some(incoming)) => {
                     // Per packet (a vDSO read): periods and freshness must not stand
                     // still while a burst keeps the worker from blocking.
@@ -221,6 +233,11 @@ impl Loop {
                     last_report = Some(now);
                 }
             }
+            if now.duration_since(last_estimate) >= depth::ESTIMATE_EVERY {
+                let answered = self.counters.received - received_then;
+                self.bound_depth(answered, now.duration_since(last_estimate), idle);
+                (last_estimate, idle, received_then) = (now, Duration::ZERO, self.counters.received);
+            }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = now;
@@ -247,6 +264,19 @@ impl Loop {
             if let Some(r) = self.pipeline.police_report(REPORT_LIMIT) {
                 board.post_report(index, r);
             }
+        }
+    }
+
+    /// Fold a window of `answered` packets in `window`, `idle` of it blocked, into the
+    /// service rate, and move the kernel's queue limit when it changed enough.
+    fn bound_depth(&mut self, answered: u64, window: Duration, idle: Duration) {
+        self.depth.served(answered, window.saturating_sub(idle));
+        let Some(limit) = self.depth.estimate() else {
+            return;
+        };
+        if let Err(e) = self.queue.set_max_len(limit) {
+            self.send_errors += 1;
+            tracing::warn!(queue = self.counters.queue, limit, "queue limit: {e}");
         }
     }
 
@@ -392,6 +422,8 @@ impl Loop {
                 .reasons
                 .insert("netlink_no_id".to_string(), k.no_id);
         }
+        (self.counters.queue_limit, self.counters.service_pps) =
+            (self.depth.limit(), self.depth.rate());
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }

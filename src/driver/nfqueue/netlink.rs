@@ -76,9 +76,10 @@ pub fn config_params(buf: &mut Vec<u8>, seq: u32, queue: u16, copy_range: u32) {
         .finish();
 }
 
-/// Append a queue-length message.
-pub fn config_maxlen(buf: &mut Vec<u8>, seq: u32, queue: u16, max_len: u32) {
-    nfnl(buf, NFQNL_MSG_CONFIG, NLM_F_ACK, seq, queue)
+/// Append a queue-length message; without `ack` the kernel answers only an error.
+pub fn config_maxlen(buf: &mut Vec<u8>, seq: u32, queue: u16, max_len: u32, ack: bool) {
+    let flags = if ack { NLM_F_ACK } else { 0 };
+    nfnl(buf, NFQNL_MSG_CONFIG, flags, seq, queue)
         .attr(NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes())
         .finish();
 }

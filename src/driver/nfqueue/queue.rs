@@ -83,7 +83,7 @@ impl Queue {
         b.clear();
         netlink::config_cmd(b, 1, cfg.num, netlink::NFQNL_CFG_CMD_BIND, true);
         netlink::config_params(b, 2, cfg.num, cfg.copy_range);
-        netlink::config_maxlen(b, 3, cfg.num, cfg.max_len);
+        netlink::config_maxlen(b, 3, cfg.num, cfg.max_len, true);
         netlink::config_flags(b, 4, cfg.num, flags, mask);
         self.sock
             .send(&[IoSlice::new(&self.send_buf)])
@@ -241,6 +241,14 @@ impl Queue {
             new_payload.map(<[u8]>::len),
         );
         send_with_payload(&self.sock, &self.send_buf, new_payload.unwrap_or(&[]))
+    }
+
+    /// Change how many packets the kernel holds for us. Not acknowledged, so no answer
+    /// interleaves with packets; a refusal arrives as an error message (`nl_errors`).
+    pub fn set_max_len(&mut self, max_len: u32) -> Result<(), QueueError> {
+        self.send_buf.clear();
+        netlink::config_maxlen(&mut self.send_buf, 0, self.num, max_len, false);
+        send_with_payload(&self.sock, &self.send_buf, &[])
     }
 
     /// Apply `v` to every queued packet with id <= `max_id` (NFQNL_MSG_VERDICT_BATCH).

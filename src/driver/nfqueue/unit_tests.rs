@@ -76,7 +76,7 @@ fn params_message_is_byte_exact_and_padded() {
 #[test]
 fn maxlen_and_flags_messages_are_byte_exact() {
     let mut b = Vec::new();
-    netlink::config_maxlen(&mut b, 3, 3, 65536);
+    netlink::config_maxlen(&mut b, 3, 3, 65536, true);
     let want = [
         nlhdr(28, 0x0302, 0x0005, 3),
         nfgen(3),
