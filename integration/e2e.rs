@@ -1319,3 +1319,73 @@ fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
     );
 }
+
+/// A flood faster than the mbox answers (two UDP floods, IPv4 and IPv6, unpaced, 3 s at
+/// most: two senders against one worker on two CPUs) meets a
+/// queue bounded by delay, not by `max_len`: the worker measures its service rate, the
+/// kernel's limit falls from 262,144 to what it answers in `max_delay_ms`, the backlog
+/// never grows past the limit, and what does not fit is dropped and counted by the
+/// kernel (`k.qdrop`), not held for seconds.
+#[test]
+fn a_flood_the_mbox_cannot_keep_up_with_meets_a_queue_bounded_by_delay() {
+    if !root() {
+        return;
+    }
+    let tb = Testbed::up("mpdepth").unwrap();
+    let mut mbox =
+        EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &RoleConfig::default()).unwrap();
+    let bin = bin();
+    let flood = |to: &str| {
+        let argv = [
+            bin.to_str().unwrap(),
+            "flood",
+            "udp",
+            "--to",
+            to,
+            "--port",
+            "9000",
+            "--size",
+            "64",
+            "--packets",
+            "3000000",
+            "--seconds",
+            "3",
+        ];
+        testbed::Background::start(&tb, Host::Client, &format!("flood-{to}"), &argv).unwrap()
+    };
+    let floods = [flood(VICTIM_V4), flood(VICTIM_V6)];
+    let (mut most_waiting, mut highest_limit, mut lowest_limit) = (0u64, 0u32, u32::MAX);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let s = mbox.stats().unwrap();
+        for q in &s.queues {
+            highest_limit = highest_limit.max(q.engine.queue_limit);
+            lowest_limit = lowest_limit.min(q.engine.queue_limit);
+            most_waiting = most_waiting.max(q.kernel.as_ref().map_or(0, |k| k.waiting));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    for mut f in floods {
+        out += &f.stop().unwrap().1;
+    }
+    let (s, kernel) = mbox.settled_stats(&tb, Host::Mbox).unwrap();
+    let q = &s.queues[0].engine;
+    let qdrop: u64 = kernel.iter().map(|k| k.queue_dropped).sum();
+    let why = format!("{out}\n{}", s.table());
+    assert!(q.service_pps > 0, "the service rate was measured: {why}");
+    assert!(
+        highest_limit < 262_144 && lowest_limit >= 8192,
+        "the limit stayed between the floor and max_len ({lowest_limit}..{highest_limit}): {why}"
+    );
+    assert!(
+        most_waiting <= u64::from(highest_limit),
+        "the kernel held {most_waiting} packets, more than the highest limit {highest_limit}: {why}"
+    );
+    assert!(
+        qdrop > 0,
+        "what did not fit was dropped by the kernel: {why}"
+    );
+    eprintln!("limit {lowest_limit}..{highest_limit}, most waiting {most_waiting}\n{why}");
+    stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
+}

@@ -863,7 +863,10 @@ mod tests {
             "victim",
         )
         .unwrap();
-        assert_eq!(fixed.queue.max_delay, None, "0: max_len alone bounds the queue");
+        assert_eq!(
+            fixed.queue.max_delay, None,
+            "0: max_len alone bounds the queue"
+        );
         assert_eq!(c.queue.kind, QueuePreference::Auto);
     }
 

@@ -136,7 +136,11 @@ mod tests {
         let mut d = bound(1000 * MS, 1 << 20);
         // 10,000 packets per 200 ms of work: 50,000 pps, so 50,000 packets in 1 s.
         d.served(10_000, 200 * MS);
-        assert_eq!(d.estimate(), Some(50_000), "the first measurement sets the rate");
+        assert_eq!(
+            d.estimate(),
+            Some(50_000),
+            "the first measurement sets the rate"
+        );
         for _ in 0..10 {
             d.served(10_000, 200 * MS);
             assert_eq!(d.estimate(), None, "a steady rate leaves the limit alone");

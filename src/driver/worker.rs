@@ -61,7 +61,11 @@ impl Worker {
         (board, index): (Arc<Board>, usize),
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
-        let counters = Arc::new(Mutex::new(QueueCounters::new(num)));
+        // The limit shows from the start, before the first publish.
+        let counters = Arc::new(Mutex::new(QueueCounters {
+            queue_limit: depth.limit(),
+            ..QueueCounters::new(num)
+        }));
         let published = Arc::clone(&counters);
         let sockets = if datagrams {
             Some(Sockets::open()?)
@@ -163,7 +167,10 @@ impl Loop {
             queue,
             pipeline,
             sockets,
-            counters: QueueCounters::new(num),
+            counters: QueueCounters {
+                queue_limit: depth.limit(),
+                ..QueueCounters::new(num)
+            },
             published,
             buf: Vec::with_capacity(BUF_CAPACITY),
             pending: Vec::with_capacity(BATCH_MAX),
@@ -236,7 +243,8 @@ impl Loop {
             if now.duration_since(last_estimate) >= depth::ESTIMATE_EVERY {
                 let answered = self.counters.received - received_then;
                 self.bound_depth(answered, now.duration_since(last_estimate), idle);
-                (last_estimate, idle, received_then) = (now, Duration::ZERO, self.counters.received);
+                (last_estimate, idle, received_then) =
+                    (now, Duration::ZERO, self.counters.received);
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 self.publish();
