@@ -29,6 +29,8 @@ pub struct PoliceSettings {
     /// source may send to the engine, and all unverified sources together.
     pub unverified_per_source: (u32, u32),
     pub unverified_total: (u32, u32),
+    /// WR is spent at the period's pace (`window = "paced"`), not all at once.
+    pub paced: bool,
 }
 
 impl PoliceSettings {
@@ -45,6 +47,7 @@ impl PoliceSettings {
             idle_periods: 4,
             unverified_per_source: (50, 100),
             unverified_total: (20_000, 20_000),
+            paced: true,
         }
     }
 
@@ -72,6 +75,7 @@ pub(super) struct RawPolice {
     #[serde(default)]
     premium: Vec<String>,
     premium_share: Option<f64>,
+    window: Option<String>,
 }
 
 pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
@@ -109,6 +113,15 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
             ));
         }
     };
+    let paced = match r.window.as_deref() {
+        None | Some("paced") => true,
+        Some("per_period") => false,
+        Some(other) => {
+            return err(format!(
+                "window: unknown value {other:?}; use \"paced\" or \"per_period\""
+            ));
+        }
+    };
     let d = PoliceSettings::with_policy(policy);
     let limits = crate::driver::nft::UnverifiedLimits {
         per_source_pps: r
@@ -138,6 +151,7 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
         x => Ok(x),
     };
     Ok(PoliceSettings {
+        paced,
         beta,
         llr_threshold: fraction("llr_threshold", r.llr_threshold, d.llr_threshold)?,
         slr_threshold: fraction("slr_threshold", r.slr_threshold, d.slr_threshold)?,
@@ -199,6 +213,9 @@ mod tests {
             (0.8, 0.05, 0.05)
         );
         assert_eq!(p.slr_sample, 128);
+        assert!(p.paced, "windows are paced unless asked otherwise");
+        let per_period = police("policy=\"natural_share\"\nwindow=\"per_period\"").unwrap();
+        assert!(!per_period.paced);
         let c = parse(BASE.trim_end_matches("[police]\n"), "mbox").unwrap();
         assert_eq!(c.police, PoliceSettings::off(), "no section: measure only");
     }
@@ -254,6 +271,10 @@ mod tests {
                 "only the priority policy",
             ),
             ("policy=\"fair_share\"\nperiod_ms=4000", "unknown field"),
+            (
+                "policy=\"fair_share\"\nwindow=\"bursty\"",
+                "police.window: unknown value",
+            ),
         ] {
             let e = police(extra).unwrap_err();
             assert!(e.contains(expect), "{extra}: {e}");

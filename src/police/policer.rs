@@ -170,6 +170,8 @@ pub struct Policer {
     beta: f64,
     llr_threshold: f64,
     slr_threshold: f64,
+    /// WR is spent at the period's pace.
+    paced: bool,
     non_tcp_per_period: u32,
     idle_periods: u32,
     epoch: Instant,
@@ -210,6 +212,7 @@ impl Policer {
             beta: p.beta,
             llr_threshold: p.llr_threshold,
             slr_threshold: p.slr_threshold,
+            paced: p.paced,
             non_tcp_per_period: p.non_tcp_per_period,
             idle_periods: p.idle_periods,
             epoch,
@@ -240,6 +243,7 @@ impl Policer {
     pub fn admit(&mut self, sender: IpAddr, tcp: bool, now: Instant) -> Result<(), Drop> {
         let off = matches!(self.policy, Policy::Off);
         let (llr_threshold, cap) = (self.llr_threshold, self.non_tcp_per_period);
+        let (period, paced) = (self.period, self.paced);
         let slr_over = self.system.slr > self.slr_threshold;
         let s = self.sender(sender, now);
         let llr_over = s.llr > llr_threshold;
@@ -259,7 +263,7 @@ impl Policer {
         }
         s.nr = s.nr.saturating_add(1);
         // Within WR the packet is privileged; beyond it, best-effort.
-        let verdict = if off || s.nr <= s.wr {
+        let verdict = if off || s.take_window(now, period, paced) {
             Ok(())
         } else if llr_over {
             Err(Drop::SenderLoss)

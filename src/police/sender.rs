@@ -4,7 +4,7 @@
 //! Invariants: `nd <= nr`; `window.returned() <= issued`; a closed period leaves every
 //! per-period count at zero. Counts are of TCP packets unless named `other`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::policy::{Policy, Totals};
 use super::senders::Worth;
@@ -28,6 +28,8 @@ pub struct Sender {
     pub window: ReturnWindow,
     /// WR: TCP packets per period that are privileged (never dropped by the mbox).
     pub wr: u32,
+    /// Of this period's TCP packets, those let through as privileged.
+    pub privileged: u32,
     /// LLR: long-term loss rate.
     pub llr: f64,
     /// Packets of any other protocol this period (best-effort only).
@@ -45,6 +47,9 @@ pub struct Sender {
     /// Periods closed in a row without a packet.
     pub idle: u32,
 }
+
+/// Of its window, the share a sender may send at once beyond the period's pace.
+const PACE_BURST: f64 = 0.125;
 
 /// What the close of one period found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,6 +70,7 @@ impl Sender {
             issued: 0,
             window,
             wr: 0,
+            privileged: 0,
             llr: 0.0,
             other: 0,
             other_dropped: 0,
@@ -74,6 +80,25 @@ impl Sender {
             premium,
             idle: 0,
         }
+    }
+
+    /// Whether a TCP packet arriving `now` is within the window WR, so privileged (and
+    /// counted as such). `paced`: by `now` the sender may have had the share of WR the
+    /// period has run so far, plus an eighth of WR at once, and never more than WR; a
+    /// sender spending its window in a burst at the period's start would fill the
+    /// bottleneck's queue for everyone. Otherwise WR counts for the whole period.
+    /// Best-effort packets, passed or dropped, take nothing from the window.
+    pub fn take_window(&mut self, now: Instant, period: Duration, paced: bool) -> bool {
+        let allowance = if paced {
+            let ran = now.saturating_duration_since(self.period_start).as_secs_f64()
+                / period.as_secs_f64().max(f64::MIN_POSITIVE);
+            f64::from(self.wr) * (ran + PACE_BURST).min(1.0)
+        } else {
+            f64::from(self.wr)
+        };
+        let within = f64::from(self.privileged) + 1.0 <= allowance;
+        self.privileged += u32::from(within);
+        within
     }
 
     /// Close the current period: loss, LLR (β applied once, and once more for each of
@@ -102,6 +127,7 @@ impl Sender {
         self.last_nr = if idle_after == 0 { self.nr } else { 0 };
         self.nr = 0;
         self.nd = 0;
+        self.privileged = 0;
         self.issued = 0;
         self.other = 0;
         self.other_dropped = 0;

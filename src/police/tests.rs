@@ -82,6 +82,34 @@ fn a_sender_that_delivers_everything_gets_its_delivery_as_window() {
     assert!(r.verified);
 }
 
+/// A sender with a window of 100 that sends 150 packets in the first second of a
+/// period, while the system loses: paced, it has the window's share of that second plus
+/// an eighth (37 packets); per period, its whole window at once.
+#[test]
+fn a_window_is_spent_at_the_periods_pace_unless_configured_per_period() {
+    for (paced, privileged) in [(true, 37), (false, 100)] {
+        let t0 = Instant::now();
+        let settings = PoliceSettings {
+            paced,
+            ..PoliceSettings::with_policy(Policy::NaturalShare)
+        };
+        let mut p = Policer::new(&CapSettings::default(), &settings, t0);
+        let (ids, _) = send(&mut p, t0, ip(1), 100, (0, 2_900));
+        give_back(&mut p, t0, ip(1), &ids);
+        p.on_timer(at(t0, P));
+        assert_eq!(row(&p, ip(1)).wr, 100);
+        p.set_system(System {
+            slr: 0.5,
+            totals: Totals::default(),
+        });
+        let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 1_000));
+        assert_eq!(150 - dropped, privileged, "paced: {paced}");
+        // Best-effort packets took nothing from it: the rest comes with the period.
+        let (_, dropped) = send(&mut p, t0, ip(1), 100, (P + 1_000, P + 3_990));
+        assert_eq!(100 - dropped, 100 - privileged, "paced: {paced}");
+    }
+}
+
 #[test]
 fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_never() {
     let (mut p, t0) = policer(Policy::NaturalShare);
@@ -93,18 +121,19 @@ fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_ne
         slr: 0.5,
         totals: Totals::default(),
     });
-    // 100 privileged, then best-effort and dropped; a new sender has no window at all.
-    let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 1_000));
+    // 100 privileged over the period, the rest best-effort and dropped; a new sender
+    // has no window at all.
+    let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 3_900));
     assert_eq!(dropped, 50);
     assert_eq!(
-        p.admit(ip(2), true, at(t0, P + 1_000)),
+        p.admit(ip(2), true, at(t0, P + 3_900)),
         Err(Drop::SystemLoss)
     );
     let r = row(&p, ip(1));
     assert_eq!((r.nr, r.nd), (150, 50));
     // No system loss: best-effort passes.
     p.set_system(System::default());
-    assert_eq!(p.admit(ip(2), true, at(t0, P + 1_001)), Ok(()));
+    assert_eq!(p.admit(ip(2), true, at(t0, P + 3_901)), Ok(()));
 }
 
 #[test]
