@@ -730,6 +730,7 @@ impl SenderSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, socket) = (Arc::clone(&stop), socket.to_path_buf());
         let wanted: Vec<String> = legit_hosts().chain(attacker_hosts()).map(v4).collect();
+        let verbose = std::env::var_os("ATTACK_VERBOSE").is_some();
         let thread = std::thread::spawn(move || {
             let t0 = Instant::now();
             let mut out = Vec::new();
@@ -737,6 +738,9 @@ impl SenderSampler {
                 let next = Instant::now() + Duration::from_secs(1);
                 if let Ok(Some(v)) = query_senders(&socket) {
                     let secs = t0.elapsed().as_secs_f64();
+                    if verbose {
+                        eprintln!("{}", sample_line(secs, &v, &wanted));
+                    }
                     for s in sender_rows(&v) {
                         let Some(address) = s["address"].as_str() else {
                             continue;
@@ -764,6 +768,34 @@ impl SenderSampler {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
+}
+
+/// One second of the police in a line (`ATTACK_VERBOSE`): the system view, then each
+/// wanted sender's WR, delivered last period, NR and ND this period, and LLR.
+fn sample_line(secs: f64, v: &serde_json::Value, wanted: &[String]) -> String {
+    let p = v.get("police").unwrap_or(v);
+    let t = &p["totals"];
+    let mut line = format!(
+        "    {secs:5.1} s slr {:.3} delivered {} active {} |",
+        p["slr"].as_f64().unwrap_or(0.0),
+        t["delivered"],
+        t["active"]
+    );
+    for s in sender_rows(v) {
+        if wanted.iter().any(|w| s["address"].as_str() == Some(w)) {
+            let _ = write!(
+                line,
+                " {}: {}/{}/{}/{}/{:.2}",
+                s["address"].as_str().unwrap_or("?").rsplit('.').nth(1).unwrap_or("?"),
+                s["wr"],
+                s["delivered"],
+                s["nr"],
+                s["nd"],
+                s["llr"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    line
 }
 
 /// Ask the engine for its per-sender state: None while it has no sender list yet (the

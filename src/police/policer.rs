@@ -20,9 +20,6 @@ use crate::config::{CapSettings, PoliceSettings};
 
 /// Slots per Th_rtt in the ring of issued capabilities (the SLR's resolution).
 const SLR_SLOTS_PER_RTT: u64 = 10;
-/// Slots per period in the ring of closed periods (what the totals are summed from).
-/// Periods not a multiple of it make a window a few milliseconds off: harmless.
-const CLOSE_SLOTS_PER_PERIOD: u64 = 16;
 
 /// Why the police dropped a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,9 +181,10 @@ pub struct Policer {
     window: ReturnWindow,
     /// Capabilities issued and returned, by issue time.
     issued: SlotRing,
-    /// Delivered packets and active senders, by the time their period closed; premium ones.
-    closes: SlotRing,
-    premium_closes: SlotRing,
+    /// What the senders held delivered in their last closed period, and how many
+    /// delivered anything; kept exact at every close and every departure (a sliding
+    /// window over close times would miss senders whose periods close together).
+    totals: Totals,
     system: System,
     budget: StampBudget,
     rng: Xorshift,
@@ -201,9 +199,7 @@ impl Policer {
     /// size); `epoch` is the zero of the capability clock.
     pub fn new(c: &CapSettings, p: &PoliceSettings, epoch: Instant) -> Self {
         let rtt_ms = (c.rtt.as_millis() as u64).max(1);
-        let period_ms = (c.period.as_millis() as u64).max(1);
         let slot = (rtt_ms / SLR_SLOTS_PER_RTT).max(1);
-        let close_slot = (period_ms / CLOSE_SLOTS_PER_PERIOD).max(1);
         Policer {
             policy: p.policy.clone(),
             period: c.period,
@@ -223,8 +219,7 @@ impl Policer {
                 .expect("1..=MAX_TH_CAP always makes a window"),
             // Two Th_rtt and some: the SLR window is the Th_rtt before the last Th_rtt.
             issued: SlotRing::new(slot, (3 * SLR_SLOTS_PER_RTT) as usize),
-            closes: SlotRing::new(close_slot, 2 * CLOSE_SLOTS_PER_PERIOD as usize),
-            premium_closes: SlotRing::new(close_slot, 2 * CLOSE_SLOTS_PER_PERIOD as usize),
+            totals: Totals::default(),
             system: System::default(),
             budget: StampBudget {
                 per_sec: f64::from(p.unverified_stamps_per_sec),
@@ -359,19 +354,10 @@ impl Policer {
         let rtt_ms = self.rtt.as_millis() as u64;
         let mature = now_ms.saturating_sub(rtt_ms);
         let (slr_issued, slr_returned) = self.issued.sum(mature.saturating_sub(rtt_ms), mature);
-        // Each sender closes once per period: one period of closes counts each once.
-        let (delivered, active) = self.closes.sum_last(now_ms, CLOSE_SLOTS_PER_PERIOD);
-        let (premium_delivered, premium_active) =
-            self.premium_closes.sum_last(now_ms, CLOSE_SLOTS_PER_PERIOD);
         Figures {
             slr_issued,
             slr_returned,
-            totals: Totals {
-                delivered,
-                active,
-                premium_delivered,
-                premium_active,
-            },
+            totals: self.totals,
         }
     }
 
@@ -457,22 +443,12 @@ impl Policer {
         // Periods that ended while the worker could not run the timer passed unseen.
         let late = (now - due).as_nanos() / period.as_nanos().max(1);
         let idle_after = u32::try_from(late).unwrap_or(u32::MAX);
+        let before = s.delivered;
         let closed = s.close(beta, idle_after, &self.policy, &self.system.totals);
         s.period_start = due + period * idle_after;
         let (premium, idle, next) = (s.premium, s.idle, s.period_start + period);
         self.counters.periods_closed += 1;
-        if closed.delivered > 0 {
-            let ms = self.ms(now);
-            let ring = if premium {
-                &mut self.premium_closes
-            } else {
-                &mut self.closes
-            };
-            ring.add(ms, u64::from(closed.delivered), 1);
-            if premium {
-                self.closes.add(ms, u64::from(closed.delivered), 1);
-            }
-        }
+        self.totals.replace(before, closed.delivered, premium);
         if idle >= self.idle_periods {
             if let Some(s) = self.senders.remove(sender) {
                 self.forget(sender, &s);
@@ -493,8 +469,10 @@ impl Policer {
         self.verified_changes.drain(..)
     }
 
-    /// A sender left the table: if it was verified, it leaves the verified set too.
+    /// A sender left the table: its last delivery leaves the totals, and if it was
+    /// verified, it leaves the verified set too.
     fn forget(&mut self, sender: IpAddr, s: &Sender) {
+        self.totals.replace(s.delivered, 0, s.premium);
         if s.verified {
             self.verified_changes.push((sender, false));
         }

@@ -93,6 +93,19 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// One sender's last delivery changed from `old` to `new` packets.
+    pub fn replace(&mut self, old: u32, new: u32, premium: bool) {
+        let (old, new) = (u64::from(old), u64::from(new));
+        let was = u64::from(old > 0);
+        let is = u64::from(new > 0);
+        self.delivered = (self.delivered + new).saturating_sub(old);
+        self.active = (self.active + is).saturating_sub(was);
+        if premium {
+            self.premium_delivered = (self.premium_delivered + new).saturating_sub(old);
+            self.premium_active = (self.premium_active + is).saturating_sub(was);
+        }
+    }
+
     /// Add another worker's totals.
     pub fn add(&mut self, o: &Totals) {
         self.delivered += o.delivered;

@@ -59,14 +59,6 @@ impl SlotRing {
     }
 }
 
-impl SlotRing {
-    /// Sum the counts of the `n` slots up to and including the slot of `now_ms`.
-    pub fn sum_last(&self, now_ms: u64, n: u64) -> (u64, u64) {
-        let hi = self.slot_of(now_ms) + 1;
-        self.sum_slots(hi.saturating_sub(n), hi)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,16 +72,6 @@ mod tests {
         assert_eq!(r.sum(0, 300), (7, 5));
         assert_eq!(r.sum(100, 200), (2, 1));
         assert_eq!(r.sum(100, 300), (6, 5));
-    }
-
-    #[test]
-    fn the_last_slots_end_with_the_current_one() {
-        let mut r = SlotRing::new(250, 32);
-        r.add(4_000, 10, 1); // slot 16
-        r.add(8_000, 20, 1); // slot 32
-        assert_eq!(r.sum_last(4_000, 16), (10, 1));
-        assert_eq!(r.sum_last(8_000, 16), (20, 1), "one period back, not more");
-        assert_eq!(r.sum_last(7_999, 16), (10, 1));
     }
 
     #[test]

@@ -373,3 +373,56 @@ fn bytes_per_tracked_sender() {
         (after - before) / u64::from(N)
     );
 }
+
+/// Eight senders whose periods close in the same tick, four sending 600 packets a
+/// period and four 1,400, everything delivered: from the second close on, fair share
+/// gives each the average, 1,000 (the totals count every sender's last period, also
+/// those that closed a moment earlier or later in the same round).
+#[test]
+fn fair_share_gives_everyone_the_average_when_periods_close_together() {
+    let (mut p, t0) = policer(Policy::FairShare);
+    let mut windows = Vec::new();
+    for tick in 0..(3 * P / 20) {
+        let ms = tick * 20;
+        let f = p.on_timer(at(t0, ms));
+        p.set_system(System::merge([&f], 1));
+        for s in 1..=8u32 {
+            for k in 0..(if s <= 4 { 3 } else { 7 }) {
+                let now = at(t0, ms + k * 2);
+                if p.admit(ip(s), true, now).is_ok()
+                    && let Stamp::Id(id) = p.stamp(ip(s), now, true)
+                {
+                    let issued_ms = (now - t0).as_millis() as u32;
+                    let back = now + Duration::from_millis(10);
+                    p.returned(ip(s), (id, issued_ms), true, back).unwrap();
+                }
+            }
+        }
+        if ms == 2 * P + 100 {
+            windows = (1..=8).map(|s| row(&p, ip(s)).wr).collect();
+        }
+    }
+    assert_eq!(windows, vec![1_000; 8]);
+    let t = p.on_timer(at(t0, 3 * P - 1)).totals;
+    assert_eq!((t.delivered, t.active), (8_000, 8));
+}
+
+/// A sender that delivered, evicted by a newcomer, takes its delivery out of the totals
+/// the policies share.
+#[test]
+fn an_evicted_sender_leaves_the_totals() {
+    let t0 = Instant::now();
+    let caps = CapSettings {
+        max_senders: 1,
+        ..CapSettings::default()
+    };
+    let settings = PoliceSettings::with_policy(Policy::FairShare);
+    let mut p = Policer::new(&caps, &settings, t0);
+    let (ids, _) = send(&mut p, t0, ip(1), 100, (0, 2_900));
+    give_back(&mut p, t0, ip(1), &ids);
+    let t = p.on_timer(at(t0, P)).totals;
+    assert_eq!((t.delivered, t.active), (100, 1));
+    send(&mut p, t0, ip(2), 1, (P + 10, P + 11));
+    let t = p.on_timer(at(t0, P + 20)).totals;
+    assert_eq!((t.delivered, t.active), (0, 0));
+}
