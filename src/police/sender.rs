@@ -48,8 +48,10 @@ pub struct Sender {
     pub idle: u32,
 }
 
-/// Of its window, the share a sender may send at once beyond the period's pace.
-const PACE_BURST: f64 = 0.125;
+/// Of its window, the share a sender may send at once beyond the period's pace: an
+/// eighth of a second of a 4 s period. An eighth of the window let TCP attackers' bursts
+/// overflow a 400-packet bottleneck queue (`attack_table`, TCP row).
+const PACE_BURST: f64 = 0.03125;
 
 /// What the close of one period found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +86,7 @@ impl Sender {
 
     /// Whether a TCP packet arriving `now` is within the window WR, so privileged (and
     /// counted as such). `paced`: by `now` the sender may have had the share of WR the
-    /// period has run so far, plus an eighth of WR at once, and never more than WR; a
+    /// period has run so far, plus `PACE_BURST` of WR at once, and never more than WR; a
     /// sender spending its window in a burst at the period's start would fill the
     /// bottleneck's queue for everyone. Otherwise WR counts for the whole period.
     /// Best-effort packets, passed or dropped, take nothing from the window.

@@ -84,10 +84,10 @@ fn a_sender_that_delivers_everything_gets_its_delivery_as_window() {
 
 /// A sender with a window of 100 that sends 150 packets in the first second of a
 /// period, while the system loses: paced, it has the window's share of that second plus
-/// an eighth (37 packets); per period, its whole window at once.
+/// a thirty-second (27 packets); per period, its whole window at once.
 #[test]
 fn a_window_is_spent_at_the_periods_pace_unless_configured_per_period() {
-    for (paced, privileged) in [(true, 37), (false, 100)] {
+    for (paced, privileged) in [(true, 27), (false, 100)] {
         let t0 = Instant::now();
         let settings = PoliceSettings {
             paced,
