@@ -123,7 +123,7 @@ fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_ne
     });
     // 100 privileged over the period, the rest best-effort and dropped; a new sender
     // has no window at all.
-    let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 3_900));
+    let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 3_990));
     assert_eq!(dropped, 50);
     assert_eq!(
         p.admit(ip(2), true, at(t0, P + 3_900)),
