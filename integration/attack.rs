@@ -786,7 +786,12 @@ fn sample_line(secs: f64, v: &serde_json::Value, wanted: &[String]) -> String {
             let _ = write!(
                 line,
                 " {}: {}/{}/{}/{}/{:.2}",
-                s["address"].as_str().unwrap_or("?").rsplit('.').nth(1).unwrap_or("?"),
+                s["address"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .rsplit('.')
+                    .nth(1)
+                    .unwrap_or("?"),
                 s["wr"],
                 s["delivered"],
                 s["nr"],

@@ -1275,6 +1275,9 @@ fn a_victim_withholds_feedback_at_run_time_and_the_mbox_sees_that_sender_lose() 
 }
 
 #[test]
+/// With the priority policy, the IPv4 client premium and the IPv6 one not: both
+/// transfers pass, both clients are verified in the kernel, and the sender report marks
+/// only the premium one.
 fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in_the_kernel() {
     if !root() {
         return;
@@ -1288,7 +1291,9 @@ fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in
         .with_capabilities(&tb, "mbox")
         .unwrap();
     if let Some(c) = mcfg.capabilities.as_mut() {
-        c.push_str("\n[police]\npolicy = \"natural_share\"\n");
+        c.push_str(&format!(
+            "\n[police]\npolicy = \"priority\"\npremium = [\"{CLIENT_V4}/32\"]\n"
+        ));
     }
     let (mut victim, mut mbox) = start_both(&tb, &vcfg, &mcfg);
     let served = ServedFile::start(&tb, 5 << 20).unwrap();
@@ -1303,9 +1308,27 @@ fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in
             .unwrap();
         assert!(listed.contains(client), "{set}: {listed}");
     }
-    let s = mbox.stats().unwrap();
+    // Workers post their sender reports every second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let s = loop {
+        let s = mbox.senders().unwrap();
+        let listed = s.police.as_ref().map_or(0, |p| p.senders.len());
+        if listed >= 2 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let police = s.police.as_ref().expect("a police report");
-    assert_eq!(police.policy, "natural_share");
+    assert_eq!(police.policy, "priority");
+    for (client, premium) in [(CLIENT_V4, true), (CLIENT_V6, false)] {
+        let row = police
+            .senders
+            .iter()
+            .find(|r| r.address.to_string() == client)
+            .unwrap_or_else(|| panic!("{client} listed: {}", s.table()));
+        assert_eq!(row.premium, premium, "{client}: {}", s.table());
+        assert!(row.verified, "{client}: {}", s.table());
+    }
     let t = s.total().engine;
     assert_eq!(t.dropped, 0, "nothing policed away: {}", s.table());
     assert_eq!(

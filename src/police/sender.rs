@@ -92,7 +92,9 @@ impl Sender {
     /// Best-effort packets, passed or dropped, take nothing from the window.
     pub fn take_window(&mut self, now: Instant, period: Duration, paced: bool) -> bool {
         let allowance = if paced {
-            let ran = now.saturating_duration_since(self.period_start).as_secs_f64()
+            let ran = now
+                .saturating_duration_since(self.period_start)
+                .as_secs_f64()
                 / period.as_secs_f64().max(f64::MIN_POSITIVE);
             f64::from(self.wr) * (ran + PACE_BURST).min(1.0)
         } else {
