@@ -20,7 +20,9 @@
 //! `ATTACK_ONLY` and `ATTACK_DEFENCES` (comma-separated names to run, default all),
 //! `SWEEP_RATES` (packets/s, comma-separated), `ATTACK_OUT` (where SVGs go),
 //! `ATTACK_SLR_THRESHOLD` and `ATTACK_LLR_THRESHOLD` (the `[police]` thresholds, default
-//! the prototype's 0.05), `ATTACK_POLICE` (more `[police]` lines, `;`-separated).
+//! the prototype's 0.05), `ATTACK_POLICE` (more `[police]` lines, `;`-separated),
+//! `ATTACK_CAPABILITIES` (more `[capabilities]` lines for both engines, e.g.
+//! `period_ms = 2000;rtt_ms = 500`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -319,6 +321,14 @@ impl Bed {
             self.tb.link("v0")
         ));
         let mut mbox = ports(RoleConfig::default().with_capabilities(&self.tb, "mbox")?);
+        // Both ends judge capabilities by the same period and Th_rtt.
+        if let Ok(extra) = std::env::var("ATTACK_CAPABILITIES") {
+            for c in [&mut victim.capabilities, &mut mbox.capabilities] {
+                if let Some(c) = c.as_mut() {
+                    c.push_str(&format!("\n{}\n", extra.replace(';', "\n")));
+                }
+            }
+        }
         if let Some(p) = police {
             mbox.capabilities = mbox.capabilities.map(|c| c + &p);
         }
