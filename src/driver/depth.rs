@@ -1,13 +1,15 @@
 //! The queue's depth, bounded by the delay it adds.
 //!
-//! A fixed packet limit is the wrong bound: 262,144 packets is a few milliseconds of
-//! line-rate traffic for a fast worker and seconds of backlog for one slowed by a flood,
-//! and a packet that waited seconds reaches the victim with stale capabilities behind a
+//! A fixed packet limit is the wrong bound: 262,144 packets are over a second of backlog
+//! for a worker answering 230,000 a second, and many seconds for one slowed by a flood;
+//! a packet that waited seconds reaches the victim with stale capabilities behind a
 //! sender that already gave up on it. So each worker measures how many packets it answers
 //! per second of work (its service rate, not the arrival rate: time blocked waiting for
 //! packets is not work) and keeps the kernel's limit at the service rate times
-//! `max_delay`. Beyond it the kernel drops (or, with `fail_open`, accepts) and counts the
-//! packet (`k.qdrop`); a queued packet never waits longer than about `max_delay`.
+//! `max_delay`, never under `FLOOR` packets nor over `max_len`. Beyond it the kernel drops
+//! (or, with `fail_open`, accepts) and counts the packet (`k.qdrop`); a queued packet
+//! waits about `max_delay` at most, or `FLOOR` packets' worth for a worker slower than
+//! `FLOOR / max_delay` (81,920 packets a second at the defaults).
 
 use std::time::Duration;
 
