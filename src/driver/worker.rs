@@ -62,10 +62,11 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
         // The limit shows from the start, before the first publish.
-        let counters = Arc::new(Mutex::new(QueueCounters {
+        let initial = QueueCounters {
             queue_limit: depth.limit(),
             ..QueueCounters::new(num)
-        }));
+        };
+        let counters = Arc::new(Mutex::new(initial.clone()));
         let published = Arc::clone(&counters);
         let sockets = if datagrams {
             Some(Sockets::open()?)
@@ -75,7 +76,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
             .spawn(move || {
-                let mut l = Loop::new((num, queue, depth), pipeline, published, sockets);
+                let mut l = Loop::new((initial, queue, depth), pipeline, published, sockets);
                 l.verified = verified;
                 l.run(&stop, (&board, index))
             })?;
@@ -158,7 +159,7 @@ struct Loop {
 
 impl Loop {
     fn new(
-        (num, queue, depth): (u16, Queue, DepthBound),
+        (counters, queue, depth): (QueueCounters, Queue, DepthBound),
         pipeline: Pipeline,
         published: Arc<Mutex<QueueCounters>>,
         sockets: Option<Sockets>,
@@ -167,10 +168,7 @@ impl Loop {
             queue,
             pipeline,
             sockets,
-            counters: QueueCounters {
-                queue_limit: depth.limit(),
-                ..QueueCounters::new(num)
-            },
+            counters,
             published,
             buf: Vec::with_capacity(BUF_CAPACITY),
             pending: Vec::with_capacity(BATCH_MAX),

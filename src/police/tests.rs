@@ -82,6 +82,19 @@ fn a_sender_that_delivers_everything_gets_its_delivery_as_window() {
     assert!(r.verified);
 }
 
+/// Give sender 1 a window of 100 (it delivers 100 packets in the first period), then
+/// put the system over its loss threshold.
+fn window_of_100_while_the_system_loses(p: &mut Policer, t0: Instant) {
+    let (ids, _) = send(p, t0, ip(1), 100, (0, 2_900));
+    give_back(p, t0, ip(1), &ids);
+    p.on_timer(at(t0, P));
+    assert_eq!(row(p, ip(1)).wr, 100);
+    p.set_system(System {
+        slr: 0.5,
+        totals: Totals::default(),
+    });
+}
+
 /// A sender with a window of 100 that sends 150 packets in the first second of a
 /// period, while the system loses: paced, it has the window's share of that second plus
 /// a thirty-second (27 packets); per period, its whole window at once.
@@ -94,14 +107,7 @@ fn a_window_is_spent_at_the_periods_pace_unless_configured_per_period() {
             ..PoliceSettings::with_policy(Policy::NaturalShare)
         };
         let mut p = Policer::new(&CapSettings::default(), &settings, t0);
-        let (ids, _) = send(&mut p, t0, ip(1), 100, (0, 2_900));
-        give_back(&mut p, t0, ip(1), &ids);
-        p.on_timer(at(t0, P));
-        assert_eq!(row(&p, ip(1)).wr, 100);
-        p.set_system(System {
-            slr: 0.5,
-            totals: Totals::default(),
-        });
+        window_of_100_while_the_system_loses(&mut p, t0);
         let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 1_000));
         assert_eq!(150 - dropped, privileged, "paced: {paced}");
         // Best-effort packets took nothing from it: the rest comes with the period.
@@ -113,14 +119,7 @@ fn a_window_is_spent_at_the_periods_pace_unless_configured_per_period() {
 #[test]
 fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_never() {
     let (mut p, t0) = policer(Policy::NaturalShare);
-    let (ids, _) = send(&mut p, t0, ip(1), 100, (0, 2_900));
-    give_back(&mut p, t0, ip(1), &ids);
-    p.on_timer(at(t0, P));
-    assert_eq!(row(&p, ip(1)).wr, 100);
-    p.set_system(System {
-        slr: 0.5,
-        totals: Totals::default(),
-    });
+    window_of_100_while_the_system_loses(&mut p, t0);
     // 100 privileged over the period, the rest best-effort and dropped; a new sender
     // has no window at all.
     let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 3_990));
