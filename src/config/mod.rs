@@ -130,7 +130,7 @@ impl Config {
             }
         }
         if role == Role::Mbox && self.capabilities.is_some() {
-            nft::add_icmp_error_chain(&mut spec, &self.queue.target);
+            nft::add_icmp_error_chain(&mut spec, &self.protect, &self.queue.target);
         }
         if let Some(limits) = self.unverified_channel(role) {
             nft::add_unverified_channel(&mut spec, &limits);

@@ -204,6 +204,20 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// The stats name a policy by the word its config uses.
+    #[test]
+    fn a_policy_is_named_by_its_config_word() {
+        for word in ["off", "natural_share", "fair_share", "priority"] {
+            let premium = if word == "priority" {
+                "\npremium=[\"198.18.1.0/24\"]"
+            } else {
+                ""
+            };
+            let p = police(&format!("policy=\"{word}\"{premium}")).unwrap();
+            assert_eq!(p.policy.name(), word);
+        }
+    }
+
     #[test]
     fn defaults_are_the_prototypes() {
         let p = police("policy=\"natural_share\"").unwrap();

@@ -81,7 +81,8 @@ impl DepthBound {
     }
 
     /// Fold the window into the rate; return the new limit when the kernel's should
-    /// change.
+    /// change. The limit is the kernel's only once [`DepthBound::applied`] says so: a
+    /// limit that could not be sent is proposed again at the next estimate.
     pub fn estimate(&mut self) -> Option<u32> {
         let (packets, busy) = (self.packets, self.busy);
         self.packets = 0;
@@ -100,10 +101,12 @@ impl DepthBound {
         self.measured = true;
         let target = self.target();
         let moved = f64::from(target.abs_diff(self.limit)) > HYSTERESIS * f64::from(self.limit);
-        moved.then(|| {
-            self.limit = target;
-            target
-        })
+        moved.then_some(target)
+    }
+
+    /// The kernel has `limit` now.
+    pub fn applied(&mut self, limit: u32) {
+        self.limit = limit;
     }
 
     fn target(&self) -> u32 {
@@ -125,6 +128,15 @@ mod tests {
         DepthBound::new(Some(max_delay), ceiling)
     }
 
+    /// Estimate, and apply what the estimate proposes, as a worker whose sends succeed.
+    fn estimate_and_apply(d: &mut DepthBound) -> Option<u32> {
+        let limit = d.estimate();
+        if let Some(l) = limit {
+            d.applied(l);
+        }
+        limit
+    }
+
     #[test]
     fn the_first_limit_is_the_assumed_rate_times_the_delay_within_the_ceiling() {
         assert_eq!(bound(200 * MS, 262_144).limit(), 20_000);
@@ -139,20 +151,24 @@ mod tests {
         // 10,000 packets per 200 ms of work: 50,000 pps, so 50,000 packets in 1 s.
         d.served(10_000, 200 * MS);
         assert_eq!(
-            d.estimate(),
+            estimate_and_apply(&mut d),
             Some(50_000),
             "the first measurement sets the rate"
         );
         for _ in 0..10 {
             d.served(10_000, 200 * MS);
-            assert_eq!(d.estimate(), None, "a steady rate leaves the limit alone");
+            assert_eq!(
+                estimate_and_apply(&mut d),
+                None,
+                "a steady rate leaves the limit alone"
+            );
         }
         assert_eq!(d.rate(), 50_000);
         // Twenty times faster: the limit follows in steps, never above 1 M pps x 1 s.
         let mut last = d.limit();
         for _ in 0..10 {
             d.served(100_000, 100 * MS);
-            if let Some(l) = d.estimate() {
+            if let Some(l) = estimate_and_apply(&mut d) {
                 assert!(l > last && l <= 1_000_000, "{l} after {last}");
                 last = l;
             }
@@ -161,9 +177,23 @@ mod tests {
         // And back: a flood that slows the worker shortens its queue.
         for _ in 0..10 {
             d.served(2_000, 200 * MS);
-            d.estimate();
+            estimate_and_apply(&mut d);
         }
         assert!(d.limit() < 20_000, "{}", d.limit());
+    }
+
+    #[test]
+    fn a_limit_the_kernel_did_not_take_is_proposed_again() {
+        let mut d = bound(1000 * MS, 1 << 20);
+        d.served(10_000, 200 * MS);
+        assert_eq!(d.estimate(), Some(50_000));
+        // The send failed: the kernel keeps the first limit, and so do the stats.
+        assert_eq!(d.limit(), 100_000);
+        d.served(10_000, 200 * MS);
+        assert_eq!(d.estimate(), Some(50_000), "proposed again");
+        d.applied(50_000);
+        d.served(10_000, 200 * MS);
+        assert_eq!((d.estimate(), d.limit()), (None, 50_000));
     }
 
     #[test]

@@ -280,9 +280,12 @@ impl Loop {
         let Some(limit) = self.depth.estimate() else {
             return;
         };
-        if let Err(e) = self.queue.set_max_len(limit) {
-            self.send_errors += 1;
-            tracing::warn!(queue = self.counters.queue, limit, "queue limit: {e}");
+        match self.queue.set_max_len(limit) {
+            Ok(()) => self.depth.applied(limit),
+            Err(e) => {
+                self.send_errors += 1;
+                tracing::warn!(queue = self.counters.queue, limit, "queue limit: {e}");
+            }
         }
     }
 

@@ -144,6 +144,47 @@ mod tests {
         }
     }
 
+    /// Each close moves the totals by the change in one sender's delivery, and the
+    /// premium figures only for a premium sender; workers' totals add up.
+    #[test]
+    fn totals_follow_each_senders_last_delivery() {
+        let mut t = Totals::default();
+        t.replace(0, 300, true);
+        t.replace(0, 200, false);
+        let premium_only = |d, a| Totals {
+            delivered: d,
+            active: a,
+            premium_delivered: d,
+            premium_active: a,
+        };
+        assert_eq!(
+            t,
+            Totals {
+                delivered: 500,
+                active: 2,
+                premium_delivered: 300,
+                premium_active: 1,
+            }
+        );
+        t.replace(300, 100, true);
+        t.replace(200, 0, false);
+        assert_eq!(t, premium_only(100, 1));
+        t.replace(100, 0, true);
+        assert_eq!(t, Totals::default());
+        let mut sum = premium_only(7, 1);
+        sum.add(&premium_only(5, 2));
+        sum.add(&totals(4, 1));
+        assert_eq!(
+            sum,
+            Totals {
+                delivered: 16,
+                active: 4,
+                premium_delivered: 12,
+                premium_active: 3,
+            }
+        );
+    }
+
     #[test]
     fn natural_share_is_what_was_delivered() {
         assert_eq!(

@@ -196,8 +196,9 @@ mod tests {
         (s.nr, s.issued) = (4, 4); // below MIN_PACKETS_FOR_LOSS, all lost
         s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
         assert!((s.llr - 0.4).abs() < 1e-9);
-        // Three periods passed unseen: β three more times.
-        s.close(0.8, 3, &Policy::NaturalShare, &Totals::default());
+        // Three periods passed unseen: β three more times, and no loss to report.
+        let c = s.close(0.8, 3, &Policy::NaturalShare, &Totals::default());
+        assert_eq!(c.loss, None);
         assert!((s.llr - 0.4 * 0.8f64.powi(4)).abs() < 1e-9);
         assert_eq!(s.idle, 4);
     }

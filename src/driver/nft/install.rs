@@ -7,6 +7,7 @@
 use std::ffi::CString;
 use std::io;
 
+use nftnl::expr::Verdict;
 use nftnl::{Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::expr::{Queue, XtNfqueue};
@@ -215,6 +216,9 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
             // a missing queue expression.
             let what = if matches::add_channel_drop(&mut rule, rule_spec) {
                 "unverified channel drop".to_owned()
+            } else if rule_spec.pass {
+                rule.add_expr(&Verdict::Accept);
+                "accept".to_owned()
             } else {
                 let (num, total, flags) = queue_args(rule_spec)?;
                 match kind {

@@ -673,8 +673,9 @@ pub(super) fn addresses(p: &[u8]) -> (IpAddr, IpAddr) {
 
 /// The packets of one client's exchange with one protected address, each with whether
 /// the mbox queues it. From the client: TCP and UDP to protected ports, UDP to another
-/// port, an ICMP echo request and a packet of protocol 253 (experimental), all queued
-/// (`to_victim` matches every protocol and port). Back to it: TCP and UDP from protected
+/// port, an ICMP echo request, an ICMP error and a packet of protocol 253 (experimental),
+/// all queued once (`to_victim` matches every protocol and port; the ICMP error chain
+/// leaves errors to protected addresses to it). Back to it: TCP and UDP from protected
 /// ports and an ICMP error, queued; UDP from another port, not (`from_victim` matches the
 /// protected ports only).
 fn exchange(client: IpAddr, server: IpAddr, n: u16) -> Vec<(Vec<u8>, bool)> {
@@ -687,6 +688,8 @@ fn exchange(client: IpAddr, server: IpAddr, n: u16) -> Vec<(Vec<u8>, bool)> {
     // An error quotes the packet at fault; its content does not matter to the rules.
     let mut quote = vec![error, 0, 0, 0, 0, 0, 0, 0];
     quote.extend_from_slice(&Builder::udp(client, server, port, 5001).build());
+    let mut quote_back = vec![error, 0, 0, 0, 0, 0, 0, 0];
+    quote_back.extend_from_slice(&Builder::udp(server, client, 5001, port).build());
     vec![
         (
             Builder::tcp(client, server, port, 80)
@@ -705,6 +708,12 @@ fn exchange(client: IpAddr, server: IpAddr, n: u16) -> Vec<(Vec<u8>, bool)> {
         (
             Builder::raw(client, server, 253)
                 .payload(b"experimental")
+                .build(),
+            true,
+        ),
+        (
+            Builder::raw(client, server, icmp)
+                .payload(&quote_back)
                 .build(),
             true,
         ),
@@ -750,7 +759,7 @@ fn queues_per_client(count: u16) -> Option<Seen> {
         fanout: false,
     };
     let mut spec = plan(Role::Mbox, &sel, &q);
-    add_icmp_error_chain(&mut spec, &q);
+    add_icmp_error_chain(&mut spec, &sel, &q);
     path.m
         .run(|| install(&spec, QueuePreference::Auto))
         .expect("install");
@@ -802,13 +811,18 @@ fn queues_per_client(count: u16) -> Option<Seen> {
                 let Incoming::Packet(msg) = incoming else {
                     panic!("unreadable packet: {incoming:?}")
                 };
-                let (src, dst) = addresses(queue.payload(&msg));
+                let packet = queue.payload(&msg);
+                let (src, dst) = addresses(packet);
                 let client = if protected.contains(&src) { dst } else { src };
                 let entry = seen.entry(client).or_default();
                 entry.0.insert(queue.num());
                 entry.1 += 1;
                 received += 1;
-                queue.verdict(msg.id, Verdict::Drop, None).expect("verdict");
+                // ICMP is accepted, so an error that another chain queues again arrives
+                // twice; the rest is dropped here.
+                let icmp = [1, 58].contains(&packet[if src.is_ipv4() { 9 } else { 6 }]);
+                let verdict = if icmp { Verdict::Accept } else { Verdict::Drop };
+                queue.verdict(msg.id, verdict, None).expect("verdict");
             }
         }
         quiet_rounds = if received == before && received >= queued {
@@ -831,8 +845,8 @@ fn each_client_meets_one_queue_both_ways_and_clients_spread() {
         };
         assert_eq!(seen.len(), 16, "{seen:?}");
         for (client, (queues, packets)) in &seen {
-            // Two protected addresses, eight queued packets each (five to, three from).
-            assert_eq!(*packets, 16, "{client}: {seen:?}");
+            // Two protected addresses, nine queued packets each (six to, three from).
+            assert_eq!(*packets, 18, "{client}: {seen:?}");
             assert_eq!(queues.len(), 1, "{client} reached several queues: {seen:?}");
             assert!(queues.iter().all(|&q| (3..3 + count).contains(&q)));
         }

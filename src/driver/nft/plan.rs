@@ -176,9 +176,25 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
 /// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
 /// gets it. Queued after routing, like the stamped packets they answer, and to the queue
-/// of the client they are addressed to.
-pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
-    let mut rules = Vec::new();
+/// of the client they are addressed to. Errors to the `protected` addresses pass first:
+/// `to_victim` queues them already (every protocol), and the engine's accept would
+/// otherwise bring them to this chain and the queue a second time.
+pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &QueueTarget) {
+    let mut rules: Vec<RuleSpec> = protected
+        .addresses
+        .iter()
+        .map(|&prefix| RuleSpec {
+            prefix,
+            addr_field: Field::Dst,
+            l4: L4Match::Any,
+            skip_loopback: None,
+            pick: None,
+            channel: None,
+            pass: true,
+            queue: *q,
+            comment: format!("mpolice icmp_errors: to {prefix}, queued in to_victim"),
+        })
+        .collect();
     for (family, any) in [("ip", "0.0.0.0/0"), ("ip6", "::/0")] {
         let v6 = family == "ip6";
         for &kind in crate::wire::icmp::error_types(v6) {
@@ -189,6 +205,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
                 skip_loopback: None,
                 pick: None,
                 channel: None,
+                pass: false,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
@@ -374,6 +391,7 @@ fn chain(
         skip_loopback: None,
         pick: None,
         channel: None,
+        pass: false,
         queue: *q,
         comment,
     };
@@ -477,7 +495,7 @@ mod tests {
             ..selection()
         };
         add_redirect_chains(&mut spec, &listen, &selection(), q);
-        add_icmp_error_chain(&mut spec, q);
+        add_icmp_error_chain(&mut spec, &selection(), q);
         spec
     }
 
@@ -521,6 +539,41 @@ mod tests {
                 .iter()
                 .all(|r| r.pick.is_none() && r.queue == Q1 && r.skip_loopback.is_none())
         }));
+    }
+
+    /// ICMP errors to a protected address pass the error chain: `to_victim` queues them.
+    #[test]
+    fn icmp_errors_to_protected_addresses_pass_before_any_error_is_queued() {
+        let spec = full_mbox(&Q1);
+        let chain = spec
+            .chains
+            .iter()
+            .find(|c| c.name == "icmp_errors")
+            .unwrap();
+        let (passes, queued) = chain.rules.split_at(2);
+        assert!(
+            passes
+                .iter()
+                .zip(&selection().addresses)
+                .all(|(r, &prefix)| {
+                    r.pass
+                        && r.prefix == prefix
+                        && r.addr_field == Field::Dst
+                        && r.l4 == L4Match::Any
+                })
+        );
+        assert_eq!(
+            passes[0].comment,
+            "mpolice icmp_errors: to 198.18.2.2, queued in to_victim"
+        );
+        assert_eq!(queued.len(), 7, "3 ICMP and 4 ICMPv6 error types");
+        assert!(queued.iter().all(|r| !r.pass && r.prefix.is_empty()));
+        assert!(
+            plan(Role::Mbox, &selection(), &Q1)
+                .chains
+                .iter()
+                .all(|c| { c.rules.iter().all(|r| !r.pass) })
+        );
     }
 
     #[test]
@@ -582,9 +635,14 @@ mod tests {
         let single = full_mbox(&Q1);
         let spec = full_mbox(&q);
         for (one, many) in single.chains.iter().zip(&spec.chains) {
-            assert_eq!(many.rules.len(), 3 * one.rules.len(), "{}", many.name);
+            // A pass rule queues nothing: it stays one rule, ahead of the queue rules.
+            let passes = |rules: &[RuleSpec]| rules.iter().take_while(|r| r.pass).count();
+            let (one_passes, many_passes) = (passes(&one.rules), passes(&many.rules));
+            assert_eq!(one_passes, many_passes, "{}", many.name);
+            let (one_rules, many_rules) = (&one.rules[one_passes..], &many.rules[many_passes..]);
+            assert_eq!(many_rules.len(), 3 * one_rules.len(), "{}", many.name);
             // Each rule of one queue becomes three in a row, the same but for the pick.
-            for (base, group) in one.rules.iter().zip(many.rules.chunks(3)) {
+            for (base, group) in one_rules.iter().zip(many_rules.chunks(3)) {
                 for (i, r) in (0u16..).zip(group) {
                     let pick = r.pick.expect("a client hash");
                     assert_eq!(
@@ -621,15 +679,13 @@ mod tests {
             .iter()
             .flat_map(|s| &s.chains)
             .map(|c| {
-                let sides: Vec<Field> = c
-                    .rules
-                    .iter()
+                let queued = || c.rules.iter().filter(|r| !r.pass);
+                let sides: Vec<Field> = queued()
                     .map(|r| r.pick.expect("a client hash").client)
                     .collect();
                 assert!(sides.windows(2).all(|w| w[0] == w[1]), "{}", c.name);
                 assert!(
-                    c.rules
-                        .iter()
+                    queued()
                         .all(|r| c.name == "icmp_errors" || r.pick.unwrap().client != r.addr_field)
                 );
                 (c.name.as_str(), sides[0])

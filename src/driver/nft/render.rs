@@ -187,7 +187,11 @@ fn render_chain(out: &mut String, chain: &ChainSpec, stmt: &dyn Fn(&QueueTarget)
         chain.priority
     );
     for rule in &chain.rules {
-        let action = channel_drop(rule).unwrap_or_else(|| stmt(&rule.queue));
+        let action = match channel_drop(rule) {
+            Some(drop) => drop,
+            None if rule.pass => "accept".to_owned(),
+            None => stmt(&rule.queue),
+        };
         let matched = rule_match(rule);
         let sep = if matched.is_empty() { "" } else { " " };
         let _ = writeln!(
@@ -432,7 +436,7 @@ table inet mpolice {
             fanout: false,
         };
         let mut spec = plan(Role::Mbox, &sel(), &q);
-        super::super::plan::add_icmp_error_chain(&mut spec, &q);
+        super::super::plan::add_icmp_error_chain(&mut spec, &sel(), &q);
         let text = render(&spec);
         assert!(text.contains(
             "\t\tip daddr 198.18.2.0/24 jhash ip saddr mod 4 seed 0x6d706f6c 3 queue num 3 comment \"mpolice to_victim: any protocol to 198.18.2.0/24, client hash 3 of 4\"\n"
@@ -444,6 +448,9 @@ table inet mpolice {
             "\t\tmeta nfproto ipv6 icmpv6 type packet-too-big jhash ip6 daddr mod 4 seed 0x6d706f6c 2 queue num 2 comment"
         ));
         assert_eq!(text.matches("to_victim: any protocol").count(), 8);
+        assert!(text.contains(
+            "\t\tip daddr 198.18.2.0/24 accept comment \"mpolice icmp_errors: to 198.18.2.0/24, queued in to_victim\"\n"
+        ), "{text}");
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub struct RuleSpec {
     /// Part of the channel for unverified senders: a match on the verified set, or a
     /// counted drop instead of the queue statement. None: an ordinary queue rule.
     pub channel: Option<ChannelStep>,
+    /// End in `accept` instead of the queue statement: the packet leaves this chain and
+    /// goes on to the hook's other chains (one that queues it already, for instance).
+    pub pass: bool,
     pub queue: QueueTarget,
     pub comment: String,
 }
