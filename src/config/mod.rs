@@ -144,16 +144,7 @@ impl Config {
         if role != Role::Mbox || self.police.policy == crate::police::Policy::Off {
             return None;
         }
-        let ((per_source_pps, per_source_burst), (total_pps, total_burst)) = (
-            self.police.unverified_per_source,
-            self.police.unverified_total,
-        );
-        Some(nft::UnverifiedLimits {
-            per_source_pps,
-            per_source_burst,
-            total_pps,
-            total_burst,
-        })
+        Some(self.police.unverified)
     }
 
     /// The listen addresses of the redirect pairs, with the protected ports.

@@ -26,9 +26,9 @@ pub struct PoliceSettings {
     /// Periods in a row without a packet after which a sender is forgotten.
     pub idle_periods: u32,
     /// In the kernel, before the queue: packets per second (and burst) each unverified
-    /// source may send to the engine, and all unverified sources together.
-    pub unverified_per_source: (u32, u32),
-    pub unverified_total: (u32, u32),
+    /// source may send to the engine, all unverified sources together, and how many
+    /// bits of an IPv6 address name a source.
+    pub unverified: crate::driver::nft::UnverifiedLimits,
     /// WR is spent at the period's pace (`window = "paced"`), not all at once.
     pub paced: bool,
 }
@@ -45,8 +45,13 @@ impl PoliceSettings {
             non_tcp_per_period: 1000,
             unverified_stamps_per_sec: 1000,
             idle_periods: 4,
-            unverified_per_source: (50, 100),
-            unverified_total: (20_000, 20_000),
+            unverified: crate::driver::nft::UnverifiedLimits {
+                per_source_pps: 50,
+                per_source_burst: 100,
+                total_pps: 20_000,
+                total_burst: 20_000,
+                v6_source_prefix: 64,
+            },
             paced: true,
         }
     }
@@ -72,6 +77,7 @@ pub(super) struct RawPolice {
     unverified_per_source_burst: Option<u32>,
     unverified_total_pps: Option<u32>,
     unverified_total_burst: Option<u32>,
+    unverified_v6_source_prefix: Option<u8>,
     #[serde(default)]
     premium: Vec<String>,
     premium_share: Option<f64>,
@@ -123,17 +129,15 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
         }
     };
     let d = PoliceSettings::with_policy(policy);
-    let limits = crate::driver::nft::UnverifiedLimits {
-        per_source_pps: r
-            .unverified_per_source_pps
-            .unwrap_or(d.unverified_per_source.0),
-        per_source_burst: r
-            .unverified_per_source_burst
-            .unwrap_or(d.unverified_per_source.1),
-        total_pps: r.unverified_total_pps.unwrap_or(d.unverified_total.0),
-        total_burst: r.unverified_total_burst.unwrap_or(d.unverified_total.1),
+    let u = d.unverified;
+    let unverified = crate::driver::nft::UnverifiedLimits {
+        per_source_pps: r.unverified_per_source_pps.unwrap_or(u.per_source_pps),
+        per_source_burst: r.unverified_per_source_burst.unwrap_or(u.per_source_burst),
+        total_pps: r.unverified_total_pps.unwrap_or(u.total_pps),
+        total_burst: r.unverified_total_burst.unwrap_or(u.total_burst),
+        v6_source_prefix: r.unverified_v6_source_prefix.unwrap_or(u.v6_source_prefix),
     };
-    if let Err(e) = limits.validate() {
+    if let Err(e) = unverified.validate() {
         return err(format!("unverified_*: {e}"));
     }
     let beta = r.beta.unwrap_or(d.beta);
@@ -163,30 +167,7 @@ pub(super) fn validate(r: RawPolice) -> Result<PoliceSettings, ConfigError> {
             d.unverified_stamps_per_sec,
         )?,
         idle_periods: at_least_one("idle_periods", r.idle_periods, d.idle_periods)?,
-        unverified_per_source: (
-            at_least_one(
-                "unverified_per_source_pps",
-                r.unverified_per_source_pps,
-                d.unverified_per_source.0,
-            )?,
-            at_least_one(
-                "unverified_per_source_burst",
-                r.unverified_per_source_burst,
-                d.unverified_per_source.1,
-            )?,
-        ),
-        unverified_total: (
-            at_least_one(
-                "unverified_total_pps",
-                r.unverified_total_pps,
-                d.unverified_total.0,
-            )?,
-            at_least_one(
-                "unverified_total_burst",
-                r.unverified_total_burst,
-                d.unverified_total.1,
-            )?,
-        ),
+        unverified,
         policy: d.policy,
     })
 }
@@ -288,6 +269,18 @@ mod tests {
             (
                 "policy=\"fair_share\"\nwindow=\"bursty\"",
                 "police.window: unknown value",
+            ),
+            (
+                "policy=\"fair_share\"\nunverified_v6_source_prefix=0",
+                "v6_source_prefix = 0 must be 1 to 128",
+            ),
+            (
+                "policy=\"fair_share\"\nunverified_v6_source_prefix=129",
+                "v6_source_prefix = 129 must be 1 to 128",
+            ),
+            (
+                "policy=\"fair_share\"\nunverified_per_source_pps=0",
+                "per_source_pps = 0 must be 1 to",
             ),
         ] {
             let e = police(extra).unwrap_err();

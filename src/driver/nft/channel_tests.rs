@@ -55,6 +55,7 @@ const LIMITS: UnverifiedLimits = UnverifiedLimits {
     per_source_burst: 20,
     total_pps: 1000,
     total_burst: 100,
+    v6_source_prefix: 64,
 };
 
 /// The declarations of sets and objects in nft text, one string per block with its
@@ -421,6 +422,51 @@ fn an_unverified_source_is_held_to_its_rate_and_a_verified_one_is_not() {
     }
 }
 
+/// A host owns its whole /64 and can send from any address in it: those addresses share
+/// one bucket, and a source in another /64 has its own.
+#[test]
+fn ipv6_addresses_of_one_64_share_a_source_rate() {
+    const N: usize = 300;
+    let l = UnverifiedLimits {
+        total_pps: 1_000_000,
+        total_burst: 1_000_000,
+        ..LIMITS
+    };
+    let Some(mut b) = Bench::new(1, &l, None) else {
+        return;
+    };
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let (one, same_64, other_64) = (
+        ip("2001:2:0:1::10"),
+        ip("2001:2:0:1:ffff::20"),
+        ip("2001:2:0:3::10"),
+    );
+    let start = Instant::now();
+    for s in [one, same_64, other_64] {
+        b.send(s, N);
+    }
+    let queued = b.drain();
+    let most = bucket_max(l.per_source_pps, l.per_source_burst, start.elapsed());
+    let count = |s| queued.get(&s).copied().unwrap_or(0);
+    let shared = count(one) + count(same_64);
+    assert!(
+        (l.per_source_burst as usize..=most).contains(&shared),
+        "one /64: {shared} queued of {}, expected {}..={most}",
+        2 * N,
+        l.per_source_burst
+    );
+    assert!(
+        (l.per_source_burst as usize..=most).contains(&count(other_64)),
+        "another /64: {} queued of {N}",
+        count(other_64)
+    );
+    let listing = b
+        .path
+        .m
+        .exec_ok("nft", &["list", "set", "inet", TABLE, METER_V6]);
+    assert_eq!(listing.matches(" limit rate over").count(), 2, "{listing}");
+}
+
 #[test]
 fn a_spoofed_flood_is_held_to_the_total_and_a_verified_sender_gets_through_whole() {
     const SOURCES: u32 = 2000;
@@ -431,6 +477,7 @@ fn a_spoofed_flood_is_held_to_the_total_and_a_verified_sender_gets_through_whole
         per_source_burst: 1000,
         total_pps: 100,
         total_burst: 200,
+        v6_source_prefix: 64,
     };
     for count in [1, 2] {
         let Some(mut b) = Bench::new(count, &l, None) else {
@@ -495,6 +542,7 @@ fn a_full_meter_leaves_new_sources_to_the_total_limit() {
         per_source_burst: 2,
         total_pps: 1_000_000,
         total_burst: 1_000_000,
+        v6_source_prefix: 64,
     };
     let Some(mut b) = Bench::new(1, &l, Some(METER)) else {
         return;

@@ -333,7 +333,25 @@ fn validate(spec: &RulesetSpec) -> Result<(), RulesError> {
                         rule.comment
                     )));
                 }
-                (Some(ChannelStep::OverSource { pps, burst }), Some(ch)) => {
+                (
+                    Some(ChannelStep::OverSource {
+                        pps,
+                        burst,
+                        source_bits,
+                    }),
+                    Some(ch),
+                ) => {
+                    let family_bits = if rule.prefix.addr().is_ipv4() {
+                        32
+                    } else {
+                        128
+                    };
+                    if source_bits == 0 || source_bits > family_bits {
+                        return Err(RulesError::Invalid(format!(
+                            "rule {:?}: a source of {source_bits} bits in a {family_bits}-bit address",
+                            rule.comment
+                        )));
+                    }
                     super::spec::UnverifiedLimits {
                         per_source_pps: pps,
                         per_source_burst: burst,

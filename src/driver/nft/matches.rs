@@ -109,8 +109,17 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
 pub(super) fn add_channel_drop(rule: &mut Rule, spec: &RuleSpec) -> bool {
     let v4 = spec.prefix.addr().is_ipv4();
     let counter = match spec.channel {
-        Some(ChannelStep::OverSource { pps, burst }) => {
+        Some(ChannelStep::OverSource {
+            pps,
+            burst,
+            source_bits,
+        }) => {
             rule.add_expr(&addr_payload(v4, spec.addr_field.other()));
+            let mask = source_mask(v4, source_bits);
+            if mask.iter().any(|&b| b != 0xff) {
+                let zero = vec![0u8; mask.len()];
+                rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
+            }
             rule.add_expr(&MeterUpdate {
                 set: c_string(meter_set(v4)),
                 pps,
@@ -133,6 +142,18 @@ pub(super) fn add_channel_drop(rule: &mut Rule, spec: &RuleSpec) -> bool {
     });
     rule.add_expr(&Verdict::Drop);
     true
+}
+
+/// The mask of an address's first `bits` bits (4 bytes for IPv4, 16 for IPv6).
+pub(super) fn source_mask(v4: bool, bits: u8) -> Vec<u8> {
+    let len = if v4 { 4 } else { 16 };
+    let bits = u32::from(bits).min(len * 8);
+    let full = if bits == 0 {
+        0
+    } else {
+        u128::MAX << (128 - bits)
+    };
+    full.to_be_bytes()[..len as usize].to_vec()
 }
 
 /// One of our constant set or object names as a C string (they hold no NUL).

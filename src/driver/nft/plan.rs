@@ -304,6 +304,11 @@ pub fn add_unverified_channel(spec: &mut RulesetSpec, limits: &UnverifiedLimits)
             ChannelStep::OverSource {
                 pps: limits.per_source_pps,
                 burst: limits.per_source_burst,
+                source_bits: if prefix.addr().is_ipv4() {
+                    32
+                } else {
+                    limits.v6_source_prefix
+                },
             },
             format!(
                 "mpolice {name}: unverified senders to {prefix} over {}/s each, dropped",
@@ -764,6 +769,7 @@ mod tests {
         per_source_burst: 120,
         total_pps: 20_000,
         total_burst: 5_000,
+        v6_source_prefix: 64,
     };
 
     #[test]
@@ -802,7 +808,12 @@ mod tests {
                     [
                         Some(ChannelStep::OverSource {
                             pps: 50,
-                            burst: 120
+                            burst: 120,
+                            source_bits: if old[0].prefix.addr().is_ipv4() {
+                                32
+                            } else {
+                                64
+                            },
                         }),
                         Some(ChannelStep::OverTotal)
                     ]

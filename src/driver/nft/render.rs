@@ -75,6 +75,10 @@ fn render_with(spec: &RulesetSpec, stmt: &dyn Fn(&QueueTarget) -> String) -> Str
                 "# unverified_over_total. A full meter ({} sources) limits new sources in total only.",
                 ch.meter_size
             ),
+            format!(
+                "# A source is one IPv4 address, or the first {} bits of an IPv6 address.",
+                l.v6_source_prefix
+            ),
         ] {
             let _ = writeln!(out, "{line}");
         }
@@ -165,10 +169,21 @@ fn channel_drop(rule: &RuleSpec) -> Option<String> {
     let family = if v4 { "ip" } else { "ip6" };
     let client = field_word(rule.addr_field.other(), "addr");
     match rule.channel? {
-        ChannelStep::OverSource { pps, burst } => Some(format!(
-            "update @{} {{ {family} {client} limit rate over {pps}/second burst {burst} packets }} counter name \"{COUNTER_OVER_SOURCE}\" drop",
-            meter_set(v4)
-        )),
+        ChannelStep::OverSource {
+            pps,
+            burst,
+            source_bits,
+        } => {
+            let mask = super::matches::source_mask(v4, source_bits);
+            let masked = match <[u8; 16]>::try_from(mask.as_slice()) {
+                Ok(m) if source_bits < 128 => format!(" & {}", std::net::Ipv6Addr::from(m)),
+                _ => String::new(),
+            };
+            Some(format!(
+                "update @{} {{ {family} {client}{masked} limit rate over {pps}/second burst {burst} packets }} counter name \"{COUNTER_OVER_SOURCE}\" drop",
+                meter_set(v4)
+            ))
+        }
         ChannelStep::OverTotal => Some(format!(
             "limit name \"{LIMIT_TOTAL}\" counter name \"{COUNTER_OVER_TOTAL}\" drop"
         )),
@@ -483,6 +498,7 @@ table inet mpolice {
             per_source_burst: 100,
             total_pps: 20_000,
             total_burst: 5_000,
+            v6_source_prefix: 64,
         };
         super::super::plan::add_unverified_channel(&mut spec, &limits);
         let text = render(&spec);
@@ -492,6 +508,7 @@ table inet mpolice {
 # the queue only within 50/s (burst 100) per source and 20000/s (burst 5000) in all; the
 # excess is dropped here and counted in counters unverified_over_source and
 # unverified_over_total. A full meter (65536 sources) limits new sources in total only.
+# A source is one IPv4 address, or the first 64 bits of an IPv6 address.
 table inet mpolice {}
 delete table inet mpolice
 table inet mpolice {
@@ -542,7 +559,7 @@ table inet mpolice {
 \t\tip6 daddr 2001:2:0:2::5 ip6 saddr @verified_v6 jhash ip6 saddr mod 2 seed 0x6d706f6c 0 queue num 0 comment";
         assert!(text.contains(head), "{text}");
         assert!(text.contains(
-            "\t\tip6 daddr 2001:2:0:2::5 update @unverified_rate_v6 { ip6 saddr limit rate over 50/second burst 100 packets } counter name \"unverified_over_source\" drop comment"
+            "\t\tip6 daddr 2001:2:0:2::5 update @unverified_rate_v6 { ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over 50/second burst 100 packets } counter name \"unverified_over_source\" drop comment"
         ), "{text}");
         // The accept variant keeps the drops and swaps only queue statements.
         let accept = render_accept(&spec);

@@ -92,6 +92,10 @@ pub struct UnverifiedLimits {
     pub total_pps: u32,
     /// Their bucket's depth.
     pub total_burst: u32,
+    /// The leading bits of an IPv6 client address that name one source for its rate
+    /// (64: a host's whole /64 is one source, as it can send from any address in it).
+    /// An IPv4 source is always one address.
+    pub v6_source_prefix: u8,
 }
 
 /// Highest rate the kernel's limit can express in packets a second (one token per ns).
@@ -106,6 +110,7 @@ impl UnverifiedLimits {
             ("per_source_burst", self.per_source_burst, u32::MAX),
             ("total_pps", self.total_pps, MAX_LIMIT_PPS),
             ("total_burst", self.total_burst, u32::MAX),
+            ("v6_source_prefix", u32::from(self.v6_source_prefix), 128),
         ] {
             if value == 0 || value > max {
                 return Err(SpecError::ChannelLimit { what, value, max });
@@ -134,8 +139,13 @@ pub enum ChannelStep {
     /// the rule queues as any other.
     Verified,
     /// Drops (and counts in `unverified_over_source`) a sender's packets over its own
-    /// rate, tracked in the meter of the rule's family; queues nothing.
-    OverSource { pps: u32, burst: u32 },
+    /// rate, tracked in the meter of the rule's family by the first `source_bits` of its
+    /// address; queues nothing.
+    OverSource {
+        pps: u32,
+        burst: u32,
+        source_bits: u8,
+    },
     /// Drops (and counts in `unverified_over_total`) what exceeds the shared limit
     /// object `unverified_total`; queues nothing.
     OverTotal,
