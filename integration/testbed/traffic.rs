@@ -478,6 +478,61 @@ fn first_ip_packet(pcap: &[u8]) -> Result<Vec<u8>> {
     Ok(frame.get(14..).context("frame too short")?.to_vec())
 }
 
+/// TCP data segments of a little-endian Ethernet pcap file (IPv4 and IPv6 without
+/// extension headers) that arrived after a segment of their flow with a later sequence
+/// number and were not seen before: reordered on the way, not retransmitted.
+/// Returns (data segments, reordered ones).
+pub fn reordered_segments(pcap: &Path) -> Result<(u64, u64)> {
+    use std::collections::{HashMap, HashSet};
+    let data = std::fs::read(pcap)?;
+    if data.get(0..4) != Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]) {
+        bail!("{} is not a little-endian microsecond pcap", pcap.display());
+    }
+    let u16_be = |b: &[u8], at: usize| usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
+    let u32_be = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    // Per flow (addresses and ports as bytes): the highest sequence number, and every
+    // one seen, so a retransmission is told from a reordering. Starts, not ends, are
+    // compared: a stamped segment's trailer lies past its sequence space.
+    let mut flows: HashMap<Vec<u8>, (u32, HashSet<u32>)> = HashMap::new();
+    let (mut segments, mut reordered) = (0, 0);
+    let mut at = 24;
+    while let Some(rec) = data.get(at..at + 16) {
+        let incl = u32::from_le_bytes(rec[8..12].try_into()?) as usize;
+        let frame = data
+            .get(at + 16..at + 16 + incl)
+            .context("record cut short")?;
+        at += 16 + incl;
+        let Some(ip) = frame.get(14..) else { continue };
+        let (addrs, l4, proto, ip_len) = match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.len() >= 20 => {
+                let ihl = usize::from(ip[0] & 0xf) * 4;
+                (&ip[12..20], ihl, ip[9], u16_be(ip, 2))
+            }
+            Some(6) if ip.len() >= 40 => (&ip[8..40], 40, ip[6], 40 + u16_be(ip, 4)),
+            _ => continue,
+        };
+        let Some(tcp) = ip.get(l4..l4 + 20).filter(|_| proto == 6) else {
+            continue;
+        };
+        let payload = ip_len.saturating_sub(l4 + usize::from(tcp[12] >> 4) * 4);
+        if payload == 0 {
+            continue;
+        }
+        segments += 1;
+        let mut key = addrs.to_vec();
+        key.extend_from_slice(&tcp[0..4]);
+        let seq = u32_be(tcp, 4);
+        let (highest, seen) = flows.entry(key).or_insert((seq, HashSet::new()));
+        let first_time = seen.insert(seq);
+        if (seq.wrapping_sub(*highest) as i32) < 0 {
+            reordered += u64::from(first_time);
+        } else {
+            *highest = seq;
+        }
+    }
+    Ok((segments, reordered))
+}
+
 /// Count the packets of a pcap file that match a tcpdump filter.
 pub fn count_packets(pcap: &Path, filter: &str) -> Result<u64> {
     let out = std::process::Command::new("tcpdump")

@@ -320,7 +320,12 @@ impl Loop {
         self.send_datagrams();
         match verdict {
             Verdict::Accept | Verdict::Pass(_) => self.accept_later(msg.id),
-            Verdict::AcceptModified => self.send(msg.id, KernelVerdict::Accept, true),
+            Verdict::AcceptModified => {
+                // The unchanged packets queued before it leave first: answered alone, it
+                // would overtake them, and TCP takes reordered segments for loss.
+                self.flush();
+                self.send(msg.id, KernelVerdict::Accept, true);
+            }
             Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
         }
     }

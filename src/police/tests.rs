@@ -200,6 +200,41 @@ fn measuring_only_never_drops() {
     }
 }
 
+/// A sender that keeps its rate from one period to the next has its Th_cap stamps
+/// spread over the whole stamping stretch of the next, from its first packets on,
+/// judged by the last period's rate.
+#[test]
+fn last_periods_rate_spreads_the_stamps_over_the_next() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let s = ip(1);
+    let (first, _) = send(&mut p, t0, s, 20_000, (0, P));
+    give_back(&mut p, t0, s, &first);
+    let (next, dropped) = send(&mut p, t0, s, 20_000, (P, 2 * P));
+    assert_eq!(dropped, 0);
+    let in_first_second = next.iter().filter(|(_, ms)| *ms < P + 1_000).count();
+    // 128 over 3 s at 5,000 packets a second: about a third in the first second.
+    assert!((100..=128).contains(&next.len()), "{} stamps", next.len());
+    assert!(
+        (25..=60).contains(&in_first_second),
+        "{in_first_second} in the first second"
+    );
+}
+
+/// A new sender has no last period to judge by: its rate so far (over at least a tenth
+/// of Th_rtt) spreads the stamps, so a flood does not spend Th_cap in its first moments.
+#[test]
+fn a_new_senders_stamps_spread_by_its_rate_so_far() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let (stamps, _) = send(&mut p, t0, ip(1), 15_000, (0, 3_000));
+    let early = stamps.iter().filter(|(_, ms)| *ms < 500).count();
+    assert!(stamps.len() >= 100, "{} stamps", stamps.len());
+    assert!(
+        early <= 64,
+        "{early} of {} in the first 500 ms",
+        stamps.len()
+    );
+}
+
 #[test]
 fn a_sender_that_paces_its_first_packets_and_floods_the_rest_shows_its_loss() {
     // Each period: 200 packets in the first two seconds, all delivered; then 20,000 in
@@ -235,9 +270,8 @@ fn stamps_on_unverified_senders_are_held_to_their_budget() {
         p.admit(ip(i), true, now).unwrap();
         stamped += u32::from(matches!(p.stamp(ip(i), now, true), Stamp::Id(_)));
     }
-    // One second's budget banked at start, one more earned over the second.
-    assert!(stamped <= 2_000, "{stamped} stamps");
-    assert!(stamped >= 1_000, "{stamped} stamps");
+    // One second's budget banked at start, one more earned over the second (999 ms).
+    assert!((1_990..=2_000).contains(&stamped), "{stamped} stamps");
     assert_eq!(
         u64::from(stamped) + p.counters().stamps_over_budget,
         100_000
@@ -424,4 +458,76 @@ fn an_evicted_sender_leaves_the_totals() {
     send(&mut p, t0, ip(2), 1, (P + 10, P + 11));
     let t = p.on_timer(at(t0, P + 20)).totals;
     assert_eq!((t.delivered, t.active), (0, 0));
+}
+
+/// The SLR counts from exactly `slr_sample` capabilities, summed over the workers.
+#[test]
+fn the_system_loss_rate_counts_from_its_sample_size() {
+    let worker = |issued, returned| Figures {
+        slr_issued: issued,
+        slr_returned: returned,
+        totals: Totals::default(),
+    };
+    let (a, b) = (worker(100, 60), worker(28, 4));
+    assert_eq!(System::merge([&a, &b], 128).slr, 0.5);
+    assert_eq!(System::merge([&a, &b], 129).slr, 0.0, "too few to tell");
+    assert_eq!(System::merge([&worker(0, 0)], 0).slr, 0.0);
+}
+
+/// Each police drop has its own counter label.
+#[test]
+fn police_drops_have_distinct_labels() {
+    let labels = [
+        Drop::SenderLoss,
+        Drop::SystemLoss,
+        Drop::NonTcpCap,
+        Drop::NonTcpSystemLoss,
+    ]
+    .map(Drop::as_str);
+    assert_eq!(
+        labels,
+        [
+            "police_sender_loss",
+            "police_system_loss",
+            "police_non_tcp_cap",
+            "police_non_tcp_system_loss"
+        ]
+    );
+}
+
+/// Best-effort packets are dropped while the sender's LLR is over its threshold, not
+/// at it.
+#[test]
+fn a_sender_loss_rate_at_its_threshold_is_not_over_it() {
+    let t0 = Instant::now();
+    let beta = 0.8;
+    // One period that lost every capability leaves an LLR of exactly (1 - beta) x 1.
+    let llr_after_total_loss = (1.0 - beta) * 1.0;
+    for (threshold, expect_drops) in [
+        (llr_after_total_loss, false),
+        (llr_after_total_loss * 0.99, true),
+    ] {
+        let settings = PoliceSettings {
+            beta,
+            llr_threshold: threshold,
+            ..PoliceSettings::with_policy(Policy::NaturalShare)
+        };
+        let mut p = Policer::new(&CapSettings::default(), &settings, t0);
+        let s = ip(1);
+        send(&mut p, t0, s, 200, (0, P));
+        // No capability came back: a window of 0, every packet best-effort.
+        let (_, dropped) = send(&mut p, t0, s, 100, (P, P + 100));
+        assert_eq!(
+            dropped > 0,
+            expect_drops,
+            "threshold {threshold}: {dropped} dropped"
+        );
+    }
+    // The same for the system's: at its threshold, best-effort still passes.
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    p.set_system(System {
+        slr: 0.05,
+        totals: Totals::default(),
+    });
+    assert_eq!(p.admit(ip(2), false, at(t0, 1)), Ok(()));
 }
