@@ -479,10 +479,11 @@ fn first_ip_packet(pcap: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// TCP data segments of a little-endian Ethernet pcap file (IPv4 and IPv6 without
-/// extension headers) that arrived after a segment of their flow with a later sequence
-/// number and were not seen before: reordered on the way, not retransmitted.
-/// Returns (data segments, reordered ones).
-pub fn reordered_segments(pcap: &Path) -> Result<(u64, u64)> {
+/// extension headers) that arrived after a rewritten segment of their flow (one with a
+/// capability marker: stamped, or carrying feedback) with a later sequence number, and
+/// were not seen before: overtaken by the rewrite, not retransmitted.
+/// Returns (data segments, overtaken ones).
+pub fn overtaken_by_rewrites(pcap: &Path) -> Result<(u64, u64)> {
     use std::collections::{HashMap, HashSet};
     let data = std::fs::read(pcap)?;
     if data.get(0..4) != Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]) {
@@ -490,11 +491,11 @@ pub fn reordered_segments(pcap: &Path) -> Result<(u64, u64)> {
     }
     let u16_be = |b: &[u8], at: usize| usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
     let u32_be = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    // Per flow (addresses and ports as bytes): the highest sequence number, and every
-    // one seen, so a retransmission is told from a reordering. Starts, not ends, are
-    // compared: a stamped segment's trailer lies past its sequence space.
-    let mut flows: HashMap<Vec<u8>, (u32, HashSet<u32>)> = HashMap::new();
-    let (mut segments, mut reordered) = (0, 0);
+    // Per flow (addresses and ports as bytes): the highest sequence number of a
+    // rewritten segment, and every one seen, so a retransmission is told from a
+    // reordering. Starts, not ends, are compared: a trailer lies past its sequence space.
+    let mut flows: HashMap<Vec<u8>, (Option<u32>, HashSet<u32>)> = HashMap::new();
+    let (mut segments, mut overtaken) = (0, 0);
     let mut at = 24;
     while let Some(rec) = data.get(at..at + 16) {
         let incl = u32::from_le_bytes(rec[8..12].try_into()?) as usize;
@@ -522,15 +523,21 @@ pub fn reordered_segments(pcap: &Path) -> Result<(u64, u64)> {
         let mut key = addrs.to_vec();
         key.extend_from_slice(&tcp[0..4]);
         let seq = u32_be(tcp, 4);
-        let (highest, seen) = flows.entry(key).or_insert((seq, HashSet::new()));
+        let (highest, seen) = flows.entry(key).or_insert((None, HashSet::new()));
         let first_time = seen.insert(seq);
-        if (seq.wrapping_sub(*highest) as i32) < 0 {
-            reordered += u64::from(first_time);
-        } else {
-            *highest = seq;
+        if tcp[12] & 0x0e != 0 {
+            *highest = Some(highest.map_or(seq, |h: u32| {
+                if (seq.wrapping_sub(h) as i32) > 0 {
+                    seq
+                } else {
+                    h
+                }
+            }));
+        } else if highest.is_some_and(|h| (seq.wrapping_sub(h) as i32) < 0) {
+            overtaken += u64::from(first_time);
         }
     }
-    Ok((segments, reordered))
+    Ok((segments, overtaken))
 }
 
 /// Count the packets of a pcap file that match a tcpdump filter.
