@@ -71,15 +71,16 @@ fn assert_all_through_queue(
         t.engine.received,
         stats.table()
     );
+    // The precise queues (hybrid path) receive the segments of routed super-packets.
     assert_eq!(
         queued,
-        t.engine.received,
+        t.engine.received + t.engine.segments,
         "kernel queued vs engine received\n{}",
         stats.table()
     );
     assert_eq!(
         t.engine.received,
-        t.engine.accepted + t.engine.modified + t.engine.dropped
+        t.engine.accepted + t.engine.modified + t.engine.dropped + t.engine.routed
     );
     for k in kernel {
         assert_eq!(
@@ -764,6 +765,53 @@ fn iperf3_tcp_through_both_engines() {
     );
 }
 
+/// The hybrid path with the links' offloads on: GSO super-packets pass whole, the ones
+/// to stamp or to carry feedback are cut in the precise queue, and every transfer
+/// arrives intact with its capabilities accounted for.
+#[test]
+fn hybrid_path_carries_super_packets_and_rewrites_their_segments() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mphyb").unwrap();
+    let role = |r: &str| RoleConfig {
+        queue_extra: "hybrid = true".into(),
+        ..RoleConfig::default().with_capabilities(&tb, r).unwrap()
+    };
+    let (mut victim, mut mbox) = start_both(&tb, &role("victim"), &role("mbox"));
+    let served = ServedFile::start(&tb, 50 << 20).unwrap();
+    let victim_link = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        served.fetch(&tb, &addr).unwrap();
+        testbed::upload(&tb, &addr, 20 << 20).unwrap();
+    }
+    let victim_link = victim_link.stop().unwrap();
+    let m = assert_all_through_queue(&tb, &mbox, Host::Mbox, 1_000);
+    let v = assert_all_through_queue(&tb, &victim, Host::Victim, 1_000);
+    eprintln!("{}{}", m.table(), v.table());
+    assert_capabilities_accounted(&m, &v, (2, 2), false);
+    for (s, who) in [(&m, "mbox"), (&v, "victim")] {
+        let t = s.total().engine;
+        assert!(
+            t.routed > 0 && t.segments > t.routed,
+            "{who}: {}",
+            s.table()
+        );
+    }
+    let (segments, overtaken) = testbed::overtaken_by_rewrites(&victim_link).unwrap();
+    eprintln!("victim link: {segments} data packets, {overtaken} overtaken by rewrites");
+    assert!(overtaken <= 2, "{overtaken} of {segments}");
+    for v6 in [false, true] {
+        assert!(marked(&victim_link, v6, STAMPED) > 0, "stamps (v6 {v6})");
+        assert!(marked(&victim_link, v6, FEEDBACK) > 0, "feedback (v6 {v6})");
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
 /// Measurement, not a pass/fail test: whether no packet is lost depends on the load of
 /// the machine (200,000 small packets exceed what the socket buffer holds if the worker
 /// stalls). It measures `max_len` and the buffers, so the queue's bound by delay is off
@@ -1160,6 +1208,9 @@ fn bench_goodput_through_the_mbox() {
         ("no queue", vec![]),
         ("C accept", vec![]),
         ("mpolice mbox", vec![]),
+        ("  hybrid", vec![]),
+        ("mbox+victim, capabilities", vec![]),
+        ("  hybrid", vec![]),
     ];
     for _ in 0..reps {
         rows[0]
@@ -1201,15 +1252,29 @@ fn bench_goodput_through_the_mbox() {
             let _ = c.wait();
             tb.exec(Host::Mbox, &["nft", "flush", "ruleset"]).unwrap();
         }
-        let cfg = RoleConfig {
-            udp_ports: vec![],
-            ..Default::default()
-        };
-        let e = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
-        rows[2]
-            .1
-            .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
-        drop(e);
+        for (row, hybrid) in [(2, false), (3, true)] {
+            let cfg = RoleConfig {
+                udp_ports: vec![],
+                queue_extra: format!("hybrid = {hybrid}"),
+                ..Default::default()
+            };
+            let e = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg).unwrap();
+            rows[row]
+                .1
+                .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
+            drop(e);
+        }
+        for (row, hybrid) in [(4, false), (5, true)] {
+            let role = |r: &str| RoleConfig {
+                queue_extra: format!("hybrid = {hybrid}"),
+                ..RoleConfig::default().with_capabilities(&tb, r).unwrap()
+            };
+            let (v, m) = start_both(&tb, &role("victim"), &role("mbox"));
+            rows[row]
+                .1
+                .push(testbed::iperf3_tcp(&tb, VICTIM_V4, secs).unwrap());
+            drop((m, v));
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

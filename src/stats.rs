@@ -20,6 +20,12 @@ pub struct QueueCounters {
     pub accepted: u64,
     /// Packets accepted with a rewritten payload.
     pub modified: u64,
+    /// Hybrid path: super-packets sent to the precise queue to be rewritten there.
+    #[serde(default)]
+    pub routed: u64,
+    /// Hybrid path: their segments, answered from the precise queue.
+    #[serde(default)]
+    pub segments: u64,
     /// Packets dropped by the engine (any reason, malformed included).
     pub dropped: u64,
     /// Packets the parser refused (also counted in `accepted` or `dropped`).
@@ -199,6 +205,8 @@ impl EngineStats {
             t.engine.received += e.received;
             t.engine.accepted += e.accepted;
             t.engine.modified += e.modified;
+            t.engine.routed += e.routed;
+            t.engine.segments += e.segments;
             t.engine.dropped += e.dropped;
             t.engine.malformed += e.malformed;
             t.engine.errors += e.errors;
@@ -282,6 +290,13 @@ impl EngineStats {
         };
         if !total.reasons.is_empty() {
             let _ = writeln!(s, "reasons: {}", list(&total.reasons));
+        }
+        if total.routed + total.segments > 0 {
+            let _ = writeln!(
+                s,
+                "hybrid: routed={} segments={}",
+                total.routed, total.segments
+            );
         }
         let c = &total.caps;
         if *c != CapCounters::default() {

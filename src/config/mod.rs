@@ -229,6 +229,9 @@ pub struct QueueSettings {
     pub max_delay: Option<Duration>,
     pub rcvbuf_bytes: usize,
     pub malformed: MalformedVerdict,
+    /// Hybrid path: the first of the precise queues, one per worker after its fast
+    /// queue's number (None: every packet through one queue, cut to wire packets).
+    pub precise_first: Option<u16>,
 }
 
 impl QueueSettings {
@@ -370,6 +373,9 @@ struct RawQueue {
     kind: String,
     #[serde(default = "default_malformed")]
     malformed: MalformedVerdict,
+    #[serde(default)]
+    hybrid: bool,
+    precise_first: Option<u16>,
 }
 
 impl Default for RawQueue {
@@ -385,6 +391,8 @@ impl Default for RawQueue {
             rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
             kind: default_kind(),
             malformed: MalformedVerdict::Drop,
+            hybrid: false,
+            precise_first: None,
         }
     }
 }
@@ -462,6 +470,7 @@ pub fn parse(text: &str, role: &str) -> Result<Config, ConfigError> {
 fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
     let q = raw.queue;
+    let precise_first = validate_hybrid(&q, raw.tunnel.is_some() || raw.redirect.is_some())?;
     let target = QueueTarget {
         first: q.first,
         count: q.count,
@@ -600,6 +609,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             max_delay: (q.max_delay_ms > 0).then(|| Duration::from_millis(q.max_delay_ms)),
             rcvbuf_bytes: q.rcvbuf_bytes,
             malformed: q.malformed,
+            precise_first,
         },
         protect: Selection {
             addresses,
@@ -623,6 +633,37 @@ where
         range.start(),
         range.end()
     )))
+}
+
+/// The first precise queue of the hybrid path, if it is on: by default right after the
+/// fast queues, and never overlapping them.
+fn validate_hybrid(q: &RawQueue, rewrites_all: bool) -> Result<Option<u16>, ConfigError> {
+    let err = |m: String| Err(ConfigError(m));
+    if !q.hybrid {
+        return match q.precise_first {
+            Some(_) => err("queue.precise_first: only with queue.hybrid = true".into()),
+            None => Ok(None),
+        };
+    }
+    // Both rewrite every packet, which the hybrid path would cut and answer one by one.
+    if rewrites_all {
+        return err("queue.hybrid: not with [tunnel] or [redirect], which rewrite every packet; set hybrid = false".into());
+    }
+    let first = q.precise_first.unwrap_or(q.first.saturating_add(q.count));
+    let fast = u32::from(q.first)..u32::from(q.first) + u32::from(q.count);
+    let precise = u32::from(first)..u32::from(first) + u32::from(q.count);
+    if precise.end > 65536 {
+        return err(format!(
+            "queue.precise_first: queues {first}..{} run past queue number 65535",
+            precise.end
+        ));
+    }
+    if precise.start < fast.end && fast.start < precise.end {
+        return err(format!(
+            "queue.precise_first: precise queues {precise:?} overlap the queues {fast:?}"
+        ));
+    }
+    Ok(Some(first))
 }
 
 fn validate_caps(c: RawCaps, role: &str) -> Result<CapSettings, ConfigError> {

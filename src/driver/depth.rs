@@ -206,6 +206,24 @@ mod tests {
     }
 
     #[test]
+    fn a_window_of_exactly_the_least_work_counts() {
+        let mut d = bound(200 * MS, 262_144);
+        d.served(1_000, MIN_BUSY);
+        assert_eq!(d.estimate(), Some(40_000), "200,000 pps x 200 ms");
+    }
+
+    #[test]
+    fn a_move_of_exactly_the_hysteresis_stays_out_of_the_kernel() {
+        // 112,500 pps x 200 ms = 22,500: 1/8 above the 20,000 the kernel has.
+        let mut d = bound(200 * MS, 262_144);
+        d.served(22_500, 200 * MS);
+        assert_eq!(d.estimate(), None);
+        let mut e = bound(200 * MS, 262_144);
+        e.served(22_510, 200 * MS);
+        assert_eq!(e.estimate(), Some(22_510));
+    }
+
+    #[test]
     fn small_moves_do_not_reach_the_kernel() {
         let mut d = bound(200 * MS, 262_144);
         // 105,000 pps: the target moves by 5 %, under the hysteresis.

@@ -67,14 +67,14 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
-    for (index, (num, queue, depth)) in queues.into_iter().enumerate() {
+    for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         let verified = match cfg.unverified_channel(role) {
             Some(_) => Some(nft::VerifiedSet::open().map_err(|e| anyhow::anyhow!("{e}"))?),
             None => None,
         };
         workers.push(Worker::spawn(
-            (num, queue, depth),
+            (num, queue, precise, depth),
             pipeline,
             (stages.sends_datagrams(), verified),
             (Arc::clone(&board), index),
@@ -443,26 +443,43 @@ fn check_path_mtu(caps: &CapSettings, limits: Vec<(String, u32)>) -> Result<()> 
     Ok(())
 }
 
-/// Open every queue, each with its depth bound (which sets its first limit).
-fn open_queues(cfg: &Config) -> Result<Vec<(u16, Queue, DepthBound)>> {
+/// Open every queue, each with its depth bound (which sets its first limit), and on
+/// the hybrid path its precise queue.
+fn open_queues(cfg: &Config) -> Result<Vec<WorkerQueues>> {
     cfg.queue
         .numbers()
-        .map(|num| {
+        .enumerate()
+        .map(|(i, num)| {
             let depth = DepthBound::new(cfg.queue.max_delay, cfg.queue.max_len);
             let q = Queue::open(&QueueConfig {
                 max_len: depth.limit(),
                 rcvbuf_bytes: cfg.queue.rcvbuf_bytes,
                 fail_open: cfg.queue.fail_open,
-                // Roles rewrite packets, and a rewritten GSO super-packet loses its
-                // segmentation: take packets the kernel already segmented.
-                gso: false,
+                // A rewritten GSO super-packet loses its segmentation: without the
+                // hybrid path, take packets the kernel already cut to wire size.
+                gso: cfg.queue.precise_first.is_some(),
                 recv_timeout: RECV_TIMEOUT,
                 ..QueueConfig::new(num)
             })?;
-            Ok((num, q, depth))
+            // It receives only what the worker routes there, and is drained at once.
+            let precise = cfg
+                .queue
+                .precise_first
+                .map(|first| {
+                    let num = first + i as u16;
+                    Queue::open(&QueueConfig {
+                        recv_timeout: RECV_TIMEOUT,
+                        ..QueueConfig::new(num)
+                    })
+                })
+                .transpose()?;
+            Ok((num, q, precise, depth))
         })
         .collect()
 }
+
+/// A worker's queue number, its queue, its precise queue (hybrid path) and depth bound.
+type WorkerQueues = (u16, Queue, Option<Queue>, DepthBound);
 
 /// Wait until the kernel holds no packet of ours awaiting a verdict (or the deadline
 /// passes); return the kernel's counters as they stand then, before the queues unbind.

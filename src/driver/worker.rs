@@ -6,6 +6,11 @@
 //! read gets the role's verdict for what it cannot parse, by id; one whose drop could
 //! not be sent is kept out of every batch verdict (which would accept it) until a drop
 //! gets through. Counters are published at most every `PUBLISH_EVERY`, not per packet.
+//!
+//! Hybrid path: the queue takes GSO super-packets whole. One the pipeline must rewrite
+//! is sent to the worker's precise queue, where the kernel cuts it into wire packets
+//! before the verdict call returns; the worker answers those segments at once, in order,
+//! before reading on (`route`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +23,8 @@ use super::depth::{self, DepthBound};
 use super::nft::VerifiedSet;
 use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
-    Incoming, PacketMsg, Queue, QueueError, Unreadable, Verdict as KernelVerdict,
+    Incoming, PacketMsg, Queue, QueueError, SKB_CSUMNOTREADY, SKB_GSO, Unreadable,
+    Verdict as KernelVerdict,
 };
 use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Verdict};
 use crate::stats::QueueCounters;
@@ -53,9 +59,9 @@ impl Worker {
     /// shares the police's system-wide figures on `board` as worker `index`.
     /// With `verified`, it keeps the kernel's set of verified senders in step with its
     /// pipeline's. It measures its service rate into `depth`, which may move the queue's
-    /// limit.
+    /// limit. With `precise` it runs the hybrid path: `queue` takes GSO super-packets.
     pub fn spawn(
-        (num, queue, depth): (u16, Queue, DepthBound),
+        (num, queue, precise, depth): (u16, Queue, Option<Queue>, DepthBound),
         pipeline: Pipeline,
         (datagrams, verified): (bool, Option<VerifiedSet>),
         (board, index): (Arc<Board>, usize),
@@ -78,6 +84,7 @@ impl Worker {
             .spawn(move || {
                 let mut l = Loop::new((initial, queue, depth), pipeline, published, sockets);
                 l.verified = verified;
+                l.precise = precise;
                 l.run(&stop, (&board, index))
             })?;
         Ok(Worker {
@@ -135,6 +142,8 @@ impl Sockets {
 
 struct Loop {
     queue: Queue,
+    /// Hybrid path: the queue that receives routed super-packets cut into segments.
+    precise: Option<Queue>,
     pipeline: Pipeline,
     sockets: Option<Sockets>,
     counters: QueueCounters,
@@ -166,6 +175,7 @@ impl Loop {
     ) -> Self {
         Loop {
             queue,
+            precise: None,
             pipeline,
             sockets,
             counters,
@@ -308,6 +318,8 @@ impl Loop {
             indev: msg.indev,
             outdev: msg.outdev,
             truncated: msg.orig_len.is_some(),
+            gso: msg.skb_info & SKB_GSO != 0,
+            csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
         };
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
         pipeline::count(&mut self.counters, &verdict);
@@ -326,8 +338,72 @@ impl Loop {
                 self.flush();
                 self.send(msg.id, KernelVerdict::Accept, true);
             }
+            Verdict::Route => self.route(msg.id),
             Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
         }
+    }
+
+    /// Send super-packet `id` to the precise queue and answer its segments there, in
+    /// order: each rewritten one alone, as soon as it is, the unchanged ones as they come.
+    fn route(&mut self, id: u32) {
+        let Some(mut precise) = self.precise.take() else {
+            // Only the hybrid path receives super-packets: nothing else can route.
+            self.counters.count_reason("route_without_precise_queue");
+            self.send(id, KernelVerdict::Drop, false);
+            return;
+        };
+        // The unchanged packets queued before it leave first, as for a rewrite.
+        self.flush();
+        // No bypass: a packet whose marker must be cleared may not pass as it is.
+        let to = KernelVerdict::Queue {
+            num: precise.num(),
+            bypass: false,
+        };
+        self.send(id, to, false);
+        // The kernel queued every segment before the verdict call returned.
+        let mut first = true;
+        loop {
+            let msg = match precise.recv(false) {
+                Ok(Some(Incoming::Packet(msg))) => msg,
+                Ok(Some(Incoming::Unreadable { id, cause })) => {
+                    self.counters.count_reason(cause.as_str());
+                    let sent = precise.verdict(id, KernelVerdict::Drop, None);
+                    self.check(id, "segment drop", sent);
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.send_errors += 1;
+                    tracing::warn!(queue = precise.num(), "receive segments: {e}");
+                    break;
+                }
+            };
+            self.counters.segments += 1;
+            self.buf.clear();
+            self.buf.extend_from_slice(precise.payload(&msg));
+            let (v, payload) = match self.pipeline.segment(&mut self.buf, first) {
+                Verdict::AcceptModified => (KernelVerdict::Accept, Some(self.buf.as_slice())),
+                Verdict::Drop(r) => {
+                    self.counters.count_reason(r.as_str());
+                    (KernelVerdict::Drop, None)
+                }
+                Verdict::Pass(r) => {
+                    self.counters.count_reason(r.as_str());
+                    (KernelVerdict::Accept, None)
+                }
+                Verdict::Accept | Verdict::Route => (KernelVerdict::Accept, None),
+            };
+            first = false;
+            let sent = precise.verdict(msg.id, v, payload);
+            if !self.check(msg.id, "segment verdict", sent) {
+                // No batch verdict sweeps this queue: drop it now, or it waits forever.
+                let sent = precise.verdict(msg.id, KernelVerdict::Drop, None);
+                if !self.check(msg.id, "segment fallback drop", sent) {
+                    self.counters.count_reason("verdict_failed");
+                }
+            }
+        }
+        self.precise = Some(precise);
     }
 
     /// Send what the pipeline produced for the last packet.

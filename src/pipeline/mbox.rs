@@ -11,7 +11,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since, open_tunnel};
+use super::segments::{TrailerSink, largest_wire_len, wire_packets};
+use super::{
+    Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since, mss_with_room,
+    open_tunnel,
+};
 use crate::capability::{
     CapError, Capability, KeyReader, MAX_WIRE_LEN, Marker, RunId, SharedKeys, feedback_len,
     split_feedback, tunnel, wire_len,
@@ -157,6 +161,7 @@ impl Mbox {
         buf: &mut Vec<u8>,
         mut p: Parsed,
         (now, on_port): (Instant, bool),
+        sink: &mut TrailerSink,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
         let mut edit = Edit::Unchanged;
@@ -169,14 +174,15 @@ impl Mbox {
             edit = Edit::Changed;
         }
         let tcp = on_port && p.protocol == proto::TCP;
-        let admitted = self.police.admit(p.src, tcp, now);
+        let segments = wire_packets(&p, sink.gso, self.segment_mss(p.src.is_ipv6()));
+        let admitted = self.police.admit(p.src, tcp, segments, now);
         (c.senders, c.evictions) = {
             let (held, evicted) = self.police.senders_held();
             (held as u64, evicted)
         };
         admitted.map_err(Reason::Policed)?;
         if tcp {
-            edit = edit.or(self.stamp(buf, p, now, c)?);
+            edit = edit.or(self.stamp(buf, (p, segments), now, sink, c)?);
         }
         let Some((t, keys)) = self.tunnel.as_mut().filter(|_| on_port) else {
             return Ok(edit);
@@ -199,6 +205,17 @@ impl Mbox {
         Ok(Edit::Changed)
     }
 
+    /// The path MTU stamped packets must fit.
+    pub fn path_mtu(&self) -> usize {
+        self.path_mtu
+    }
+
+    /// The segment size a client's super-packet is cut into: the MSS the victim
+    /// advertises, which leaves room for a stamp (the client's own may be smaller).
+    fn segment_mss(&self, v6: bool) -> u16 {
+        mss_with_room(v6, self.path_mtu, wire_len(v6) + self.tunnel_overhead(v6))
+    }
+
     /// Bytes the tunnel adds to a packet of this family (0 without a tunnel).
     fn tunnel_overhead(&self, v6: bool) -> usize {
         self.tunnel
@@ -210,13 +227,15 @@ impl Mbox {
     fn stamp(
         &mut self,
         buf: &mut Vec<u8>,
-        p: Parsed,
+        (p, segments): (Parsed, u32),
         now: Instant,
+        sink: &mut TrailerSink,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
         let v6 = p.src.is_ipv6();
-        let fits = p.total_len() + wire_len(v6) + self.tunnel_overhead(v6) <= self.path_mtu;
-        let id = match self.police.stamp(p.src, now, fits) {
+        let len = largest_wire_len(&p, sink.gso, self.segment_mss(v6));
+        let fits = len + wire_len(v6) + self.tunnel_overhead(v6) <= self.path_mtu;
+        let id = match self.police.stamp(p.src, segments, now, fits) {
             Stamp::No => return Ok(Edit::Unchanged),
             Stamp::TooBig => {
                 c.too_big += 1;
@@ -230,9 +249,7 @@ impl Mbox {
         let n = cap
             .encode(p.dst, key, &mut bytes)
             .map_err(|_| Reason::Malformed(wire::WireError::FamilyMismatch))?;
-        let stamped = wire::append_trailer(buf, &p, &bytes[..n]).map_err(Reason::Malformed)?;
-        let bits = Marker::Stamped.apply(wire::tcp_reserved(buf, &stamped));
-        wire::set_tcp_reserved(buf, &stamped, bits).map_err(Reason::Malformed)?;
+        sink.append(buf, &p, &bytes[..n], Marker::Stamped)?;
         c.issued += 1;
         Ok(Edit::Changed)
     }

@@ -9,6 +9,7 @@
 mod classify;
 mod mbox;
 mod quote;
+mod segments;
 mod verdict;
 mod victim;
 
@@ -17,6 +18,8 @@ use std::time::Instant;
 
 pub use classify::{Direction, direction};
 pub use mbox::Mbox;
+pub use segments::Trailer;
+use segments::TrailerSink;
 pub use verdict::{Reason, Verdict};
 pub use victim::{Victim, mss_with_room};
 
@@ -64,6 +67,11 @@ pub struct PacketMeta {
     /// The kernel copied only part of the packet (copy range), so it can be neither
     /// parsed whole nor rewritten.
     pub truncated: bool,
+    /// A GSO super-packet (hybrid path): it stands for several wire packets, and must
+    /// not be rewritten here (see `segments`).
+    pub gso: bool,
+    /// Its checksum is not filled in yet (offloaded): a rewrite must compute it whole.
+    pub csum_partial: bool,
 }
 
 /// A datagram a stage asks the driver to send: the victim's feedback in tunnel mode.
@@ -82,6 +90,8 @@ pub struct Pipeline {
     caps: CapCounters,
     /// Datagrams the stages produced, for the driver to send after the verdict.
     outbox: Vec<Datagram>,
+    /// The trailer of the last super-packet routed, for its first segment.
+    deferred: Option<Trailer>,
 }
 
 impl Pipeline {
@@ -93,6 +103,7 @@ impl Pipeline {
             stages,
             caps: CapCounters::default(),
             outbox: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -162,6 +173,7 @@ impl Pipeline {
     /// `buf` is a `Vec` because a rewrite may grow the packet (a capability trailer).
     #[allow(clippy::ptr_arg)]
     pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, now: Instant) -> Verdict {
+        self.deferred = None;
         if meta.truncated {
             return self.unparsable(Reason::TruncatedCopy);
         }
@@ -177,9 +189,13 @@ impl Pipeline {
             };
         };
         let c = &mut self.caps;
+        let mut sink = TrailerSink {
+            gso: meta.gso,
+            deferred: &mut self.deferred,
+        };
         let edit = match (stages, dir) {
             (Stages::Mbox(m), Some(Direction::ToProtected)) => {
-                m.to_victim(buf, parsed, (now, true), c)
+                m.to_victim(buf, parsed, (now, true), &mut sink, c)
             }
             (Stages::Mbox(m), Some(Direction::FromProtected)) => {
                 m.from_victim(buf, parsed, meta, now, c)
@@ -187,9 +203,13 @@ impl Pipeline {
             (Stages::Victim(v), Some(Direction::ToProtected)) => {
                 v.inbound(buf, parsed, meta.indev, now, c)
             }
-            (Stages::Victim(v), Some(Direction::FromProtected)) => {
-                v.outbound(buf, parsed, (meta.outdev, now), c, &mut self.outbox)
-            }
+            (Stages::Victim(v), Some(Direction::FromProtected)) => v.outbound(
+                buf,
+                parsed,
+                (meta.outdev, now),
+                (&mut sink, &mut self.outbox),
+                c,
+            ),
             (Stages::Mbox(m), None) => {
                 if let Some(consumed) = m.feedback_in(buf, &parsed, meta, now, c) {
                     return Verdict::Drop(consumed);
@@ -197,7 +217,7 @@ impl Pipeline {
                 if meta.hook == HOOK_FORWARD && classify::is_protected(&self.selection, parsed.dst)
                 {
                     // Any other protocol or port to a protected address: policed too.
-                    m.to_victim(buf, parsed, (now, false), c)
+                    m.to_victim(buf, parsed, (now, false), &mut sink, c)
                 } else {
                     match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
                         Some(edit) => edit,
@@ -221,8 +241,40 @@ impl Pipeline {
         };
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,
+            // Rewritten only once the kernel has cut it (a trailer, cleared markers).
+            Ok(Edit::Changed) if meta.gso => Verdict::Route,
+            Ok(Edit::Changed) if meta.csum_partial => {
+                // The kernel takes a rewritten packet's checksums as they are.
+                match wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p)) {
+                    Ok(()) => Verdict::AcceptModified,
+                    Err(e) => Verdict::Drop(Reason::Malformed(e)),
+                }
+            }
             Ok(Edit::Changed) => Verdict::AcceptModified,
             Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// Rewrite one segment of the super-packet routed last (the `first` one the kernel
+    /// cut from it takes its trailer): cleared markers, the trailer, whole checksums.
+    #[allow(clippy::ptr_arg)]
+    pub fn segment(&mut self, buf: &mut Vec<u8>, first: bool) -> Verdict {
+        let max_len = match &self.stages {
+            Some(Stages::Mbox(m)) => m.path_mtu(),
+            Some(Stages::Victim(v)) => v.path_mtu(),
+            None => usize::MAX,
+        };
+        let trailer = if first { self.deferred.take() } else { None };
+        match segments::rewrite_segment(buf, first, trailer.as_ref(), max_len) {
+            Ok((changed, too_big)) => {
+                self.caps.too_big += u64::from(too_big);
+                if changed {
+                    Verdict::AcceptModified
+                } else {
+                    Verdict::Accept
+                }
+            }
+            Err(reason) => self.unparsable(reason),
         }
     }
 }
@@ -281,6 +333,7 @@ impl Pipeline {
 pub fn count(c: &mut QueueCounters, v: &Verdict) {
     match v {
         Verdict::Accept => c.accepted += 1,
+        Verdict::Route => c.routed += 1,
         Verdict::AcceptModified => c.modified += 1,
         Verdict::Pass(r) => {
             c.accepted += 1;

@@ -9,6 +9,9 @@ pub enum Verdict {
     Accept,
     /// Let it through with the rewritten buffer.
     AcceptModified,
+    /// A GSO super-packet to rewrite: send it to the precise queue, where the kernel
+    /// delivers its segments and [`crate::pipeline::Pipeline::segment`] rewrites them.
+    Route,
     /// Let it through unchanged, counted under a reason (e.g. malformed, fail-open).
     Pass(Reason),
     /// Drop it, for a counted reason.

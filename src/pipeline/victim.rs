@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::segments::{TrailerSink, largest_wire_len};
 use super::{Datagram, Edit, LOOPBACK_IFINDEX, Reason, clear_marker, open_tunnel};
 use crate::capability::{
     Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
@@ -58,6 +59,11 @@ pub struct Victim {
 }
 
 impl Victim {
+    /// The path MTU packets with feedback must fit.
+    pub fn path_mtu(&self) -> usize {
+        self.path_mtu
+    }
+
     /// Build the victim stages; `mbox_ifindexes` are the resolved `mbox_interfaces`.
     pub fn new(s: &CapSettings, mbox_ifindexes: Vec<u32>) -> Self {
         Victim {
@@ -211,8 +217,8 @@ impl Victim {
         buf: &mut Vec<u8>,
         p: Parsed,
         (outdev, now): (u32, Instant),
+        (sink, out): (&mut TrailerSink, &mut Vec<Datagram>),
         c: &mut CapCounters,
-        out: &mut Vec<Datagram>,
     ) -> Result<Edit, Reason> {
         if p.protocol != proto::TCP {
             return Ok(Edit::Unchanged);
@@ -264,15 +270,18 @@ impl Victim {
             c.not_via_mbox += 1;
             return Ok(edit);
         }
-        let fits = self.path_mtu.saturating_sub(p.total_len()) / len;
+        // A super-packet's segments: at most the MSS the victim clamped the client to.
+        let mss = mss_with_room(p.dst.is_ipv6(), self.path_mtu, len);
+        let fits = self
+            .path_mtu
+            .saturating_sub(largest_wire_len(&p, sink.gso, mss))
+            / len;
         let (trailer, n) = take(&mut flow.caps, self.per_ack.min(fits), len);
         if n == 0 {
             return Ok(edit);
         }
-        let p = wire::append_trailer(buf, &p, &trailer[..n * len]).map_err(Reason::Malformed)?;
         let marker = Marker::feedback(n as u8).map_err(|_| Reason::TrailerTooShort)?;
-        let bits = marker.apply(wire::tcp_reserved(buf, &p));
-        wire::set_tcp_reserved(buf, &p, bits).map_err(Reason::Malformed)?;
+        sink.append(buf, &p, &trailer[..n * len], marker)?;
         c.fed_back += n as u64;
         Ok(Edit::Changed)
     }

@@ -234,8 +234,15 @@ impl Policer {
     }
 
     /// Decide whether a packet of `sender` passes; `tcp` says whether it can carry a
-    /// capability (anything else is best-effort only).
-    pub fn admit(&mut self, sender: IpAddr, tcp: bool, now: Instant) -> Result<(), Drop> {
+    /// capability (anything else is best-effort only). It stands for `segments` packets
+    /// on the wire (more than 1 for a GSO super-packet), each counted.
+    pub fn admit(
+        &mut self,
+        sender: IpAddr,
+        tcp: bool,
+        segments: u32,
+        now: Instant,
+    ) -> Result<(), Drop> {
         let off = matches!(self.policy, Policy::Off);
         let (llr_threshold, cap) = (self.llr_threshold, self.non_tcp_per_period);
         let (period, paced) = (self.period, self.paced);
@@ -243,7 +250,7 @@ impl Policer {
         let s = self.sender(sender, now);
         let llr_over = s.llr > llr_threshold;
         if !tcp {
-            s.other = s.other.saturating_add(1);
+            s.other = s.other.saturating_add(segments);
             let verdict = if off {
                 Ok(())
             } else if s.other > cap {
@@ -253,12 +260,14 @@ impl Policer {
             } else {
                 Ok(())
             };
-            s.other_dropped += u32::from(verdict.is_err());
+            if verdict.is_err() {
+                s.other_dropped = s.other_dropped.saturating_add(segments);
+            }
             return verdict;
         }
-        s.nr = s.nr.saturating_add(1);
+        s.nr = s.nr.saturating_add(segments);
         // Within WR the packet is privileged; beyond it, best-effort.
-        let verdict = if off || s.take_window(now, period, paced) {
+        let verdict = if off || s.take_window(segments, now, period, paced) {
             Ok(())
         } else if llr_over {
             Err(Drop::SenderLoss)
@@ -267,7 +276,9 @@ impl Policer {
         } else {
             Ok(())
         };
-        s.nd += u32::from(verdict.is_err());
+        if verdict.is_err() {
+            s.nd = s.nd.saturating_add(segments);
+        }
         verdict
     }
 
@@ -275,7 +286,9 @@ impl Policer {
     /// which id: a random share of its packets in the period's first P − Th_rtt, spread
     /// to make Th_cap last the whole stretch at the rate it is sending. A packet the
     /// sample picks that would not `fit` the path once stamped is counted, not stamped.
-    pub fn stamp(&mut self, sender: IpAddr, now: Instant, fits: bool) -> Stamp {
+    /// A super-packet of `segments` wire packets is picked as often as its segments
+    /// together would be (and carries one stamp).
+    pub fn stamp(&mut self, sender: IpAddr, segments: u32, now: Instant, fits: bool) -> Stamp {
         let (period, rtt, per_period) = (self.period, self.rtt, self.per_period);
         let draw = self.rng.next_unit();
         let Some(s) = self.senders.peek_mut(sender) else {
@@ -290,7 +303,7 @@ impl Policer {
         let rate = (f64::from(s.last_nr) / period.as_secs_f64())
             .max(f64::from(s.nr) / elapsed.as_secs_f64());
         let expected = rate * (stamp_end - now).as_secs_f64();
-        let share = f64::from(per_period - s.issued) / expected.max(1.0);
+        let share = f64::from(segments) * f64::from(per_period - s.issued) / expected.max(1.0);
         if share < 1.0 && draw >= share {
             return Stamp::No;
         }

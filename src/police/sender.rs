@@ -89,8 +89,15 @@ impl Sender {
     /// period has run so far, plus `PACE_BURST` of WR at once, and never more than WR; a
     /// sender spending its window in a burst at the period's start would fill the
     /// bottleneck's queue for everyone. Otherwise WR counts for the whole period.
-    /// Best-effort packets, passed or dropped, take nothing from the window.
-    pub fn take_window(&mut self, now: Instant, period: Duration, paced: bool) -> bool {
+    /// Best-effort packets, passed or dropped, take nothing from the window. A GSO
+    /// super-packet of `segments` wire packets is privileged only if all of them fit.
+    pub fn take_window(
+        &mut self,
+        segments: u32,
+        now: Instant,
+        period: Duration,
+        paced: bool,
+    ) -> bool {
         let allowance = if paced {
             let ran = now
                 .saturating_duration_since(self.period_start)
@@ -100,8 +107,10 @@ impl Sender {
         } else {
             f64::from(self.wr)
         };
-        let within = f64::from(self.privileged) + 1.0 <= allowance;
-        self.privileged += u32::from(within);
+        let within = f64::from(self.privileged) + f64::from(segments) <= allowance;
+        if within {
+            self.privileged += segments;
+        }
         within
     }
 

@@ -41,9 +41,9 @@ fn send(
     for i in 0..n {
         let ms = from + (to - from) * i / n;
         p.on_timer(at(t0, ms));
-        match p.admit(s, true, at(t0, ms)) {
+        match p.admit(s, true, 1, at(t0, ms)) {
             Ok(()) => {
-                if let Stamp::Id(id) = p.stamp(s, at(t0, ms), true) {
+                if let Stamp::Id(id) = p.stamp(s, 1, at(t0, ms), true) {
                     stamped.push((id, ms));
                 }
             }
@@ -125,14 +125,14 @@ fn best_effort_packets_are_dropped_while_the_system_loses_and_privileged_ones_ne
     let (_, dropped) = send(&mut p, t0, ip(1), 150, (P, P + 3_990));
     assert_eq!(dropped, 50);
     assert_eq!(
-        p.admit(ip(2), true, at(t0, P + 3_900)),
+        p.admit(ip(2), true, 1, at(t0, P + 3_900)),
         Err(Drop::SystemLoss)
     );
     let r = row(&p, ip(1));
     assert_eq!((r.nr, r.nd), (150, 50));
     // No system loss: best-effort passes.
     p.set_system(System::default());
-    assert_eq!(p.admit(ip(2), true, at(t0, P + 3_901)), Ok(()));
+    assert_eq!(p.admit(ip(2), true, 1, at(t0, P + 3_901)), Ok(()));
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn a_sender_whose_capabilities_never_return_loses_its_best_effort() {
     assert!(r.llr > 0.05, "llr {}", r.llr);
     assert_eq!(r.wr, 0, "it proved no delivery");
     assert_eq!(
-        p.admit(ip(1), true, at(t0, 3 * P + 1)),
+        p.admit(ip(1), true, 1, at(t0, 3 * P + 1)),
         Err(Drop::SenderLoss)
     );
 }
@@ -175,15 +175,15 @@ fn non_tcp_traffic_is_capped_per_sender_and_dropped_while_the_system_loses() {
     let (mut p, t0) = policer(Policy::FairShare);
     let now = at(t0, 10);
     let passed = (0..1_500)
-        .filter(|_| p.admit(ip(1), false, now).is_ok())
+        .filter(|_| p.admit(ip(1), false, 1, now).is_ok())
         .count();
     assert_eq!(passed, 1_000, "non_tcp_per_period");
-    assert_eq!(p.admit(ip(1), false, now), Err(Drop::NonTcpCap));
+    assert_eq!(p.admit(ip(1), false, 1, now), Err(Drop::NonTcpCap));
     p.set_system(System {
         slr: 0.06,
         totals: Totals::default(),
     });
-    assert_eq!(p.admit(ip(2), false, now), Err(Drop::NonTcpSystemLoss));
+    assert_eq!(p.admit(ip(2), false, 1, now), Err(Drop::NonTcpSystemLoss));
     let r = row(&p, ip(1));
     assert_eq!((r.other, r.other_dropped, r.nr), (1_501, 501, 0));
 }
@@ -196,7 +196,7 @@ fn measuring_only_never_drops() {
         totals: Totals::default(),
     });
     for i in 0..2_000 {
-        assert_eq!(p.admit(ip(1), i % 2 == 0, at(t0, 1)), Ok(()));
+        assert_eq!(p.admit(ip(1), i % 2 == 0, 1, at(t0, 1)), Ok(()));
     }
 }
 
@@ -267,8 +267,8 @@ fn stamps_on_unverified_senders_are_held_to_their_budget() {
     let mut stamped = 0;
     for i in 0..100_000u32 {
         let now = at(t0, u64::from(i) / 100);
-        p.admit(ip(i), true, now).unwrap();
-        stamped += u32::from(matches!(p.stamp(ip(i), now, true), Stamp::Id(_)));
+        p.admit(ip(i), true, 1, now).unwrap();
+        stamped += u32::from(matches!(p.stamp(ip(i), 1, now, true), Stamp::Id(_)));
     }
     // One second's budget banked at start, one more earned over the second (999 ms).
     assert!((1_990..=2_000).contains(&stamped), "{stamped} stamps");
@@ -298,7 +298,7 @@ fn verified_senders_keep_their_state_through_a_spoofed_flood() {
     // 200,000 spoofed sources, 100 times the table, none of them seen twice.
     for i in 0..200_000u32 {
         let now = at(t0, 2_000 + u64::from(i) / 100);
-        let _ = p.admit(ip(i), true, now);
+        let _ = p.admit(ip(i), true, 1, now);
     }
     for &s in &real {
         let r = row(&p, s);
@@ -395,8 +395,8 @@ fn bytes_per_tracked_sender() {
     );
     for i in 0..N {
         let now = at(t0, u64::from(i) / 1_000);
-        let _ = p.admit(ip(i), true, now);
-        let _ = p.stamp(ip(i), now, true);
+        let _ = p.admit(ip(i), true, 1, now);
+        let _ = p.stamp(ip(i), 1, now, true);
     }
     let after = resident_bytes();
     assert_eq!(p.senders_held().0, N as usize);
@@ -422,8 +422,8 @@ fn fair_share_gives_everyone_the_average_when_periods_close_together() {
         for s in 1..=8u32 {
             for k in 0..(if s <= 4 { 3 } else { 7 }) {
                 let now = at(t0, ms + k * 2);
-                if p.admit(ip(s), true, now).is_ok()
-                    && let Stamp::Id(id) = p.stamp(ip(s), now, true)
+                if p.admit(ip(s), true, 1, now).is_ok()
+                    && let Stamp::Id(id) = p.stamp(ip(s), 1, now, true)
                 {
                     let issued_ms = (now - t0).as_millis() as u32;
                     let back = now + Duration::from_millis(10);
@@ -529,5 +529,33 @@ fn a_sender_loss_rate_at_its_threshold_is_not_over_it() {
         slr: 0.05,
         totals: Totals::default(),
     });
-    assert_eq!(p.admit(ip(2), false, at(t0, 1)), Ok(()));
+    assert_eq!(p.admit(ip(2), false, 1, at(t0, 1)), Ok(()));
+}
+
+/// A GSO super-packet counts as the wire packets it stands for, and is privileged only
+/// if all of them fit the window.
+#[test]
+fn a_super_packet_counts_as_its_segments() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let s = ip(1);
+    let (first, _) = send(&mut p, t0, s, 400, (0, P));
+    give_back(&mut p, t0, s, &first);
+    p.on_timer(at(t0, P));
+    // A window of 400 for the next period, all of it usable by its last moment.
+    p.set_system(System {
+        slr: 1.0,
+        totals: Totals::default(),
+    });
+    let now = at(t0, 2 * P - 1);
+    for _ in 0..39 {
+        assert_eq!(p.admit(s, true, 10, now), Ok(()));
+    }
+    // 390 privileged: a super-packet of 20 no longer fits, and the system is losing.
+    assert_eq!(p.admit(s, true, 20, now), Err(Drop::SystemLoss));
+    assert_eq!(p.admit(s, true, 10, now), Ok(()));
+    let r = row(&p, s);
+    assert_eq!((r.nr, r.nd, r.wr), (420, 20, 400));
+    assert_eq!(p.admit(s, false, 7, now), Err(Drop::NonTcpSystemLoss));
+    let r = row(&p, s);
+    assert_eq!((r.other, r.other_dropped), (7, 7));
 }
