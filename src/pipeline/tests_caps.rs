@@ -1448,3 +1448,63 @@ fn feedback_on_a_syn_ack_counts_but_only_an_established_segment_verifies_the_sen
         [(ip("198.18.1.2"), true)]
     );
 }
+
+/// A super-packet the mbox stamps is routed, not rewritten: its first segment takes the
+/// capability, which the victim strips and returns; the others pass as they are.
+#[test]
+fn a_super_packet_is_stamped_on_its_first_segment() {
+    let mut path = Path::new();
+    let gso = PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        gso: true,
+        csum_partial: true,
+        ..Default::default()
+    };
+    // The first packet of a new sender is stamped: a 10-segment super-packet.
+    let mut sp = data("198.18.1.2", "198.18.2.2", 10 * 1388);
+    let before = sp.clone();
+    let now = path.at(0);
+    assert_eq!(path.mbox_p.process(&gso, &mut sp, now), Verdict::Route);
+    assert_eq!(sp, before, "the super-packet itself is left alone");
+    assert_eq!(path.mbox_p.cap_counters().issued, 1);
+    let seg = || data("198.18.1.2", "198.18.2.2", 1388);
+    let mut first = seg();
+    assert_eq!(
+        path.mbox_p.segment(&mut first, true),
+        Verdict::AcceptModified
+    );
+    assert_eq!(marker(&first), Marker::Stamped);
+    let mut second = seg();
+    assert_eq!(path.mbox_p.segment(&mut second, false), Verdict::Accept);
+    assert_eq!(second, seg());
+    // The victim takes the capability off and returns it on its next ACK.
+    assert_eq!(path.victim(&mut first, 1), Verdict::AcceptModified);
+    assert_eq!(first, seg());
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    assert_eq!(path.victim(&mut a, 2), Verdict::AcceptModified);
+    assert_eq!(path.mbox(&mut a, 3), Verdict::AcceptModified);
+    assert_eq!(path.mbox_p.cap_counters().returned, 1);
+}
+
+/// A rewrite of a packet whose checksum the kernel left to offload computes it whole.
+#[test]
+fn a_rewrite_with_an_offloaded_checksum_fills_it_in() {
+    let mut path = Path::new();
+    let partial = PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        csum_partial: true,
+        ..Default::default()
+    };
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 100);
+    // What the kernel hands over: the checksum field holds only part of the sum.
+    let p = wire::parse(&pkt).unwrap();
+    pkt[p.l4_offset + 16] ^= 0x5a;
+    let now = path.at(0);
+    assert_eq!(
+        path.mbox_p.process(&partial, &mut pkt, now),
+        Verdict::AcceptModified
+    );
+    assert_eq!(marker(&pkt), Marker::Stamped, "stamped, checksums verified");
+}
