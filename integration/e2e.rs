@@ -172,8 +172,10 @@ fn curl_20mb_over_ipv4_and_ipv6_through_both_engines() {
     }
     let _machine = exclusive();
     let tb = Testbed::up("mpcurl").unwrap();
+    // Per packet, so the count below is of wire packets (the hybrid path has its test).
     let cfg = RoleConfig {
         queues: 2,
+        queue_extra: "hybrid = false".into(),
         ..Default::default()
     };
     let (mut victim, mut mbox) = start_both(&tb, &cfg, &cfg);

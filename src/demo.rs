@@ -130,6 +130,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         vc.stripped,
         vc.fed_back
     );
+    let (mt, vt) = (ms.total().engine, vs.total().engine);
+    println!(
+        "  hybrid path: GSO super-packets accepted whole; mbox routed {} to its precise queue \
+         ({} segments), victim {} ({} segments)",
+        mt.routed, mt.segments, vt.routed, vt.segments
+    );
     println!(
         "  clean-up: mbox {mstat}, victim {vstat}; {}",
         if leftover.is_empty() {

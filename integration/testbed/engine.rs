@@ -223,7 +223,9 @@ impl EngineProcess {
             let kernel = tb.kernel_queues(host)?;
             let stats = self.stats()?;
             let queued: u64 = kernel.iter().map(|k| u64::from(k.last_id)).sum();
-            if queued == stats.total().engine.received || Instant::now() > deadline {
+            // The precise queues (hybrid path) receive the segments of routed packets.
+            let t = stats.total().engine;
+            if queued == t.received + t.segments || Instant::now() > deadline {
                 return Ok((stats, kernel));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -373,8 +373,7 @@ struct RawQueue {
     kind: String,
     #[serde(default = "default_malformed")]
     malformed: MalformedVerdict,
-    #[serde(default)]
-    hybrid: bool,
+    hybrid: Option<bool>,
     precise_first: Option<u16>,
 }
 
@@ -391,7 +390,7 @@ impl Default for RawQueue {
             rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
             kind: default_kind(),
             malformed: MalformedVerdict::Drop,
-            hybrid: false,
+            hybrid: None,
             precise_first: None,
         }
     }
@@ -470,7 +469,7 @@ pub fn parse(text: &str, role: &str) -> Result<Config, ConfigError> {
 fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
     let q = raw.queue;
-    let precise_first = validate_hybrid(&q, raw.tunnel.is_some() || raw.redirect.is_some())?;
+    let rewrites_all = raw.tunnel.is_some() || raw.redirect.is_some();
     let target = QueueTarget {
         first: q.first,
         count: q.count,
@@ -582,6 +581,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             return err("queue.fail_open: must be false on the victim with [capabilities]: when the queue is full, stamped packets would reach TCP with their trailer and corrupt the stream".into());
         }
     }
+    let precise_first = validate_hybrid(&q, rewrites_all)?;
     let police = match raw.police {
         None => PoliceSettings::off(),
         Some(_) if role != "mbox" => {
@@ -635,19 +635,23 @@ where
     )))
 }
 
-/// The first precise queue of the hybrid path, if it is on: by default right after the
-/// fast queues, and never overlapping them.
+/// The first precise queue of the hybrid path, if it is on: on unless set off, or the
+/// tunnel or redirects rewrite every packet (`rewrites_all`), which the hybrid path
+/// would cut and answer one by one; by default right after the fast queues, and never
+/// overlapping them.
 fn validate_hybrid(q: &RawQueue, rewrites_all: bool) -> Result<Option<u16>, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
-    if !q.hybrid {
-        return match q.precise_first {
-            Some(_) => err("queue.precise_first: only with queue.hybrid = true".into()),
-            None => Ok(None),
-        };
-    }
-    // Both rewrite every packet, which the hybrid path would cut and answer one by one.
-    if rewrites_all {
-        return err("queue.hybrid: not with [tunnel] or [redirect], which rewrite every packet; set hybrid = false".into());
+    match (q.hybrid, rewrites_all) {
+        (Some(true), true) => {
+            return err("queue.hybrid: not with [tunnel] or [redirect], which rewrite every packet; set hybrid = false".into());
+        }
+        (Some(false), _) | (None, true) => {
+            return match q.precise_first {
+                Some(_) => err("queue.precise_first: only with the hybrid path (queue.hybrid, on by default, not with [tunnel] or [redirect])".into()),
+                None => Ok(None),
+            };
+        }
+        (Some(true) | None, false) => {}
     }
     let first = q.precise_first.unwrap_or(q.first.saturating_add(q.count));
     let fast = u32::from(q.first)..u32::from(q.first) + u32::from(q.count);
@@ -900,6 +904,56 @@ mod tests {
             "0: max_len alone bounds the queue"
         );
         assert_eq!(c.queue.kind, QueuePreference::Auto);
+    }
+
+    /// The hybrid path is on unless set off or the tunnel rewrites every packet; its
+    /// precise queues follow the queues, never on top of them.
+    #[test]
+    fn the_hybrid_path_is_on_by_default_beside_the_queues() {
+        let base = "[protect]\naddresses=[\"198.18.2.2\"]\ntcp_ports=[80]\n";
+        let precise = |queue: &str| {
+            parse(&format!("{base}[queue]\n{queue}"), "mbox")
+                .map(|c| c.queue.precise_first)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(precise(""), Ok(Some(1)));
+        assert_eq!(precise("first=4\ncount=3"), Ok(Some(7)));
+        assert_eq!(precise("hybrid=false"), Ok(None));
+        assert_eq!(precise("count=2\nprecise_first=10"), Ok(Some(10)));
+        for (queue, expect) in [
+            ("count=2\nprecise_first=1", "overlap the queues"),
+            (
+                "first=65534\ncount=1\nprecise_first=65535\nfanout=false",
+                "",
+            ),
+            (
+                "first=65000\ncount=2\nprecise_first=65535",
+                "run past queue number 65535",
+            ),
+            (
+                "hybrid=false\nprecise_first=10",
+                "only with the hybrid path",
+            ),
+        ] {
+            match precise(queue) {
+                Ok(_) if expect.is_empty() => {}
+                Ok(p) => panic!("{queue}: {p:?}"),
+                Err(e) => assert!(!expect.is_empty() && e.contains(expect), "{queue}: {e}"),
+            }
+        }
+        let tunnel =
+            "[capabilities]\nkey_file=\"/k\"\n[tunnel]\nkey_file=\"/t\"\nsource=[\"198.18.2.1\"]\n";
+        let with_tunnel = |queue: &str| {
+            parse(&format!("{base}[queue]\n{queue}\n{tunnel}"), "mbox")
+                .map(|c| c.queue.precise_first)
+        };
+        assert_eq!(
+            with_tunnel("").unwrap(),
+            None,
+            "the tunnel rewrites every packet"
+        );
+        let e = with_tunnel("hybrid=true").unwrap_err().to_string();
+        assert!(e.contains("queue.hybrid: not with [tunnel]"), "{e}");
     }
 
     #[test]
