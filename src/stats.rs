@@ -26,6 +26,9 @@ pub struct QueueCounters {
     /// Hybrid path: their segments, answered from the precise queue.
     #[serde(default)]
     pub segments: u64,
+    /// Hybrid path: the number of this worker's precise queue.
+    #[serde(default)]
+    pub precise_queue: Option<u16>,
     /// Packets dropped by the engine (any reason, malformed included).
     pub dropped: u64,
     /// Packets the parser refused (also counted in `accepted` or `dropped`).
@@ -172,6 +175,9 @@ pub struct QueueStats {
     pub engine: QueueCounters,
     /// None when the kernel has no entry for the queue (not bound).
     pub kernel: Option<KernelCounters>,
+    /// The kernel's counters of the worker's precise queue (hybrid path).
+    #[serde(default)]
+    pub precise_kernel: Option<KernelCounters>,
 }
 
 /// A running engine's whole state, as served to `mpolice stats`.
@@ -291,11 +297,21 @@ impl EngineStats {
         if !total.reasons.is_empty() {
             let _ = writeln!(s, "reasons: {}", list(&total.reasons));
         }
-        if total.routed + total.segments > 0 {
+        let precise: Vec<&KernelCounters> = self
+            .queues
+            .iter()
+            .filter_map(|q| q.precise_kernel.as_ref())
+            .collect();
+        if !precise.is_empty() || total.routed > 0 {
+            let sum = |f: fn(&KernelCounters) -> u64| precise.iter().map(|k| f(k)).sum::<u64>();
             let _ = writeln!(
                 s,
-                "hybrid: routed={} segments={}",
-                total.routed, total.segments
+                "hybrid: routed={} segments={} | precise queues: k.wait={} k.qdrop={} k.udrop={}",
+                total.routed,
+                total.segments,
+                sum(|k| k.waiting),
+                sum(|k| k.queue_dropped),
+                sum(|k| k.user_dropped)
             );
         }
         let c = &total.caps;
@@ -410,10 +426,15 @@ mod tests {
                         user_dropped: 1,
                         ..Default::default()
                     }),
+                    precise_kernel: Some(KernelCounters {
+                        queue_dropped: 2,
+                        ..Default::default()
+                    }),
                 },
                 QueueStats {
                     engine: b,
                     kernel: None,
+                    precise_kernel: None,
                 },
             ],
             police: Some(PoliceReport {
@@ -492,8 +513,15 @@ mod tests {
     fn table_shows_every_queue_and_reason() {
         let t = sample().table();
         assert!(t.contains("queue rule: xt"));
-        assert_eq!(t.lines().count(), 9, "{t}");
+        assert_eq!(t.lines().count(), 10, "{t}");
         assert!(t.contains("unverified_over_source=5 unverified_over_total=6"));
+        // The precise queues' own kernel drops are shown, not only the queues'.
+        assert!(
+            t.contains(
+                "hybrid: routed=0 segments=0 | precise queues: k.wait=0 k.qdrop=2 k.udrop=0"
+            ),
+            "{t}"
+        );
         assert!(t.contains("fragment=2"));
     }
 }

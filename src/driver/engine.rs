@@ -526,16 +526,22 @@ impl Header {
                     Ok(c) => c.clone(),
                     Err(p) => p.into_inner().clone(),
                 };
-                let kernel = kernel
-                    .iter()
-                    .find(|k| k.queue == *num)
-                    .map(|k| KernelCounters {
-                        waiting: u64::from(k.waiting),
-                        queue_dropped: k.queue_dropped,
-                        user_dropped: k.user_dropped,
-                        last_id: u64::from(k.last_id),
-                    });
-                QueueStats { engine, kernel }
+                let of = |num: u16| {
+                    kernel
+                        .iter()
+                        .find(|k| k.queue == num)
+                        .map(|k| KernelCounters {
+                            waiting: u64::from(k.waiting),
+                            queue_dropped: k.queue_dropped,
+                            user_dropped: k.user_dropped,
+                            last_id: u64::from(k.last_id),
+                        })
+                };
+                QueueStats {
+                    kernel: of(*num),
+                    precise_kernel: engine.precise_queue.and_then(of),
+                    engine,
+                }
             })
             .collect();
         EngineStats {

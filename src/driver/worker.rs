@@ -70,6 +70,7 @@ impl Worker {
         // The limit shows from the start, before the first publish.
         let initial = QueueCounters {
             queue_limit: depth.limit(),
+            precise_queue: precise.as_ref().map(Queue::num),
             ..QueueCounters::new(num)
         };
         let counters = Arc::new(Mutex::new(initial.clone()));
