@@ -814,6 +814,61 @@ fn hybrid_path_carries_super_packets_and_rewrites_their_segments() {
     );
 }
 
+/// Not a pass/fail test: how goodput with capabilities scales from one worker to two,
+/// hybrid path on, two senders (one iperf3 each, client addresses that hash to
+/// different workers), medians of `BENCH_REPS` runs of `BENCH_SECS` s.
+/// Run: `cargo test --release --test e2e -- --ignored bench_workers --nocapture`
+#[test]
+#[ignore]
+fn bench_workers_one_and_two() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (secs, reps) = (env("BENCH_SECS", 3), env("BENCH_REPS", 3));
+    let tb = Testbed::up("mpwork").unwrap();
+    let second = "198.18.1.3";
+    let c0 = tb.link("c0");
+    tb.exec(
+        Host::Client,
+        &["ip", "addr", "add", &format!("{second}/24"), "dev", &c0],
+    )
+    .unwrap();
+    let sources = ["198.18.1.2", second];
+    let mut rows: Vec<(u16, Vec<f64>, Vec<u64>)> = vec![(1, vec![], vec![]), (2, vec![], vec![])];
+    for _ in 0..reps {
+        for (queues, runs, spread) in &mut rows {
+            let role = |r: &str| RoleConfig {
+                queues: *queues,
+                tcp_ports: vec![8080, 5201, 5202],
+                ..RoleConfig::default().with_capabilities(&tb, r).unwrap()
+            };
+            let (v, m) = start_both(&tb, &role("victim"), &role("mbox"));
+            let each = testbed::iperf3_tcp_from(&tb, VICTIM_V4, &sources, secs).unwrap();
+            runs.push(each.iter().sum());
+            let s = m.stats().unwrap();
+            *spread = s.queues.iter().map(|q| q.engine.received).collect();
+            drop((m, v));
+        }
+    }
+    eprintln!(
+        "TCP goodput of 2 senders, mbox and victim with capabilities, hybrid, median of {reps} x {secs} s:"
+    );
+    for (queues, runs, spread) in &mut rows {
+        runs.sort_by(f64::total_cmp);
+        eprintln!(
+            "  {queues} worker(s) each: {:6.2} Gbit/s (packets per mbox queue, last run: {spread:?})",
+            runs[runs.len() / 2] / 1e9
+        );
+    }
+}
+
 /// Measurement, not a pass/fail test: whether no packet is lost depends on the load of
 /// the machine (200,000 small packets exceed what the socket buffer holds if the worker
 /// stalls). It measures `max_len` and the buffers, so the queue's bound by delay is off

@@ -188,6 +188,68 @@ fn curl(tb: &Testbed, host: Host, args: &[&str]) -> Result<String> {
     tb.exec(host, &argv)
 }
 
+/// iperf3 TCP from several client addresses at once, each to its own server port
+/// (5201, 5202, ...) on `server`, for `secs` seconds; the goodput of each.
+pub fn iperf3_tcp_from(
+    tb: &Testbed,
+    server: &str,
+    sources: &[&str],
+    secs: u32,
+) -> Result<Vec<f64>> {
+    let ports: Vec<String> = (0..sources.len()).map(|i| (5201 + i).to_string()).collect();
+    let mut servers = Vec::new();
+    for port in &ports {
+        let srv = tb
+            .command(Host::Victim, &["iperf3", "-s", "-1", "-p", port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 server")?;
+        servers.push(srv);
+    }
+    let run = || -> Result<Vec<f64>> {
+        for port in &ports {
+            wait_listening(tb, Host::Victim, port.parse()?)?;
+        }
+        let timeout = (secs + 20).to_string();
+        let secs = secs.to_string();
+        let clients = sources
+            .iter()
+            .zip(&ports)
+            .map(|(src, port)| {
+                tb.command(
+                    Host::Client,
+                    &[
+                        "timeout", &timeout, "iperf3", "-c", server, "-p", port, "-B", src, "-t",
+                        &secs, "-J",
+                    ],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start iperf3 client")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        clients
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output()?;
+                let json: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+                json["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .context("iperf3 result has no end.sum_received.bits_per_second")
+            })
+            .collect()
+    };
+    let result = run();
+    for mut srv in servers {
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+    result
+}
+
 /// Run iperf3 TCP from client to `server` for `secs`; return received bits per second.
 pub fn iperf3_tcp(tb: &Testbed, server: &str, secs: u32) -> Result<f64> {
     let mut srv = tb

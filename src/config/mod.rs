@@ -355,8 +355,7 @@ fn default_kept() -> usize {
 struct RawQueue {
     #[serde(default)]
     first: u16,
-    #[serde(default = "one")]
-    count: u16,
+    count: Option<u16>,
     #[serde(default)]
     bypass: bool,
     #[serde(default)]
@@ -381,7 +380,7 @@ impl Default for RawQueue {
     fn default() -> Self {
         RawQueue {
             first: 0,
-            count: 1,
+            count: None,
             bypass: false,
             fanout: false,
             fail_open: false,
@@ -396,8 +395,11 @@ impl Default for RawQueue {
     }
 }
 
-fn one() -> u16 {
-    1
+/// The CPUs this process may run on, at most `MAX_QUEUES`: one worker each.
+fn cores() -> u16 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| u16::try_from(n.get()).unwrap_or(MAX_QUEUES))
+        .clamp(1, MAX_QUEUES)
 }
 fn default_max_len() -> u32 {
     DEFAULT_MAX_LEN
@@ -470,20 +472,24 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
     let q = raw.queue;
     let rewrites_all = raw.tunnel.is_some() || raw.redirect.is_some();
+    // One worker per core by default; the tunnel needs one worker (see below).
+    let count = q
+        .count
+        .unwrap_or(if raw.tunnel.is_some() { 1 } else { cores() });
     let target = QueueTarget {
         first: q.first,
-        count: q.count,
+        count,
         bypass: q.bypass,
         fanout: q.fanout,
     };
     if let Err(e) = target.last() {
         return err(format!("queue.first, queue.count: {e}"));
     }
-    if q.count > MAX_QUEUES {
+    if count > MAX_QUEUES {
         // Each queue is a worker thread, and every rule is installed once per queue.
         return err(format!(
             "queue.count: {} is more than {MAX_QUEUES} (one worker thread per queue)",
-            q.count
+            count
         ));
     }
     if q.max_len == 0 {
@@ -549,7 +555,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         // the client's: with several workers the capabilities kept by one would never
         // ride the ACKs another sends. On the mbox, feedback datagrams hash by the
         // victim's and the mbox's addresses, not the client's whose state they update.
-        Some(_) if q.count > 1 => {
+        Some(_) if count > 1 => {
             return err(format!(
                 "tunnel: the {role} needs queue.count = 1 in tunnel mode"
             ));
@@ -581,7 +587,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             return err("queue.fail_open: must be false on the victim with [capabilities]: when the queue is full, stamped packets would reach TCP with their trailer and corrupt the stream".into());
         }
     }
-    let precise_first = validate_hybrid(&q, rewrites_all)?;
+    let precise_first = validate_hybrid(&q, count, rewrites_all)?;
     let police = match raw.police {
         None => PoliceSettings::off(),
         Some(_) if role != "mbox" => {
@@ -639,7 +645,11 @@ where
 /// tunnel or redirects rewrite every packet (`rewrites_all`), which the hybrid path
 /// would cut and answer one by one; by default right after the fast queues, and never
 /// overlapping them.
-fn validate_hybrid(q: &RawQueue, rewrites_all: bool) -> Result<Option<u16>, ConfigError> {
+fn validate_hybrid(
+    q: &RawQueue,
+    count: u16,
+    rewrites_all: bool,
+) -> Result<Option<u16>, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
     match (q.hybrid, rewrites_all) {
         (Some(true), true) => {
@@ -653,9 +663,9 @@ fn validate_hybrid(q: &RawQueue, rewrites_all: bool) -> Result<Option<u16>, Conf
         }
         (Some(true) | None, false) => {}
     }
-    let first = q.precise_first.unwrap_or(q.first.saturating_add(q.count));
-    let fast = u32::from(q.first)..u32::from(q.first) + u32::from(q.count);
-    let precise = u32::from(first)..u32::from(first) + u32::from(q.count);
+    let first = q.precise_first.unwrap_or(q.first.saturating_add(count));
+    let fast = u32::from(q.first)..u32::from(q.first) + u32::from(count);
+    let precise = u32::from(first)..u32::from(first) + u32::from(count);
     if precise.end > 65536 {
         return err(format!(
             "queue.precise_first: queues {first}..{} run past queue number 65535",
@@ -916,7 +926,7 @@ mod tests {
                 .map(|c| c.queue.precise_first)
                 .map_err(|e| e.to_string())
         };
-        assert_eq!(precise(""), Ok(Some(1)));
+        assert_eq!(precise(""), Ok(Some(cores())), "after one queue per core");
         assert_eq!(precise("first=4\ncount=3"), Ok(Some(7)));
         assert_eq!(precise("hybrid=false"), Ok(None));
         assert_eq!(precise("count=2\nprecise_first=10"), Ok(Some(10)));
@@ -947,6 +957,15 @@ mod tests {
             parse(&format!("{base}[queue]\n{queue}\n{tunnel}"), "mbox")
                 .map(|c| c.queue.precise_first)
         };
+        let counts =
+            |extra: &str| parse(&format!("{base}{extra}"), "mbox").map(|c| c.queue.target.count);
+        assert_eq!(counts("").unwrap(), cores(), "one worker per core");
+        assert!((1..=MAX_QUEUES).contains(&cores()));
+        assert_eq!(
+            counts(&format!("[queue]\n{tunnel}")).unwrap(),
+            1,
+            "tunnel: one"
+        );
         assert_eq!(
             with_tunnel("").unwrap(),
             None,
