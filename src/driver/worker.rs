@@ -26,7 +26,7 @@ use crate::driver::nfqueue::{
     Incoming, PacketMsg, Queue, QueueError, SKB_CSUMNOTREADY, SKB_GSO, Unreadable,
     Verdict as KernelVerdict,
 };
-use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Verdict};
+use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Segments, Verdict};
 use crate::stats::QueueCounters;
 
 /// Unchanged packets answered by one batch verdict at most.
@@ -222,6 +222,7 @@ impl Loop {
                 Ok(None) => {
                     self.flush();
                     now = Instant::now();
+                    self.sweep_precise(now);
                 }
                 Err(e) => {
                     self.send_errors += 1;
@@ -339,20 +340,22 @@ impl Loop {
                 self.flush();
                 self.send(msg.id, KernelVerdict::Accept, true);
             }
-            Verdict::Route => self.route(msg.id),
+            Verdict::Route(how) => self.route(msg.id, how, now),
             Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
         }
     }
 
     /// Send super-packet `id` to the precise queue and answer its segments there, in
     /// order: each rewritten one alone, as soon as it is, the unchanged ones as they come.
-    fn route(&mut self, id: u32) {
+    fn route(&mut self, id: u32, how: Segments, now: Instant) {
         let Some(mut precise) = self.precise.take() else {
             // Only the hybrid path receives super-packets: nothing else can route.
             self.counters.count_reason("route_without_precise_queue");
             self.send(id, KernelVerdict::Drop, false);
             return;
         };
+        // The trailer goes only to a segment of this packet's own flow.
+        let flow = flow_of(&self.buf);
         // The unchanged packets queued before it leave first, as for a rewrite.
         self.flush();
         // No bypass: a packet whose marker must be cleared may not pass as it is.
@@ -362,7 +365,20 @@ impl Loop {
         };
         self.send(id, to, false);
         // The kernel queued every segment before the verdict call returned.
-        let mut first = true;
+        self.answer_segments(&mut precise, Some((how, flow)), now);
+        self.precise = Some(precise);
+    }
+
+    /// Answer what waits on the precise queue: the segments of the packet just `routed`
+    /// (with how, and its flow), or, with None, any left behind by an earlier route (a
+    /// read that failed), which lose their markers and nothing else.
+    fn answer_segments(
+        &mut self,
+        precise: &mut Queue,
+        routed: Option<(Segments, Option<Flow>)>,
+        now: Instant,
+    ) {
+        let mut trailer_due = matches!(routed, Some((Segments::Trailer, _)));
         loop {
             let msg = match precise.recv(false) {
                 Ok(Some(Incoming::Packet(msg))) => msg,
@@ -382,7 +398,26 @@ impl Loop {
             self.counters.segments += 1;
             self.buf.clear();
             self.buf.extend_from_slice(precise.payload(&msg));
-            let (v, payload) = match self.pipeline.segment(&mut self.buf, first) {
+            let ours = routed.is_some_and(|(_, flow)| flow.is_none() || flow == flow_of(&self.buf));
+            let verdict = match routed {
+                Some((Segments::Process, _)) if ours => {
+                    let meta = PacketMeta {
+                        hook: msg.hook,
+                        indev: msg.indev,
+                        outdev: msg.outdev,
+                        truncated: msg.orig_len.is_some(),
+                        ..PacketMeta::default()
+                    };
+                    self.pipeline.process(&meta, &mut self.buf, now)
+                }
+                _ => {
+                    let first = trailer_due && ours;
+                    trailer_due &= !first;
+                    self.pipeline.segment(&mut self.buf, first)
+                }
+            };
+            self.send_datagrams();
+            let (v, payload) = match verdict {
                 Verdict::AcceptModified => (KernelVerdict::Accept, Some(self.buf.as_slice())),
                 Verdict::Drop(r) => {
                     self.counters.count_reason(r.as_str());
@@ -392,9 +427,8 @@ impl Loop {
                     self.counters.count_reason(r.as_str());
                     (KernelVerdict::Accept, None)
                 }
-                Verdict::Accept | Verdict::Route => (KernelVerdict::Accept, None),
+                Verdict::Accept | Verdict::Route(_) => (KernelVerdict::Accept, None),
             };
-            first = false;
             let sent = precise.verdict(msg.id, v, payload);
             if !self.check(msg.id, "segment verdict", sent) {
                 // No batch verdict sweeps this queue: drop it now, or it waits forever.
@@ -404,7 +438,14 @@ impl Loop {
                 }
             }
         }
-        self.precise = Some(precise);
+    }
+
+    /// Answer segments left on the precise queue, if any (called when the queue is idle).
+    fn sweep_precise(&mut self, now: Instant) {
+        if let Some(mut precise) = self.precise.take() {
+            self.answer_segments(&mut precise, None, now);
+            self.precise = Some(precise);
+        }
     }
 
     /// Send what the pipeline produced for the last packet.
@@ -519,6 +560,16 @@ impl Loop {
             p.clone_from(&self.counters);
         }
     }
+}
+
+/// A packet's addresses and ports: which flow a segment belongs to.
+type Flow = (IpAddr, IpAddr, Option<(u16, u16)>);
+
+/// The flow of the IP packet in `buf`, if it parses.
+fn flow_of(buf: &[u8]) -> Option<Flow> {
+    crate::wire::parse(buf)
+        .ok()
+        .map(|p| (p.src, p.dst, p.ports()))
 }
 
 /// Split the unchanged packets awaiting acceptance (`pending`, in id order) into the id

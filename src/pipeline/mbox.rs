@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::segments::{TrailerSink, largest_wire_len, wire_packets};
+use super::segments::{IssuedStamp, TrailerSink, largest_wire_len, wire_packets};
 use super::{
     Direction, Edit, PacketMeta, Reason, clear_marker, direction, ms_since, mss_with_room,
     open_tunnel,
@@ -210,6 +210,12 @@ impl Mbox {
         self.path_mtu
     }
 
+    /// Take back a stamp whose segment turned out too big to carry it.
+    pub fn withdraw(&mut self, (sender, id, at): IssuedStamp, c: &mut CapCounters) {
+        self.police.withdraw(sender, id, at);
+        c.issued = c.issued.saturating_sub(1);
+    }
+
     /// The segment size a client's super-packet is cut into: the MSS the victim
     /// advertises, which leaves room for a stamp (the client's own may be smaller).
     fn segment_mss(&self, v6: bool) -> u16 {
@@ -249,7 +255,12 @@ impl Mbox {
         let n = cap
             .encode(p.dst, key, &mut bytes)
             .map_err(|_| Reason::Malformed(wire::WireError::FamilyMismatch))?;
-        sink.append(buf, &p, &bytes[..n], Marker::Stamped)?;
+        sink.append(
+            buf,
+            &p,
+            (&bytes[..n], Marker::Stamped),
+            Some((p.src, id, now)),
+        )?;
         c.issued += 1;
         Ok(Edit::Changed)
     }

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 pub use classify::{Direction, direction};
 pub use mbox::Mbox;
-pub use segments::Trailer;
 use segments::TrailerSink;
+pub use segments::{Segments, Trailer};
 pub use verdict::{Reason, Verdict};
 pub use victim::{Victim, mss_with_room};
 
@@ -174,14 +174,26 @@ impl Pipeline {
     #[allow(clippy::ptr_arg)]
     pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, now: Instant) -> Verdict {
         self.deferred = None;
+        // A super-packet too long to copy whole (over 65,531 bytes) or with lengths only
+        // its segments carry (BIG TCP): each of its segments is run through instead.
+        if meta.gso && meta.truncated {
+            return Verdict::Route(Segments::Process);
+        }
         if meta.truncated {
             return self.unparsable(Reason::TruncatedCopy);
         }
         let parsed = match wire::parse(buf) {
             Ok(p) => p,
+            Err(_) if meta.gso => return Verdict::Route(Segments::Process),
             Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
         let dir = direction(&self.selection, &parsed);
+        if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
+            // Stamped and fed-back segments are never merged: only hardware LRO or a
+            // sender that marks its own TSO packets makes one, and its trailer, if any,
+            // lies in the last segment alone. Fail closed rather than strip blind.
+            return Verdict::Drop(Reason::MarkedSuperPacket);
+        }
         let Some(stages) = self.stages.as_mut() else {
             return match dir {
                 Some(_) => Verdict::Accept,
@@ -242,7 +254,7 @@ impl Pipeline {
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,
             // Rewritten only once the kernel has cut it (a trailer, cleared markers).
-            Ok(Edit::Changed) if meta.gso => Verdict::Route,
+            Ok(Edit::Changed) if meta.gso => Verdict::Route(Segments::Trailer),
             Ok(Edit::Changed) if meta.csum_partial => {
                 // The kernel takes a rewritten packet's checksums as they are.
                 match wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p)) {
@@ -268,6 +280,12 @@ impl Pipeline {
         match segments::rewrite_segment(buf, first, trailer.as_ref(), max_len) {
             Ok((changed, too_big)) => {
                 self.caps.too_big += u64::from(too_big);
+                // A stamp that never went out is no loss: take it back.
+                if let (true, Some(stamp), Some(Stages::Mbox(m))) =
+                    (too_big, trailer.and_then(|t| t.stamp), self.stages.as_mut())
+                {
+                    m.withdraw(stamp, &mut self.caps);
+                }
                 if changed {
                     Verdict::AcceptModified
                 } else {
@@ -277,6 +295,24 @@ impl Pipeline {
             Err(reason) => self.unparsable(reason),
         }
     }
+}
+
+/// Whether `p` is a packet whose trailer a stage would strip: one with a marker, to the
+/// victim's inbound stage or the mbox's feedback check.
+fn carries_trailer_to_strip(
+    stages: &Option<Stages>,
+    dir: Option<Direction>,
+    buf: &[u8],
+    p: &Parsed,
+) -> bool {
+    let strips = matches!(
+        (stages, dir),
+        (Some(Stages::Victim(_)), Some(Direction::ToProtected))
+            | (Some(Stages::Mbox(_)), Some(Direction::FromProtected))
+    );
+    strips
+        && p.protocol == wire::proto::TCP
+        && Marker::from_reserved(wire::tcp_reserved(buf, p)) != Ok(Marker::None)
 }
 
 /// Clear the capability marker, keeping the AE bit.
@@ -333,7 +369,7 @@ impl Pipeline {
 pub fn count(c: &mut QueueCounters, v: &Verdict) {
     match v {
         Verdict::Accept => c.accepted += 1,
-        Verdict::Route => c.routed += 1,
+        Verdict::Route(_) => c.routed += 1,
         Verdict::AcceptModified => c.modified += 1,
         Verdict::Pass(r) => {
             c.accepted += 1;

@@ -16,12 +16,28 @@ use crate::wire::{self, Parsed};
 
 use super::Reason;
 
+/// What becomes of the segments of a routed super-packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segments {
+    /// Each loses any marker, the first takes the kept trailer (`Pipeline::segment`).
+    Trailer,
+    /// Each runs through the whole pipeline, as a packet of its own: the super-packet
+    /// could not be read whole.
+    Process,
+}
+
 /// A trailer and the marker that announces it, for the first segment of a super-packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trailer {
     pub marker: Marker,
     pub bytes: Vec<u8>,
+    /// The mbox's stamp: its sender, id and time of issue, to take back should the
+    /// segment not fit the path after all.
+    pub stamp: Option<IssuedStamp>,
 }
+
+/// A stamp's sender, capability id and time of issue.
+pub type IssuedStamp = (std::net::IpAddr, u32, std::time::Instant);
 
 /// Where a stage's trailer goes: onto the packet, or, for a super-packet, into
 /// `deferred` for its first segment.
@@ -31,19 +47,20 @@ pub struct TrailerSink<'a> {
 }
 
 impl TrailerSink<'_> {
-    /// Append `bytes` to the packet in `buf` and set `marker`, or keep both for the first
-    /// segment of a super-packet.
+    /// Append `bytes` to the packet in `buf` and set `marker`, or keep both (and the
+    /// `stamp` they carry) for the first segment of a super-packet.
     pub fn append(
         &mut self,
         buf: &mut Vec<u8>,
         p: &Parsed,
-        bytes: &[u8],
-        marker: Marker,
+        (bytes, marker): (&[u8], Marker),
+        stamp: Option<IssuedStamp>,
     ) -> Result<(), Reason> {
         if self.gso {
             *self.deferred = Some(Trailer {
                 marker,
                 bytes: bytes.to_vec(),
+                stamp,
             });
             return Ok(());
         }
@@ -157,6 +174,7 @@ mod tests {
         Trailer {
             marker: Marker::Stamped,
             bytes: vec![0xAB; 32],
+            stamp: None,
         }
     }
 
@@ -200,7 +218,7 @@ mod tests {
             gso: true,
             deferred: &mut deferred,
         };
-        sink.append(&mut buf, &p, &[0xAB; 32], Marker::Stamped)
+        sink.append(&mut buf, &p, (&[0xAB; 32], Marker::Stamped), None)
             .unwrap();
         assert_eq!(buf, before, "the super-packet is left as it is");
         assert_eq!(deferred, Some(stamp()));
@@ -210,7 +228,7 @@ mod tests {
             gso: false,
             deferred: &mut none,
         };
-        sink.append(&mut buf, &p, &[0xAB; 32], Marker::Stamped)
+        sink.append(&mut buf, &p, (&[0xAB; 32], Marker::Stamped), None)
             .unwrap();
         assert_eq!((buf.len(), none), (before.len() + 32, None));
     }

@@ -1465,7 +1465,10 @@ fn a_super_packet_is_stamped_on_its_first_segment() {
     let mut sp = data("198.18.1.2", "198.18.2.2", 10 * 1388);
     let before = sp.clone();
     let now = path.at(0);
-    assert_eq!(path.mbox_p.process(&gso, &mut sp, now), Verdict::Route);
+    assert_eq!(
+        path.mbox_p.process(&gso, &mut sp, now),
+        Verdict::Route(Segments::Trailer)
+    );
     assert_eq!(sp, before, "the super-packet itself is left alone");
     assert_eq!(path.mbox_p.cap_counters().issued, 1);
     let seg = || data("198.18.1.2", "198.18.2.2", 1388);
@@ -1507,4 +1510,66 @@ fn a_rewrite_with_an_offloaded_checksum_fills_it_in() {
         Verdict::AcceptModified
     );
     assert_eq!(marker(&pkt), Marker::Stamped, "stamped, checksums verified");
+}
+
+/// A stamp whose first segment turns out too big for the path is taken back: never
+/// sent, it is not a loss.
+#[test]
+fn a_super_packets_stamp_that_does_not_fit_its_segment_is_taken_back() {
+    let mut path = Path::new();
+    let gso = PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        gso: true,
+        ..Default::default()
+    };
+    let mut sp = data("198.18.1.2", "198.18.2.2", 10 * 1388);
+    let now = path.at(0);
+    assert_eq!(
+        path.mbox_p.process(&gso, &mut sp, now),
+        Verdict::Route(Segments::Trailer)
+    );
+    assert_eq!(path.mbox_p.cap_counters().issued, 1);
+    // The flow's MSS was never clamped: its segments fill the MTU.
+    let mut first = data("198.18.1.2", "198.18.2.2", 1460);
+    assert_eq!(path.mbox_p.segment(&mut first, true), Verdict::Accept);
+    let c = path.mbox_p.cap_counters();
+    assert_eq!((c.issued, c.too_big), (0, 1));
+    let report = path.mbox_p.police_report(10).unwrap();
+    assert_eq!(report.senders[0].issued, 0, "the police forgot it too");
+}
+
+/// A super-packet that cannot be read whole is read segment by segment; one marked
+/// where a trailer would be stripped is dropped, never stripped blind.
+#[test]
+fn super_packets_unread_or_marked_are_routed_whole_or_dropped() {
+    let mut path = Path::new();
+    let gso = |truncated| PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        gso: true,
+        truncated,
+        ..Default::default()
+    };
+    let now = path.at(0);
+    let mut cut = data("198.18.1.2", "198.18.2.2", 100);
+    assert_eq!(
+        path.mbox_p.process(&gso(true), &mut cut, now),
+        Verdict::Route(Segments::Process)
+    );
+    // BIG TCP: the IP length says 0.
+    let mut big = data("198.18.1.2", "198.18.2.2", 100);
+    big[2..4].copy_from_slice(&[0, 0]);
+    assert_eq!(
+        path.mbox_p.process(&gso(false), &mut big, now),
+        Verdict::Route(Segments::Process)
+    );
+    let mut marked = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .reserved(Marker::Stamped.apply(0))
+        .payload(&[1; 3000])
+        .build();
+    assert_eq!(
+        path.victim_p.process(&gso(false), &mut marked, now),
+        Verdict::Drop(Reason::MarkedSuperPacket)
+    );
 }

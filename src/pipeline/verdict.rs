@@ -9,9 +9,9 @@ pub enum Verdict {
     Accept,
     /// Let it through with the rewritten buffer.
     AcceptModified,
-    /// A GSO super-packet to rewrite: send it to the precise queue, where the kernel
-    /// delivers its segments and [`crate::pipeline::Pipeline::segment`] rewrites them.
-    Route,
+    /// A GSO super-packet to rewrite or to read segment by segment: send it to the
+    /// precise queue, where the kernel delivers its segments.
+    Route(crate::pipeline::Segments),
     /// Let it through unchanged, counted under a reason (e.g. malformed, fail-open).
     Pass(Reason),
     /// Drop it, for a counted reason.
@@ -47,6 +47,8 @@ pub enum Reason {
     /// The packet matched our rules but not the configured selection (rules and
     /// config disagree, e.g. after a manual `nft` edit); passed unchanged.
     Unselected,
+    /// A GSO super-packet with a capability marker where a trailer would be stripped.
+    MarkedSuperPacket,
 }
 
 impl Reason {
@@ -65,6 +67,7 @@ impl Reason {
             Reason::FeedbackDatagram => "feedback_datagram",
             Reason::Policed(d) => d.as_str(),
             Reason::Unselected => "unselected",
+            Reason::MarkedSuperPacket => "marked_super_packet",
         }
     }
 }

@@ -271,7 +271,7 @@ impl Victim {
             return Ok(edit);
         }
         // A super-packet's segments: at most the MSS the victim clamped the client to.
-        let mss = mss_with_room(p.dst.is_ipv6(), self.path_mtu, len);
+        let mss = mss_with_room(p.dst.is_ipv6(), self.path_mtu, self.per_ack * len);
         let fits = self
             .path_mtu
             .saturating_sub(largest_wire_len(&p, sink.gso, mss))
@@ -281,7 +281,7 @@ impl Victim {
             return Ok(edit);
         }
         let marker = Marker::feedback(n as u8).map_err(|_| Reason::TrailerTooShort)?;
-        sink.append(buf, &p, &trailer[..n * len], marker)?;
+        sink.append(buf, &p, (&trailer[..n * len], marker), None)?;
         c.fed_back += n as u64;
         Ok(Edit::Changed)
     }

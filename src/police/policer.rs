@@ -320,6 +320,20 @@ impl Policer {
         Stamp::Id(id)
     }
 
+    /// Take back capability `id` of `sender`, issued at `at` but never sent (the segment
+    /// it was for did not fit the path): it is not a loss. Only the last one issued can
+    /// be taken back, as it is at once.
+    pub fn withdraw(&mut self, sender: IpAddr, id: u32, at: Instant) {
+        let ms = self.ms(at);
+        let Some(s) = self.senders.peek_mut(sender) else {
+            return;
+        };
+        if s.issued == id + 1 {
+            s.issued = id;
+            self.issued.take_first(ms, 1);
+        }
+    }
+
     /// Count capability `id` of `sender`, issued at `issued_ms` on the capability clock,
     /// as returned; the error names why it does not count. If it came back on a segment
     /// that `proves` the sender real (not a SYN-ACK, which a spoofed source also gets),

@@ -90,7 +90,9 @@ impl Sender {
     /// sender spending its window in a burst at the period's start would fill the
     /// bottleneck's queue for everyone. Otherwise WR counts for the whole period.
     /// Best-effort packets, passed or dropped, take nothing from the window. A GSO
-    /// super-packet of `segments` wire packets is privileged only if all of them fit.
+    /// super-packet of `segments` wire packets is privileged if its first does, and
+    /// takes them all (so it may overdraw the window by one super-packet at most, as a
+    /// packet-by-packet sender would see its burst cut at the window, not refused whole).
     pub fn take_window(
         &mut self,
         segments: u32,
@@ -107,9 +109,9 @@ impl Sender {
         } else {
             f64::from(self.wr)
         };
-        let within = f64::from(self.privileged) + f64::from(segments) <= allowance;
+        let within = f64::from(self.privileged) + 1.0 <= allowance;
         if within {
-            self.privileged += segments;
+            self.privileged = self.privileged.saturating_add(segments);
         }
         within
     }

@@ -175,8 +175,11 @@ mod tests {
 
     #[test]
     fn a_sender_worth_keeping_outlives_a_flood_of_fresher_ones() {
+        // By default an entry is worth nothing but its age.
+        assert_eq!(().worth(), 0);
         let t0 = Instant::now();
         let mut t = SenderTable::new(64);
+        assert!(t.is_empty());
         let proven = addr(999_999);
         t.get_or_insert_with(proven, t0, || Valued(10));
         // Never seen again, yet never chosen while worthless senders are sampled beside it.
@@ -188,6 +191,7 @@ mod tests {
             );
         }
         assert!(t.peek_mut(proven).is_some());
+        assert!(!t.is_empty());
         assert_eq!(t.evictions(), 100_000 - 63);
     }
 

@@ -45,6 +45,16 @@ impl SlotRing {
         s.2 += b;
     }
 
+    /// Take `a` back from the first count of the slot of time `ms`, if still held.
+    pub fn take_first(&mut self, ms: u64, a: u64) {
+        let n = self.slot_of(ms);
+        let len = self.slots.len() as u64;
+        let s = &mut self.slots[(n % len) as usize];
+        if s.0 == n {
+            s.1 = s.1.saturating_sub(a);
+        }
+    }
+
     /// Sum the counts of the slots whose start lies in `from_ms..to_ms`.
     pub fn sum(&self, from_ms: u64, to_ms: u64) -> (u64, u64) {
         self.sum_slots(self.slot_of(from_ms), self.slot_of(to_ms))
