@@ -13,7 +13,7 @@ mod police;
 
 pub use police::PoliceSettings;
 
-use crate::driver::nfqueue::{DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
+use crate::driver::nfqueue::{COPY_FULL, DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
 use std::net::IpAddr;
 
 use crate::driver::nft::{
@@ -232,6 +232,9 @@ pub struct QueueSettings {
     /// Hybrid path: the first of the precise queues, one per worker after its fast
     /// queue's number (None: every packet through one queue, cut to wire packets).
     pub precise_first: Option<u16>,
+    /// Hybrid path: bytes of each packet the queue copies to the engine (the precise
+    /// queues copy whole packets).
+    pub copy_bytes: u32,
 }
 
 impl QueueSettings {
@@ -374,6 +377,8 @@ struct RawQueue {
     malformed: MalformedVerdict,
     hybrid: Option<bool>,
     precise_first: Option<u16>,
+    #[serde(default = "default_copy_bytes")]
+    copy_bytes: u32,
 }
 
 impl Default for RawQueue {
@@ -391,6 +396,7 @@ impl Default for RawQueue {
             malformed: MalformedVerdict::Drop,
             hybrid: None,
             precise_first: None,
+            copy_bytes: DEFAULT_COPY_BYTES,
         }
     }
 }
@@ -401,6 +407,17 @@ fn cores() -> u16 {
         .map_or(1, |n| u16::try_from(n.get()).unwrap_or(MAX_QUEUES))
         .clamp(1, MAX_QUEUES)
 }
+/// Hybrid path: the bytes of each packet copied to the engine by default. IPv4 or IPv6
+/// with TCP and its options take at most 120; a packet whose headers run past the copy
+/// is read whole from the precise queue.
+const DEFAULT_COPY_BYTES: u32 = 256;
+/// Fewest bytes the copy may hold: the longest IPv4 and TCP headers.
+const MIN_COPY_BYTES: u32 = 120;
+
+fn default_copy_bytes() -> u32 {
+    DEFAULT_COPY_BYTES
+}
+
 fn default_max_len() -> u32 {
     DEFAULT_MAX_LEN
 }
@@ -616,6 +633,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             rcvbuf_bytes: q.rcvbuf_bytes,
             malformed: q.malformed,
             precise_first,
+            copy_bytes: q.copy_bytes,
         },
         protect: Selection {
             addresses,
@@ -651,6 +669,12 @@ fn validate_hybrid(
     rewrites_all: bool,
 ) -> Result<Option<u16>, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
+    if !(MIN_COPY_BYTES..=COPY_FULL).contains(&q.copy_bytes) {
+        return err(format!(
+            "queue.copy_bytes: {} must be {MIN_COPY_BYTES} to {COPY_FULL} (the whole packet)",
+            q.copy_bytes
+        ));
+    }
     match (q.hybrid, rewrites_all) {
         (Some(true), true) => {
             return err("queue.hybrid: not with [tunnel] or [redirect], which rewrite every packet; set hybrid = false".into());
@@ -927,6 +951,11 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert_eq!(precise(""), Ok(Some(cores())), "after one queue per core");
+        let copy = parse(&format!("{base}[queue]\n"), "mbox")
+            .unwrap()
+            .queue
+            .copy_bytes;
+        assert_eq!(copy, 256, "headers only by default");
         assert_eq!(precise("first=4\ncount=3"), Ok(Some(7)));
         assert_eq!(precise("hybrid=false"), Ok(None));
         assert_eq!(precise("count=2\nprecise_first=10"), Ok(Some(10)));
@@ -944,6 +973,12 @@ mod tests {
                 "hybrid=false\nprecise_first=10",
                 "only with the hybrid path",
             ),
+            (
+                "copy_bytes=100",
+                "queue.copy_bytes: 100 must be 120 to 65535",
+            ),
+            ("copy_bytes=70000", "queue.copy_bytes: 70000 must be"),
+            ("copy_bytes=120", ""),
         ] {
             match precise(queue) {
                 Ok(_) if expect.is_empty() => {}

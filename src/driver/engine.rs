@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use crate::capability::{RunId, wire_len};
 use crate::driver::board::Board;
 use crate::driver::depth::DepthBound;
-use crate::driver::nfqueue::{self, KernelQueueStats, Queue, QueueConfig};
+use crate::driver::nfqueue::{self, COPY_FULL, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::{REPORT_LIMIT, Worker};
@@ -458,6 +458,11 @@ fn open_queues(cfg: &Config) -> Result<Vec<WorkerQueues>> {
                 // A rewritten GSO super-packet loses its segmentation: without the
                 // hybrid path, take packets the kernel already cut to wire size.
                 gso: cfg.queue.precise_first.is_some(),
+                // With it, headers are enough: what needs more is read whole there.
+                copy_range: match cfg.queue.precise_first {
+                    Some(_) => cfg.queue.copy_bytes,
+                    None => COPY_FULL,
+                },
                 recv_timeout: RECV_TIMEOUT,
                 ..QueueConfig::new(num)
             })?;

@@ -314,14 +314,27 @@ impl Loop {
 
     fn process(&mut self, msg: &PacketMsg, now: Instant) {
         self.buf.clear();
-        self.buf.extend_from_slice(self.queue.payload(msg));
+        let copy = self.queue.payload(msg);
+        self.buf.extend_from_slice(copy);
+        // Hybrid path: the queue copies the headers only (its copy range); the buffer
+        // takes the packet's length, so lengths read true, and the pipeline reads no
+        // further than the copy (what needs more is read whole from the precise queue).
+        let copied = match (msg.orig_len, &self.precise) {
+            (Some(len), Some(_)) => {
+                let n = copy.len();
+                self.buf.resize(len as usize, 0);
+                Some(n)
+            }
+            _ => None,
+        };
         let meta = PacketMeta {
             hook: msg.hook,
             indev: msg.indev,
             outdev: msg.outdev,
-            truncated: msg.orig_len.is_some(),
+            truncated: msg.orig_len.is_some() && copied.is_none(),
             gso: msg.skb_info & SKB_GSO != 0,
             csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
+            copied,
         };
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
         pipeline::count(&mut self.counters, &verdict);

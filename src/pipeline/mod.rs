@@ -72,6 +72,11 @@ pub struct PacketMeta {
     pub gso: bool,
     /// Its checksum is not filled in yet (offloaded): a rewrite must compute it whole.
     pub csum_partial: bool,
+    /// Hybrid path: the kernel copied only this many bytes (its copy range), and the
+    /// driver padded the buffer to the packet's length. Headers within the copy are
+    /// read as usual; a packet to rewrite is routed, and one that needs its payload
+    /// (a trailer to strip, a quote to scrub) is read whole from the precise queue.
+    pub copied: Option<usize>,
 }
 
 /// A datagram a stage asks the driver to send: the victim's feedback in tunnel mode.
@@ -194,6 +199,15 @@ impl Pipeline {
             // lies in the last segment alone. Fail closed rather than strip blind.
             return Verdict::Drop(Reason::MarkedSuperPacket);
         }
+        if let Some(n) = meta.copied {
+            // Only TCP and UDP headers are read from a partial copy; anything past the
+            // copy (long headers, an ICMP quote, a trailer to strip) is read whole.
+            let readable = parsed.payload_offset <= n
+                && matches!(parsed.protocol, wire::proto::TCP | wire::proto::UDP);
+            if !readable || carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
+                return Verdict::Route(Segments::Process);
+            }
+        }
         let Some(stages) = self.stages.as_mut() else {
             return match dir {
                 Some(_) => Verdict::Accept,
@@ -201,8 +215,10 @@ impl Pipeline {
             };
         };
         let c = &mut self.caps;
+        let defer = meta.gso || meta.copied.is_some();
         let mut sink = TrailerSink {
             gso: meta.gso,
+            defer,
             deferred: &mut self.deferred,
         };
         let edit = match (stages, dir) {
@@ -254,7 +270,7 @@ impl Pipeline {
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,
             // Rewritten only once the kernel has cut it (a trailer, cleared markers).
-            Ok(Edit::Changed) if meta.gso => Verdict::Route(Segments::Trailer),
+            Ok(Edit::Changed) if defer => Verdict::Route(Segments::Trailer),
             Ok(Edit::Changed) if meta.csum_partial => {
                 // The kernel takes a rewritten packet's checksums as they are.
                 match wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p)) {

@@ -39,10 +39,13 @@ pub struct Trailer {
 /// A stamp's sender, capability id and time of issue.
 pub type IssuedStamp = (std::net::IpAddr, u32, std::time::Instant);
 
-/// Where a stage's trailer goes: onto the packet, or, for a super-packet, into
-/// `deferred` for its first segment.
+/// Where a stage's trailer goes: onto the packet, or, for a super-packet or a packet
+/// copied only in part (`defer`), into `deferred` for its first segment.
 pub struct TrailerSink<'a> {
+    /// A GSO super-packet: it stands for several wire packets.
     pub gso: bool,
+    /// The packet may not be written here (a super-packet, or a partial copy).
+    pub defer: bool,
     pub deferred: &'a mut Option<Trailer>,
 }
 
@@ -56,7 +59,7 @@ impl TrailerSink<'_> {
         (bytes, marker): (&[u8], Marker),
         stamp: Option<IssuedStamp>,
     ) -> Result<(), Reason> {
-        if self.gso {
+        if self.defer {
             *self.deferred = Some(Trailer {
                 marker,
                 bytes: bytes.to_vec(),
@@ -216,6 +219,7 @@ mod tests {
         let p = wire::parse(&buf).unwrap();
         let mut sink = TrailerSink {
             gso: true,
+            defer: true,
             deferred: &mut deferred,
         };
         sink.append(&mut buf, &p, (&[0xAB; 32], Marker::Stamped), None)
@@ -226,6 +230,7 @@ mod tests {
         let mut none = None;
         let mut sink = TrailerSink {
             gso: false,
+            defer: false,
             deferred: &mut none,
         };
         sink.append(&mut buf, &p, (&[0xAB; 32], Marker::Stamped), None)

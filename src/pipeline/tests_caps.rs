@@ -1573,3 +1573,46 @@ fn super_packets_unread_or_marked_are_routed_whole_or_dropped() {
         Verdict::Drop(Reason::MarkedSuperPacket)
     );
 }
+
+/// A packet the kernel copied only in part (hybrid path, padded to its length) is
+/// policed and stamped from its headers: the stamp is routed, not written; one that
+/// needs more than its headers is read whole from the precise queue.
+#[test]
+fn a_partial_copy_is_read_from_its_headers_and_routed_for_the_rest() {
+    let mut path = Path::new();
+    let head = |n| PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        copied: Some(n),
+        ..Default::default()
+    };
+    let now = path.at(0);
+    let mut pkt = data("198.18.1.2", "198.18.2.2", 1000);
+    assert_eq!(
+        path.mbox_p.process(&head(256), &mut pkt, now),
+        Verdict::Route(Segments::Trailer),
+        "a new sender's first packet is stamped"
+    );
+    assert_eq!(path.mbox_p.cap_counters().issued, 1);
+    // Headers past the copy, a trailer to strip, an ICMP quote: read whole.
+    let mut short = data("198.18.1.2", "198.18.2.2", 1000);
+    assert_eq!(
+        path.mbox_p.process(&head(30), &mut short, now),
+        Verdict::Route(Segments::Process)
+    );
+    let mut stamped = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .reserved(Marker::Stamped.apply(0))
+        .payload(&[1; 1000])
+        .build();
+    assert_eq!(
+        path.victim_p.process(&head(256), &mut stamped, now),
+        Verdict::Route(Segments::Process)
+    );
+    let mut icmp = Builder::raw(ip("198.18.1.2"), ip("198.18.2.2"), 1)
+        .payload(&[8; 1000])
+        .build();
+    assert_eq!(
+        path.mbox_p.process(&head(256), &mut icmp, now),
+        Verdict::Route(Segments::Process)
+    );
+}
