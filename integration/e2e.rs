@@ -808,6 +808,9 @@ fn hybrid_path_carries_super_packets_and_rewrites_their_segments() {
             "{who}: {}",
             s.table()
         );
+        // Super-packets count as the wire packets they stand for: 140 MB of them.
+        assert!(t.wire_packets > t.received, "{who}: {}", s.table());
+        assert!(t.bytes > 140 << 20, "{who}: {}", s.table());
     }
     let (segments, overtaken) = testbed::overtaken_by_rewrites(&victim_link).unwrap();
     eprintln!("victim link: {segments} data packets, {overtaken} overtaken by rewrites");

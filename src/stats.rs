@@ -26,6 +26,14 @@ pub struct QueueCounters {
     /// Hybrid path: their segments, answered from the precise queue.
     #[serde(default)]
     pub segments: u64,
+    /// The wire packets the queue's packets stood for (a GSO super-packet counts the
+    /// segments it is cut into), and of those, dropped; and their IP bytes.
+    #[serde(default)]
+    pub wire_packets: u64,
+    #[serde(default)]
+    pub wire_dropped: u64,
+    #[serde(default)]
+    pub bytes: u64,
     /// Hybrid path: the number of this worker's precise queue.
     #[serde(default)]
     pub precise_queue: Option<u16>,
@@ -213,6 +221,9 @@ impl EngineStats {
             t.engine.modified += e.modified;
             t.engine.routed += e.routed;
             t.engine.segments += e.segments;
+            t.engine.wire_packets += e.wire_packets;
+            t.engine.wire_dropped += e.wire_dropped;
+            t.engine.bytes += e.bytes;
             t.engine.dropped += e.dropped;
             t.engine.malformed += e.malformed;
             t.engine.errors += e.errors;
@@ -306,9 +317,12 @@ impl EngineStats {
             let sum = |f: fn(&KernelCounters) -> u64| precise.iter().map(|k| f(k)).sum::<u64>();
             let _ = writeln!(
                 s,
-                "hybrid: routed={} segments={} | precise queues: k.wait={} k.qdrop={} k.udrop={}",
+                "hybrid: routed={} segments={} wire_packets={} wire_dropped={} bytes={} | precise queues: k.wait={} k.qdrop={} k.udrop={}",
                 total.routed,
                 total.segments,
+                total.wire_packets,
+                total.wire_dropped,
+                total.bytes,
                 sum(|k| k.waiting),
                 sum(|k| k.queue_dropped),
                 sum(|k| k.user_dropped)
@@ -518,7 +532,7 @@ mod tests {
         // The precise queues' own kernel drops are shown, not only the queues'.
         assert!(
             t.contains(
-                "hybrid: routed=0 segments=0 | precise queues: k.wait=0 k.qdrop=2 k.udrop=0"
+                "hybrid: routed=0 segments=0 wire_packets=0 wire_dropped=0 bytes=0 | precise queues: k.wait=0 k.qdrop=2 k.udrop=0"
             ),
             "{t}"
         );

@@ -336,8 +336,9 @@ impl Loop {
             csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
             copied,
         };
+        let wire = self.pipeline.wire_size(&meta, &self.buf);
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
-        pipeline::count(&mut self.counters, &verdict);
+        pipeline::count(&mut self.counters, &verdict, wire);
         // A sender just verified leaves the kernel's limits on unverified senders now,
         // not at the next tick: a new connection's first round trips run at full rate.
         // Once per sender, so the syscall is rare.

@@ -283,15 +283,37 @@ impl Pipeline {
         }
     }
 
+    /// The wire packets and IP bytes the packet in `buf`, as queued, stands for: a
+    /// super-packet counts the segments it will be cut into (an estimate, as the
+    /// police's: its payload over the MSS the victim advertises).
+    pub fn wire_size(&self, meta: &PacketMeta, buf: &[u8]) -> (u64, u64) {
+        let bytes = buf.len() as u64;
+        let packets = match wire::parse(buf) {
+            Ok(p) if meta.gso => {
+                let v6 = p.src.is_ipv6();
+                let mtu = self.path_mtu().unwrap_or(ETHERNET_MTU);
+                let mss = mss_with_room(v6, mtu, crate::capability::wire_len(v6));
+                segments::wire_packets(&p, true, mss)
+            }
+            _ => 1,
+        };
+        (u64::from(packets), bytes)
+    }
+
+    /// The path MTU the role's rewrites must fit (None without capabilities).
+    fn path_mtu(&self) -> Option<usize> {
+        match &self.stages {
+            Some(Stages::Mbox(m)) => Some(m.path_mtu()),
+            Some(Stages::Victim(v)) => Some(v.path_mtu()),
+            None => None,
+        }
+    }
+
     /// Rewrite one segment of the super-packet routed last (the `first` one the kernel
     /// cut from it takes its trailer): cleared markers, the trailer, whole checksums.
     #[allow(clippy::ptr_arg)]
     pub fn segment(&mut self, buf: &mut Vec<u8>, first: bool) -> Verdict {
-        let max_len = match &self.stages {
-            Some(Stages::Mbox(m)) => m.path_mtu(),
-            Some(Stages::Victim(v)) => v.path_mtu(),
-            None => usize::MAX,
-        };
+        let max_len = self.path_mtu().unwrap_or(usize::MAX);
         let trailer = if first { self.deferred.take() } else { None };
         match segments::rewrite_segment(buf, first, trailer.as_ref(), max_len) {
             Ok((changed, too_big)) => {
@@ -381,8 +403,17 @@ impl Pipeline {
     }
 }
 
-/// Count a verdict in a queue's counters.
-pub fn count(c: &mut QueueCounters, v: &Verdict) {
+/// The MTU a super-packet is cut to without capabilities (no path MTU configured).
+const ETHERNET_MTU: usize = 1500;
+
+/// Count a verdict in a queue's counters, with the wire packets and bytes the packet
+/// stood for (`Pipeline::wire_size`).
+pub fn count(c: &mut QueueCounters, v: &Verdict, (packets, bytes): (u64, u64)) {
+    c.wire_packets += packets;
+    c.bytes += bytes;
+    if let Verdict::Drop(_) = v {
+        c.wire_dropped += packets;
+    }
     match v {
         Verdict::Accept => c.accepted += 1,
         Verdict::Route(_) => c.routed += 1,

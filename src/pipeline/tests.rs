@@ -24,9 +24,10 @@ fn selection() -> Selection {
 
 fn run(p: &mut Pipeline, meta: PacketMeta, pkt: &[u8]) -> (Verdict, Vec<u8>, QueueCounters) {
     let mut buf = pkt.to_vec();
+    let wire = p.wire_size(&meta, &buf);
     let v = p.process(&meta, &mut buf, Instant::now());
     let mut c = QueueCounters::new(0);
-    count(&mut c, &v);
+    count(&mut c, &v, wire);
     (v, buf, c)
 }
 

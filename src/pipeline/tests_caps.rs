@@ -1616,3 +1616,39 @@ fn a_partial_copy_is_read_from_its_headers_and_routed_for_the_rest() {
         Verdict::Route(Segments::Process)
     );
 }
+
+/// In the queue's counters a super-packet stands for its segments and bytes, dropped
+/// or not; any other packet for one.
+#[test]
+fn a_super_packet_counts_in_the_stats_as_its_segments() {
+    let path = Path::new();
+    let mss = usize::from(mss_with_room(
+        false,
+        usize::from(settings().path_mtu),
+        wire_len(false),
+    ));
+    let sp = data("198.18.1.2", "198.18.2.2", 10 * mss);
+    let gso = PacketMeta {
+        gso: true,
+        ..Default::default()
+    };
+    let wire = path.mbox_p.wire_size(&gso, &sp);
+    assert_eq!(wire, (10, sp.len() as u64));
+    assert_eq!(
+        path.mbox_p.wire_size(&PacketMeta::default(), &sp),
+        (1, sp.len() as u64)
+    );
+    let mut c = crate::stats::QueueCounters::default();
+    count(&mut c, &Verdict::Drop(Reason::MarkedSuperPacket), wire);
+    count(&mut c, &Verdict::Accept, (1, 60));
+    assert_eq!(
+        (
+            c.dropped,
+            c.accepted,
+            c.wire_packets,
+            c.wire_dropped,
+            c.bytes
+        ),
+        (1, 1, 11, 10, sp.len() as u64 + 60)
+    );
+}
