@@ -30,6 +30,9 @@ use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 
 /// How long a blocked worker waits before it checks the stop flag.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// Longest wait for a routed packet to reach the precise queue (the kernel queues it
+/// during the verdict call; this bounds a stall should it not come).
+const PRECISE_WAIT: Duration = Duration::from_millis(20);
 /// Longest wait at shut-down for the workers to answer what is still queued.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How often the main thread checks for signals and dead workers.
@@ -473,7 +476,7 @@ fn open_queues(cfg: &Config) -> Result<Vec<WorkerQueues>> {
                 .map(|first| {
                     let num = first + i as u16;
                     Queue::open(&QueueConfig {
-                        recv_timeout: RECV_TIMEOUT,
+                        recv_timeout: PRECISE_WAIT,
                         ..QueueConfig::new(num)
                     })
                 })

@@ -393,8 +393,16 @@ impl Loop {
         now: Instant,
     ) {
         let mut trailer_due = matches!(routed, Some((Segments::Trailer, _)));
+        // The first read for a routed packet may wait (briefly: the precise queue's
+        // timeout): answered after the packets that follow it, it would arrive late.
+        let mut wait = routed.is_some();
         loop {
-            let msg = match precise.recv(false) {
+            let got = precise.recv(wait);
+            if wait && matches!(got, Ok(None)) {
+                self.counters.count_reason("routed_packet_missing");
+            }
+            wait = false;
+            let msg = match got {
                 Ok(Some(Incoming::Packet(msg))) => msg,
                 Ok(Some(Incoming::Unreadable { id, cause })) => {
                     self.counters.count_reason(cause.as_str());
