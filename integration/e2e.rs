@@ -836,13 +836,7 @@ fn bench_workers_one_and_two() {
         return;
     }
     let _machine = exclusive();
-    let env = |k: &str, d: u32| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (secs, reps) = (env("BENCH_SECS", 3), env("BENCH_REPS", 3));
+    let (secs, reps) = bench_secs_and_reps();
     let tb = Testbed::up("mpwork").unwrap();
     let second = "198.18.1.3";
     let c0 = tb.link("c0");
@@ -872,12 +866,29 @@ fn bench_workers_one_and_two() {
         "TCP goodput of 2 senders, mbox and victim with capabilities, hybrid, median of {reps} x {secs} s:"
     );
     for (queues, runs, spread) in &mut rows {
-        runs.sort_by(f64::total_cmp);
+        let m = median(runs).unwrap_or(f64::NAN);
         eprintln!(
             "  {queues} worker(s) each: {:6.2} Gbit/s (packets per mbox queue, last run: {spread:?})",
-            runs[runs.len() / 2] / 1e9
+            m / 1e9
         );
     }
+}
+
+/// The benches' `BENCH_SECS` (seconds per run) and `BENCH_REPS` (runs), 3 and 3 unless set.
+fn bench_secs_and_reps() -> (u32, u32) {
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    (env("BENCH_SECS", 3), env("BENCH_REPS", 3))
+}
+
+/// The median of a bench's runs (None without runs); sorts them.
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// Measurement, not a pass/fail test: whether no packet is lost depends on the load of
@@ -1263,13 +1274,7 @@ fn bench_goodput_through_the_mbox() {
         return;
     }
     let _machine = exclusive();
-    let env = |k: &str, d: u32| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (secs, reps) = (env("BENCH_SECS", 3), env("BENCH_REPS", 3));
+    let (secs, reps) = bench_secs_and_reps();
     let baseline = std::env::var("NFQ_BASELINE").ok();
     let tb = Testbed::up("mpbench").unwrap();
     let mut rows: Vec<(&str, Vec<f64>)> = vec![
@@ -1344,10 +1349,6 @@ fn bench_goodput_through_the_mbox() {
             drop((m, v));
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
     let floor = median(&mut rows[1].1.clone());
     eprintln!("TCP goodput client -> victim through the mbox, median of {reps} x {secs} s:");
     for (name, v) in &mut rows {

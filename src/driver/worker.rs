@@ -328,13 +328,9 @@ impl Loop {
             _ => None,
         };
         let meta = PacketMeta {
-            hook: msg.hook,
-            indev: msg.indev,
-            outdev: msg.outdev,
             truncated: msg.orig_len.is_some() && copied.is_none(),
-            gso: msg.skb_info & SKB_GSO != 0,
-            csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
             copied,
+            ..meta_of(msg)
         };
         let wire = self.pipeline.wire_size(&meta, &self.buf);
         let verdict = self.pipeline.process(&meta, &mut self.buf, now);
@@ -423,14 +419,7 @@ impl Loop {
             let ours = routed.is_some_and(|(_, flow)| flow.is_none() || flow == flow_of(&self.buf));
             let verdict = match routed {
                 Some((Segments::Process, _)) if ours => {
-                    let meta = PacketMeta {
-                        hook: msg.hook,
-                        indev: msg.indev,
-                        outdev: msg.outdev,
-                        truncated: msg.orig_len.is_some(),
-                        ..PacketMeta::default()
-                    };
-                    self.pipeline.process(&meta, &mut self.buf, now)
+                    self.pipeline.process(&meta_of(&msg), &mut self.buf, now)
                 }
                 _ => {
                     let first = trailer_due && ours;
@@ -581,6 +570,20 @@ impl Loop {
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }
+    }
+}
+
+/// What the pipeline is told of a queued packet, copied whole: the precise queues carry
+/// no GSO flag, so their segments come as single packets with checksums complete.
+fn meta_of(msg: &PacketMsg) -> PacketMeta {
+    PacketMeta {
+        hook: msg.hook,
+        indev: msg.indev,
+        outdev: msg.outdev,
+        truncated: msg.orig_len.is_some(),
+        gso: msg.skb_info & SKB_GSO != 0,
+        csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
+        copied: None,
     }
 }
 

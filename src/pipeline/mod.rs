@@ -288,15 +288,16 @@ impl Pipeline {
     /// police's: its payload over the MSS the victim advertises).
     pub fn wire_size(&self, meta: &PacketMeta, buf: &[u8]) -> (u64, u64) {
         let bytes = buf.len() as u64;
-        let packets = match wire::parse(buf) {
-            Ok(p) if meta.gso => {
-                let v6 = p.src.is_ipv6();
-                let mtu = self.path_mtu().unwrap_or(ETHERNET_MTU);
-                let mss = mss_with_room(v6, mtu, crate::capability::wire_len(v6));
-                segments::wire_packets(&p, true, mss)
-            }
-            _ => 1,
-        };
+        // On the hot path: only a super-packet is parsed here (and again by `process`).
+        if !meta.gso {
+            return (1, bytes);
+        }
+        let packets = wire::parse(buf).map_or(1, |p| {
+            let v6 = p.src.is_ipv6();
+            let mtu = self.path_mtu().unwrap_or(ETHERNET_MTU);
+            let mss = mss_with_room(v6, mtu, crate::capability::wire_len(v6));
+            segments::wire_packets(&p, true, mss)
+        });
         (u64::from(packets), bytes)
     }
 
