@@ -196,6 +196,11 @@ impl EngineProcess {
         }
     }
 
+    /// The engine's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The engine's control socket.
     pub fn socket(&self) -> &Path {
         &self.socket
