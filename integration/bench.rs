@@ -11,7 +11,8 @@
 //!
 //! Run: `cargo test --release --test bench -- --ignored line_rate --nocapture`
 //! (`BENCH_SECS` seconds per run, default 3; `BENCH_REPS` runs, default 3; `NFQ_BIN` the
-//! directory of the built C programs, default /tmp/nfq-bench, built there if missing).
+//! directory of the built C programs, default /tmp/nfq-bench, built there if missing;
+//! `BENCH_ONLY=2q,C` only the subjects whose label holds one of the words).
 //! `line_rate_smoke` runs a short version in CI to prove the bench still runs.
 
 use std::path::{Path, PathBuf};
@@ -82,10 +83,18 @@ impl Plan {
                 }
             }
         }
+        // `BENCH_ONLY`: the subjects whose label holds one of these comma-separated
+        // words (no queue stays, for the ratios).
+        if let Ok(only) = std::env::var("BENCH_ONLY") {
+            subjects.retain(|s| {
+                *s == Subject::NoQueue || only.split(',').any(|w| s.label().contains(w.trim()))
+            });
+        }
         let mut probed = vec![Subject::NoQueue, Subject::Mpolice(PASSTHROUGH)];
         if c_programs.is_some() {
             probed.push(Subject::CFloor);
         }
+        probed.retain(|s| subjects.contains(s));
         Plan {
             secs: env("BENCH_SECS", 3),
             reps: env("BENCH_REPS", 3),
@@ -230,7 +239,7 @@ impl Plan {
                     )?);
                 }
                 eprintln!(
-                    "  {:<28} {} {:6.2} Gbit/s",
+                    "  {:<30} {} {:6.2} Gbit/s",
                     row.config,
                     row.family,
                     g.bps / 1e9
@@ -323,7 +332,7 @@ fn line_rate_smoke() {
         }
     }
     let svg = std::fs::read_to_string(out.join("goodput.svg")).unwrap();
-    assert_eq!(svg.matches("<rect x=\"190\" y=").count(), 6 + 1, "{svg}");
+    assert_eq!(svg.matches("<rect x=\"215\" y=").count(), 6 + 1, "{svg}");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("line-rate.json")).unwrap()).unwrap();
     assert_eq!(json["rows"].as_array().map(Vec::len), Some(6));

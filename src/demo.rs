@@ -126,7 +126,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
          victim stripped {} and returned {} on its ACKs",
         mc.issued,
         mc.returned,
-        mc.rejected.values().sum::<u64>(),
+        mc.rejected.total(),
         vc.stripped,
         vc.fed_back
     );

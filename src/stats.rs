@@ -3,12 +3,59 @@
 //! A worker owns its `QueueCounters` as plain fields (no atomics on the per-packet path)
 //! and publishes copies; `EngineStats` is the snapshot the control socket serves.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capability::Rejected;
+use crate::driver::nfqueue::Unreadable;
+use crate::labels::{Joined, Tally, labelled_enum};
+use crate::pipeline::Reason;
 use crate::police::PoliceReport;
+
+labelled_enum! {
+    /// What a worker counts besides the pipeline's reasons.
+    pub enum Event {
+        /// A super-packet to route, with no precise queue bound (dropped).
+        RouteWithoutPreciseQueue => "route_without_precise_queue",
+        /// A routed packet whose segments did not come within the precise queue's wait.
+        RoutedPacketMissing => "routed_packet_missing",
+        /// A verdict and its fallback drop both failed.
+        VerdictFailed => "verdict_failed",
+        /// A datagram the pipeline produced (tunnel feedback) that could not be sent.
+        DatagramNotSent => "datagram_not_sent",
+        /// Messages with no readable packet id (a running total of the receive path).
+        NetlinkNoId => "netlink_no_id",
+        /// A packet message that did not parse.
+        NetlinkMalformed => "netlink_malformed",
+        /// A packet message cut short by the receive buffer.
+        NetlinkTruncated => "netlink_truncated",
+    }
+}
+
+impl From<Unreadable> for Event {
+    fn from(u: Unreadable) -> Self {
+        match u {
+            Unreadable::Malformed => Event::NetlinkMalformed,
+            Unreadable::Truncated => Event::NetlinkTruncated,
+        }
+    }
+}
+
+/// Every reason a queue's counters tell apart: the pipeline's, then the worker's.
+pub type Counted = Joined<Reason, Event>;
+
+impl From<Reason> for Counted {
+    fn from(r: Reason) -> Self {
+        Counted::First(r)
+    }
+}
+
+impl From<Event> for Counted {
+    fn from(e: Event) -> Self {
+        Counted::Second(e)
+    }
+}
 
 /// What happened to the packets of one queue, counted by its worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +93,7 @@ pub struct QueueCounters {
     /// Times the socket overflowed (ENOBUFS): packets the kernel could not deliver to us.
     pub enobufs: u64,
     /// Drops and malformed packets by reason.
-    pub reasons: BTreeMap<String, u64>,
+    pub reasons: Tally<Counted>,
     /// What the capability stages did.
     #[serde(default)]
     pub caps: CapCounters,
@@ -104,13 +151,13 @@ pub struct CapCounters {
     /// Senders tracked now.
     pub senders: u64,
     /// Capabilities and markers refused, by reason (bad_mac, stale, replayed, ...).
-    pub rejected: BTreeMap<String, u64>,
+    pub rejected: Tally<Rejected>,
 }
 
 impl CapCounters {
     /// Count one refused capability or marker under a named reason.
-    pub fn count_rejected(&mut self, reason: &'static str) {
-        bump(&mut self.rejected, reason);
+    pub fn count_rejected(&mut self, reason: impl Into<Rejected>) {
+        self.rejected.add(reason);
     }
 
     fn add(&mut self, o: &CapCounters) {
@@ -132,19 +179,7 @@ impl CapCounters {
         self.stamps_over_budget += o.stamps_over_budget;
         self.periods_closed += o.periods_closed;
         self.senders += o.senders;
-        for (r, n) in &o.rejected {
-            *self.rejected.entry(r.clone()).or_default() += n;
-        }
-    }
-}
-
-/// Add one to a named counter; reasons are few and fixed, so the map stays small.
-fn bump(map: &mut BTreeMap<String, u64>, reason: &'static str) {
-    match map.get_mut(reason) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(reason.to_string(), 1);
-        }
+        self.rejected.merge(&o.rejected);
     }
 }
 
@@ -157,9 +192,9 @@ impl QueueCounters {
         }
     }
 
-    /// Count one packet under a named reason.
-    pub fn count_reason(&mut self, reason: &'static str) {
-        bump(&mut self.reasons, reason);
+    /// Count one packet (or event) under its reason.
+    pub fn count_reason(&mut self, reason: impl Into<Counted>) {
+        self.reasons.add(reason);
     }
 }
 
@@ -228,9 +263,7 @@ impl EngineStats {
             t.engine.malformed += e.malformed;
             t.engine.errors += e.errors;
             t.engine.enobufs += e.enobufs;
-            for (r, n) in &e.reasons {
-                *t.engine.reasons.entry(r.clone()).or_default() += n;
-            }
+            t.engine.reasons.merge(&e.reasons);
             t.engine.caps.add(&e.caps);
             if let Some(kq) = &q.kernel {
                 k.waiting += kq.waiting;
@@ -299,12 +332,12 @@ impl EngineStats {
             );
         }
         let total = self.total().engine;
-        let list = |m: &BTreeMap<String, u64>| {
+        fn list<L: crate::labels::Labels>(m: &Tally<L>) -> String {
             m.iter()
                 .map(|(r, n)| format!("{r}={n}"))
                 .collect::<Vec<_>>()
                 .join(" ")
-        };
+        }
         if !total.reasons.is_empty() {
             let _ = writeln!(s, "reasons: {}", list(&total.reasons));
         }
@@ -423,8 +456,9 @@ mod tests {
         a.accepted = 7;
         a.dropped = 3;
         a.malformed = 2;
-        a.count_reason("fragment");
-        a.count_reason("fragment");
+        let fragment = Reason::Malformed(crate::wire::WireError::Fragment);
+        a.count_reason(fragment);
+        a.count_reason(fragment);
         let mut b = QueueCounters::new(1);
         b.received = 5;
         b.accepted = 5;

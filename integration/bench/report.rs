@@ -110,7 +110,7 @@ impl Report {
         let _ = writeln!(
             s,
             "TCP goodput, two senders (one stream each) client -> victim through the mbox:\n\
-             {:<28} {:<5} {:>24} {:>8} {:>8} {:>10} {:>6}",
+             {:<30} {:<5} {:>24} {:>8} {:>8} {:>10} {:>6}",
             "config", "", "Gbit/s", "x floor", "x no q", "CPU ns/seg", "drops"
         );
         for r in &self.rows {
@@ -122,7 +122,7 @@ impl Report {
             let drops: u64 = r.goodput.iter().map(|g| g.queue_drops).sum();
             let _ = writeln!(
                 s,
-                "{:<28} {:<5} {:>7.2} ({:>6.2}..{:>6.2}) {:>8.2} {:>8.2} {:>10} {:>6}",
+                "{:<30} {:<5} {:>7.2} ({:>6.2}..{:>6.2}) {:>8.2} {:>8.2} {:>10} {:>6}",
                 r.config,
                 r.family,
                 g.median,
@@ -140,7 +140,7 @@ impl Report {
         let _ = writeln!(
             s,
             "\nRequest-response latency, 64 bytes over TCP (Nagle off), µs; load = half the \
-             config's goodput:\n{:<28} {:<5} {:>9} {:>9} {:>9} {:>9} {:>12}",
+             config's goodput:\n{:<30} {:<5} {:>9} {:>9} {:>9} {:>9} {:>12}",
             "config", "", "idle p50", "idle p99", "load p50", "load p99", "added p99"
         );
         for r in self.rows.iter().filter(|r| !r.latency.is_empty()) {
@@ -152,7 +152,7 @@ impl Report {
             });
             let _ = writeln!(
                 s,
-                "{:<28} {:<5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12.1}",
+                "{:<30} {:<5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12.1}",
                 r.config,
                 r.family,
                 m(|l| l.idle_p50_us),
@@ -168,7 +168,7 @@ impl Report {
         let _ = writeln!(
             s,
             "\n64-byte UDP packets, one unpaced sender, packets per second:\n\
-             {:<28} {:<5} {:>9} {:>24} {:>8} {:>8} {:>9} {:>9}",
+             {:<30} {:<5} {:>9} {:>24} {:>8} {:>8} {:>9} {:>9}",
             "config", "", "offered", "delivered", "x floor", "x no q", "lost", "q.drops"
         );
         for r in self.rows.iter().filter(|r| !r.small_packets.is_empty()) {
@@ -181,7 +181,7 @@ impl Report {
             let drops: u64 = r.small_packets.iter().map(|p| p.queue_drops).sum();
             let _ = writeln!(
                 s,
-                "{:<28} {:<5} {:>9.0} {:>8.0} ({:>6.0}..{:>6.0}) {:>8.2} {:>8.2} {:>9} {:>9}",
+                "{:<30} {:<5} {:>9.0} {:>8.0} ({:>6.0}..{:>6.0}) {:>8.2} {:>8.2} {:>9} {:>9}",
                 r.config,
                 r.family,
                 offered,
@@ -211,7 +211,7 @@ impl Report {
             .filter_map(|r| r.gbps().map(|g| g.max))
             .fold(1.0, f64::max);
         let scale_max = (top / 5.0).ceil() * 5.0;
-        let (left, width, bar, gap) = (190.0, 520.0, 9.0, 8.0);
+        let (left, width, bar, gap) = (215.0, 520.0, 9.0, 8.0);
         let height = 40.0 + configs.len() as f64 * (2.0 * bar + gap) + 40.0;
         let x = |g: f64| left + g / scale_max * width;
         let mut s = String::new();
@@ -338,7 +338,7 @@ impl Target {
             "MISSED"
         };
         format!(
-            "{:<44} {:<28} {} {v:>8.2} (want {op} {}): {verdict}",
+            "{:<44} {:<30} {} {v:>8.2} (want {op} {}): {verdict}",
             self.what, self.config, self.family, self.bound
         )
     }

@@ -45,9 +45,51 @@ labelled_enum! {
     }
 }
 
+labelled_enum! {
+    /// Why a capability, marker or feedback trailer was refused for a reason the
+    /// capability itself cannot show: where it came from, or whom it names.
+    pub enum Refusal {
+        /// Feedback or a feedback datagram that did not come from the victim's side.
+        OffVictimLink => "off_victim_link",
+        /// A client's packet carried one of our markers; cleared.
+        ClientMarker => "client_marker",
+        /// A feedback count promising more bytes than the packet holds.
+        FeedbackTooShort => "feedback_too_short",
+        /// A returned capability issued by another mbox.
+        WrongMbox => "wrong_mbox",
+        /// A returned capability of a sender the police no longer holds.
+        UnknownSender => "unknown_sender",
+    }
+}
+
+/// Every refusal the capability counters tell apart.
+pub type Rejected = crate::labels::Joined<CapError, Refusal>;
+
+impl From<CapError> for Rejected {
+    fn from(e: CapError) -> Self {
+        Rejected::First(e)
+    }
+}
+
+impl From<Refusal> for Rejected {
+    fn from(r: Refusal) -> Self {
+        Rejected::Second(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_count_under_distinct_labels() {
+        let all: Vec<Rejected> = CapError::ALL
+            .iter()
+            .map(|&e| e.into())
+            .chain(Refusal::ALL.iter().map(|&r| r.into()))
+            .collect();
+        crate::labels::assert_label_set(&all);
+    }
 
     #[test]
     fn labels_are_unique_snake_case() {

@@ -100,7 +100,7 @@ pub mod tunnel;
 mod window;
 
 pub use codec::Capability;
-pub use error::CapError;
+pub use error::{CapError, Refusal, Rejected};
 pub use feedback::{MAX_FEEDBACK, feedback_len, split_feedback};
 pub use key::{KEY_LEN, Key, KeyFileError, KeyRing, MAX_KEY_ID, RunId, generate_key_line};
 pub use marker::{FeedbackCount, Marker};

@@ -407,11 +407,11 @@ fn cores() -> u16 {
         .map_or(1, |n| u16::try_from(n.get()).unwrap_or(MAX_QUEUES))
         .clamp(1, MAX_QUEUES)
 }
-/// Hybrid path: the bytes of each packet copied to the engine by default: all of it.
-/// A shorter copy (headers: IPv4 or IPv6 with TCP and its options take at most 120)
-/// routes every packet to rewrite through the precise queue; measured faster, it stays
-/// a choice until a reordering seen once in CI with 256 is understood.
-const DEFAULT_COPY_BYTES: u32 = COPY_FULL;
+/// Hybrid path: the bytes of each packet copied to the engine by default: its headers
+/// (IPv4 or IPv6 with TCP and its options take at most 120; 256 leaves room for IPv6
+/// extension headers). Every packet to rewrite, or whose headers run past the copy, is
+/// routed through the precise queue and read whole there.
+const DEFAULT_COPY_BYTES: u32 = 256;
 /// Fewest bytes the copy may hold: the longest IPv4 and TCP headers.
 const MIN_COPY_BYTES: u32 = 120;
 
@@ -956,7 +956,7 @@ mod tests {
             .unwrap()
             .queue
             .copy_bytes;
-        assert_eq!(copy, COPY_FULL, "whole packets by default");
+        assert_eq!(copy, 256, "headers only by default");
         assert_eq!(precise("first=4\ncount=3"), Ok(Some(7)));
         assert_eq!(precise("hybrid=false"), Ok(None));
         assert_eq!(precise("count=2\nprecise_first=10"), Ok(Some(10)));

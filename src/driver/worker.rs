@@ -27,7 +27,7 @@ use crate::driver::nfqueue::{
     Verdict as KernelVerdict,
 };
 use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Segments, Verdict};
-use crate::stats::QueueCounters;
+use crate::stats::{Event, QueueCounters};
 
 /// Unchanged packets answered by one batch verdict at most.
 const BATCH_MAX: usize = 64;
@@ -313,19 +313,23 @@ impl Loop {
     }
 
     fn process(&mut self, msg: &PacketMsg, now: Instant) {
-        self.buf.clear();
         let copy = self.queue.payload(msg);
-        self.buf.extend_from_slice(copy);
         // Hybrid path: the queue copies the headers only (its copy range); the buffer
         // takes the packet's length, so lengths read true, and the pipeline reads no
         // further than the copy (what needs more is read whole from the precise queue).
+        // Past the copy the buffer keeps what it held (zeros where it grows): zeroing up
+        // to 64 KiB for every packet cost more than the short copy saved.
         let copied = match (msg.orig_len, &self.precise) {
             (Some(len), Some(_)) => {
-                let n = copy.len();
                 self.buf.resize(len as usize, 0);
-                Some(n)
+                self.buf[..copy.len()].copy_from_slice(copy);
+                Some(copy.len())
             }
-            _ => None,
+            _ => {
+                self.buf.clear();
+                self.buf.extend_from_slice(copy);
+                None
+            }
         };
         let meta = PacketMeta {
             truncated: msg.orig_len.is_some() && copied.is_none(),
@@ -360,7 +364,7 @@ impl Loop {
     fn route(&mut self, id: u32, how: Segments, now: Instant) {
         let Some(mut precise) = self.precise.take() else {
             // Only the hybrid path receives super-packets: nothing else can route.
-            self.counters.count_reason("route_without_precise_queue");
+            self.counters.count_reason(Event::RouteWithoutPreciseQueue);
             self.send(id, KernelVerdict::Drop, false);
             return;
         };
@@ -395,13 +399,13 @@ impl Loop {
         loop {
             let got = precise.recv(wait);
             if wait && matches!(got, Ok(None)) {
-                self.counters.count_reason("routed_packet_missing");
+                self.counters.count_reason(Event::RoutedPacketMissing);
             }
             wait = false;
             let msg = match got {
                 Ok(Some(Incoming::Packet(msg))) => msg,
                 Ok(Some(Incoming::Unreadable { id, cause })) => {
-                    self.counters.count_reason(cause.as_str());
+                    self.counters.count_reason(Event::from(cause));
                     let sent = precise.verdict(id, KernelVerdict::Drop, None);
                     self.check(id, "segment drop", sent);
                     continue;
@@ -431,11 +435,12 @@ impl Loop {
             let (v, payload) = match verdict {
                 Verdict::AcceptModified => (KernelVerdict::Accept, Some(self.buf.as_slice())),
                 Verdict::Drop(r) => {
-                    self.counters.count_reason(r.as_str());
+                    self.counters.count_reason(r);
+                    self.counters.wire_dropped += 1;
                     (KernelVerdict::Drop, None)
                 }
                 Verdict::Pass(r) => {
-                    self.counters.count_reason(r.as_str());
+                    self.counters.count_reason(r);
                     (KernelVerdict::Accept, None)
                 }
                 Verdict::Accept | Verdict::Route(_) => (KernelVerdict::Accept, None),
@@ -445,7 +450,7 @@ impl Loop {
                 // No batch verdict sweeps this queue: drop it now, or it waits forever.
                 let sent = precise.verdict(msg.id, KernelVerdict::Drop, None);
                 if !self.check(msg.id, "segment fallback drop", sent) {
-                    self.counters.count_reason("verdict_failed");
+                    self.counters.count_reason(Event::VerdictFailed);
                 }
             }
         }
@@ -468,7 +473,7 @@ impl Loop {
             };
             if let Err(e) = sent {
                 self.send_errors += 1;
-                self.counters.count_reason("datagram_not_sent");
+                self.counters.count_reason(Event::DatagramNotSent);
                 tracing::warn!(queue = self.counters.queue, to = %d.to, "datagram: {e}");
             }
         }
@@ -478,7 +483,7 @@ impl Loop {
     /// cannot parse; left alone, the next batch verdict would accept it.
     fn unreadable(&mut self, id: u32, cause: Unreadable) {
         self.counters.malformed += 1;
-        self.counters.count_reason(cause.as_str());
+        self.counters.count_reason(Event::from(cause));
         match self.pipeline.malformed() {
             MalformedVerdict::Drop => {
                 self.counters.dropped += 1;
@@ -516,7 +521,7 @@ impl Loop {
             "fallback drop; kept out of batch verdicts until a drop gets through",
             sent,
         ) {
-            self.counters.count_reason("verdict_failed");
+            self.counters.count_reason(Event::VerdictFailed);
             self.stuck.push(id);
         }
     }
@@ -555,16 +560,18 @@ impl Loop {
 
     fn publish(&mut self) {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
-        let k = self.queue.counters();
+        // Both sockets' receive paths: an overrun of the precise queue counts as well.
+        let k = self.queue.counters()
+            + self
+                .precise
+                .as_ref()
+                .map(Queue::counters)
+                .unwrap_or_default();
         self.counters.enobufs = k.enobufs;
         self.counters.errors =
             self.send_errors + k.nl_errors + k.truncated + k.malformed + k.foreign;
-        if k.no_id > 0 {
-            // Not per packet: a running total the receive path keeps (`no_id` in nfqueue).
-            self.counters
-                .reasons
-                .insert("netlink_no_id".to_string(), k.no_id);
-        }
+        // Not per packet: a running total the receive path keeps (`no_id` in nfqueue).
+        self.counters.reasons.set(Event::NetlinkNoId, k.no_id);
         (self.counters.queue_limit, self.counters.service_pps) =
             (self.depth.limit(), self.depth.rate());
         if let Ok(mut p) = self.published.lock() {

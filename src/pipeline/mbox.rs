@@ -17,8 +17,8 @@ use super::{
     open_tunnel,
 };
 use crate::capability::{
-    CapError, Capability, KeyReader, MAX_WIRE_LEN, Marker, RunId, SharedKeys, feedback_len,
-    split_feedback, tunnel, wire_len,
+    CapError, Capability, KeyReader, MAX_WIRE_LEN, Marker, Refusal, Rejected, RunId, SharedKeys,
+    feedback_len, split_feedback, tunnel, wire_len,
 };
 use crate::config::{CapSettings, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
@@ -125,7 +125,7 @@ impl Mbox {
             return None;
         }
         if !self.victim_ifindexes.contains(&meta.indev) {
-            c.count_rejected("off_victim_link");
+            c.count_rejected(Refusal::OffVictimLink);
             return Some(Reason::Bypassed);
         }
         let body = match open_tunnel(buf, p, keys, tunnel::Kind::Feedback, c) {
@@ -135,7 +135,7 @@ impl Mbox {
         let fb = match tunnel::Returned::decode(body) {
             Ok(fb) => fb,
             Err(e) => {
-                c.count_rejected(e.as_str());
+                c.count_rejected(e);
                 return Some(Reason::FeedbackDatagram);
             }
         };
@@ -170,7 +170,7 @@ impl Mbox {
             && Marker::from_reserved(wire::tcp_reserved(buf, &p)) != Ok(Marker::None)
         {
             p = clear_marker(buf, &p)?;
-            c.count_rejected("client_marker");
+            c.count_rejected(Refusal::ClientMarker);
             edit = Edit::Changed;
         }
         let tcp = on_port && p.protocol == proto::TCP;
@@ -311,7 +311,7 @@ impl Mbox {
             // The victim never sends these: clear them, so the client sees none.
             Ok(Marker::Stamped) | Err(_) => {
                 clear_marker(buf, &p)?;
-                c.count_rejected("bad_marker");
+                c.count_rejected(CapError::BadMarker);
                 return Ok(Edit::Changed);
             }
         };
@@ -319,7 +319,7 @@ impl Mbox {
         let len = feedback_len(n, v6);
         if p.payload_len < len {
             // A count that promises more than the packet holds: never forward it.
-            c.count_rejected("feedback_too_short");
+            c.count_rejected(Refusal::FeedbackTooShort);
             return Err(Reason::FeedbackTooShort);
         }
         let mut trailer = [0u8; 3 * MAX_WIRE_LEN];
@@ -329,7 +329,7 @@ impl Mbox {
         clear_marker(buf, &stripped)?;
         c.feedback_stripped += 1;
         if !from_victim_side {
-            c.count_rejected("off_victim_link");
+            c.count_rejected(Refusal::OffVictimLink);
             return Ok(Edit::Changed);
         }
         // Only a segment of an established connection proves the client is real: a
@@ -356,12 +356,11 @@ impl Mbox {
         (victim, client): (IpAddr, IpAddr),
         proves: bool,
         now: Instant,
-    ) -> Result<(), &'static str> {
-        let name = |e: CapError| e.as_str();
-        let cap = Capability::verify(bytes, victim, self.keys.ring()).map_err(name)?;
-        cap.check_sender(client).map_err(name)?;
+    ) -> Result<(), Rejected> {
+        let cap = Capability::verify(bytes, victim, self.keys.ring())?;
+        cap.check_sender(client)?;
         if cap.mbox_id != self.mbox_id {
-            return Err("wrong_mbox");
+            return Err(Refusal::WrongMbox.into());
         }
         self.police
             .returned(client, (cap.id, cap.issued_ms), proves, now)

@@ -23,7 +23,7 @@ pub use segments::{Segments, Trailer};
 pub use verdict::{Reason, Verdict};
 pub use victim::{Victim, mss_with_room};
 
-use crate::capability::{KeyReader, Marker, tunnel};
+use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
@@ -189,7 +189,10 @@ impl Pipeline {
         }
         let parsed = match wire::parse(buf) {
             Ok(p) => p,
-            Err(_) if meta.gso => return Verdict::Route(Segments::Process),
+            // Headers the copy range cut may look broken that are not: read it whole.
+            Err(_) if meta.gso || meta.copied.is_some_and(|n| n < longest_headers(buf)) => {
+                return Verdict::Route(Segments::Process);
+            }
             Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
         let dir = direction(&self.selection, &parsed);
@@ -370,7 +373,7 @@ fn open_tunnel<'a>(
     c: &mut CapCounters,
 ) -> Result<&'a [u8], Reason> {
     let Some((auth, body)) = wire::tunnel::auth_and_body(buf, p) else {
-        c.count_rejected("truncated");
+        c.count_rejected(CapError::Truncated);
         return Err(Reason::TunnelUnauthenticated);
     };
     match tunnel::open(auth, body, keys.ring()) {
@@ -378,7 +381,7 @@ fn open_tunnel<'a>(
         // A well-sealed payload of the other direction is nothing we take here.
         Ok(_) => Err(Reason::TunnelNotProtected),
         Err(e) => {
-            c.count_rejected(e.as_str());
+            c.count_rejected(e);
             Err(Reason::TunnelUnauthenticated)
         }
     }
@@ -401,6 +404,15 @@ impl Pipeline {
             MalformedVerdict::Drop => Verdict::Drop(why),
             MalformedVerdict::Accept => Verdict::Pass(why),
         }
+    }
+}
+
+/// The most bytes a packet's IP and transport headers can take: 60 + 60 over IPv4; over
+/// IPv6, extension headers have no such bound.
+fn longest_headers(buf: &[u8]) -> usize {
+    match buf.first().map(|b| b >> 4) {
+        Some(4) => 120,
+        _ => usize::MAX,
     }
 }
 
@@ -434,7 +446,7 @@ fn count_reason(c: &mut QueueCounters, r: &Reason) {
     if let Reason::Malformed(_) | Reason::TruncatedCopy = r {
         c.malformed += 1;
     }
-    c.count_reason(r.as_str());
+    c.count_reason(*r);
 }
 
 #[cfg(test)]

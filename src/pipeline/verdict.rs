@@ -1,5 +1,7 @@
 //! What the pipeline decides for a packet, and why.
 
+use crate::labels::Labels;
+use crate::police::Drop;
 use crate::wire::WireError;
 
 /// The fate of one packet.
@@ -52,6 +54,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reasons without an inner cause, in their counters' order (after every
+    /// `Malformed` and every `Policed` one).
+    const PLAIN: [Reason; 11] = [
+        Reason::TruncatedCopy,
+        Reason::Bypassed,
+        Reason::TrailerTooShort,
+        Reason::FeedbackTooShort,
+        Reason::TooBigForTunnel,
+        Reason::TunnelFromStranger,
+        Reason::TunnelNotProtected,
+        Reason::TunnelUnauthenticated,
+        Reason::FeedbackDatagram,
+        Reason::Unselected,
+        Reason::MarkedSuperPacket,
+    ];
+
     /// Name the reason as a stable counter label.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -69,5 +87,54 @@ impl Reason {
             Reason::Unselected => "unselected",
             Reason::MarkedSuperPacket => "marked_super_packet",
         }
+    }
+}
+
+impl Labels for Reason {
+    const COUNT: usize = WireError::COUNT + Drop::COUNT + Reason::PLAIN.len();
+
+    fn index(self) -> usize {
+        match self {
+            Reason::Malformed(e) => e.index(),
+            Reason::Policed(d) => WireError::COUNT + d.index(),
+            // A drop or pass, not a packet's every verdict: a scan of 11 is cheap here.
+            // One missing from the list is counted as "unlabelled" (see `Tally`).
+            plain => {
+                let at = Reason::PLAIN.iter().position(|&r| r == plain);
+                WireError::COUNT + Drop::COUNT + at.unwrap_or(Reason::PLAIN.len())
+            }
+        }
+    }
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn label_at(i: usize) -> Option<&'static str> {
+        match (
+            i.checked_sub(WireError::COUNT),
+            i.checked_sub(WireError::COUNT + Drop::COUNT),
+        ) {
+            (None, _) => WireError::label_at(i),
+            (Some(j), None) => Drop::label_at(j),
+            (_, Some(k)) => Reason::PLAIN.get(k).map(Reason::as_str),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_counts_under_its_own_label() {
+        let all: Vec<Reason> = WireError::ALL
+            .iter()
+            .map(|&e| Reason::Malformed(e))
+            .chain(Drop::ALL.iter().map(|&d| Reason::Policed(d)))
+            .chain(Reason::PLAIN)
+            .collect();
+        assert_eq!(all.len(), Reason::COUNT);
+        crate::labels::assert_label_set(&all);
     }
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 use super::segments::{TrailerSink, largest_wire_len};
 use super::{Datagram, Edit, LOOPBACK_IFINDEX, Reason, clear_marker, open_tunnel};
 use crate::capability::{
-    Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel, wire_len,
+    CapError, Capability, KeyReader, MAX_FEEDBACK, MAX_WIRE_LEN, Marker, SharedKeys, tunnel,
+    wire_len,
 };
 use crate::config::{CapSettings, Tunnel};
 use crate::driver::nft::Prefix;
@@ -196,14 +197,14 @@ impl Victim {
                 match Capability::decode(&kept.bytes[..len]) {
                     Ok(_) if self.withholds(p.src) => c.withheld += 1,
                     Ok(_) => self.keep((p.src, p.dst), kept, now, c),
-                    Err(e) => c.count_rejected(e.as_str()),
+                    Err(e) => c.count_rejected(e),
                 }
                 Ok(Edit::Changed)
             }
             // Only the mbox marks packets towards us, and only as stamped.
             Ok(Marker::Feedback(_)) | Err(_) => {
                 clear_marker(buf, &p)?;
-                c.count_rejected("bad_marker");
+                c.count_rejected(CapError::BadMarker);
                 Ok(Edit::Changed)
             }
         }

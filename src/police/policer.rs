@@ -15,34 +15,25 @@ use super::random::Xorshift;
 use super::sender::Sender;
 use super::senders::SenderTable;
 use super::slots::SlotRing;
-use crate::capability::{MAX_TH_CAP, ReturnWindow, check_fresh, check_period};
+use crate::capability::{MAX_TH_CAP, Refusal, Rejected, ReturnWindow, check_fresh, check_period};
 use crate::config::{CapSettings, PoliceSettings};
 
 /// Slots per Th_rtt in the ring of issued capabilities (the SLR's resolution).
 const SLR_SLOTS_PER_RTT: u64 = 10;
 
-/// Why the police dropped a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
-    /// A TCP packet beyond the sender's window while its own loss rate is over threshold.
-    SenderLoss,
-    /// A TCP packet beyond the sender's window while the system loss rate is over threshold.
-    SystemLoss,
-    /// A non-TCP packet beyond the per-sender cap of its period.
-    NonTcpCap,
-    /// A non-TCP packet while the system loss rate is over threshold.
-    NonTcpSystemLoss,
-}
-
-impl Drop {
-    /// The counter label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Drop::SenderLoss => "police_sender_loss",
-            Drop::SystemLoss => "police_system_loss",
-            Drop::NonTcpCap => "police_non_tcp_cap",
-            Drop::NonTcpSystemLoss => "police_non_tcp_system_loss",
-        }
+crate::labels::labelled_enum! {
+    /// Why the police dropped a packet.
+    pub enum Drop {
+        /// A TCP packet beyond the sender's window while its own loss rate is over
+        /// threshold.
+        SenderLoss => "police_sender_loss",
+        /// A TCP packet beyond the sender's window while the system loss rate is over
+        /// threshold.
+        SystemLoss => "police_system_loss",
+        /// A non-TCP packet beyond the per-sender cap of its period.
+        NonTcpCap => "police_non_tcp_cap",
+        /// A non-TCP packet while the system loss rate is over threshold.
+        NonTcpSystemLoss => "police_non_tcp_system_loss",
     }
 }
 
@@ -344,20 +335,23 @@ impl Policer {
         (id, issued_ms): (u32, u32),
         proves: bool,
         now: Instant,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Rejected> {
         let now_ms = self.ms(now);
         let rtt_ms = u32::try_from(self.rtt.as_millis()).unwrap_or(u32::MAX);
         // A sender evicted since: its period and bitmap are gone, so nothing can count.
         let start = self
             .senders
             .peek_mut(sender)
-            .ok_or("unknown_sender")?
+            .ok_or(Refusal::UnknownSender)?
             .period_start;
         let start_ms = self.ms(start);
-        let s = self.senders.get_mut(sender, now).ok_or("unknown_sender")?;
-        check_period(issued_ms, start_ms as u32).map_err(|e| e.as_str())?;
-        check_fresh(issued_ms, now_ms as u32, rtt_ms).map_err(|e| e.as_str())?;
-        s.window.accept(id).map_err(|e| e.as_str())?;
+        let s = self
+            .senders
+            .get_mut(sender, now)
+            .ok_or(Refusal::UnknownSender)?;
+        check_period(issued_ms, start_ms as u32)?;
+        check_fresh(issued_ms, now_ms as u32, rtt_ms)?;
+        s.window.accept(id)?;
         if proves && !s.verified {
             s.verified = true;
             self.verified_changes.push((sender, true));

@@ -483,7 +483,7 @@ fn police_drops_have_distinct_labels() {
         Drop::NonTcpCap,
         Drop::NonTcpSystemLoss,
     ]
-    .map(Drop::as_str);
+    .map(|d| d.as_str());
     assert_eq!(
         labels,
         [

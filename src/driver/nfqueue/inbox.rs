@@ -37,6 +37,27 @@ pub struct QueueCounters {
     pub last_nl_errno: i32,
 }
 
+impl std::ops::Add for QueueCounters {
+    type Output = QueueCounters;
+
+    /// Two receive paths' counters together (a worker's fast and precise queues).
+    fn add(self, o: QueueCounters) -> QueueCounters {
+        QueueCounters {
+            enobufs: self.enobufs + o.enobufs,
+            truncated: self.truncated + o.truncated,
+            malformed: self.malformed + o.malformed,
+            no_id: self.no_id + o.no_id,
+            foreign: self.foreign + o.foreign,
+            nl_errors: self.nl_errors + o.nl_errors,
+            last_nl_errno: if o.last_nl_errno != 0 {
+                o.last_nl_errno
+            } else {
+                self.last_nl_errno
+            },
+        }
+    }
+}
+
 /// What the queue hands out: a packet, or just the id of one that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -55,16 +76,6 @@ pub enum Unreadable {
     Malformed,
     /// Its datagram was longer than our receive buffer.
     Truncated,
-}
-
-impl Unreadable {
-    /// Name the cause as a stable counter label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unreadable::Malformed => "netlink_malformed",
-            Unreadable::Truncated => "netlink_truncated",
-        }
-    }
 }
 
 /// Datagram buffer plus parse position.
