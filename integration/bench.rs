@@ -301,6 +301,65 @@ fn line_rate() {
     publish(&report, &plan.targets(), &out).unwrap();
 }
 
+/// Where the engine's CPU time goes, for the notes on missed targets: `perf record` of
+/// each engine during a goodput run of the default configurations over IPv4, then
+/// `perf report`'s top symbols. Needs `perf` (Debian: linux-perf).
+/// Run: `cargo test --release --test bench -- --ignored profile_engines --nocapture`
+#[test]
+#[ignore = "profile, run by hand: needs perf"]
+fn profile_engines() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpprof").unwrap();
+    add_second_client(&tb).unwrap();
+    for engine in [PASSTHROUGH, CAPS] {
+        let run = Running::start(&tb, Subject::Mpolice(engine), None).unwrap();
+        let mut perfs = Vec::new();
+        for (i, e) in run.engines.iter().enumerate() {
+            let data = tb.workdir().join(format!("perf{i}.data"));
+            let pid = e.pid().unwrap().to_string();
+            let perf = std::process::Command::new("perf")
+                .args(["record", "-F", "999", "-g", "-o"])
+                .arg(&data)
+                .args(["-p", &pid, "--", "sleep", "4"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf");
+            perfs.push((perf, data));
+        }
+        let g = goodput(&tb, &run, false, 5).unwrap();
+        eprintln!(
+            "\n{}: {:.2} Gbit/s",
+            Subject::Mpolice(engine).label(),
+            g.bps / 1e9
+        );
+        for (i, (mut perf, data)) in perfs.into_iter().enumerate() {
+            perf.wait().unwrap();
+            eprintln!("engine {i} ({}):", if i == 0 { "mbox" } else { "victim" });
+            // Kernel or user space first (the kernel forwards a packet inside the verdict
+            // call that releases it), then the top symbols of all threads together.
+            for (sort, limit) in [("dso", "1"), ("dso,symbol", "2")] {
+                let report = std::process::Command::new("perf")
+                    .args(["report", "--no-children", "--sort", sort, "--percent-limit"])
+                    .args([limit, "--stdio", "-g", "none", "-i"])
+                    .arg(&data)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&report.stdout);
+                for line in text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                {
+                    eprintln!("  {line}");
+                }
+            }
+        }
+    }
+}
+
 /// The bench's short version: every kind of figure comes out, finite, for both families.
 #[test]
 fn line_rate_smoke() {

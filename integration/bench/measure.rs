@@ -14,7 +14,7 @@ use mpolice::testbed::{
 use serde::Serialize;
 
 use super::common::bin;
-use super::subject::{ECHO_PORT, FLOOD_PORT, LOAD_PORT, Running};
+use super::subject::{ECHO_PORT, FLOOD_PORT, LOAD_PORTS, Running};
 
 /// The second client address each goodput run sends from, so two flows can meet two
 /// queues (the rules spread clients by address).
@@ -146,63 +146,68 @@ fn echo_once(ready: std::sync::mpsc::Sender<()>) -> Result<()> {
     }
 }
 
-/// A paced iperf3 stream from client to victim, in the background for `secs` at most;
-/// dropping it stops both ends.
+/// Paced iperf3 streams from client to victim, one from each client address as in the
+/// goodput runs (so they meet the queues the goodput did), in the background for `secs`
+/// at most; dropping it stops every end.
 pub struct Load {
-    server: Child,
-    client: Child,
+    procs: Vec<Child>,
 }
 
 impl Load {
+    /// `bps` in all, shared evenly by the streams.
     pub fn start(tb: &Testbed, v6: bool, bps: f64, secs: u32) -> Result<Load> {
-        let port = LOAD_PORT.to_string();
-        let mut server = tb
-            .command(Host::Victim, &["iperf3", "-s", "-1", "-p", &port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start iperf3 server")?;
-        let rate = format!("{}", bps.max(1e6) as u64);
-        let (t, limit) = (secs.to_string(), (secs + 10).to_string());
-        let client = wait_listening(tb, Host::Victim, LOAD_PORT).and_then(|()| {
-            tb.command(
-                Host::Client,
-                &[
-                    "timeout",
-                    &limit,
-                    "iperf3",
-                    "-c",
-                    victim(v6),
-                    "-p",
-                    &port,
-                    "-b",
-                    &rate,
-                    "-t",
-                    &t,
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start iperf3 client")
-        });
-        let client = match client {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = server.kill();
-                let _ = server.wait();
-                return Err(e);
-            }
+        let sources = if v6 {
+            [CLIENT_V6, SECOND_V6]
+        } else {
+            [CLIENT_V4, SECOND_V4]
         };
-        // Let the stream reach its pace before anything is measured against it.
+        let mut load = Load { procs: Vec::new() };
+        let rate = format!("{}", (bps / sources.len() as f64).max(1e6) as u64);
+        let (t, limit) = (secs.to_string(), (secs + 10).to_string());
+        for (port, from) in LOAD_PORTS.iter().zip(sources) {
+            let port_arg = port.to_string();
+            let server = tb
+                .command(Host::Victim, &["iperf3", "-s", "-1", "-p", &port_arg])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start iperf3 server")?;
+            load.procs.push(server);
+            wait_listening(tb, Host::Victim, *port)?;
+            let client = tb
+                .command(
+                    Host::Client,
+                    &[
+                        "timeout",
+                        &limit,
+                        "iperf3",
+                        "-c",
+                        victim(v6),
+                        "-p",
+                        &port_arg,
+                        "-B",
+                        from,
+                        "-b",
+                        &rate,
+                        "-t",
+                        &t,
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start iperf3 client")?;
+            load.procs.push(client);
+        }
+        // Let the streams reach their pace before anything is measured against them.
         std::thread::sleep(Duration::from_secs(1));
-        Ok(Load { server, client })
+        Ok(load)
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
-        for c in [&mut self.client, &mut self.server] {
+        for c in &mut self.procs {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -220,6 +225,8 @@ pub struct SmallPackets {
     pub lost: u64,
     /// Of those, dropped by the kernel at the subject's queues.
     pub queue_drops: u64,
+    /// CPU time of the subject's processes per packet sent; None for kernel forwarding.
+    pub cpu_ns_per_packet: Option<f64>,
 }
 
 /// Flood the victim's UDP port with 64-byte IP packets (`mpolice flood`, unpaced) until
@@ -235,6 +242,7 @@ pub fn small_packets(
     let size = if v6 { "16" } else { "36" };
     let drops = run.queue_drops()?;
     let sink = UdpSink::start(tb, Host::Victim, FLOOD_PORT, Duration::from_secs(1))?;
+    let cpu = run.cpu_ns()?;
     let bin = bin();
     let out = tb.exec(
         Host::Client,
@@ -255,12 +263,14 @@ pub fn small_packets(
         ],
     )?;
     let delivered = sink.count()?;
+    let cpu = run.cpu_ns()? - cpu;
     let (sent, took) = flood_summary(&out).with_context(|| format!("flood said: {out}"))?;
     Ok(SmallPackets {
         sent_pps: sent as f64 / took,
         delivered_pps: delivered as f64 / took,
         lost: sent.saturating_sub(delivered),
         queue_drops: run.queue_drops()? - drops,
+        cpu_ns_per_packet: (run.is_queued() && sent > 0).then(|| cpu as f64 / sent as f64),
     })
 }
 

@@ -168,8 +168,16 @@ impl Report {
         let _ = writeln!(
             s,
             "\n64-byte UDP packets, one unpaced sender, packets per second:\n\
-             {:<30} {:<5} {:>9} {:>24} {:>8} {:>8} {:>9} {:>9}",
-            "config", "", "offered", "delivered", "x floor", "x no q", "lost", "q.drops"
+             {:<30} {:<5} {:>9} {:>24} {:>8} {:>8} {:>9} {:>9} {:>10}",
+            "config",
+            "",
+            "offered",
+            "delivered",
+            "x floor",
+            "x no q",
+            "lost",
+            "q.drops",
+            "CPU ns/pkt"
         );
         for r in self.rows.iter().filter(|r| !r.small_packets.is_empty()) {
             let Some(d) = delivered(r) else { continue };
@@ -179,9 +187,11 @@ impl Report {
             let none = self.reference(NO_QUEUE, r.family, delivered);
             let lost: u64 = r.small_packets.iter().map(|p| p.lost).sum();
             let drops: u64 = r.small_packets.iter().map(|p| p.queue_drops).sum();
+            let cpu = stat(r.small_packets.iter().filter_map(|p| p.cpu_ns_per_packet))
+                .map_or("-".into(), |c| format!("{:.0}", c.median));
             let _ = writeln!(
                 s,
-                "{:<30} {:<5} {:>9.0} {:>8.0} ({:>6.0}..{:>6.0}) {:>8.2} {:>8.2} {:>9} {:>9}",
+                "{:<30} {:<5} {:>9.0} {:>8.0} ({:>6.0}..{:>6.0}) {:>8.2} {:>8.2} {:>9} {:>9} {:>10}",
                 r.config,
                 r.family,
                 offered,
@@ -191,7 +201,8 @@ impl Report {
                 d.median / floor,
                 d.median / none,
                 lost,
-                drops
+                drops,
+                cpu
             );
         }
     }

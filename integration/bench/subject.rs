@@ -11,10 +11,11 @@ use mpolice::testbed::{EngineProcess, Host, RoleConfig, Testbed, VICTIM_V4};
 
 use super::common::bin;
 
-/// The TCP ports the bench uses: the latency echo, two goodput senders, the half load.
+/// The TCP ports the bench uses: the latency echo, two goodput senders, two half-load
+/// senders.
 pub const ECHO_PORT: u16 = 8080;
 pub const GOODPUT_PORTS: [u16; 2] = [5201, 5202];
-pub const LOAD_PORT: u16 = 5203;
+pub const LOAD_PORTS: [u16; 2] = [5203, 5204];
 /// The UDP port of the small-packet flood.
 pub const FLOOD_PORT: u16 = 9000;
 
@@ -118,9 +119,10 @@ impl<'a> Running<'a> {
                 let role = |r: &str| -> Result<RoleConfig> {
                     let cfg = RoleConfig {
                         queues: e.queues,
-                        tcp_ports: [ECHO_PORT, LOAD_PORT]
+                        tcp_ports: [ECHO_PORT]
                             .into_iter()
                             .chain(GOODPUT_PORTS)
+                            .chain(LOAD_PORTS)
                             .collect(),
                         udp_ports: vec![FLOOD_PORT],
                         queue_extra: format!("hybrid = {}", e.hybrid),
