@@ -1092,6 +1092,28 @@ fn start_up_errors_name_the_problem_and_leave_no_rule() {
         tb.nft_tables(Host::Mbox).unwrap(),
         vec!["inet mpolice".to_string()]
     );
+    // So does one whose own queue is free but whose precise queue (hybrid path) is the
+    // first one's: it would never see the segments it routes there.
+    let precise_taken = RoleConfig {
+        first_queue: 5,
+        queue_extra: "precise_first = 1".into(),
+        ..RoleConfig::default()
+    };
+    let third = write_config(
+        &tb,
+        "third.toml",
+        &precise_taken.toml(&tb.workdir().join("c.sock")),
+    );
+    let (ok, err) = run_in(&tb, Host::Mbox, &["mbox", "--config", &third]);
+    assert!(!ok);
+    assert!(
+        err.contains("NFQUEUE 1") && err.contains("already bound"),
+        "{err}"
+    );
+    assert_eq!(
+        tb.nft_tables(Host::Mbox).unwrap(),
+        vec!["inet mpolice".to_string()]
+    );
     assert!(first.stats().is_ok(), "first engine still serving");
     drop(first);
     assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
