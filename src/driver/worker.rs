@@ -141,6 +141,68 @@ impl Sockets {
     }
 }
 
+/// The packet in hand, in one of two buffers that take turns: one for whole copies, one
+/// for partial copies padded to their packet's length (hybrid path). Past its copy a
+/// padded buffer keeps what it held, zeros only where it grows, and the pipeline never
+/// reads there: zeroing up to 64 KiB per super-packet, each time a small packet (an ACK)
+/// had shortened the buffer between two of them, cost more than the short copy saved.
+struct PacketBuf {
+    current: Vec<u8>,
+    other: Vec<u8>,
+    /// Whether `current` is the padded one.
+    padded: bool,
+}
+
+impl Default for PacketBuf {
+    fn default() -> Self {
+        PacketBuf {
+            current: Vec::with_capacity(BUF_CAPACITY),
+            other: Vec::with_capacity(BUF_CAPACITY),
+            padded: false,
+        }
+    }
+}
+
+impl PacketBuf {
+    /// Hold a whole packet.
+    fn load_whole(&mut self, bytes: &[u8]) {
+        self.take(false);
+        self.current.clear();
+        self.current.extend_from_slice(bytes);
+    }
+
+    /// Hold the first bytes of a `len`-byte packet, padded to `len`; return how many
+    /// bytes are the packet's.
+    fn load_padded(&mut self, copy: &[u8], len: usize) -> usize {
+        self.take(true);
+        let len = len.max(copy.len());
+        self.current.resize(len, 0);
+        self.current[..copy.len()].copy_from_slice(copy);
+        copy.len()
+    }
+
+    fn take(&mut self, padded: bool) {
+        if self.padded != padded {
+            std::mem::swap(&mut self.current, &mut self.other);
+            self.padded = padded;
+        }
+    }
+}
+
+impl std::ops::Deref for PacketBuf {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.current
+    }
+}
+
+impl std::ops::DerefMut for PacketBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.current
+    }
+}
+
 struct Loop {
     queue: Queue,
     /// Hybrid path: the queue that receives routed super-packets cut into segments.
@@ -149,7 +211,7 @@ struct Loop {
     sockets: Option<Sockets>,
     counters: QueueCounters,
     published: Arc<Mutex<QueueCounters>>,
-    buf: Vec<u8>,
+    buf: PacketBuf,
     /// Unchanged packets not yet answered, in id order (at most `BATCH_MAX`).
     pending: Vec<u32>,
     /// Packets whose drop could not be sent, even on a second try: no batch verdict may
@@ -181,7 +243,7 @@ impl Loop {
             sockets,
             counters,
             published,
-            buf: Vec::with_capacity(BUF_CAPACITY),
+            buf: PacketBuf::default(),
             pending: Vec::with_capacity(BATCH_MAX),
             stuck: Vec::new(),
             send_errors: 0,
@@ -317,17 +379,10 @@ impl Loop {
         // Hybrid path: the queue copies the headers only (its copy range); the buffer
         // takes the packet's length, so lengths read true, and the pipeline reads no
         // further than the copy (what needs more is read whole from the precise queue).
-        // Past the copy the buffer keeps what it held (zeros where it grows): zeroing up
-        // to 64 KiB for every packet cost more than the short copy saved.
         let copied = match (msg.orig_len, &self.precise) {
-            (Some(len), Some(_)) => {
-                self.buf.resize(len as usize, 0);
-                self.buf[..copy.len()].copy_from_slice(copy);
-                Some(copy.len())
-            }
+            (Some(len), Some(_)) => Some(self.buf.load_padded(copy, len as usize)),
             _ => {
-                self.buf.clear();
-                self.buf.extend_from_slice(copy);
+                self.buf.load_whole(copy);
                 None
             }
         };
@@ -418,8 +473,7 @@ impl Loop {
                 }
             };
             self.counters.segments += 1;
-            self.buf.clear();
-            self.buf.extend_from_slice(precise.payload(&msg));
+            self.buf.load_whole(precise.payload(&msg));
             let ours = routed.is_some_and(|(_, flow)| flow.is_none() || flow == flow_of(&self.buf));
             let verdict = match routed {
                 Some((Segments::Process, _)) if ours => {
@@ -621,7 +675,24 @@ fn id_before(a: u32, b: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::split_batch;
+    use super::{PacketBuf, split_batch};
+
+    /// A super-packet's padding is written once: a small packet between two of them
+    /// takes the other buffer, and the next super-packet finds its padding as it was.
+    #[test]
+    fn a_small_packet_between_two_super_packets_leaves_the_padding_alone() {
+        let mut b = PacketBuf::default();
+        b.load_padded(&[1; 4], 10);
+        assert_eq!(&b[..], &[1, 1, 1, 1, 0, 0, 0, 0, 0, 0]);
+        b[9] = 7; // what a packet's bytes past the copy would leave behind
+        b.load_whole(&[9, 9, 9]);
+        assert_eq!(&b[..], &[9, 9, 9]);
+        assert_eq!(b.load_padded(&[2; 4], 12), 4);
+        assert_eq!(&b[..], &[2, 2, 2, 2, 0, 0, 0, 0, 0, 7, 0, 0]);
+        // A copy longer than the packet it claims to be keeps every copied byte.
+        assert_eq!(b.load_padded(&[3; 5], 2), 5);
+        assert_eq!(&b[..], &[3; 5]);
+    }
 
     #[test]
     fn without_stuck_ids_one_batch_accepts_everything() {

@@ -436,20 +436,18 @@ impl Policer {
     fn sender(&mut self, sender: IpAddr, now: Instant) -> &mut Sender {
         let (window, policy) = (&self.window, &self.policy);
         let mut created = false;
-        // Borrowck: create first, then schedule, then hand out.
-        let (_, evicted) = self.senders.insert_evicting(sender, now, || {
+        // One lookup per packet: the fields a departure touches are borrowed apart.
+        let (s, evicted) = self.senders.insert_evicting(sender, now, || {
             created = true;
             Sender::new(now, window.clone(), policy.is_premium(sender))
         });
-        if let Some((gone, s)) = evicted {
-            self.forget(gone, &s);
+        if let Some((gone, g)) = evicted {
+            forget((&mut self.totals, &mut self.verified_changes), gone, &g);
         }
         if created {
             self.deadlines.push_back((now + self.period, sender));
         }
-        self.senders
-            .peek_mut(sender)
-            .expect("just found or inserted")
+        s
     }
 
     /// Close the period of `sender` that ended at `due` (and any that ended since, idle).
@@ -472,7 +470,7 @@ impl Policer {
         self.totals.replace(before, closed.delivered, premium);
         if idle >= self.idle_periods {
             if let Some(s) = self.senders.remove(sender) {
-                self.forget(sender, &s);
+                forget((&mut self.totals, &mut self.verified_changes), sender, &s);
             }
             self.counters.expired += 1;
         } else {
@@ -490,17 +488,21 @@ impl Policer {
         self.verified_changes.drain(..)
     }
 
-    /// A sender left the table: its last delivery leaves the totals, and if it was
-    /// verified, it leaves the verified set too.
-    fn forget(&mut self, sender: IpAddr, s: &Sender) {
-        self.totals.replace(s.delivered, 0, s.premium);
-        if s.verified {
-            self.verified_changes.push((sender, false));
-        }
-    }
-
     /// Milliseconds since the capability clock's epoch.
     fn ms(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}
+
+/// A sender left the table: its last delivery leaves the totals, and if it was verified,
+/// it leaves the verified set too.
+fn forget(
+    (totals, verified_changes): (&mut Totals, &mut Vec<(IpAddr, bool)>),
+    sender: IpAddr,
+    s: &Sender,
+) {
+    totals.replace(s.delivered, 0, s.premium);
+    if s.verified {
+        verified_changes.push((sender, false));
     }
 }
