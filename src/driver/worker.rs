@@ -674,6 +674,8 @@ fn id_before(a: u32, b: u32) -> bool {
 }
 
 #[cfg(test)]
+mod kernel_tests;
+#[cfg(test)]
 mod tests {
     use super::{PacketBuf, split_batch};
 

@@ -21,7 +21,7 @@ mod stats;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]
-mod testns;
+pub(crate) mod testns;
 #[cfg(test)]
 mod unit_tests;
 

@@ -283,6 +283,13 @@ impl Queue {
         self.sock.rcvbuf()
     }
 
+    /// Set the socket's receive buffer once bound (tests: a socket that overflows; the
+    /// binding's own acks need room while it is set up).
+    #[cfg(test)]
+    pub fn set_rcvbuf_bytes(&self, bytes: usize) -> Result<(), QueueError> {
+        self.sock.set_rcvbuf(bytes)
+    }
+
     /// Return the socket descriptor for epoll; it stays owned by the queue.
     pub fn as_raw_fd(&self) -> RawFd {
         self.sock.raw_fd()
