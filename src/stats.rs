@@ -540,6 +540,103 @@ mod tests {
         );
     }
 
+    /// A value of `T` whose every number is distinct, counting up from `first`.
+    fn numbered<T: Serialize + serde::de::DeserializeOwned + Default>(first: u64) -> T {
+        fn walk(v: &mut serde_json::Value, n: &mut u64) {
+            match v {
+                serde_json::Value::Number(_) => {
+                    *v = (*n).into();
+                    *n += 1;
+                }
+                serde_json::Value::Object(m) => m.values_mut().for_each(|x| walk(x, n)),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(T::default()).unwrap();
+        walk(&mut v, &mut first.clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Every counter of the total (capabilities and kernel ones included) is the sum of
+    /// the queues' own, reasons and refusals too; the queue's number and its limit and
+    /// rate are per queue, not summed.
+    #[test]
+    fn every_counter_of_the_total_is_the_sum_of_the_queues() {
+        let queue = |first: u64| {
+            let mut engine: QueueCounters = numbered(first);
+            engine.count_reason(Reason::Unselected);
+            engine
+                .caps
+                .count_rejected(crate::capability::CapError::BadMac);
+            QueueStats {
+                engine,
+                kernel: Some(numbered(first)),
+                precise_kernel: None,
+            }
+        };
+        let (a, b) = (queue(1), queue(1000));
+        let s = EngineStats {
+            queues: vec![a.clone(), b.clone()],
+            ..Default::default()
+        };
+        let total = serde_json::to_value(s.total()).unwrap();
+        let (a, b) = (
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap(),
+        );
+        fn check(path: &str, t: &serde_json::Value, a: &serde_json::Value, b: &serde_json::Value) {
+            match (t, a.as_u64(), b.as_u64()) {
+                (serde_json::Value::Object(m), ..) => {
+                    for (k, v) in m {
+                        check(&format!("{path}.{k}"), v, &a[k], &b[k]);
+                    }
+                }
+                (t, Some(x), Some(y)) => assert_eq!(t.as_u64(), Some(x + y), "{path}"),
+                _ => {}
+            }
+        }
+        let mut summed = 0;
+        for (k, v) in total.as_object().unwrap() {
+            if ["queue", "queue_limit", "service_pps", "precise_queue"].contains(&k.as_str()) {
+                continue;
+            }
+            check(k, v, &a[k], &b[k]);
+            summed += 1;
+        }
+        assert!(summed > 15, "{total}");
+        assert_eq!(total["reasons"]["unselected"], 2);
+        assert_eq!(total["caps"]["rejected"]["bad_mac"], 2);
+        assert_eq!(
+            total["caps"]["issued"],
+            a["caps"]["issued"].as_u64().unwrap() + b["caps"]["issued"].as_u64().unwrap()
+        );
+    }
+
+    /// The hybrid line shows once a packet was routed, even before any precise queue
+    /// reports; refusals show only once there are some.
+    #[test]
+    fn the_table_shows_routing_and_refusals_only_once_they_happen() {
+        let mut q = QueueCounters::new(0);
+        q.caps.issued = 1;
+        let stats = |q: &QueueCounters| EngineStats {
+            queues: vec![QueueStats {
+                engine: q.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let quiet = stats(&q).table();
+        assert!(
+            !quiet.contains("hybrid:") && !quiet.contains("rejected:"),
+            "{quiet}"
+        );
+        q.routed = 1;
+        q.caps.count_rejected(crate::capability::CapError::Stale);
+        let busy = stats(&q).table();
+        assert!(busy.contains("hybrid: routed=1"), "{busy}");
+        assert!(busy.contains("rejected: stale=1"), "{busy}");
+    }
+
     #[test]
     fn totals_add_up_across_queues() {
         let t = sample().total();
