@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mpolice::capability::{Key, KeyRing, RunId, SharedKeys};
 use mpolice::config::{CapSettings, MalformedVerdict, PoliceSettings};
-use mpolice::driver::nft::Selection;
+mod common;
+use common::selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
 use mpolice::police::Policy;
 use mpolice::wire::build::Builder;
@@ -30,17 +31,6 @@ fn settings() -> CapSettings {
 /// `PacketMeta::default()` comes in and leaves by ifindex 0: make that the mbox link.
 const MBOX_LINK: u32 = 0;
 const RUN: RunId = RunId::from_bytes([5; 16]);
-
-fn selection() -> Selection {
-    Selection {
-        addresses: vec![
-            "198.18.2.0/24".parse().unwrap(),
-            "2001:2:0:2::/64".parse().unwrap(),
-        ],
-        tcp_ports: vec!["8080".parse().unwrap()],
-        udp_ports: vec![],
-    }
-}
 
 fn mbox(t0: Instant) -> Pipeline {
     let keys = SharedKeys::new(KeyRing::new(1, Key::from_bytes([7; 32])).unwrap());

@@ -21,22 +21,12 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use mpolice::capability::wire_len;
 use mpolice::config::{CapSettings, PoliceSettings};
-use mpolice::driver::nft::Selection;
+mod common;
+use common::selection;
 use mpolice::pipeline::{Direction, direction, mss_with_room};
 use mpolice::police::{Policer, Policy};
 use mpolice::wire::build::Builder;
 use mpolice::wire::{self, checksum, tcp};
-
-fn selection() -> Selection {
-    Selection {
-        addresses: vec![
-            "198.18.2.0/24".parse().unwrap(),
-            "2001:2:0:2::/64".parse().unwrap(),
-        ],
-        tcp_ports: vec!["8080".parse().unwrap()],
-        udp_ports: vec![],
-    }
-}
 
 fn policer(max_senders: usize, t0: Instant) -> Policer {
     let caps = CapSettings {

@@ -413,7 +413,7 @@ fn cores() -> u16 {
 /// routed through the precise queue and read whole there.
 const DEFAULT_COPY_BYTES: u32 = 256;
 /// Fewest bytes the copy may hold: the longest IPv4 and TCP headers.
-const MIN_COPY_BYTES: u32 = 120;
+const MIN_COPY_BYTES: u32 = crate::wire::LONGEST_V4_HEADERS as u32;
 
 fn default_copy_bytes() -> u32 {
     DEFAULT_COPY_BYTES

@@ -407,11 +407,10 @@ impl Pipeline {
     }
 }
 
-/// The most bytes a packet's IP and transport headers can take: 60 + 60 over IPv4; over
-/// IPv6, extension headers have no such bound.
+/// The most bytes a packet's IP and transport headers can take (unbounded over IPv6).
 fn longest_headers(buf: &[u8]) -> usize {
     match buf.first().map(|b| b >> 4) {
-        Some(4) => 120,
+        Some(4) => wire::LONGEST_V4_HEADERS,
         _ => usize::MAX,
     }
 }

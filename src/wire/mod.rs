@@ -37,6 +37,10 @@ pub use edit::{
 pub use error::WireError;
 pub use parse::{IpVersion, L4, Parsed, TcpInfo, UdpInfo, parse};
 
+/// The most bytes an IPv4 packet's headers can take: a 60-byte IP header (IHL 15) and
+/// a 60-byte TCP header (data offset 15). IPv6 extension headers have no such bound.
+pub const LONGEST_V4_HEADERS: usize = 120;
+
 /// IP protocol numbers used by this module.
 pub mod proto {
     /// IPv6 hop-by-hop options extension header.

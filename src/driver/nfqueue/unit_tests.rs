@@ -492,3 +492,44 @@ fn errors_tell_the_operator_what_to_do() {
         "{perm}"
     );
 }
+
+/// A worker's two receive paths (fast and precise queue) add up field by field; the
+/// latest kernel error is the second's if it saw one.
+#[test]
+fn receive_counters_of_two_queues_add_up() {
+    use super::QueueCounters;
+    let a = QueueCounters {
+        enobufs: 1,
+        truncated: 2,
+        malformed: 3,
+        no_id: 4,
+        foreign: 5,
+        nl_errors: 6,
+        last_nl_errno: 7,
+    };
+    let b = QueueCounters {
+        enobufs: 10,
+        truncated: 20,
+        malformed: 30,
+        no_id: 40,
+        foreign: 50,
+        nl_errors: 60,
+        last_nl_errno: 0,
+    };
+    let sum = QueueCounters {
+        enobufs: 11,
+        truncated: 22,
+        malformed: 33,
+        no_id: 44,
+        foreign: 55,
+        nl_errors: 66,
+        last_nl_errno: 7,
+    };
+    assert_eq!(a + b, sum);
+    assert_eq!((b + a).last_nl_errno, 7);
+    let later = QueueCounters {
+        last_nl_errno: 9,
+        ..b
+    };
+    assert_eq!((a + later).last_nl_errno, 9);
+}
