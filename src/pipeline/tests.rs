@@ -138,6 +138,40 @@ fn malformed_packets_get_the_configured_verdict_and_a_reason() {
     }
 }
 
+/// A partial copy (hybrid path) whose headers fail to parse is read whole only where the
+/// copy may have cut them: an IPv4 packet's headers fit in 120 bytes, so with 120 copied
+/// a broken one is malformed like any other (and counted as the one wire packet and
+/// the bytes it is); with fewer, or over IPv6, it is read whole from the precise queue.
+#[test]
+fn a_broken_partial_copy_is_read_whole_only_where_the_copy_may_have_cut_it() {
+    let copied = |n| PacketMeta {
+        copied: Some(n),
+        ..Default::default()
+    };
+    let mut fragment = Builder::udp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 9000)
+        .payload(&[0; 300])
+        .build();
+    fragment[6] |= 0x20; // more fragments
+    let (v, _, c) = run(&mut mbox(MalformedVerdict::Drop), copied(120), &fragment);
+    assert_eq!(
+        v,
+        Verdict::Drop(Reason::Malformed(crate::wire::WireError::Fragment))
+    );
+    assert_eq!(
+        (c.wire_packets, c.wire_dropped, c.bytes),
+        (1, 1, fragment.len() as u64)
+    );
+    let (v, _, c) = run(&mut mbox(MalformedVerdict::Drop), copied(119), &fragment);
+    assert_eq!(v, Verdict::Route(Segments::Process));
+    assert_eq!((c.routed, c.dropped, c.malformed), (1, 0, 0));
+    let mut lying_v6 = Builder::udp(ip("2001:2:0:1::2"), ip("2001:2:0:2::2"), 40000, 9000)
+        .payload(&[0; 300])
+        .build();
+    lying_v6[5] ^= 0x01; // the payload length disagrees with the packet
+    let (v, ..) = run(&mut mbox(MalformedVerdict::Drop), copied(256), &lying_v6);
+    assert_eq!(v, Verdict::Route(Segments::Process));
+}
+
 #[test]
 fn a_partial_copy_is_never_parsed_or_rewritten() {
     let pkt = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080).build();

@@ -305,6 +305,18 @@ fn lying_or_short_trailers_are_dropped_and_counted() {
         .build();
     assert_eq!(path.mbox(&mut bad, 0), Verdict::AcceptModified);
     assert_eq!(path.mbox_p.cap_counters().rejected["bad_marker"], 1);
+    // Its checksums are updated, not recomputed: one that arrived corrupt stays corrupt
+    // (only a checksum the kernel left to offload is computed whole).
+    let mut corrupt = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .reserved(0x0e)
+        .payload(b"x")
+        .build();
+    let at = wire::parse(&corrupt).unwrap().payload_offset;
+    corrupt[at] ^= 0xff;
+    assert_eq!(path.mbox(&mut corrupt, 0), Verdict::AcceptModified);
+    let p = wire::parse(&corrupt).unwrap();
+    assert_eq!(wire::tcp_reserved(&corrupt, &p), 0, "marker cleared");
+    assert!(!wire::verify_checksums(&corrupt, &p), "still corrupt");
 }
 
 #[test]
@@ -1570,6 +1582,16 @@ fn super_packets_unread_or_marked_are_routed_whole_or_dropped() {
         .build();
     assert_eq!(
         path.victim_p.process(&gso(false), &mut marked, now),
+        Verdict::Drop(Reason::MarkedSuperPacket)
+    );
+    // Where no stage strips a trailer (the victim's own outgoing data), a marked
+    // super-packet is no such case.
+    let mut outgoing = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .reserved(Marker::Stamped.apply(0))
+        .payload(&[1; 3000])
+        .build();
+    assert_ne!(
+        path.victim_p.process(&gso(false), &mut outgoing, now),
         Verdict::Drop(Reason::MarkedSuperPacket)
     );
 }
