@@ -304,8 +304,9 @@ fn line_rate() {
 }
 
 /// Where the engine's CPU time goes, for the notes on missed targets: `perf record` of
-/// each engine during a goodput run of the default configurations over IPv4, then
-/// `perf report`'s top symbols. Needs `perf` (Debian: linux-perf).
+/// each engine during a goodput run of the default configurations over IPv4, and during
+/// a 64-byte flood through passthrough; then `perf report`'s top symbols. Needs `perf`
+/// (Debian: linux-perf).
 /// Run: `cargo test --release --test bench -- --ignored profile_engines --nocapture`
 #[test]
 #[ignore = "profile, run by hand: needs perf"]
@@ -316,48 +317,64 @@ fn profile_engines() {
     let _machine = exclusive();
     let tb = Testbed::up("mpprof").unwrap();
     add_second_client(&tb).unwrap();
-    for engine in [PASSTHROUGH, CAPS] {
+    for (engine, flood) in [(PASSTHROUGH, false), (CAPS, false), (PASSTHROUGH, true)] {
         let run = Running::start(&tb, Subject::Mpolice(engine), None).unwrap();
-        let mut perfs = Vec::new();
-        for (i, e) in run.engines.iter().enumerate() {
-            let data = tb.workdir().join(format!("perf{i}.data"));
-            let pid = e.pid().unwrap().to_string();
-            let perf = std::process::Command::new("perf")
-                .args(["record", "-F", "999", "-g", "-o"])
-                .arg(&data)
-                .args(["-p", &pid, "--", "sleep", "4"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("perf");
-            perfs.push((perf, data));
+        let perfs = record_engines(&tb, &run, 4);
+        let label = Subject::Mpolice(engine).label();
+        if flood {
+            let s = small_packets(&tb, &run, false, 2_000_000, 4.0).unwrap();
+            eprintln!(
+                "\n{label}, 64-byte flood: {:.0} packets/s delivered, {:.0} CPU ns/packet",
+                s.delivered_pps,
+                s.cpu_ns_per_packet.unwrap_or(0.0)
+            );
+        } else {
+            let g = goodput(&tb, &run, false, 5).unwrap();
+            eprintln!("\n{label}: {:.2} Gbit/s", g.bps / 1e9);
         }
-        let g = goodput(&tb, &run, false, 5).unwrap();
-        eprintln!(
-            "\n{}: {:.2} Gbit/s",
-            Subject::Mpolice(engine).label(),
-            g.bps / 1e9
-        );
         for (i, (mut perf, data)) in perfs.into_iter().enumerate() {
             perf.wait().unwrap();
             eprintln!("engine {i} ({}):", if i == 0 { "mbox" } else { "victim" });
-            // Kernel or user space first (the kernel forwards a packet inside the verdict
-            // call that releases it), then the top symbols of all threads together.
-            for (sort, limit) in [("dso", "1"), ("dso,symbol", "2")] {
-                let report = std::process::Command::new("perf")
-                    .args(["report", "--no-children", "--sort", sort, "--percent-limit"])
-                    .args([limit, "--stdio", "-g", "none", "-i"])
-                    .arg(&data)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&report.stdout);
-                for line in text
-                    .lines()
-                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                {
-                    eprintln!("  {line}");
-                }
-            }
+            print_profile(&data);
+        }
+    }
+}
+
+/// Start `perf record` on each engine of `run` for `secs` seconds.
+fn record_engines(tb: &Testbed, run: &Running, secs: u32) -> Vec<(std::process::Child, PathBuf)> {
+    let mut perfs = Vec::new();
+    for (i, e) in run.engines.iter().enumerate() {
+        let data = tb.workdir().join(format!("perf{i}.data"));
+        let pid = e.pid().unwrap().to_string();
+        let perf = std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-o"])
+            .arg(&data)
+            .args(["-p", &pid, "--", "sleep", &secs.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf");
+        perfs.push((perf, data));
+    }
+    perfs
+}
+
+/// Print kernel or user space first (the kernel forwards a packet inside the verdict
+/// call that releases it), then the top symbols of all threads together.
+fn print_profile(data: &Path) {
+    for (sort, limit) in [("dso", "1"), ("dso,symbol", "2")] {
+        let report = std::process::Command::new("perf")
+            .args(["report", "--no-children", "--sort", sort, "--percent-limit"])
+            .args([limit, "--stdio", "-g", "none", "-i"])
+            .arg(data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&report.stdout);
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            eprintln!("  {line}");
         }
     }
 }
