@@ -7,6 +7,7 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -16,6 +17,7 @@ mod common;
 use common::selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
 use mpolice::police::Policy;
+use mpolice::trace::{Clock, Filter, Stage, Trace, Tracer};
 use mpolice::wire::build::Builder;
 use mpolice::wire::tcp;
 
@@ -100,6 +102,30 @@ fn bench(c: &mut Criterion) {
                 buf.clear();
                 buf.extend_from_slice(&data);
                 assert_eq!(run(&mut m, &mut buf, late), Verdict::Accept);
+            });
+        });
+
+        c.bench_function(&format!("police_unstamped_traced_{family}"), |b| {
+            // The same, traced as the worker traces it: received, each stage's edges,
+            // decided, answered, handed to the writer (drained here, in its place).
+            let mut m = mbox(t0);
+            let (tx, rx) = sync_channel(1024);
+            let mut t = Tracer::new(tx, Clock::start(), Filter::default());
+            let mut buf = Vec::with_capacity(0x10100);
+            run(&mut m, &mut data.clone(), t0);
+            let late = t0 + PERIOD - Duration::from_millis(500);
+            let mut n = 0;
+            b.iter(|| {
+                n += 1;
+                t.start(n, (0, n as u32, 2), data.len() as u32, late);
+                buf.clear();
+                buf.extend_from_slice(&data);
+                t.end(Stage::Receive);
+                let v = m.process_traced(&PacketMeta::default(), &mut buf, late, &mut t);
+                t.decided(&v, buf.len());
+                t.sent();
+                assert_eq!(v, Verdict::Accept);
+                black_box(rx.try_recv().unwrap());
             });
         });
 

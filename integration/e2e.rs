@@ -1426,3 +1426,111 @@ fn a_flood_the_mbox_cannot_keep_up_with_meets_a_queue_bounded_by_delay() {
     eprintln!("limit {lowest_limit}..{highest_limit}, most waiting {most_waiting}\n{why}");
     stop_clean(&tb, &mut [(&mut mbox, Host::Mbox)]);
 }
+
+/// `mpolice trace format --json` of a trace file: one JSON object per packet.
+fn formatted_trace(tb: &Testbed, file: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["trace", "format", "--json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = tb;
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Traced packets that walked `stage` and whose length the engine changed by `delta`.
+fn traced_with(packets: &[serde_json::Value], stage: &str, delta: i64) -> usize {
+    packets
+        .iter()
+        .filter(|p| {
+            let stages = p["stages"].as_array().unwrap();
+            let walked = stages.iter().any(|s| s["stage"] == stage);
+            let grew = p["len_out"].as_i64().unwrap() - p["len_in"].as_i64().unwrap();
+            walked && grew == delta
+        })
+        .count()
+}
+
+#[test]
+fn a_traced_download_shows_each_stage_and_the_capability_added_and_removed() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mptrace").unwrap();
+    // Per packet: each stamped packet is then traced whole where it is stamped.
+    let role = |r: &str| RoleConfig {
+        queue_extra: "hybrid = false".into(),
+        trace: Some(tb.workdir().join(format!("{r}.trace"))),
+        ..RoleConfig::default().with_capabilities(&tb, r).unwrap()
+    };
+    let (mut victim, mut mbox) = start_both(&tb, &role("victim"), &role("mbox"));
+    let served = ServedFile::start(&tb, 2 << 20).unwrap();
+    for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
+        served.fetch(&tb, &addr).unwrap();
+    }
+    for e in [&mbox, &victim] {
+        let s = e.stats().unwrap();
+        let t = s.total().engine.trace.expect("tracing shows in the stats");
+        assert!(t.traced > 0, "{}", s.table());
+        assert!(s.table().contains("trace: traced="), "{}", s.table());
+    }
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+    let m = formatted_trace(&tb, &tb.workdir().join("mbox.trace"));
+    let v = formatted_trace(&tb, &tb.workdir().join("victim.trace"));
+    for v6 in [false, true] {
+        let cap = mpolice::capability::wire_len(v6) as i64;
+        let family = |ps: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            ps.iter()
+                .filter(|p| {
+                    p["head"]["src"]
+                        .as_str()
+                        .is_some_and(|a| a.contains(':') == v6)
+                })
+                .cloned()
+                .collect()
+        };
+        let (m, v) = (family(&m), family(&v));
+        // The capability: added at the mbox, taken off at the victim; and the feedback
+        // the other way.
+        assert!(traced_with(&m, "stamp", cap) > 0, "v6 {v6}: {m:?}");
+        assert!(traced_with(&v, "strip", -cap) > 0, "v6 {v6}");
+        assert!(traced_with(&v, "feedback", cap) > 0, "v6 {v6}");
+        assert!(traced_with(&m, "feedback", -cap) > 0, "v6 {v6}");
+    }
+    // Every packet went from receive to verdict, through the pipeline in between.
+    for p in m.iter().chain(&v) {
+        let names: Vec<&str> = p["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.first(), Some(&"packet"), "{p}");
+        assert_eq!(names.last(), Some(&"verdict"), "{p}");
+        assert!(names.contains(&"process"), "{p}");
+    }
+    // The text presentation of the same file.
+    let out = Command::new(bin())
+        .args(["trace", "format"])
+        .arg(tb.workdir().join("mbox.trace"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" stamp B ") && text.contains("Time : "),
+        "{text}"
+    );
+}

@@ -62,6 +62,26 @@ pub enum Command {
     /// testbed: only to and from 198.18.0.0/15 and 2001:2::/48, and it stops at
     /// --packets or --seconds, whichever comes first.
     Flood(crate::flood::FloodArgs),
+    /// Read a packet-journey trace (`[trace]` in the config, or `--trace FILE`).
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print a raw trace as numbered lines, one per stage edge (B: begins, E: ends),
+    /// indented by nesting, with each packet's time from receive to verdict.
+    ///
+    /// Columns: line, time (UTC), source, destination, stage, B/E, then for TCP the
+    /// flags (S, F, P, or ! for none), sequence, `ack` and acknowledgment; then the IP
+    /// id (- over IPv6) and the protocol.
+    Format {
+        /// The raw trace file (`-` for standard input).
+        file: PathBuf,
+        /// One JSON object per packet instead, its stages paired into durations.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +122,10 @@ pub struct RunArgs {
     /// The role's TOML config (see examples/mbox.toml and examples/victim.toml).
     #[arg(short, long)]
     pub config: PathBuf,
+    /// Trace every packet's stages to this file (overrides `trace.file`; read it with
+    /// `mpolice trace format`).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,8 +204,8 @@ pub fn run(cli: Cli) -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Mbox(a) => run_role(nft::Role::Mbox, &a.config),
-        Command::Victim(a) => run_role(nft::Role::Victim, &a.config),
+        Command::Mbox(a) => run_role(nft::Role::Mbox, &a),
+        Command::Victim(a) => run_role(nft::Role::Victim, &a),
         Command::Rules(r) => rules(r),
         Command::Stats(s) => stats(s),
         Command::Demo(d) => crate::demo::run(&d),
@@ -191,7 +215,29 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Withhold(w) => withhold(w),
+        Command::Trace(TraceCommand::Format { file, json }) => trace_format(&file, json),
     }
+}
+
+fn trace_format(file: &Path, json: bool) -> Result<()> {
+    let how = if json {
+        crate::trace::Output::Json
+    } else {
+        crate::trace::Output::Text
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let summary = if file == Path::new("-") {
+        crate::trace::format(std::io::stdin().lock(), &mut out, how)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("trace {}", file.display()))?;
+        crate::trace::format(std::io::BufReader::new(f), &mut out, how)
+    }
+    .with_context(|| format!("trace {}", file.display()))?;
+    std::io::Write::flush(&mut out)?;
+    for w in &summary.warnings {
+        eprintln!("mpolice: trace {}: {w}", file.display());
+    }
+    Ok(())
 }
 
 fn withhold(w: WithholdArgs) -> Result<()> {
@@ -221,8 +267,14 @@ fn withhold(w: WithholdArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_role(role: nft::Role, path: &Path) -> Result<()> {
-    let cfg = config::load(path, &role.to_string())?;
+fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
+    let mut cfg = config::load(&args.config, &role.to_string())?;
+    if let Some(file) = &args.trace {
+        match cfg.trace.as_mut() {
+            Some(t) => t.file.clone_from(file),
+            None => cfg.trace = Some(config::TraceSettings::all_to(file.clone())),
+        }
+    }
     let stats = engine::run(role, &cfg)?;
     eprint!("{}", stats.table());
     Ok(())
@@ -318,6 +370,26 @@ mod tests {
                 file.display()
             );
         }
+    }
+
+    #[test]
+    fn trace_format_names_the_file_it_cannot_read() {
+        let dir = std::env::temp_dir().join(format!("mpolice-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.trace");
+        std::fs::write(&garbage, b"\x00\x01 not json\n").unwrap();
+        let missing = dir.join("missing.trace");
+        for (file, says) in [
+            (&garbage, "not an mpolice trace header"),
+            (&missing, "No such file"),
+        ] {
+            let e = format!("{:#}", trace_format(file, false).unwrap_err());
+            assert!(
+                e.contains(&file.display().to_string()) && e.contains(says),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -17,4 +17,5 @@ pub mod police;
 pub mod stats;
 #[path = "../integration/testbed/mod.rs"]
 pub mod testbed;
+pub mod trace;
 pub mod wire;

@@ -12,6 +12,7 @@ use crate::driver::nfqueue::Unreadable;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
+use crate::trace::TraceCounters;
 
 labelled_enum! {
     /// What a worker counts besides the pipeline's reasons.
@@ -104,6 +105,9 @@ pub struct QueueCounters {
     /// Packets this worker answers per second of work (0: not measured).
     #[serde(default)]
     pub service_pps: u64,
+    /// Tracing on: packets traced, and traces dropped for want of room (None: off).
+    #[serde(default)]
+    pub trace: Option<TraceCounters>,
 }
 
 /// What the capability stages of one queue did.
@@ -265,6 +269,10 @@ impl EngineStats {
             t.engine.enobufs += e.enobufs;
             t.engine.reasons.merge(&e.reasons);
             t.engine.caps.add(&e.caps);
+            t.engine.trace = match (t.engine.trace, e.trace) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
             if let Some(kq) = &q.kernel {
                 k.waiting += kq.waiting;
                 k.queue_dropped += kq.queue_dropped;
@@ -359,6 +367,13 @@ impl EngineStats {
                 sum(|k| k.waiting),
                 sum(|k| k.queue_dropped),
                 sum(|k| k.user_dropped)
+            );
+        }
+        if let Some(t) = total.trace {
+            let _ = writeln!(
+                s,
+                "trace: traced={} dropped={} lost_marks={}",
+                t.traced, t.dropped, t.lost_marks
             );
         }
         let c = &total.caps;

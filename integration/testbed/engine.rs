@@ -33,6 +33,8 @@ pub struct RoleConfig {
     /// Tunnel mode: the mbox (198.18.2.1, 2001:2:0:2::1) sends IP-in-UDP to port 6081,
     /// sealed with the key file both ends share (see [`RoleConfig::with_tunnel`]).
     pub tunnel: Option<PathBuf>,
+    /// Trace every packet's stages to this file.
+    pub trace: Option<PathBuf>,
 }
 
 impl Default for RoleConfig {
@@ -46,6 +48,7 @@ impl Default for RoleConfig {
             capabilities: None,
             redirect: false,
             tunnel: None,
+            trace: None,
         }
     }
 }
@@ -102,6 +105,9 @@ impl RoleConfig {
                 "\n[tunnel]\nport = 6081\nkey_file = \"{}\"\n{key} = [\"198.18.2.1\", \"2001:2:0:2::1\"]\n",
                 keys.display()
             ));
+        }
+        if let Some(file) = &self.trace {
+            caps.push_str(&format!("\n[trace]\nfile = \"{}\"\n", file.display()));
         }
         if self.redirect {
             caps.push_str(&format!(

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod police;
+mod trace;
 
 pub use police::PoliceSettings;
+pub use trace::TraceSettings;
 
 use crate::driver::nfqueue::{COPY_FULL, DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
 use std::net::IpAddr;
@@ -65,6 +67,8 @@ pub struct Config {
     /// mbox: how senders are policed ([`PoliceSettings::off`] without a `[police]`
     /// section: stamp and measure, never drop).
     pub police: PoliceSettings,
+    /// Packet-journey tracing (None: off).
+    pub trace: Option<TraceSettings>,
 }
 
 /// IP-in-UDP from mbox to victim.
@@ -269,6 +273,7 @@ struct RawConfig {
     redirect: Option<RawRedirect>,
     tunnel: Option<RawTunnel>,
     police: Option<police::RawPolice>,
+    trace: Option<trace::RawTrace>,
 }
 
 #[derive(Deserialize)]
@@ -620,8 +625,10 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .capabilities
         .map(|c| validate_caps(c, role))
         .transpose()?;
+    let trace = raw.trace.map(trace::validate).transpose()?;
     Ok(Config {
         police,
+        trace,
         capabilities,
         redirect,
         tunnel,

@@ -27,6 +27,7 @@ use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
+use crate::trace::{Clock, TraceWriter, Tracer};
 
 /// How long a blocked worker waits before it checks the stop flag.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
@@ -70,15 +71,25 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
+    let clock = Clock::start();
+    let writer = cfg
+        .trace
+        .as_ref()
+        .map(|t| TraceWriter::start(&t.file, &role.to_string(), t.buffer_packets, &clock))
+        .transpose()?;
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
+        let tracer = match (&writer, &cfg.trace) {
+            (Some(w), Some(t)) => Some(Tracer::new(w.sender(), clock, t.filter.clone())),
+            _ => None,
+        };
         let verified = match cfg.unverified_channel(role) {
             Some(_) => Some(nft::VerifiedSet::open().map_err(|e| anyhow::anyhow!("{e}"))?),
             None => None,
         };
         workers.push(Worker::spawn(
             (num, queue, precise, depth),
-            pipeline,
+            (pipeline, tracer),
             (stages.sends_datagrams(), verified),
             (Arc::clone(&board), index),
             Arc::clone(&worker_stop),
@@ -126,6 +137,10 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .fold(true, |a, b| a & b);
     drop(rules);
     let _ = control_thread.join();
+    // Every worker's sender is gone with its thread: the writer writes the rest.
+    if let Some(w) = writer {
+        w.finish();
+    }
     if let Some(q) = failed {
         bail!("worker of queue {q} stopped unexpectedly; rules removed");
     }

@@ -28,6 +28,7 @@ use crate::driver::nfqueue::{
 };
 use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Segments, Verdict};
 use crate::stats::{Event, QueueCounters};
+use crate::trace::{Stage, Trace, Tracer};
 
 /// Unchanged packets answered by one batch verdict at most.
 const BATCH_MAX: usize = 64;
@@ -60,9 +61,10 @@ impl Worker {
     /// With `verified`, it keeps the kernel's set of verified senders in step with its
     /// pipeline's. It measures its service rate into `depth`, which may move the queue's
     /// limit. With `precise` it runs the hybrid path: `queue` takes GSO super-packets.
+    /// With `tracer`, it traces the packets the tracer selects.
     pub fn spawn(
         (num, queue, precise, depth): (u16, Queue, Option<Queue>, DepthBound),
-        pipeline: Pipeline,
+        (pipeline, tracer): (Pipeline, Option<Tracer>),
         (datagrams, verified): (bool, Option<VerifiedSet>),
         (board, index): (Arc<Board>, usize),
         stop: Arc<AtomicBool>,
@@ -71,6 +73,7 @@ impl Worker {
         let initial = QueueCounters {
             queue_limit: depth.limit(),
             precise_queue: precise.as_ref().map(Queue::num),
+            trace: tracer.as_ref().map(|t| t.counters),
             ..QueueCounters::new(num)
         };
         let counters = Arc::new(Mutex::new(initial.clone()));
@@ -86,6 +89,7 @@ impl Worker {
                 let mut l = Loop::new((initial, queue, depth), pipeline, published, sockets);
                 l.verified = verified;
                 l.precise = precise;
+                l.tracer = tracer;
                 l.run(&stop, (&board, index))
             })?;
         Ok(Worker {
@@ -227,6 +231,8 @@ struct Loop {
     verified: Option<VerifiedSet>,
     /// This worker's service rate, and the queue limit it may move with it.
     depth: DepthBound,
+    /// Tracing on: the traced packets' stages go to the trace writer.
+    tracer: Option<Tracer>,
 }
 
 impl Loop {
@@ -250,6 +256,7 @@ impl Loop {
             withheld_seen: 0,
             verified: None,
             depth,
+            tracer: None,
         }
     }
 
@@ -375,6 +382,8 @@ impl Loop {
     }
 
     fn process(&mut self, msg: &PacketMsg, now: Instant) {
+        let queue = self.counters.queue;
+        self.trace_start(queue, msg, now);
         let copy = self.queue.payload(msg);
         // Hybrid path: the queue copies the headers only (its copy range); the buffer
         // takes the packet's length, so lengths read true, and the pipeline reads no
@@ -392,7 +401,15 @@ impl Loop {
             ..meta_of(msg)
         };
         let wire = self.pipeline.wire_size(&meta, &self.buf);
-        let verdict = self.pipeline.process(&meta, &mut self.buf, now);
+        let verdict = match self.tracer.as_mut() {
+            Some(t) => {
+                t.end(Stage::Receive);
+                let v = self.pipeline.process_traced(&meta, &mut self.buf, now, t);
+                t.decided(&v, self.buf.len());
+                v
+            }
+            None => self.pipeline.process(&meta, &mut self.buf, now),
+        };
         pipeline::count(&mut self.counters, &verdict, wire);
         // A sender just verified leaves the kernel's limits on unverified senders now,
         // not at the next tick: a new connection's first round trips run at full rate.
@@ -402,15 +419,40 @@ impl Loop {
         }
         self.send_datagrams();
         match verdict {
-            Verdict::Accept | Verdict::Pass(_) => self.accept_later(msg.id),
+            Verdict::Accept | Verdict::Pass(_) => {
+                // Its trace ends with the batch verdict that answers it.
+                if let Some(t) = self.tracer.as_mut() {
+                    t.hold();
+                }
+                self.accept_later(msg.id);
+            }
             Verdict::AcceptModified => {
                 // The unchanged packets queued before it leave first: answered alone, it
                 // would overtake them, and TCP takes reordered segments for loss.
                 self.flush();
                 self.send(msg.id, KernelVerdict::Accept, true);
+                self.trace_sent();
             }
             Verdict::Route(how) => self.route(msg.id, how, now),
-            Verdict::Drop(_) => self.send(msg.id, KernelVerdict::Drop, false),
+            Verdict::Drop(_) => {
+                self.send(msg.id, KernelVerdict::Drop, false);
+                self.trace_sent();
+            }
+        }
+    }
+
+    /// Start the trace of a packet just received from `queue`, if it is traced.
+    fn trace_start(&mut self, queue: u16, msg: &PacketMsg, at: Instant) {
+        if let Some(t) = self.tracer.as_mut() {
+            let len = msg.orig_len.unwrap_or(msg.payload.len() as u32);
+            t.start(self.counters.received, (queue, msg.id, msg.hook), len, at);
+        }
+    }
+
+    /// The verdict of the packet in hand has left: its trace is complete.
+    fn trace_sent(&mut self) {
+        if let Some(t) = self.tracer.as_mut() {
+            t.sent();
         }
     }
 
@@ -433,6 +475,7 @@ impl Loop {
             bypass: false,
         };
         self.send(id, to, false);
+        self.trace_sent();
         // The kernel queued every segment before the verdict call returned.
         self.answer_segments(&mut precise, Some((how, flow)), now);
         self.precise = Some(precise);
@@ -473,18 +516,13 @@ impl Loop {
                 }
             };
             self.counters.segments += 1;
+            self.trace_start(precise.num(), &msg, Instant::now());
             self.buf.load_whole(precise.payload(&msg));
             let ours = routed.is_some_and(|(_, flow)| flow.is_none() || flow == flow_of(&self.buf));
-            let verdict = match routed {
-                Some((Segments::Process, _)) if ours => {
-                    self.pipeline.process(&meta_of(&msg), &mut self.buf, now)
-                }
-                _ => {
-                    let first = trailer_due && ours;
-                    trailer_due &= !first;
-                    self.pipeline.segment(&mut self.buf, first)
-                }
-            };
+            let process = matches!(routed, Some((Segments::Process, _))) && ours;
+            let first = !process && trailer_due && ours;
+            trailer_due &= !first;
+            let verdict = self.segment(&meta_of(&msg), process, first, now);
             self.send_datagrams();
             let (v, payload) = match verdict {
                 Verdict::AcceptModified => (KernelVerdict::Accept, Some(self.buf.as_slice())),
@@ -507,7 +545,34 @@ impl Loop {
                     self.counters.count_reason(Event::VerdictFailed);
                 }
             }
+            self.trace_sent();
         }
+    }
+
+    /// Decide a segment of a routed packet: run it through the whole pipeline
+    /// (`process`), or rewrite it as a segment (the `first` takes the trailer).
+    fn segment(&mut self, meta: &PacketMeta, process: bool, first: bool, now: Instant) -> Verdict {
+        let Some(t) = self.tracer.as_mut() else {
+            return if process {
+                self.pipeline.process(meta, &mut self.buf, now)
+            } else {
+                self.pipeline.segment(&mut self.buf, first)
+            };
+        };
+        t.end(Stage::Receive);
+        let v = if process {
+            self.pipeline.process_traced(meta, &mut self.buf, now, t)
+        } else {
+            // A segment is not parsed by the pipeline: name it here.
+            if let Ok(p) = crate::wire::parse(&self.buf) {
+                t.headers(&self.buf, &p);
+            }
+            crate::trace::span(t, Stage::Segment, |_| {
+                self.pipeline.segment(&mut self.buf, first)
+            })
+        };
+        t.decided(&v, self.buf.len());
+        v
     }
 
     /// Answer segments left on the precise queue, if any (called when the queue is idle).
@@ -601,6 +666,9 @@ impl Loop {
         }
         pending.clear();
         self.pending = pending;
+        if let Some(t) = self.tracer.as_mut() {
+            t.released();
+        }
     }
 
     /// Count and log a verdict that could not be sent; true if it was sent.
@@ -628,6 +696,7 @@ impl Loop {
         self.counters.reasons.set(Event::NetlinkNoId, k.no_id);
         (self.counters.queue_limit, self.counters.service_pps) =
             (self.depth.limit(), self.depth.rate());
+        self.counters.trace = self.tracer.as_ref().map(|t| t.counters);
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }

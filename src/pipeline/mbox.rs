@@ -24,6 +24,7 @@ use crate::config::{CapSettings, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, Policer, Stamp, System};
 use crate::stats::CapCounters;
+use crate::trace::{Stage, Trace, span};
 use crate::wire::{self, Parsed, proto, tcp};
 
 /// The mbox role's capability state, owned by one queue worker.
@@ -163,6 +164,7 @@ impl Mbox {
         (now, on_port): (Instant, bool),
         sink: &mut TrailerSink,
         c: &mut CapCounters,
+        t: &mut impl Trace,
     ) -> Result<Edit, Reason> {
         let mut edit = Edit::Unchanged;
         // Only we may mark packets: a client's marker would make the victim strip data.
@@ -175,22 +177,35 @@ impl Mbox {
         }
         let tcp = on_port && p.protocol == proto::TCP;
         let segments = wire_packets(&p, sink.gso, self.segment_mss(p.src.is_ipv6()));
-        let admitted = self.police.admit(p.src, tcp, segments, now);
+        let admitted = span(t, Stage::Police, |_| {
+            self.police.admit(p.src, tcp, segments, now)
+        });
         (c.senders, c.evictions) = {
             let (held, evicted) = self.police.senders_held();
             (held as u64, evicted)
         };
         admitted.map_err(Reason::Policed)?;
         if tcp {
-            edit = edit.or(self.stamp(buf, (p, segments), now, sink, c)?);
+            edit = edit.or(span(t, Stage::Stamp, |_| {
+                self.stamp(buf, (p, segments), now, sink, c)
+            })?);
         }
-        let Some((t, keys)) = self.tunnel.as_mut().filter(|_| on_port) else {
+        if !on_port || self.tunnel.is_none() {
             return Ok(edit);
+        }
+        Ok(edit.or(span(t, Stage::Tunnel, |_| self.wrap(buf, c))?))
+    }
+
+    /// Tunnel mode: wrap a packet for the victim, sealed with the tunnel keys (unless
+    /// the tunnel has no address of its family).
+    fn wrap(&mut self, buf: &mut Vec<u8>, c: &mut CapCounters) -> Result<Edit, Reason> {
+        let Some((t, keys)) = self.tunnel.as_mut() else {
+            return Ok(Edit::Unchanged);
         };
         let inner = wire::parse(buf).map_err(Reason::Malformed)?;
         // No tunnel address of this family: that family goes unwrapped.
         let Some(src) = t.address_for(inner.dst) else {
-            return Ok(edit);
+            return Ok(Edit::Unchanged);
         };
         if inner.total_len() + wire::tunnel::overhead(inner.dst.is_ipv6()) > self.path_mtu {
             return Err(Reason::TooBigForTunnel);
@@ -278,6 +293,7 @@ impl Mbox {
         meta: &PacketMeta,
         now: Instant,
         c: &mut CapCounters,
+        t: &mut impl Trace,
     ) -> Result<Edit, Reason> {
         if meta.hook == super::HOOK_FORWARD {
             let Some(r) = self.redirect.iter().find(|r| r.to == p.src) else {
@@ -292,7 +308,9 @@ impl Mbox {
         }
         // Anyone can claim the victim's address; only its side of the mbox can be it.
         let from_victim_side = self.victim_ifindexes.contains(&meta.indev);
-        self.strip_feedback(buf, p, from_victim_side, now, c)
+        span(t, Stage::Feedback, |_| {
+            self.strip_feedback(buf, p, from_victim_side, now, c)
+        })
     }
 
     /// Strip the feedback from an ACK of the victim; if it came from the victim's

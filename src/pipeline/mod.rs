@@ -28,6 +28,7 @@ use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
 use crate::stats::{CapCounters, QueueCounters};
+use crate::trace::{NoTrace, Stage, Trace, span};
 use crate::wire::{self, Parsed};
 
 /// Whether a stage rewrote the packet.
@@ -178,6 +179,29 @@ impl Pipeline {
     /// `buf` is a `Vec` because a rewrite may grow the packet (a capability trailer).
     #[allow(clippy::ptr_arg)]
     pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, now: Instant) -> Verdict {
+        self.process_traced(meta, buf, now, &mut NoTrace)
+    }
+
+    /// `process`, reporting its stages to `t`.
+    #[allow(clippy::ptr_arg)]
+    pub fn process_traced<T: Trace>(
+        &mut self,
+        meta: &PacketMeta,
+        buf: &mut Vec<u8>,
+        now: Instant,
+        t: &mut T,
+    ) -> Verdict {
+        span(t, Stage::Process, |t| self.decide(meta, buf, now, t))
+    }
+
+    #[allow(clippy::ptr_arg)]
+    fn decide<T: Trace>(
+        &mut self,
+        meta: &PacketMeta,
+        buf: &mut Vec<u8>,
+        now: Instant,
+        t: &mut T,
+    ) -> Verdict {
         self.deferred = None;
         // A super-packet too long to copy whole (over 65,531 bytes) or with lengths only
         // its segments carry (BIG TCP): each of its segments is run through instead.
@@ -187,15 +211,18 @@ impl Pipeline {
         if meta.truncated {
             return self.unparsable(Reason::TruncatedCopy);
         }
-        let parsed = match wire::parse(buf) {
-            Ok(p) => p,
+        let parsed = match span(t, Stage::Parse, |_| wire::parse(buf)) {
+            Ok(p) => {
+                t.headers(buf, &p);
+                p
+            }
             // Headers the copy range cut may look broken that are not: read it whole.
             Err(_) if meta.gso || meta.copied.is_some_and(|n| n < longest_headers(buf)) => {
                 return Verdict::Route(Segments::Process);
             }
             Err(e) => return self.unparsable(Reason::Malformed(e)),
         };
-        let dir = direction(&self.selection, &parsed);
+        let dir = span(t, Stage::Classify, |_| direction(&self.selection, &parsed));
         if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
             // Stamped and fed-back segments are never merged: only hardware LRO or a
             // sender that marks its own TSO packets makes one, and its trailer, if any,
@@ -226,13 +253,13 @@ impl Pipeline {
         };
         let edit = match (stages, dir) {
             (Stages::Mbox(m), Some(Direction::ToProtected)) => {
-                m.to_victim(buf, parsed, (now, true), &mut sink, c)
+                m.to_victim(buf, parsed, (now, true), &mut sink, c, t)
             }
             (Stages::Mbox(m), Some(Direction::FromProtected)) => {
-                m.from_victim(buf, parsed, meta, now, c)
+                m.from_victim(buf, parsed, meta, now, c, t)
             }
             (Stages::Victim(v), Some(Direction::ToProtected)) => {
-                v.inbound(buf, parsed, meta.indev, now, c)
+                v.inbound(buf, parsed, meta.indev, now, c, t)
             }
             (Stages::Victim(v), Some(Direction::FromProtected)) => v.outbound(
                 buf,
@@ -240,6 +267,7 @@ impl Pipeline {
                 (meta.outdev, now),
                 (&mut sink, &mut self.outbox),
                 c,
+                t,
             ),
             (Stages::Mbox(m), None) => {
                 if let Some(consumed) = m.feedback_in(buf, &parsed, meta, now, c) {
@@ -248,7 +276,7 @@ impl Pipeline {
                 if meta.hook == HOOK_FORWARD && classify::is_protected(&self.selection, parsed.dst)
                 {
                     // Any other protocol or port to a protected address: policed too.
-                    m.to_victim(buf, parsed, (now, false), &mut sink, c)
+                    m.to_victim(buf, parsed, (now, false), &mut sink, c, t)
                 } else {
                     match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
                         Some(edit) => edit,
@@ -256,7 +284,9 @@ impl Pipeline {
                     }
                 }
             }
-            (Stages::Victim(v), None) => match v.tunnel_in(buf, &parsed, (meta.indev, now), c) {
+            (Stages::Victim(v), None) => match span(t, Stage::Tunnel, |_| {
+                v.tunnel_in(buf, &parsed, (meta.indev, now), c)
+            }) {
                 // Only protected traffic to the tunnel's own destination may come out of
                 // it: anything else would turn the victim into a relay for spoofed sources.
                 Some(Ok(inner))
@@ -276,7 +306,10 @@ impl Pipeline {
             Ok(Edit::Changed) if defer => Verdict::Route(Segments::Trailer),
             Ok(Edit::Changed) if meta.csum_partial => {
                 // The kernel takes a rewritten packet's checksums as they are.
-                match wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p)) {
+                let filled = span(t, Stage::Checksum, |_| {
+                    wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p))
+                });
+                match filled {
                     Ok(()) => Verdict::AcceptModified,
                     Err(e) => Verdict::Drop(Reason::Malformed(e)),
                 }

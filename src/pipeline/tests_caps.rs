@@ -1682,3 +1682,79 @@ fn a_super_packet_counts_in_the_stats_as_its_segments() {
         (1, 1, 11, 10, sp.len() as u64 + 60)
     );
 }
+
+/// A trace that records the stage edges it is told of.
+#[derive(Default)]
+struct Recorded(Vec<String>);
+
+impl crate::trace::Trace for Recorded {
+    fn begin(&mut self, s: crate::trace::Stage) {
+        self.0.push(format!("{s} B"));
+    }
+    fn end(&mut self, s: crate::trace::Stage) {
+        self.0.push(format!("{s} E"));
+    }
+    fn headers(&mut self, _: &[u8], _: &Parsed) {
+        self.0.push("headers".into());
+    }
+}
+
+/// Run a packet through `p` traced, as `through` does; return the verdict and the
+/// stages between parse and the end of the pipeline.
+fn traced(p: &mut Pipeline, pkt: &mut Vec<u8>, now: Instant) -> (Verdict, Vec<String>) {
+    let meta = PacketMeta {
+        indev: MBOX_IF,
+        outdev: MBOX_IF,
+        ..Default::default()
+    };
+    let mut t = Recorded::default();
+    let v = p.process_traced(&meta, pkt, now, &mut t);
+    let common = [
+        "process B",
+        "parse B",
+        "parse E",
+        "headers",
+        "classify B",
+        "classify E",
+    ];
+    assert_eq!(t.0[..common.len()], common, "{:?}", t.0);
+    assert_eq!(t.0.last().map(String::as_str), Some("process E"));
+    (v, t.0[common.len()..t.0.len() - 1].to_vec())
+}
+
+#[test]
+fn each_role_stage_reports_where_it_begins_and_ends() {
+    let mut path = Path::new();
+    let now = path.at(0);
+    let sent = data("198.18.1.2", "198.18.2.2", 100);
+    let mut pkt = sent.clone();
+    let (v, stages) = traced(&mut path.mbox_p, &mut pkt, now);
+    assert_eq!(v, Verdict::AcceptModified);
+    assert_eq!(stages, ["police B", "police E", "stamp B", "stamp E"]);
+    let (v, stages) = traced(&mut path.victim_p, &mut pkt, now);
+    assert_eq!(
+        (v, &pkt),
+        (Verdict::AcceptModified, &sent),
+        "traced as untraced"
+    );
+    assert_eq!(stages, ["strip B", "strip E"]);
+    let mut a = ack("198.18.2.2", "198.18.1.2");
+    let (_, stages) = traced(&mut path.victim_p, &mut a, now);
+    assert_eq!(stages, ["feedback B", "feedback E"]);
+    let (_, stages) = traced(&mut path.mbox_p, &mut a, now);
+    assert_eq!(stages, ["feedback B", "feedback E"]);
+    assert_eq!(path.mbox_p.cap_counters().returned, 1);
+    // A SYN is clamped at the victim on its way in and its SYN-ACK on its way out.
+    let mut syn = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 8080)
+        .flags(tcp::SYN)
+        .tcp_option(2, &1460u16.to_be_bytes())
+        .build();
+    let (_, stages) = traced(&mut path.victim_p, &mut syn, now);
+    assert_eq!(stages, ["clamp B", "clamp E", "strip B", "strip E"]);
+    let mut syn_ack = Builder::tcp(ip("198.18.2.2"), ip("198.18.1.2"), 8080, 40000)
+        .flags(tcp::SYN | tcp::ACK)
+        .tcp_option(2, &1460u16.to_be_bytes())
+        .build();
+    let (_, stages) = traced(&mut path.victim_p, &mut syn_ack, now);
+    assert_eq!(stages, ["clamp B", "clamp E", "feedback B", "feedback E"]);
+}

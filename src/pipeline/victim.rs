@@ -20,6 +20,7 @@ use crate::config::{CapSettings, Tunnel};
 use crate::driver::nft::Prefix;
 use crate::police::{SenderTable, Worth};
 use crate::stats::CapCounters;
+use crate::trace::{Stage, Trace, span};
 use crate::wire::tunnel::AUTH_LEN;
 use crate::wire::{self, IpVersion, Parsed, proto, tcp};
 
@@ -151,10 +152,11 @@ impl Victim {
     pub fn inbound(
         &mut self,
         buf: &mut Vec<u8>,
-        mut p: Parsed,
+        p: Parsed,
         indev: u32,
         now: Instant,
         c: &mut CapCounters,
+        t: &mut impl Trace,
     ) -> Result<Edit, Reason> {
         // The host's own traffic (health checks, local clients) never crossed an mbox
         // and needs none. The rules do not queue it; queued anyway (an operator's own
@@ -176,10 +178,25 @@ impl Victim {
         if is_syn(&p, false) {
             // The client's MSS bounds our segments to it: leave room for feedback.
             let room = self.per_ack * wire_len(p.src.is_ipv6());
-            edit = edit.or(clamp(buf, &p, self.path_mtu, room));
+            edit = edit.or(span(t, Stage::Clamp, |_| {
+                clamp(buf, &p, self.path_mtu, room)
+            }));
         }
+        let stripped = span(t, Stage::Strip, |_| self.strip_stamp(buf, p, now, c))?;
+        Ok(edit.or(stripped))
+    }
+
+    /// Take the capability trailer off a client's packet the mbox stamped and keep it
+    /// to return; clear any other marker.
+    fn strip_stamp(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut p: Parsed,
+        now: Instant,
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
         match Marker::from_reserved(wire::tcp_reserved(buf, &p)) {
-            Ok(Marker::None) => Ok(edit),
+            Ok(Marker::None) => Ok(Edit::Unchanged),
             Ok(Marker::Stamped) => {
                 let len = wire_len(p.src.is_ipv6());
                 if p.payload_len < len {
@@ -220,6 +237,7 @@ impl Victim {
         (outdev, now): (u32, Instant),
         (sink, out): (&mut TrailerSink, &mut Vec<Datagram>),
         c: &mut CapCounters,
+        t: &mut impl Trace,
     ) -> Result<Edit, Reason> {
         if p.protocol != proto::TCP {
             return Ok(Edit::Unchanged);
@@ -232,18 +250,37 @@ impl Victim {
                 .tunnel
                 .as_ref()
                 .map_or(0, |_| wire::tunnel::overhead(p.dst.is_ipv6()));
-            edit = edit.or(clamp(buf, &p, self.path_mtu, len + tunnel));
+            edit = edit.or(span(t, Stage::Clamp, |_| {
+                clamp(buf, &p, self.path_mtu, len + tunnel)
+            }));
         }
+        let fed_back = span(t, Stage::Feedback, |_| {
+            self.feed_back(buf, p, (outdev, now), (sink, out), c)
+        })?;
+        Ok(edit.or(fed_back))
+    }
+
+    /// Return kept capabilities to the mbox on a server's ACK: appended as a trailer
+    /// when it leaves through an mbox, or in a datagram of their own in tunnel mode.
+    fn feed_back(
+        &mut self,
+        buf: &mut Vec<u8>,
+        p: Parsed,
+        (outdev, now): (u32, Instant),
+        (sink, out): (&mut TrailerSink, &mut Vec<Datagram>),
+        c: &mut CapCounters,
+    ) -> Result<Edit, Reason> {
+        let len = wire_len(p.dst.is_ipv6());
         let ack = p.tcp().is_some_and(|t| t.flags & tcp::ACK != 0);
         let Some(flow) = self.kept.get_mut((p.dst, p.src), now).filter(|_| ack) else {
-            return Ok(edit);
+            return Ok(Edit::Unchanged);
         };
         if let (Some(via), Some((t, keys))) = (flow.via, self.tunnel.as_mut()) {
             // Tunnel mode: replies need not cross the mbox, so the feedback travels in
             // a datagram of its own, sealed like the tunnel, whatever way the ACK leaves.
             let (trailer, n) = take(&mut flow.caps, self.per_ack, len);
             if n == 0 {
-                return Ok(edit);
+                return Ok(Edit::Unchanged);
             }
             let returned = tunnel::Returned {
                 server: p.src,
@@ -263,13 +300,13 @@ impl Victim {
                 payload,
             });
             c.fed_back += n as u64;
-            return Ok(edit);
+            return Ok(Edit::Unchanged);
         }
         // Only an mbox strips feedback: by any other way (an asymmetric route) the
         // client's TCP would take the trailer for data. The capabilities wait.
         if !self.mbox_ifindexes.contains(&outdev) {
             c.not_via_mbox += 1;
-            return Ok(edit);
+            return Ok(Edit::Unchanged);
         }
         // A super-packet's segments: at most the MSS the victim clamped the client to.
         let mss = mss_with_room(p.dst.is_ipv6(), self.path_mtu, self.per_ack * len);
@@ -279,7 +316,7 @@ impl Victim {
             / len;
         let (trailer, n) = take(&mut flow.caps, self.per_ack.min(fits), len);
         if n == 0 {
-            return Ok(edit);
+            return Ok(Edit::Unchanged);
         }
         let marker = Marker::feedback(n as u8).map_err(|_| Reason::TrailerTooShort)?;
         sink.append(buf, &p, (&trailer[..n * len], marker), None)?;

@@ -140,7 +140,7 @@ impl Rig {
         let worker = in_netns(&pair.b, move || {
             Worker::spawn(
                 (FAST, fast, Some(precise), DepthBound::new(None, 1024)),
-                pipeline,
+                (pipeline, None),
                 (false, None),
                 (board, 0),
                 stop_flag,

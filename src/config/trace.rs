@@ -1,0 +1,201 @@
+//! The `[trace]` section: where the packet-journey trace goes and which packets it
+//! follows (see `crate::trace`). Without the section, nothing is traced.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, RawPort, ports};
+use crate::driver::nft::Prefix;
+use crate::trace::Filter;
+use crate::wire::proto;
+
+/// Packets the writer's channel holds by default, and at most.
+pub const DEFAULT_BUFFER_PACKETS: usize = 4096;
+const MAX_BUFFER_PACKETS: usize = 1 << 20;
+
+/// Tracing on: the raw trace file, which packets, and the room for traces in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    pub file: PathBuf,
+    pub filter: Filter,
+    /// Traced packets waiting for the writer at most; past it, traces are dropped and
+    /// counted (never packets).
+    pub buffer_packets: usize,
+}
+
+impl TraceSettings {
+    /// Every packet to `file`, with the default buffer (`mpolice mbox --trace FILE`).
+    pub fn all_to(file: PathBuf) -> TraceSettings {
+        TraceSettings {
+            file,
+            filter: Filter::default(),
+            buffer_packets: DEFAULT_BUFFER_PACKETS,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrace {
+    file: PathBuf,
+    #[serde(default = "one")]
+    sample: i64,
+    protocol: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    #[serde(default = "default_buffer")]
+    buffer_packets: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn default_buffer() -> i64 {
+    DEFAULT_BUFFER_PACKETS as i64
+}
+
+pub(super) fn validate(t: RawTrace) -> Result<TraceSettings, ConfigError> {
+    let err = |m: String| Err(ConfigError(m));
+    if t.file.as_os_str().is_empty() {
+        return err("trace.file: name the file the trace is written to".into());
+    }
+    let Ok(sample) = u64::try_from(t.sample) else {
+        return err(format!("trace.sample: {} is not a count", t.sample));
+    };
+    if sample == 0 {
+        return err(
+            "trace.sample: 0 would trace nothing; use 1 to trace every packet, N for one in N"
+                .into(),
+        );
+    }
+    let buffer_packets = match usize::try_from(t.buffer_packets) {
+        Ok(n) if (1..=MAX_BUFFER_PACKETS).contains(&n) => n,
+        _ => {
+            return err(format!(
+                "trace.buffer_packets: {} is not between 1 and {MAX_BUFFER_PACKETS}",
+                t.buffer_packets
+            ));
+        }
+    };
+    let protocol = t.protocol.as_deref().map(protocol).transpose()?;
+    let hosts = t
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.parse::<Prefix>()
+                .map_err(|e| ConfigError(format!("trace.hosts[{i}]: {h:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = ports("trace.ports", &t.ports)?;
+    if !ports.is_empty() && protocol.is_some_and(|p| p != proto::TCP && p != proto::UDP) {
+        return err(
+            "trace.ports: only TCP and UDP have ports; drop the ports or the protocol".into(),
+        );
+    }
+    Ok(TraceSettings {
+        file: t.file,
+        filter: Filter {
+            sample,
+            protocol,
+            hosts,
+            ports,
+        },
+        buffer_packets,
+    })
+}
+
+/// A protocol by name (tcp, udp, icmp, icmpv6) or number.
+fn protocol(name: &str) -> Result<u8, ConfigError> {
+    match name {
+        "tcp" => Ok(proto::TCP),
+        "udp" => Ok(proto::UDP),
+        "icmp" => Ok(proto::ICMP),
+        "icmpv6" => Ok(proto::ICMPV6),
+        n => n.parse::<u8>().map_err(|_| {
+            ConfigError(format!(
+                "trace.protocol: {n:?} is not tcp, udp, icmp, icmpv6 or a protocol number"
+            ))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const BASE: &str = "[protect]\naddresses = [\"198.18.2.2\"]\ntcp_ports = [80]\n";
+
+    fn with_trace(lines: &str) -> Result<Option<TraceSettings>, String> {
+        parse(&format!("{BASE}[trace]\n{lines}"), "mbox")
+            .map(|c| c.trace)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_trace_section_sets_the_file_and_the_filter() {
+        assert_eq!(parse(BASE, "victim").unwrap().trace, None, "off by default");
+        let t = with_trace("file = \"/tmp/t\"").unwrap().unwrap();
+        assert_eq!(t, TraceSettings::all_to("/tmp/t".into()));
+        let t = with_trace(
+            "file = \"/tmp/t\"\nsample = 10\nprotocol = \"udp\"\nhosts = [\"2001:2::/48\"]\n\
+             ports = [53, \"8000-8100\"]\nbuffer_packets = 100",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (t.filter.sample, t.filter.protocol, t.buffer_packets),
+            (10, Some(proto::UDP), 100)
+        );
+        assert_eq!((t.filter.hosts.len(), t.filter.ports.len()), (1, 2));
+        let t = with_trace("file = \"/tmp/t\"\nprotocol = \"47\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.filter.protocol, Some(47));
+    }
+
+    #[test]
+    fn a_bad_trace_section_is_refused_by_name() {
+        for (lines, says) in [
+            ("sample = 1", "missing field `file`"),
+            ("file = \"\"", "trace.file"),
+            (
+                "file = \"/t\"\nsample = 0",
+                "trace.sample: 0 would trace nothing",
+            ),
+            ("file = \"/t\"\nsample = -2", "trace.sample: -2"),
+            (
+                "file = \"/t\"\nprotocol = \"sctp\"",
+                "trace.protocol: \"sctp\"",
+            ),
+            ("file = \"/t\"\nprotocol = \"300\"", "trace.protocol"),
+            (
+                "file = \"/t\"\nhosts = [\"198.18.0.0/33\"]",
+                "trace.hosts[0]",
+            ),
+            ("file = \"/t\"\nports = [0]", "trace.ports[0]"),
+            ("file = \"/t\"\nports = [70000]", "trace.ports[0]"),
+            (
+                "file = \"/t\"\nprotocol = \"icmp\"\nports = [80]",
+                "only TCP and UDP",
+            ),
+            (
+                "file = \"/t\"\nbuffer_packets = 0",
+                "trace.buffer_packets: 0",
+            ),
+            (
+                "file = \"/t\"\nbuffer_packets = 99999999",
+                "trace.buffer_packets",
+            ),
+            ("file = \"/t\"\nfilter = \"tcp\"", "unknown field `filter`"),
+        ] {
+            let e = with_trace(lines).unwrap_err();
+            assert!(e.contains(says), "{lines:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Packet-journey tracing: the stages each traced packet walks through, with nanosecond
+//! timestamps, in the layout of the kernel-tracing thesis (`../shared/seeds/003`).
+//!
+//! The pipeline is handed a [`Trace`] and reports where each stage begins (B) and ends
+//! (E). With tracing off it is [`NoTrace`], whose calls are empty and inlined, so the
+//! compiler removes them. With tracing on it is the worker's [`Tracer`]: it keeps one
+//! packet's edges in a fixed array and, once the packet's verdict has left, hands the
+//! whole packet to the writer thread through a bounded channel. When the channel is
+//! full, that packet's records are dropped and counted, never the packet; the packet
+//! path never waits for I/O.
+//!
+//! Files: `record` (what one traced packet holds, and its line in the raw trace),
+//! `tracer` (the worker's side), `writer` (the thread that writes the raw trace),
+//! `filter` (which packets are traced), `format` (`mpolice trace format`).
+
+mod filter;
+mod format;
+mod record;
+mod tracer;
+mod writer;
+
+pub use filter::Filter;
+pub use format::{Output, Summary, format};
+pub use record::{Edge, Head, PacketTrace, RawPacket};
+pub use tracer::{Clock, TraceCounters, Tracer};
+pub use writer::TraceWriter;
+
+use crate::labels::labelled_enum;
+use crate::wire::Parsed;
+
+labelled_enum! {
+    /// A stage a packet walks through, from the queue to its verdict. `Packet` spans
+    /// them all; `Process` spans the pipeline's.
+    pub enum Stage {
+        /// From the receive call's return to the verdict's departure.
+        Packet => "packet",
+        /// The packet is taken from the queue's message into the worker's buffer.
+        Receive => "receive",
+        /// The pipeline, from bytes to decision.
+        Process => "process",
+        Parse => "parse",
+        Classify => "classify",
+        /// The mbox's per-sender police.
+        Police => "police",
+        /// The mbox stamps a capability (or clears a client's marker).
+        Stamp => "stamp",
+        /// The victim or the mbox takes a capability trailer off.
+        Strip => "strip",
+        /// The victim appends feedback, or the mbox checks what came back.
+        Feedback => "feedback",
+        /// The victim lowers the MSS option of a SYN.
+        Clamp => "clamp",
+        /// Tunnel mode: wrapped or unwrapped.
+        Tunnel => "tunnel",
+        /// Checksums filled in whole (the kernel left them to be offloaded).
+        Checksum => "checksum",
+        /// One segment the kernel cut from a routed super-packet is rewritten.
+        Segment => "segment",
+        /// From the decision to the verdict call's return (for packets accepted in a
+        /// batch, the batch verdict's).
+        Verdict => "verdict",
+    }
+}
+
+/// Where the pipeline reports its stages.
+pub trait Trace {
+    /// Stage `s` begins.
+    fn begin(&mut self, s: Stage);
+    /// Stage `s` ends.
+    fn end(&mut self, s: Stage);
+    /// The packet's headers as parsed: who it is (addresses, ports, flags, sequence),
+    /// and whether the filter wants it.
+    fn headers(&mut self, buf: &[u8], p: &Parsed);
+}
+
+/// Tracing off: every call is empty.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn begin(&mut self, _: Stage) {}
+    #[inline(always)]
+    fn end(&mut self, _: Stage) {}
+    #[inline(always)]
+    fn headers(&mut self, _: &[u8], _: &Parsed) {}
+}
+
+/// Run `f` as stage `s` of `t`.
+#[inline(always)]
+pub fn span<T: Trace + ?Sized, R>(t: &mut T, s: Stage, f: impl FnOnce(&mut T) -> R) -> R {
+    t.begin(s);
+    let r = f(t);
+    t.end(s);
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! The tracer, the filter and `trace format` on byte buffers and in memory.
+
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::{Duration, Instant};
+
+use super::record::{MAX_MARKS, verdict_label};
+use super::*;
+use crate::pipeline::{Reason, Verdict};
+use crate::wire::build::Builder;
+use crate::wire::{self, tcp};
+
+fn syn() -> Vec<u8> {
+    Builder::tcp(
+        "198.18.1.2".parse().unwrap(),
+        "198.18.2.2".parse().unwrap(),
+        40000,
+        80,
+    )
+    .flags(tcp::SYN)
+    .seq(1000)
+    .ip_id(4711)
+    .build()
+}
+
+fn udp6() -> Vec<u8> {
+    Builder::udp(
+        "2001:2:0:1::2".parse().unwrap(),
+        "2001:2:0:2::2".parse().unwrap(),
+        5000,
+        53,
+    )
+    .build()
+}
+
+fn tracer(filter: Filter, room: usize) -> (Tracer, Receiver<PacketTrace>) {
+    let (tx, rx) = sync_channel(room);
+    (Tracer::new(tx, Clock::start(), filter), rx)
+}
+
+/// One packet through the tracer as the worker drives it: received, parsed, decided,
+/// answered at once.
+fn run(t: &mut Tracer, n: u64, pkt: &[u8]) {
+    t.start(n, (3, n as u32, 2), pkt.len() as u32, Instant::now());
+    t.end(Stage::Receive);
+    span(t, Stage::Process, |t| {
+        if let Ok(p) = span(t, Stage::Parse, |_| wire::parse(pkt)) {
+            t.headers(pkt, &p);
+        }
+    });
+    t.decided(&Verdict::Accept, pkt.len());
+    t.sent();
+}
+
+fn stages(p: &PacketTrace) -> Vec<String> {
+    p.marks()
+        .iter()
+        .map(|m| format!("{} {}", m.stage, m.edge.letter()))
+        .collect()
+}
+
+#[test]
+fn a_traced_packet_has_its_stages_nested_in_order_with_rising_times() {
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    let pkt = syn();
+    run(&mut t, 1, &pkt);
+    let p = rx.try_recv().expect("one trace");
+    assert_eq!(
+        stages(&p),
+        [
+            "packet B",
+            "receive B",
+            "receive E",
+            "process B",
+            "parse B",
+            "parse E",
+            "process E",
+            "verdict B",
+            "verdict E",
+            "packet E"
+        ]
+    );
+    assert!(p.marks().windows(2).all(|w| w[0].t_ns <= w[1].t_ns));
+    let h = p.head.expect("named by its headers");
+    assert_eq!(
+        (h.sport, h.dport, h.flags, h.seq, h.ip_id),
+        (40000, 80, Some(tcp::SYN), Some(1000), Some(4711))
+    );
+    assert_eq!(
+        (p.queue, p.id, p.hook, p.len_in),
+        (3, 1, 2, pkt.len() as u32)
+    );
+    assert_eq!(p.verdict, Some(Verdict::Accept));
+    assert_eq!(t.counters.traced, 1);
+}
+
+#[test]
+fn a_full_writer_channel_drops_traces_and_counts_them_never_blocks() {
+    let (mut t, rx) = tracer(Filter::default(), 2);
+    for n in 1..=5 {
+        run(&mut t, n, &syn());
+    }
+    assert_eq!((t.counters.traced, t.counters.dropped), (2, 3));
+    assert_eq!(rx.try_iter().count(), 2);
+    // Gone altogether (the writer stopped): still counted, never a panic.
+    drop(rx);
+    run(&mut t, 6, &syn());
+    assert_eq!(t.counters.dropped, 4);
+}
+
+#[test]
+fn the_filter_picks_by_sample_protocol_host_and_port() {
+    let cases: [(Filter, bool, bool); 6] = [
+        (Filter::default(), true, true),
+        (
+            Filter {
+                protocol: Some(crate::wire::proto::TCP),
+                ..Filter::default()
+            },
+            true,
+            false,
+        ),
+        (
+            Filter {
+                hosts: vec!["2001:2::/48".parse().unwrap()],
+                ..Filter::default()
+            },
+            false,
+            true,
+        ),
+        (
+            Filter {
+                hosts: vec!["198.18.2.2".parse().unwrap()],
+                ..Filter::default()
+            },
+            true,
+            false,
+        ),
+        (
+            Filter {
+                ports: vec!["53".parse().unwrap()],
+                ..Filter::default()
+            },
+            false,
+            true,
+        ),
+        (
+            Filter {
+                ports: vec!["1-52".parse().unwrap()],
+                ..Filter::default()
+            },
+            false,
+            false,
+        ),
+    ];
+    for (filter, tcp4, udp6_) in cases {
+        let (mut t, rx) = tracer(filter.clone(), 8);
+        run(&mut t, 1, &syn());
+        run(&mut t, 2, &udp6());
+        let ids: Vec<u32> = rx.try_iter().map(|p| p.id).collect();
+        let want: Vec<u32> = [(tcp4, 1), (udp6_, 2)]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, id)| *id)
+            .collect();
+        assert_eq!(ids, want, "{filter:?}");
+    }
+    // One in three, counted from the first packet offered.
+    let (mut t, rx) = tracer(
+        Filter {
+            sample: 3,
+            ..Filter::default()
+        },
+        8,
+    );
+    for n in 1..=7 {
+        run(&mut t, n, &syn());
+    }
+    assert_eq!(rx.try_iter().map(|p| p.n).collect::<Vec<_>>(), [3, 6]);
+}
+
+#[test]
+fn a_filter_on_headers_traces_no_packet_that_does_not_parse() {
+    let (mut t, rx) = tracer(
+        Filter {
+            ports: vec!["80".parse().unwrap()],
+            ..Filter::default()
+        },
+        8,
+    );
+    run(&mut t, 1, &[0x45, 0, 0]);
+    assert_eq!(rx.try_iter().count(), 0);
+    // Without a filter it is traced, unnamed, with the verdict it got.
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    run(&mut t, 1, &[0x45, 0, 0]);
+    let p = rx.try_recv().unwrap();
+    assert_eq!(p.head, None);
+}
+
+#[test]
+fn packets_accepted_in_a_batch_finish_when_the_batch_verdict_leaves() {
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    for n in 1..=3 {
+        t.start(n, (0, n as u32, 2), 60, Instant::now());
+        t.decided(&Verdict::Accept, 60);
+        t.hold();
+    }
+    assert_eq!(rx.try_iter().count(), 0, "held until the batch verdict");
+    std::thread::sleep(Duration::from_millis(2));
+    t.released();
+    let got: Vec<PacketTrace> = rx.try_iter().collect();
+    assert_eq!(got.iter().map(|p| p.n).collect::<Vec<_>>(), [1, 2, 3]);
+    for p in &got {
+        let (first, last) = (p.marks()[0], *p.marks().last().unwrap());
+        assert!(last.t_ns - first.t_ns >= 2_000_000, "held time counts");
+        assert_eq!(last.stage, Stage::Packet);
+    }
+}
+
+#[test]
+fn edges_past_the_fixed_room_are_counted_not_kept() {
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    t.start(1, (0, 1, 2), 60, Instant::now());
+    for _ in 0..MAX_MARKS {
+        t.begin(Stage::Segment);
+    }
+    t.decided(&Verdict::Drop(Reason::Bypassed), 60);
+    t.sent();
+    let p = rx.try_recv().unwrap();
+    assert_eq!(p.marks().len(), MAX_MARKS);
+    // Two starts, MAX_MARKS begins, verdict B and two ends did not fit.
+    assert_eq!(p.lost_marks, 2 + 1 + 2);
+    assert_eq!(t.counters.lost_marks, 5);
+    assert_eq!(verdict_label(&p.verdict.unwrap()), "drop:bypassed_mbox");
+}
+
+/// A raw trace of the two test packets, as the writer writes it.
+fn raw_trace() -> String {
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    run(&mut t, 1, &syn());
+    run(&mut t, 2, &udp6());
+    let mut s = String::from(
+        "{\"mpolice_trace\":1,\"role\":\"mbox\",\"started_unix_ns\":1764522000000000000}\n",
+    );
+    for p in rx.try_iter() {
+        s += &serde_json::to_string(&p.raw()).unwrap();
+        s.push('\n');
+    }
+    s
+}
+
+fn formatted(input: &str, how: Output) -> (String, Summary) {
+    let mut out = Vec::new();
+    let s = format(input.as_bytes(), &mut out, how).unwrap();
+    (String::from_utf8(out).unwrap(), s)
+}
+
+#[test]
+fn format_numbers_indents_and_times_each_packet_in_the_theses_columns() {
+    let (text, s) = formatted(&raw_trace(), Output::Text);
+    assert_eq!((s.packets, s.warnings.len()), (2, 0));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("# mpolice trace: role mbox"), "{text}");
+    // Line 1: the packet begins, at depth 0.
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cols[0], "1");
+    assert_eq!(
+        &cols[2..],
+        [
+            "198.18.1.2:40000",
+            "198.18.2.2:80",
+            "packet",
+            "B",
+            "S",
+            "1000",
+            "ack",
+            "0",
+            "id",
+            "4711",
+            "tcp"
+        ],
+        "{text}"
+    );
+    // Nested stages are indented two spaces per level: parse sits in process.
+    let parse_b = lines.iter().find(|l| l.contains(" parse B")).unwrap();
+    assert!(parse_b.starts_with("5     "), "{text}");
+    let time = lines.iter().find(|l| l.starts_with("Time : ")).unwrap();
+    assert!(time.contains("queue 3 packet 1 hook 2: accept"), "{text}");
+    // The UDP packet over IPv6: bracketed addresses, no TCP columns, no IP id.
+    assert!(
+        text.contains("[2001:2:0:1::2]:5000 [2001:2:0:2::2]:53 packet B id - udp"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("# 2 packets; time from receive to verdict: p50")
+    );
+}
+
+#[test]
+fn format_json_pairs_each_stage_into_a_duration() {
+    let (text, _) = formatted(&raw_trace(), Output::Json);
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let stages = first["stages"].as_array().unwrap();
+    let names: Vec<(&str, u64)> = stages
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap(), s["depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("packet", 0),
+            ("receive", 1),
+            ("process", 1),
+            ("parse", 2),
+            ("verdict", 1)
+        ]
+    );
+    assert!(stages.iter().all(|s| s["ns"].is_u64()));
+    assert_eq!(first["total_ns"], stages[0]["ns"]);
+    assert_eq!(first["head"]["sport"], 40000);
+}
+
+#[test]
+fn format_refuses_what_is_not_a_trace_and_skips_broken_lines_with_a_warning() {
+    let mut out = Vec::new();
+    for (input, why) in [
+        (&b""[..], "empty input"),
+        (
+            &b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00 a pcap"[..],
+            "not an mpolice trace header",
+        ),
+        (
+            &b"{\"mpolice_trace\":9,\"role\":\"mbox\",\"started_unix_ns\":0}\n"[..],
+            "trace format 9",
+        ),
+    ] {
+        let e = format(input, &mut out, Output::Text).unwrap_err();
+        assert!(format!("{e:#}").contains(why), "{e:#}");
+    }
+    // A corrupt line in the middle and a last line cut short: both skipped, both named.
+    let good = raw_trace();
+    let mut lines: Vec<&str> = good.lines().collect();
+    let cut = lines[2][..lines[2].len() / 2].to_string();
+    lines.insert(2, "{\"n\": \"not a number\"}");
+    let input = format!("{}\n{}", lines[..3].join("\n"), cut);
+    let (text, s) = formatted(&input, Output::Text);
+    assert_eq!(s.packets, 1, "{text}");
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(s.warnings[0].starts_with("line 3: skipped, not a traced packet"));
+    assert!(s.warnings[1].starts_with("line 4: skipped, cut short"));
+    // Edges out of order (an E with no B, a B never closed) are shown, never a panic.
+    let odd = good.replacen("[\"packet\",\"B\"", "[\"packet\",\"E\"", 1);
+    let (_, s) = formatted(&odd, Output::Json);
+    assert_eq!(s.packets, 2);
+}
