@@ -17,7 +17,7 @@ mod common;
 use common::selection;
 use mpolice::pipeline::{Mbox, PacketMeta, Pipeline, Stages, Verdict, Victim};
 use mpolice::police::Policy;
-use mpolice::trace::{Clock, Filter, Stage, Trace, Tracer};
+use mpolice::trace::{Clock, Filter, Tracer};
 use mpolice::wire::build::Builder;
 use mpolice::wire::tcp;
 
@@ -120,9 +120,9 @@ fn bench(c: &mut Criterion) {
                 t.start(n, (0, n as u32, 2), data.len() as u32, late);
                 buf.clear();
                 buf.extend_from_slice(&data);
-                t.end(Stage::Receive);
+                t.received(&buf);
                 let v = m.process_traced(&PacketMeta::default(), &mut buf, late, &mut t);
-                t.decided(&v, buf.len());
+                t.decided(&v, buf.len(), &buf);
                 t.sent();
                 assert_eq!(v, Verdict::Accept);
                 black_box(rx.try_recv().unwrap());

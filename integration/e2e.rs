@@ -1475,11 +1475,14 @@ fn a_traced_download_shows_each_stage_and_the_capability_added_and_removed() {
     };
     let (mut victim, mut mbox) = start_both(&tb, &role("victim"), &role("mbox"));
     let served = ServedFile::start(&tb, 2 << 20).unwrap();
+    let victim_link = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
         served.fetch(&tb, &addr).unwrap();
     }
+    let victim_link = victim_link.stop().unwrap();
     for e in [&mbox, &victim] {
-        let s = e.stats().unwrap();
+        // Workers publish their counters every 100 ms or so: wait for the downloads'.
+        let s = wait_received(e, 2_000, Duration::from_secs(5));
         let t = s.total().engine.trace.expect("tracing shows in the stats");
         assert!(t.traced > 0, "{}", s.table());
         assert!(s.table().contains("trace: traced="), "{}", s.table());
@@ -1522,6 +1525,105 @@ fn a_traced_download_shows_each_stage_and_the_capability_added_and_removed() {
         assert_eq!(names.last(), Some(&"verdict"), "{p}");
         assert!(names.contains(&"process"), "{p}");
     }
+    // The pcaps beside the trace: tcpdump reads them; one record per traced packet as
+    // received, and one per packet that left, as it left (stamped: a capability longer).
+    let (received, returned) = mpolice::trace::pcap_paths(&tb.workdir().join("mbox.trace"));
+    let tcpdump_count = |f: &Path| {
+        let out = Command::new("tcpdump")
+            .args(["-nn", "-r"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    let left: Vec<i64> = m
+        .iter()
+        .filter(|p| {
+            p["verdict"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("accept") || v.starts_with("pass"))
+        })
+        .map(|p| p["len_out"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tcpdump_count(&received), m.len());
+    assert_eq!(tcpdump_count(&returned), left.len());
+    let capture = mpolice::trace::pcap::read(&std::fs::read(&returned).unwrap()).unwrap();
+    let lens: Vec<i64> = capture
+        .packets
+        .iter()
+        .map(|p| i64::from(p.ip_len))
+        .collect();
+    assert_eq!(lens, left);
+    // tcpdump on the mbox-victim link against both traces: every captured packet of the
+    // downloads was seen by both engines; the stamp added at the mbox is taken off at
+    // the victim, and the feedback added at the victim is taken off at the mbox.
+    let out = Command::new(bin())
+        .args(["trace", "compare", "--json", "--packets", "--capture"])
+        .arg(&victim_link)
+        .arg("--trace")
+        .arg(tb.workdir().join("mbox.trace"))
+        .arg("--trace")
+        .arg(tb.workdir().join("victim.trace"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<&serde_json::Value> = c["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["proto"] == 6
+                && (r["src"].as_str().unwrap().ends_with(":8080")
+                    || r["dst"].as_str().unwrap().ends_with(":8080"))
+        })
+        .collect();
+    assert!(rows.len() > 1000, "{} rows", rows.len());
+    let change = |r: &serde_json::Value, role: &str| {
+        r["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["role"] == role)
+            .map(|s| (s["bytes_changed"].as_i64().unwrap(), s["reserved"].clone()))
+    };
+    let (mut stamped, mut fed_back) = (0, 0);
+    for r in &rows {
+        let (Some((m, m_marker)), Some((v, v_marker))) = (change(r, "mbox"), change(r, "victim"))
+        else {
+            panic!("a captured packet one engine did not see: {r}");
+        };
+        let v6 = r["src"].as_str().unwrap().starts_with('[');
+        let cap = mpolice::capability::wire_len(v6) as i64;
+        if (m, v) == (cap, -cap) {
+            stamped += 1;
+            assert!(
+                m_marker.is_array() && v_marker.is_array(),
+                "markers set and cleared: {r}"
+            );
+        }
+        fed_back +=
+            usize::from((v, m) == (cap, -cap) && r["src"].as_str().unwrap().ends_with(":8080"));
+    }
+    assert!(
+        stamped > 0 && fed_back > 0,
+        "stamped {stamped}, fed back {fed_back}"
+    );
+    let summary = &c["traces"][0];
+    assert_eq!(summary["role"], "mbox");
+    assert!(summary["markers_set"].as_u64().unwrap() > 0, "{summary}");
     // The text presentation of the same file.
     let out = Command::new(bin())
         .args(["trace", "format"])

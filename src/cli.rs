@@ -82,6 +82,24 @@ pub enum TraceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compare traces with a capture taken on an interface (tcpdump -w): which captured
+    /// packets each engine saw, what it changed (bytes added or removed; markers and
+    /// MSS when the trace has its pcaps), how long it held them, and which packets no
+    /// engine saw (bypassed, sampled out, or lost).
+    Compare {
+        /// The capture (pcap: raw IP, Ethernet or Linux cooked).
+        #[arg(long)]
+        capture: PathBuf,
+        /// A raw trace (repeat for the mbox and the victim).
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
+        /// Also list every captured packet and who saw it.
+        #[arg(long)]
+        packets: bool,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +144,10 @@ pub struct RunArgs {
     /// `mpolice trace format`).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// With the trace, the packets as received and as returned in FILE.in.pcap and
+    /// FILE.out.pcap (`trace.pcap`).
+    #[arg(long, requires = "trace")]
+    pub trace_pcap: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,7 +238,32 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Withhold(w) => withhold(w),
         Command::Trace(TraceCommand::Format { file, json }) => trace_format(&file, json),
+        Command::Trace(TraceCommand::Compare {
+            capture,
+            traces,
+            packets,
+            json,
+        }) => trace_compare(&capture, &traces, packets, json),
     }
+}
+
+fn trace_compare(capture: &Path, traces: &[PathBuf], rows: bool, json: bool) -> Result<()> {
+    let traces = traces
+        .iter()
+        .map(|t| crate::trace::Traced::read(t))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = std::fs::read(capture).with_context(|| format!("capture {}", capture.display()))?;
+    let c = crate::trace::compare(&traces, &bytes, rows)
+        .with_context(|| format!("capture {}", capture.display()))?;
+    if json {
+        println!("{}", serde_json::to_string(&c)?);
+    } else {
+        print!("{}", c.text());
+    }
+    for w in &c.warnings {
+        eprintln!("mpolice: trace compare: {w}");
+    }
+    Ok(())
 }
 
 fn trace_format(file: &Path, json: bool) -> Result<()> {
@@ -274,6 +321,9 @@ fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
             Some(t) => t.file.clone_from(file),
             None => cfg.trace = Some(config::TraceSettings::all_to(file.clone())),
         }
+    }
+    if let (true, Some(t)) = (args.trace_pcap, cfg.trace.as_mut()) {
+        t.pcap_snap = t.pcap_snap.or(Some(config::DEFAULT_PCAP_SNAP));
     }
     let stats = engine::run(role, &cfg)?;
     eprint!("{}", stats.table());

@@ -33,7 +33,7 @@ pub struct RoleConfig {
     /// Tunnel mode: the mbox (198.18.2.1, 2001:2:0:2::1) sends IP-in-UDP to port 6081,
     /// sealed with the key file both ends share (see [`RoleConfig::with_tunnel`]).
     pub tunnel: Option<PathBuf>,
-    /// Trace every packet's stages to this file.
+    /// Trace every packet's stages to this file, and the packets to the pcaps beside it.
     pub trace: Option<PathBuf>,
 }
 
@@ -107,7 +107,10 @@ impl RoleConfig {
             ));
         }
         if let Some(file) = &self.trace {
-            caps.push_str(&format!("\n[trace]\nfile = \"{}\"\n", file.display()));
+            caps.push_str(&format!(
+                "\n[trace]\nfile = \"{}\"\npcap = true\n",
+                file.display()
+            ));
         }
         if self.redirect {
             caps.push_str(&format!(

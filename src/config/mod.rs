@@ -13,7 +13,7 @@ mod police;
 mod trace;
 
 pub use police::PoliceSettings;
-pub use trace::TraceSettings;
+pub use trace::{DEFAULT_PCAP_SNAP, TraceSettings};
 
 use crate::driver::nfqueue::{COPY_FULL, DEFAULT_MAX_LEN, DEFAULT_RCVBUF_BYTES};
 use std::net::IpAddr;

@@ -22,6 +22,8 @@ pub struct TraceSettings {
     /// Traced packets waiting for the writer at most; past it, traces are dropped and
     /// counted (never packets).
     pub buffer_packets: usize,
+    /// pcap on: the most bytes of each packet the pcap files keep (None: no pcaps).
+    pub pcap_snap: Option<u32>,
 }
 
 impl TraceSettings {
@@ -31,6 +33,7 @@ impl TraceSettings {
             file,
             filter: Filter::default(),
             buffer_packets: DEFAULT_BUFFER_PACKETS,
+            pcap_snap: None,
         }
     }
 }
@@ -48,6 +51,18 @@ pub(super) struct RawTrace {
     ports: Vec<RawPort>,
     #[serde(default = "default_buffer")]
     buffer_packets: i64,
+    #[serde(default)]
+    pcap: bool,
+    #[serde(default = "default_snap")]
+    pcap_snap_bytes: i64,
+}
+
+/// Bytes of each packet the pcap files keep by default: a full Ethernet-sized packet
+/// with its capability trailer, which lies at the packet's end.
+pub const DEFAULT_PCAP_SNAP: u32 = 2048;
+
+fn default_snap() -> i64 {
+    i64::from(DEFAULT_PCAP_SNAP)
 }
 
 fn one() -> i64 {
@@ -97,7 +112,18 @@ pub(super) fn validate(t: RawTrace) -> Result<TraceSettings, ConfigError> {
             "trace.ports: only TCP and UDP have ports; drop the ports or the protocol".into(),
         );
     }
+    let snap = match u32::try_from(t.pcap_snap_bytes) {
+        Ok(n) if (1..=crate::trace::pcap::MAX_SNAP).contains(&n) => n,
+        _ => {
+            return err(format!(
+                "trace.pcap_snap_bytes: {} is not between 1 and {}",
+                t.pcap_snap_bytes,
+                crate::trace::pcap::MAX_SNAP
+            ));
+        }
+    };
     Ok(TraceSettings {
+        pcap_snap: t.pcap.then_some(snap),
         file: t.file,
         filter: Filter {
             sample,
@@ -156,7 +182,11 @@ mod tests {
         let t = with_trace("file = \"/tmp/t\"\nprotocol = \"47\"")
             .unwrap()
             .unwrap();
-        assert_eq!(t.filter.protocol, Some(47));
+        assert_eq!((t.filter.protocol, t.pcap_snap), (Some(47), None));
+        let t = with_trace("file = \"/tmp/t\"\npcap = true")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.pcap_snap, Some(DEFAULT_PCAP_SNAP));
     }
 
     #[test]
@@ -193,6 +223,14 @@ mod tests {
                 "trace.buffer_packets",
             ),
             ("file = \"/t\"\nfilter = \"tcp\"", "unknown field `filter`"),
+            (
+                "file = \"/t\"\npcap = true\npcap_snap_bytes = 0",
+                "trace.pcap_snap_bytes: 0",
+            ),
+            (
+                "file = \"/t\"\npcap_snap_bytes = 70000",
+                "trace.pcap_snap_bytes",
+            ),
         ] {
             let e = with_trace(lines).unwrap_err();
             assert!(e.contains(says), "{lines:?}: {e}");

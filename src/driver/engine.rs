@@ -75,12 +75,21 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let writer = cfg
         .trace
         .as_ref()
-        .map(|t| TraceWriter::start(&t.file, &role.to_string(), t.buffer_packets, &clock))
+        .map(|t| {
+            let room = (t.buffer_packets, t.pcap_snap);
+            TraceWriter::start(&t.file, &role.to_string(), room, &clock)
+        })
         .transpose()?;
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         let tracer = match (&writer, &cfg.trace) {
-            (Some(w), Some(t)) => Some(Tracer::new(w.sender(), clock, t.filter.clone())),
+            (Some(w), Some(t)) => {
+                let tracer = Tracer::new(w.sender(), clock, t.filter.clone());
+                Some(match t.pcap_snap {
+                    Some(snap) => tracer.with_pcap(snap as usize),
+                    None => tracer,
+                })
+            }
             _ => None,
         };
         let verified = match cfg.unverified_channel(role) {

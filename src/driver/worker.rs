@@ -403,9 +403,11 @@ impl Loop {
         let wire = self.pipeline.wire_size(&meta, &self.buf);
         let verdict = match self.tracer.as_mut() {
             Some(t) => {
-                t.end(Stage::Receive);
+                // Past a partial copy the buffer holds padding, not the packet.
+                let known = |b: &[u8]| b.len().min(copied.unwrap_or(usize::MAX));
+                t.received(&self.buf[..known(&self.buf)]);
                 let v = self.pipeline.process_traced(&meta, &mut self.buf, now, t);
-                t.decided(&v, self.buf.len());
+                t.decided(&v, self.buf.len(), &self.buf[..known(&self.buf)]);
                 v
             }
             None => self.pipeline.process(&meta, &mut self.buf, now),
@@ -559,7 +561,7 @@ impl Loop {
                 self.pipeline.segment(&mut self.buf, first)
             };
         };
-        t.end(Stage::Receive);
+        t.received(&self.buf);
         let v = if process {
             self.pipeline.process_traced(meta, &mut self.buf, now, t)
         } else {
@@ -571,7 +573,7 @@ impl Loop {
                 self.pipeline.segment(&mut self.buf, first)
             })
         };
-        t.decided(&v, self.buf.len());
+        t.decided(&v, self.buf.len(), &self.buf);
         v
     }
 

@@ -1758,3 +1758,128 @@ fn each_role_stage_reports_where_it_begins_and_ends() {
     let (_, stages) = traced(&mut path.victim_p, &mut syn_ack, now);
     assert_eq!(stages, ["clamp B", "clamp E", "feedback B", "feedback E"]);
 }
+
+#[test]
+fn an_unmarked_packet_the_mbox_does_not_stamp_passes_untouched() {
+    let mut path = Path::new();
+    for (client, server) in CLIENT_SERVER {
+        path.mbox(&mut data(client, server, 10), 0);
+        // In the period's last Th_rtt: policed, never stamped, never counted as marked.
+        let sent = data(client, server, 10);
+        let mut pkt = sent.clone();
+        assert_eq!(path.mbox(&mut pkt, 3500), Verdict::Accept);
+        assert_eq!(pkt, sent);
+    }
+    // Any other protocol to a protected address, queued at the forward hook: policed.
+    let mut udp = Builder::udp(ip("198.18.1.2"), ip("198.18.2.2"), 5000, 8080).build();
+    let forward = PacketMeta {
+        hook: HOOK_FORWARD,
+        ..Default::default()
+    };
+    assert_eq!(
+        path.mbox_p.process(&forward, &mut udp, path.at(3600)),
+        Verdict::Accept
+    );
+    assert!(path.mbox_p.cap_counters().rejected.is_empty());
+}
+
+/// A GSO super-packet of `segments` full segments of `mss` bytes from `src` to `dst`.
+fn super_packet(
+    src: &str,
+    dst: &str,
+    (sport, dport): (u16, u16),
+    segments: usize,
+    mss: u16,
+) -> Vec<u8> {
+    Builder::tcp(ip(src), ip(dst), sport, dport)
+        .flags(tcp::ACK)
+        .payload(&vec![0x77; segments * usize::from(mss)])
+        .build()
+}
+
+const GSO: PacketMeta = PacketMeta {
+    hook: 0,
+    indev: MBOX_IF,
+    outdev: MBOX_IF,
+    truncated: false,
+    gso: true,
+    csum_partial: false,
+    copied: None,
+};
+
+#[test]
+fn a_super_packet_counts_the_segments_it_is_cut_into_at_both_ends() {
+    for (client, server) in CLIENT_SERVER {
+        let v6 = client.contains(':');
+        // The MSS each end advertises: room for one stamp, for per_ack feedback.
+        let to_victim = mss_with_room(v6, usize::from(MTU), wire_len(v6));
+        let path = Path::new();
+        let mut m = path.mbox_p;
+        let mut pkt = super_packet(client, server, (40000, 8080), 10, to_victim);
+        m.process(&GSO, &mut pkt, path.t0);
+        let report = m.police_report(10).unwrap();
+        assert_eq!(report.senders[0].nr, 10, "v6 {v6}");
+        assert_eq!(m.wire_size(&GSO, &pkt).0, 10);
+        let from_victim = mss_with_room(v6, usize::from(MTU), 3 * wire_len(v6));
+        let pkt = super_packet(server, client, (8080, 40000), 7, from_victim);
+        assert_eq!(path.victim_p.wire_size(&GSO, &pkt).0, 7, "v6 {v6}");
+    }
+}
+
+#[test]
+fn a_super_packet_from_the_victim_takes_all_the_feedback_its_segments_leave_room_for() {
+    let mut path = Path::new();
+    for period in 0..3 {
+        stamp_and_keep(&mut path, period * 4000);
+    }
+    let mss = mss_with_room(false, usize::from(MTU), 3 * wire_len(false));
+    let mut pkt = super_packet("198.18.2.2", "198.18.1.2", (8080, 40000), 4, mss);
+    let v = path.victim_p.process(&GSO, &mut pkt, path.at(8000));
+    assert_eq!(v, Verdict::Route(Segments::Trailer));
+    assert_eq!(path.victim_p.cap_counters().fed_back, 3);
+}
+
+#[test]
+fn a_sender_verified_by_its_feedback_is_reported_once_to_the_kernel_set() {
+    let mut path = Path::new();
+    assert!(!path.mbox_p.verified_changed());
+    let mut a = feedback_ack(&mut path, 0);
+    path.mbox(&mut a, 10);
+    assert!(path.mbox_p.verified_changed());
+    assert_eq!(
+        path.mbox_p.take_verified_changes(),
+        [(ip("198.18.1.2"), true)]
+    );
+    assert!(!path.mbox_p.verified_changed());
+}
+
+#[test]
+fn the_system_view_the_workers_merge_is_the_one_the_police_uses() {
+    let mut path = Path::new();
+    let system = crate::police::System {
+        slr: 0.25,
+        totals: Default::default(),
+    };
+    path.mbox_p.set_system(system);
+    assert_eq!(path.mbox_p.police_report(1).unwrap().slr, 0.25);
+}
+
+#[test]
+fn tcp_to_an_unprotected_port_is_policed_as_best_effort_and_never_stamped() {
+    let mut path = Path::new();
+    let forward = PacketMeta {
+        hook: HOOK_FORWARD,
+        ..Default::default()
+    };
+    let sent = Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), 40000, 9999)
+        .payload(&[1; 10])
+        .build();
+    let mut pkt = sent.clone();
+    assert_eq!(
+        path.mbox_p.process(&forward, &mut pkt, path.t0),
+        Verdict::Accept
+    );
+    assert_eq!(pkt, sent);
+    let row = path.mbox_p.police_report(1).unwrap().senders[0].clone();
+    assert_eq!((row.other, row.issued), (1, 0));
+}

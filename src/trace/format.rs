@@ -205,7 +205,7 @@ fn flag_letters(f: u8) -> String {
 }
 
 /// HH:MM:SS.nnnnnnnnn of a Unix time in nanoseconds, in UTC.
-fn clock_time(unix_ns: u64) -> String {
+pub(super) fn clock_time(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;
     let day = secs % 86_400;
     format!(

@@ -11,19 +11,24 @@
 //!
 //! Files: `record` (what one traced packet holds, and its line in the raw trace),
 //! `tracer` (the worker's side), `writer` (the thread that writes the raw trace),
-//! `filter` (which packets are traced), `format` (`mpolice trace format`).
+//! `filter` (which packets are traced), `format` (`mpolice trace format`), `pcap`
+//! (the packets as received and as returned, for tcpdump), `compare` (`mpolice trace
+//! compare`, against a capture).
 
+mod compare;
 mod filter;
 mod format;
+pub mod pcap;
 mod record;
 mod tracer;
 mod writer;
 
+pub use compare::{Comparison, Traced, compare};
 pub use filter::Filter;
 pub use format::{Output, Summary, format};
 pub use record::{Edge, Head, PacketTrace, RawPacket};
 pub use tracer::{Clock, TraceCounters, Tracer};
-pub use writer::TraceWriter;
+pub use writer::{TraceWriter, pcap_paths};
 
 use crate::labels::labelled_enum;
 use crate::wire::Parsed;

@@ -112,6 +112,10 @@ pub struct PacketTrace {
     count: usize,
     /// Edges that did not fit in `marks`.
     pub lost_marks: u16,
+    /// pcap on: the packet's first bytes as received, and as its verdict returned them
+    /// (None: it did not leave, dropped or routed).
+    pub bytes_in: Vec<u8>,
+    pub bytes_out: Option<Vec<u8>>,
 }
 
 impl PacketTrace {
@@ -134,6 +138,8 @@ impl PacketTrace {
             marks: [NONE; MAX_MARKS],
             count: 0,
             lost_marks: 0,
+            bytes_in: Vec::new(),
+            bytes_out: None,
         }
     }
 

@@ -41,13 +41,13 @@ fn tracer(filter: Filter, room: usize) -> (Tracer, Receiver<PacketTrace>) {
 /// answered at once.
 fn run(t: &mut Tracer, n: u64, pkt: &[u8]) {
     t.start(n, (3, n as u32, 2), pkt.len() as u32, Instant::now());
-    t.end(Stage::Receive);
+    t.received(pkt);
     span(t, Stage::Process, |t| {
         if let Ok(p) = span(t, Stage::Parse, |_| wire::parse(pkt)) {
             t.headers(pkt, &p);
         }
     });
-    t.decided(&Verdict::Accept, pkt.len());
+    t.decided(&Verdict::Accept, pkt.len(), pkt);
     t.sent();
 }
 
@@ -201,7 +201,7 @@ fn packets_accepted_in_a_batch_finish_when_the_batch_verdict_leaves() {
     let (mut t, rx) = tracer(Filter::default(), 8);
     for n in 1..=3 {
         t.start(n, (0, n as u32, 2), 60, Instant::now());
-        t.decided(&Verdict::Accept, 60);
+        t.decided(&Verdict::Accept, 60, &[]);
         t.hold();
     }
     assert_eq!(rx.try_iter().count(), 0, "held until the batch verdict");
@@ -223,7 +223,7 @@ fn edges_past_the_fixed_room_are_counted_not_kept() {
     for _ in 0..MAX_MARKS {
         t.begin(Stage::Segment);
     }
-    t.decided(&Verdict::Drop(Reason::Bypassed), 60);
+    t.decided(&Verdict::Drop(Reason::Bypassed), 60, &[]);
     t.sent();
     let p = rx.try_recv().unwrap();
     assert_eq!(p.marks().len(), MAX_MARKS);
@@ -354,4 +354,171 @@ fn format_refuses_what_is_not_a_trace_and_skips_broken_lines_with_a_warning() {
     let odd = good.replacen("[\"packet\",\"B\"", "[\"packet\",\"E\"", 1);
     let (_, s) = formatted(&odd, Output::Json);
     assert_eq!(s.packets, 2);
+}
+
+#[test]
+fn pcap_files_round_trip_and_read_tcpdumps_link_types() {
+    let pkt = syn();
+    let mut f = Vec::new();
+    pcap::write_header(&mut f, 40).unwrap();
+    pcap::write_record(
+        &mut f,
+        1_764_522_000_123_456_789,
+        &pkt[..40],
+        pkt.len() as u32,
+    )
+    .unwrap();
+    let c = pcap::read(&f).unwrap();
+    assert_eq!(c.packets.len(), 1);
+    let p = &c.packets[0];
+    assert_eq!(
+        (p.unix_ns, &p.ip[..], p.ip_len),
+        (1_764_522_000_123_456_789, &pkt[..40], pkt.len() as u32)
+    );
+    // tcpdump -w on a veth: microseconds, Ethernet; here big-endian, with an ARP.
+    let mut be = Vec::new();
+    for w in [pcap::MAGIC_US, 0x0002_0004, 0, 0, 65535, 1] {
+        be.extend_from_slice(&w.to_be_bytes());
+    }
+    let frame = |ethertype: u16, body: &[u8]| {
+        let mut e = vec![0u8; 12];
+        e.extend_from_slice(&ethertype.to_be_bytes());
+        e.extend_from_slice(body);
+        e
+    };
+    for (ethertype, body) in [(0x0806u16, &[0u8; 28][..]), (0x0800, &pkt[..])] {
+        let e = frame(ethertype, body);
+        for w in [1_764_522_000u32, 250_000, e.len() as u32, e.len() as u32] {
+            be.extend_from_slice(&w.to_be_bytes());
+        }
+        be.extend_from_slice(&e);
+    }
+    let c = pcap::read(&be).unwrap();
+    assert_eq!((c.packets.len(), c.not_ip, c.cut_short), (1, 1, false));
+    assert_eq!(c.packets[0].unix_ns, 1_764_522_000_250_000_000);
+    assert_eq!(c.packets[0].ip, pkt);
+    // Cut inside the last record: what came before is kept, and it says so.
+    let c = pcap::read(&be[..be.len() - 5]).unwrap();
+    assert_eq!((c.packets.len(), c.cut_short), (0, true));
+}
+
+#[test]
+fn pcap_reader_refuses_what_it_cannot_read_by_name() {
+    let mut wifi = Vec::new();
+    pcap::write_header(&mut wifi, 100).unwrap();
+    wifi[20] = 105;
+    for (bytes, says) in [
+        (&b"\xd4\xc3"[..], "shorter than a pcap header"),
+        (
+            &[
+                0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ][..],
+            "pcapng",
+        ),
+        (&[b'{'; 30][..], "unknown magic"),
+        (&wifi[..], "link type 105"),
+    ] {
+        let e = pcap::read(bytes).unwrap_err();
+        assert!(e.contains(says), "{e}");
+    }
+}
+
+/// A scratch directory for trace files, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("mpolice-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tcp_data(seq: u32, len: usize, ip_id: u16) -> Vec<u8> {
+    Builder::tcp(
+        "198.18.1.2".parse().unwrap(),
+        "198.18.2.2".parse().unwrap(),
+        40000,
+        8080,
+    )
+    .flags(tcp::ACK)
+    .seq(seq)
+    .ip_id(ip_id)
+    .payload(&vec![0; len])
+    .build()
+}
+
+#[test]
+fn compare_finds_what_each_engine_saw_inside_super_packets_and_what_none_saw() {
+    let dir = Scratch::new("compare");
+    // The engine saw a packet, a 10-segment super-packet, and one it dropped.
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    let one = tcp_data(1000, 100, 1);
+    let sup = tcp_data(2000, 14_480, 2);
+    run(&mut t, 1, &one);
+    run(&mut t, 2, &sup);
+    let mut lines = String::from("{\"mpolice_trace\":1,\"role\":\"mbox\",\"started_unix_ns\":0}\n");
+    let mut t_in = 0;
+    for p in rx.try_iter() {
+        t_in = p.marks()[0].t_ns;
+        lines += &serde_json::to_string(&p.raw()).unwrap();
+        lines.push('\n');
+    }
+    lines += "this line is corrupt\n";
+    let trace = dir.0.join("mbox.trace");
+    std::fs::write(&trace, lines).unwrap();
+    // The wire: the packet, the super-packet's first and fifth segments, a stranger.
+    let mut cap = Vec::new();
+    pcap::write_header(&mut cap, 128).unwrap();
+    for (i, pkt) in [
+        one.clone(),
+        tcp_data(2000, 1448, 2),
+        tcp_data(2000 + 4 * 1448, 1448, 6),
+        tcp_data(90_000, 10, 9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = t_in + 2_000_000_000 + i as u64;
+        pcap::write_record(&mut cap, at, &pkt[..pkt.len().min(128)], pkt.len() as u32).unwrap();
+    }
+    let traced = [Traced::read(&trace).unwrap()];
+    let c = compare(&traced, &cap, true).unwrap();
+    assert_eq!((c.captured, c.unseen), (4, 1), "{c:?}");
+    let s = &c.traces[0];
+    assert_eq!((s.traced, s.seen, s.unmatched), (2, 3, 0), "{s:?}");
+    let inside: Vec<bool> = c
+        .rows
+        .iter()
+        .flat_map(|r| r.seen.iter().map(|x| x.in_super_packet))
+        .collect();
+    assert_eq!(inside, [false, true, true]);
+    // The capture's clock runs 2 s ahead: said, not fatal. The corrupt line: said too.
+    assert!(
+        c.warnings.iter().any(|w| w.contains("2.000 s ahead of")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings.iter().any(|w| w.contains("line 4: skipped")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.text()
+            .contains("not seen by any trace: 1 captured packets")
+    );
+    // A capture of another link type, or no pcap at all: a clear error.
+    let mut wifi = cap.clone();
+    wifi[20] = 105;
+    let e = compare(&traced, &wifi, false).unwrap_err();
+    assert!(format!("{e:#}").contains("link type 105"), "{e:#}");
+    assert!(compare(&traced, b"", false).is_err());
+    assert!(Traced::read(&dir.0.join("missing")).is_err());
 }

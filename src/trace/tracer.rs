@@ -77,6 +77,8 @@ pub struct Tracer {
     current: Option<PacketTrace>,
     /// Traced packets waiting for their batch verdict, in arrival order.
     held: Vec<PacketTrace>,
+    /// pcap on: the most bytes of each packet kept.
+    snap: Option<usize>,
     pub counters: TraceCounters,
 }
 
@@ -90,7 +92,24 @@ impl Tracer {
             seen: 0,
             current: None,
             held: Vec::new(),
+            snap: None,
             counters: TraceCounters::default(),
+        }
+    }
+
+    /// Also keep up to `snap` bytes of each traced packet as received and as returned,
+    /// for the pcap files.
+    pub fn with_pcap(mut self, snap: usize) -> Tracer {
+        self.snap = Some(snap);
+        self
+    }
+
+    /// The packet is in the worker's buffer: `bytes`, as far as the kernel copied it.
+    pub fn received(&mut self, bytes: &[u8]) {
+        self.end(Stage::Receive);
+        if let (Some(t), Some(snap)) = (self.current.as_mut(), self.snap) {
+            t.bytes_in
+                .extend_from_slice(&bytes[..bytes.len().min(snap)]);
         }
     }
 
@@ -114,8 +133,9 @@ impl Tracer {
         self.current = Some(t);
     }
 
-    /// The pipeline decided `v`, leaving a packet of `len` bytes.
-    pub fn decided(&mut self, v: &Verdict, len: usize) {
+    /// The pipeline decided `v`, leaving a packet of `len` bytes, of which `bytes` are
+    /// known (a partial copy knows only its first bytes).
+    pub fn decided(&mut self, v: &Verdict, len: usize, bytes: &[u8]) {
         if let Some(t) = self.current.as_mut() {
             // A filter that never saw the headers (the packet did not parse) says no.
             if t.head.is_none() && self.filter.needs_headers() {
@@ -124,6 +144,13 @@ impl Tracer {
             }
             t.verdict = Some(*v);
             t.len_out = u32::try_from(len).unwrap_or(u32::MAX);
+            let leaves = matches!(
+                v,
+                Verdict::Accept | Verdict::AcceptModified | Verdict::Pass(_)
+            );
+            if let (Some(snap), true) = (self.snap, leaves) {
+                t.bytes_out = Some(bytes[..bytes.len().min(snap)].to_vec());
+            }
         }
         self.begin(Stage::Verdict);
     }

@@ -3,7 +3,7 @@
 //! trace can be read while the engine runs, and after a crash loses at most the lines
 //! of the last moment.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::pcap;
 use super::record::{PacketTrace, RAW_VERSION, RawHeader};
 use super::tracer::Clock;
 
@@ -29,6 +30,34 @@ pub struct Written {
     pub errors: u64,
 }
 
+/// The pcap files beside a trace: what the engine received, and what it returned.
+struct Pcaps {
+    received: BufWriter<File>,
+    returned: BufWriter<File>,
+}
+
+/// `FILE.in.pcap` and `FILE.out.pcap` beside the trace `FILE`.
+pub fn pcap_paths(trace: &Path) -> (PathBuf, PathBuf) {
+    let with = |ext: &str| {
+        let mut s = trace.as_os_str().to_owned();
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    (with(".in.pcap"), with(".out.pcap"))
+}
+
+/// Create (or truncate) `path` for the owner and group only: traces name every peer.
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("trace file {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 16, file))
+}
+
 /// The running writer: the channel's sending end for the workers, and its thread.
 pub struct TraceWriter {
     tx: SyncSender<PacketTrace>,
@@ -37,18 +66,29 @@ pub struct TraceWriter {
 }
 
 impl TraceWriter {
-    /// Create (or truncate) `path`, readable by its owner and group only (a trace names
-    /// every traced peer), write the header, and start the thread. The channel holds
-    /// `capacity` packets: beyond that, the workers drop and count.
-    pub fn start(path: &Path, role: &str, capacity: usize, clock: &Clock) -> Result<TraceWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(path)
-            .with_context(|| format!("trace file {}", path.display()))?;
-        let mut out = BufWriter::with_capacity(1 << 16, file);
+    /// Create (or truncate) `path`, write the header, and start the thread; with `pcap`
+    /// (a snap length), the pcap files beside it too. The channel holds `capacity`
+    /// packets: beyond that, the workers drop and count.
+    pub fn start(
+        path: &Path,
+        role: &str,
+        (capacity, pcap): (usize, Option<u32>),
+        clock: &Clock,
+    ) -> Result<TraceWriter> {
+        let mut out = create(path)?;
+        let mut pcaps = match pcap {
+            Some(snap) => {
+                let (received, returned) = pcap_paths(path);
+                let mut p = Pcaps {
+                    received: create(&received)?,
+                    returned: create(&returned)?,
+                };
+                pcap::write_header(&mut p.received, snap)?;
+                pcap::write_header(&mut p.returned, snap)?;
+                Some(p)
+            }
+            None => None,
+        };
         let header = RawHeader {
             mpolice_trace: RAW_VERSION,
             role: role.to_string(),
@@ -62,7 +102,7 @@ impl TraceWriter {
         let shown = path.display().to_string();
         let thread = std::thread::Builder::new()
             .name("trace-writer".into())
-            .spawn(move || write_all(&rx, &mut out, &shown))?;
+            .spawn(move || write_all(&rx, (&mut out, pcaps.as_mut()), &shown))?;
         Ok(TraceWriter {
             tx,
             thread,
@@ -90,24 +130,49 @@ impl TraceWriter {
     }
 }
 
-fn write_all(rx: &Receiver<PacketTrace>, out: &mut impl Write, path: &str) -> Written {
+fn write_all(
+    rx: &Receiver<PacketTrace>,
+    (out, mut pcaps): (&mut impl Write, Option<&mut Pcaps>),
+    path: &str,
+) -> Written {
     let mut w = Written::default();
+    let flush = |out: &mut dyn Write, pcaps: Option<&mut Pcaps>| {
+        out.flush()?;
+        if let Some(p) = pcaps {
+            p.received.flush()?;
+            p.returned.flush()?;
+        }
+        Ok(())
+    };
     loop {
         let t = match rx.recv_timeout(FLUSH_AFTER) {
             Ok(t) => t,
             Err(RecvTimeoutError::Timeout) => {
-                note(out.flush(), &mut w, 0, path);
+                note(flush(out, pcaps.as_deref_mut()), &mut w, 0, path);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let line = serde_json::to_writer(&mut *out, &t.raw())
             .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| pcaps.as_deref_mut().map_or(Ok(()), |p| write_pcaps(p, &t)));
         note(line, &mut w, 1, path);
     }
-    note(out.flush(), &mut w, 0, path);
+    note(flush(out, pcaps), &mut w, 0, path);
     w
+}
+
+/// A traced packet's records: as received, at its first edge; as returned, at its last.
+fn write_pcaps(p: &mut Pcaps, t: &PacketTrace) -> std::io::Result<()> {
+    let (Some(first), Some(last)) = (t.marks().first(), t.marks().last()) else {
+        return Ok(());
+    };
+    pcap::write_record(&mut p.received, first.t_ns, &t.bytes_in, t.len_in)?;
+    if let Some(out) = &t.bytes_out {
+        pcap::write_record(&mut p.returned, last.t_ns, out, t.len_out)?;
+    }
+    Ok(())
 }
 
 /// Count a write of `packets` packets (0: a flush) that succeeded or failed; only the
