@@ -5,6 +5,7 @@
 //!
 //! Run with `cargo bench --bench pipeline`.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::mpsc::sync_channel;
@@ -110,20 +111,21 @@ fn bench(c: &mut Criterion) {
             // decided, answered, handed to the writer (drained here, in its place).
             let mut m = mbox(t0);
             let (tx, rx) = sync_channel(1024);
-            let mut t = Tracer::new(tx, Clock::start(), Filter::default());
+            let mut t = RefCell::new(Tracer::new(tx, Clock::start(), Filter::default()));
             let mut buf = Vec::with_capacity(0x10100);
             run(&mut m, &mut data.clone(), t0);
             let late = t0 + PERIOD - Duration::from_millis(500);
             let mut n = 0;
             b.iter(|| {
                 n += 1;
-                t.start(n, (0, n as u32, 2), data.len() as u32, late);
+                t.get_mut()
+                    .start(n, (0, n as u32, 2), data.len() as u32, late);
                 buf.clear();
                 buf.extend_from_slice(&data);
-                t.received(&buf);
-                let v = m.process_traced(&PacketMeta::default(), &mut buf, late, &mut t);
-                t.decided(&v, buf.len(), &buf);
-                t.sent();
+                t.get_mut().received(&buf);
+                let v = m.process_traced(&PacketMeta::default(), &mut buf, late, &t);
+                t.get_mut().decided(&v, buf.len(), &buf);
+                t.get_mut().sent();
                 assert_eq!(v, Verdict::Accept);
                 black_box(rx.try_recv().unwrap());
             });

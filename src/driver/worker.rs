@@ -12,6 +12,7 @@
 //! before the verdict call returns; the worker answers those segments at once, in order,
 //! before reading on (`route`).
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,7 +90,7 @@ impl Worker {
                 let mut l = Loop::new((initial, queue, depth), pipeline, published, sockets);
                 l.verified = verified;
                 l.precise = precise;
-                l.tracer = tracer;
+                l.tracer = tracer.map(RefCell::new);
                 l.run(&stop, (&board, index))
             })?;
         Ok(Worker {
@@ -231,8 +232,9 @@ struct Loop {
     verified: Option<VerifiedSet>,
     /// This worker's service rate, and the queue limit it may move with it.
     depth: DepthBound,
-    /// Tracing on: the traced packets' stages go to the trace writer.
-    tracer: Option<Tracer>,
+    /// Tracing on: the traced packets' stages go to the trace writer. In a cell, so the
+    /// pipeline can be handed it by value (`Trace`); the worker itself uses `get_mut`.
+    tracer: Option<RefCell<Tracer>>,
 }
 
 impl Loop {
@@ -402,11 +404,14 @@ impl Loop {
         };
         let wire = self.pipeline.wire_size(&meta, &self.buf);
         let verdict = match self.tracer.as_mut() {
-            Some(t) => {
+            Some(cell) => {
                 // Past a partial copy the buffer holds padding, not the packet.
                 let known = |b: &[u8]| b.len().min(copied.unwrap_or(usize::MAX));
-                t.received(&self.buf[..known(&self.buf)]);
-                let v = self.pipeline.process_traced(&meta, &mut self.buf, now, t);
+                cell.get_mut().received(&self.buf[..known(&self.buf)]);
+                let v = self
+                    .pipeline
+                    .process_traced(&meta, &mut self.buf, now, &*cell);
+                let t = cell.get_mut();
                 t.decided(&v, self.buf.len(), &self.buf[..known(&self.buf)]);
                 v
             }
@@ -424,7 +429,7 @@ impl Loop {
             Verdict::Accept | Verdict::Pass(_) => {
                 // Its trace ends with the batch verdict that answers it.
                 if let Some(t) = self.tracer.as_mut() {
-                    t.hold();
+                    t.get_mut().hold();
                 }
                 self.accept_later(msg.id);
             }
@@ -447,14 +452,15 @@ impl Loop {
     fn trace_start(&mut self, queue: u16, msg: &PacketMsg, at: Instant) {
         if let Some(t) = self.tracer.as_mut() {
             let len = msg.orig_len.unwrap_or(msg.payload.len() as u32);
-            t.start(self.counters.received, (queue, msg.id, msg.hook), len, at);
+            let n = self.counters.received;
+            t.get_mut().start(n, (queue, msg.id, msg.hook), len, at);
         }
     }
 
     /// The verdict of the packet in hand has left: its trace is complete.
     fn trace_sent(&mut self) {
         if let Some(t) = self.tracer.as_mut() {
-            t.sent();
+            t.get_mut().sent();
         }
     }
 
@@ -554,14 +560,15 @@ impl Loop {
     /// Decide a segment of a routed packet: run it through the whole pipeline
     /// (`process`), or rewrite it as a segment (the `first` takes the trailer).
     fn segment(&mut self, meta: &PacketMeta, process: bool, first: bool, now: Instant) -> Verdict {
-        let Some(t) = self.tracer.as_mut() else {
+        let Some(cell) = self.tracer.as_mut() else {
             return if process {
                 self.pipeline.process(meta, &mut self.buf, now)
             } else {
                 self.pipeline.segment(&mut self.buf, first)
             };
         };
-        t.received(&self.buf);
+        cell.get_mut().received(&self.buf);
+        let t = &*cell;
         let v = if process {
             self.pipeline.process_traced(meta, &mut self.buf, now, t)
         } else {
@@ -569,11 +576,12 @@ impl Loop {
             if let Ok(p) = crate::wire::parse(&self.buf) {
                 t.headers(&self.buf, &p);
             }
-            crate::trace::span(t, Stage::Segment, |_| {
-                self.pipeline.segment(&mut self.buf, first)
-            })
+            t.begin(Stage::Segment);
+            let v = self.pipeline.segment(&mut self.buf, first);
+            t.end(Stage::Segment);
+            v
         };
-        t.decided(&v, self.buf.len(), &self.buf);
+        cell.get_mut().decided(&v, self.buf.len(), &self.buf);
         v
     }
 
@@ -669,7 +677,7 @@ impl Loop {
         pending.clear();
         self.pending = pending;
         if let Some(t) = self.tracer.as_mut() {
-            t.released();
+            t.get_mut().released();
         }
     }
 
@@ -698,7 +706,7 @@ impl Loop {
         self.counters.reasons.set(Event::NetlinkNoId, k.no_id);
         (self.counters.queue_limit, self.counters.service_pps) =
             (self.depth.limit(), self.depth.rate());
-        self.counters.trace = self.tracer.as_ref().map(|t| t.counters);
+        self.counters.trace = self.tracer.as_mut().map(|t| t.get_mut().counters);
         if let Ok(mut p) = self.published.lock() {
             p.clone_from(&self.counters);
         }

@@ -28,7 +28,7 @@ use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
 use crate::stats::{CapCounters, QueueCounters};
-use crate::trace::{NoTrace, Stage, Trace, span};
+use crate::trace::{NoTrace, Stage, Trace};
 use crate::wire::{self, Parsed};
 
 /// Whether a stage rewrote the packet.
@@ -179,7 +179,7 @@ impl Pipeline {
     /// `buf` is a `Vec` because a rewrite may grow the packet (a capability trailer).
     #[allow(clippy::ptr_arg)]
     pub fn process(&mut self, meta: &PacketMeta, buf: &mut Vec<u8>, now: Instant) -> Verdict {
-        self.process_traced(meta, buf, now, &mut NoTrace)
+        self.decide(meta, buf, now, NoTrace)
     }
 
     /// `process`, reporting its stages to `t`.
@@ -189,9 +189,12 @@ impl Pipeline {
         meta: &PacketMeta,
         buf: &mut Vec<u8>,
         now: Instant,
-        t: &mut T,
+        t: T,
     ) -> Verdict {
-        span(t, Stage::Process, |t| self.decide(meta, buf, now, t))
+        t.begin(Stage::Process);
+        let v = self.decide(meta, buf, now, t);
+        t.end(Stage::Process);
+        v
     }
 
     #[allow(clippy::ptr_arg)]
@@ -200,7 +203,7 @@ impl Pipeline {
         meta: &PacketMeta,
         buf: &mut Vec<u8>,
         now: Instant,
-        t: &mut T,
+        t: T,
     ) -> Verdict {
         self.deferred = None;
         // A super-packet too long to copy whole (over 65,531 bytes) or with lengths only
@@ -211,18 +214,24 @@ impl Pipeline {
         if meta.truncated {
             return self.unparsable(Reason::TruncatedCopy);
         }
-        let parsed = match span(t, Stage::Parse, |_| wire::parse(buf)) {
-            Ok(p) => {
-                t.headers(buf, &p);
-                p
-            }
+        t.begin(Stage::Parse);
+        let parsed = match wire::parse(buf) {
+            Ok(p) => p,
             // Headers the copy range cut may look broken that are not: read it whole.
             Err(_) if meta.gso || meta.copied.is_some_and(|n| n < longest_headers(buf)) => {
+                t.end(Stage::Parse);
                 return Verdict::Route(Segments::Process);
             }
-            Err(e) => return self.unparsable(Reason::Malformed(e)),
+            Err(e) => {
+                t.end(Stage::Parse);
+                return self.unparsable(Reason::Malformed(e));
+            }
         };
-        let dir = span(t, Stage::Classify, |_| direction(&self.selection, &parsed));
+        t.end(Stage::Parse);
+        t.headers(buf, &parsed);
+        t.begin(Stage::Classify);
+        let dir = direction(&self.selection, &parsed);
+        t.end(Stage::Classify);
         if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
             // Stamped and fed-back segments are never merged: only hardware LRO or a
             // sender that marks its own TSO packets makes one, and its trailer, if any,
@@ -284,21 +293,25 @@ impl Pipeline {
                     }
                 }
             }
-            (Stages::Victim(v), None) => match span(t, Stage::Tunnel, |_| {
-                v.tunnel_in(buf, &parsed, (meta.indev, now), c)
-            }) {
-                // Only protected traffic to the tunnel's own destination may come out of
-                // it: anything else would turn the victim into a relay for spoofed sources.
-                Some(Ok(inner))
-                    if inner.dst == parsed.dst
-                        && direction(&self.selection, &inner) == Some(Direction::ToProtected) =>
-                {
-                    Ok(Edit::Changed)
+            (Stages::Victim(v), None) => {
+                t.begin(Stage::Tunnel);
+                let inner = v.tunnel_in(buf, &parsed, (meta.indev, now), c);
+                t.end(Stage::Tunnel);
+                match inner {
+                    // Only protected traffic to the tunnel's own destination may come out of
+                    // it: anything else would turn the victim into a relay for spoofed sources.
+                    Some(Ok(inner))
+                        if inner.dst == parsed.dst
+                            && direction(&self.selection, &inner)
+                                == Some(Direction::ToProtected) =>
+                    {
+                        Ok(Edit::Changed)
+                    }
+                    Some(Ok(_)) => Err(Reason::TunnelNotProtected),
+                    Some(Err(reason)) => Err(reason),
+                    None => return Verdict::Pass(Reason::Unselected),
                 }
-                Some(Ok(_)) => Err(Reason::TunnelNotProtected),
-                Some(Err(reason)) => Err(reason),
-                None => return Verdict::Pass(Reason::Unselected),
-            },
+            }
         };
         match edit {
             Ok(Edit::Unchanged) => Verdict::Accept,
@@ -306,9 +319,9 @@ impl Pipeline {
             Ok(Edit::Changed) if defer => Verdict::Route(Segments::Trailer),
             Ok(Edit::Changed) if meta.csum_partial => {
                 // The kernel takes a rewritten packet's checksums as they are.
-                let filled = span(t, Stage::Checksum, |_| {
-                    wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p))
-                });
+                t.begin(Stage::Checksum);
+                let filled = wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p));
+                t.end(Stage::Checksum);
                 match filled {
                     Ok(()) => Verdict::AcceptModified,
                     Err(e) => Verdict::Drop(Reason::Malformed(e)),

@@ -20,7 +20,7 @@ use crate::config::{CapSettings, Tunnel};
 use crate::driver::nft::Prefix;
 use crate::police::{SenderTable, Worth};
 use crate::stats::CapCounters;
-use crate::trace::{Stage, Trace, span};
+use crate::trace::{Stage, Trace};
 use crate::wire::tunnel::AUTH_LEN;
 use crate::wire::{self, IpVersion, Parsed, proto, tcp};
 
@@ -156,7 +156,7 @@ impl Victim {
         indev: u32,
         now: Instant,
         c: &mut CapCounters,
-        t: &mut impl Trace,
+        t: impl Trace,
     ) -> Result<Edit, Reason> {
         // The host's own traffic (health checks, local clients) never crossed an mbox
         // and needs none. The rules do not queue it; queued anyway (an operator's own
@@ -178,24 +178,31 @@ impl Victim {
         if is_syn(&p, false) {
             // The client's MSS bounds our segments to it: leave room for feedback.
             let room = self.per_ack * wire_len(p.src.is_ipv6());
-            edit = edit.or(span(t, Stage::Clamp, |_| {
-                clamp(buf, &p, self.path_mtu, room)
-            }));
+            t.begin(Stage::Clamp);
+            edit = edit.or(clamp(buf, &p, self.path_mtu, room));
+            t.end(Stage::Clamp);
         }
-        let stripped = span(t, Stage::Strip, |_| self.strip_stamp(buf, p, now, c))?;
-        Ok(edit.or(stripped))
+        let marker = Marker::from_reserved(wire::tcp_reserved(buf, &p));
+        if marker == Ok(Marker::None) {
+            return Ok(edit);
+        }
+        t.begin(Stage::Strip);
+        let stripped = self.strip_stamp(buf, p, marker, now, c);
+        t.end(Stage::Strip);
+        Ok(edit.or(stripped?))
     }
 
-    /// Take the capability trailer off a client's packet the mbox stamped and keep it
-    /// to return; clear any other marker.
+    /// Take the capability trailer off a client's packet the mbox stamped (its
+    /// `marker`) and keep it to return; clear any other marker.
     fn strip_stamp(
         &mut self,
         buf: &mut Vec<u8>,
         mut p: Parsed,
+        marker: Result<Marker, CapError>,
         now: Instant,
         c: &mut CapCounters,
     ) -> Result<Edit, Reason> {
-        match Marker::from_reserved(wire::tcp_reserved(buf, &p)) {
+        match marker {
             Ok(Marker::None) => Ok(Edit::Unchanged),
             Ok(Marker::Stamped) => {
                 let len = wire_len(p.src.is_ipv6());
@@ -237,7 +244,7 @@ impl Victim {
         (outdev, now): (u32, Instant),
         (sink, out): (&mut TrailerSink, &mut Vec<Datagram>),
         c: &mut CapCounters,
-        t: &mut impl Trace,
+        t: impl Trace,
     ) -> Result<Edit, Reason> {
         if p.protocol != proto::TCP {
             return Ok(Edit::Unchanged);
@@ -250,18 +257,20 @@ impl Victim {
                 .tunnel
                 .as_ref()
                 .map_or(0, |_| wire::tunnel::overhead(p.dst.is_ipv6()));
-            edit = edit.or(span(t, Stage::Clamp, |_| {
-                clamp(buf, &p, self.path_mtu, len + tunnel)
-            }));
+            t.begin(Stage::Clamp);
+            edit = edit.or(clamp(buf, &p, self.path_mtu, len + tunnel));
+            t.end(Stage::Clamp);
         }
-        let fed_back = span(t, Stage::Feedback, |_| {
-            self.feed_back(buf, p, (outdev, now), (sink, out), c)
-        })?;
-        Ok(edit.or(fed_back))
+        t.begin(Stage::Feedback);
+        let fed_back = self.feed_back(buf, p, (outdev, now), (sink, out), c);
+        t.end(Stage::Feedback);
+        Ok(edit.or(fed_back?))
     }
 
     /// Return kept capabilities to the mbox on a server's ACK: appended as a trailer
     /// when it leaves through an mbox, or in a datagram of their own in tunnel mode.
+    /// Inlined: it runs for every outbound TCP packet, mostly only to find nothing kept.
+    #[inline]
     fn feed_back(
         &mut self,
         buf: &mut Vec<u8>,

@@ -67,36 +67,31 @@ labelled_enum! {
     }
 }
 
-/// Where the pipeline reports its stages.
-pub trait Trace {
+/// Where the pipeline reports its stages. Passed by value through every stage:
+/// `NoTrace` is zero-sized, so with tracing off neither the calls nor the argument cost
+/// anything (a `&mut NoTrace` would still be a pointer passed down each call, and cost
+/// 3 to 4 % in instructions per packet). The worker's tracer is a `&RefCell<Tracer>`.
+pub trait Trace: Copy {
     /// Stage `s` begins.
-    fn begin(&mut self, s: Stage);
+    fn begin(self, s: Stage);
     /// Stage `s` ends.
-    fn end(&mut self, s: Stage);
+    fn end(self, s: Stage);
     /// The packet's headers as parsed: who it is (addresses, ports, flags, sequence),
     /// and whether the filter wants it.
-    fn headers(&mut self, buf: &[u8], p: &Parsed);
+    fn headers(self, buf: &[u8], p: &Parsed);
 }
 
 /// Tracing off: every call is empty.
+#[derive(Debug, Clone, Copy)]
 pub struct NoTrace;
 
 impl Trace for NoTrace {
     #[inline(always)]
-    fn begin(&mut self, _: Stage) {}
+    fn begin(self, _: Stage) {}
     #[inline(always)]
-    fn end(&mut self, _: Stage) {}
+    fn end(self, _: Stage) {}
     #[inline(always)]
-    fn headers(&mut self, _: &[u8], _: &Parsed) {}
-}
-
-/// Run `f` as stage `s` of `t`.
-#[inline(always)]
-pub fn span<T: Trace + ?Sized, R>(t: &mut T, s: Stage, f: impl FnOnce(&mut T) -> R) -> R {
-    t.begin(s);
-    let r = f(t);
-    t.end(s);
-    r
+    fn headers(self, _: &[u8], _: &Parsed) {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The tracer, the filter and `trace format` on byte buffers and in memory.
 
+use std::cell::RefCell;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -32,23 +33,28 @@ fn udp6() -> Vec<u8> {
     .build()
 }
 
-fn tracer(filter: Filter, room: usize) -> (Tracer, Receiver<PacketTrace>) {
+fn tracer(filter: Filter, room: usize) -> (RefCell<Tracer>, Receiver<PacketTrace>) {
     let (tx, rx) = sync_channel(room);
-    (Tracer::new(tx, Clock::start(), filter), rx)
+    (RefCell::new(Tracer::new(tx, Clock::start(), filter)), rx)
 }
 
 /// One packet through the tracer as the worker drives it: received, parsed, decided,
 /// answered at once.
-fn run(t: &mut Tracer, n: u64, pkt: &[u8]) {
-    t.start(n, (3, n as u32, 2), pkt.len() as u32, Instant::now());
-    t.received(pkt);
-    span(t, Stage::Process, |t| {
-        if let Ok(p) = span(t, Stage::Parse, |_| wire::parse(pkt)) {
-            t.headers(pkt, &p);
-        }
-    });
-    t.decided(&Verdict::Accept, pkt.len(), pkt);
-    t.sent();
+fn run(cell: &mut RefCell<Tracer>, n: u64, pkt: &[u8]) {
+    cell.get_mut()
+        .start(n, (3, n as u32, 2), pkt.len() as u32, Instant::now());
+    cell.get_mut().received(pkt);
+    let t = &*cell;
+    t.begin(Stage::Process);
+    t.begin(Stage::Parse);
+    let parsed = wire::parse(pkt);
+    t.end(Stage::Parse);
+    if let Ok(p) = parsed {
+        t.headers(pkt, &p);
+    }
+    t.end(Stage::Process);
+    cell.get_mut().decided(&Verdict::Accept, pkt.len(), pkt);
+    cell.get_mut().sent();
 }
 
 fn stages(p: &PacketTrace) -> Vec<String> {
@@ -90,7 +96,7 @@ fn a_traced_packet_has_its_stages_nested_in_order_with_rising_times() {
         (3, 1, 2, pkt.len() as u32)
     );
     assert_eq!(p.verdict, Some(Verdict::Accept));
-    assert_eq!(t.counters.traced, 1);
+    assert_eq!(t.borrow().counters.traced, 1);
 }
 
 #[test]
@@ -99,12 +105,15 @@ fn a_full_writer_channel_drops_traces_and_counts_them_never_blocks() {
     for n in 1..=5 {
         run(&mut t, n, &syn());
     }
-    assert_eq!((t.counters.traced, t.counters.dropped), (2, 3));
+    assert_eq!(
+        (t.borrow().counters.traced, t.borrow().counters.dropped),
+        (2, 3)
+    );
     assert_eq!(rx.try_iter().count(), 2);
     // Gone altogether (the writer stopped): still counted, never a panic.
     drop(rx);
     run(&mut t, 6, &syn());
-    assert_eq!(t.counters.dropped, 4);
+    assert_eq!(t.borrow().counters.dropped, 4);
 }
 
 #[test]
@@ -199,6 +208,7 @@ fn a_filter_on_headers_traces_no_packet_that_does_not_parse() {
 #[test]
 fn packets_accepted_in_a_batch_finish_when_the_batch_verdict_leaves() {
     let (mut t, rx) = tracer(Filter::default(), 8);
+    let t = t.get_mut();
     for n in 1..=3 {
         t.start(n, (0, n as u32, 2), 60, Instant::now());
         t.decided(&Verdict::Accept, 60, &[]);
@@ -219,17 +229,18 @@ fn packets_accepted_in_a_batch_finish_when_the_batch_verdict_leaves() {
 #[test]
 fn edges_past_the_fixed_room_are_counted_not_kept() {
     let (mut t, rx) = tracer(Filter::default(), 8);
-    t.start(1, (0, 1, 2), 60, Instant::now());
+    t.get_mut().start(1, (0, 1, 2), 60, Instant::now());
     for _ in 0..MAX_MARKS {
-        t.begin(Stage::Segment);
+        (&t).begin(Stage::Segment);
     }
-    t.decided(&Verdict::Drop(Reason::Bypassed), 60, &[]);
-    t.sent();
+    t.get_mut()
+        .decided(&Verdict::Drop(Reason::Bypassed), 60, &[]);
+    t.get_mut().sent();
     let p = rx.try_recv().unwrap();
     assert_eq!(p.marks().len(), MAX_MARKS);
     // Two starts, MAX_MARKS begins, verdict B and two ends did not fit.
     assert_eq!(p.lost_marks, 2 + 1 + 2);
-    assert_eq!(t.counters.lost_marks, 5);
+    assert_eq!(t.borrow().counters.lost_marks, 5);
     assert_eq!(verdict_label(&p.verdict.unwrap()), "drop:bypassed_mbox");
 }
 

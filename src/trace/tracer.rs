@@ -5,6 +5,7 @@
 //! verdict leaves (at most the worker's batch, `HELD_MAX` as a bound); a trace the
 //! writer's channel has no room for is counted in `dropped`, and the worker goes on.
 
+use std::cell::RefCell;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,7 +107,7 @@ impl Tracer {
 
     /// The packet is in the worker's buffer: `bytes`, as far as the kernel copied it.
     pub fn received(&mut self, bytes: &[u8]) {
-        self.end(Stage::Receive);
+        self.mark(Stage::Receive, Edge::End);
         if let (Some(t), Some(snap)) = (self.current.as_mut(), self.snap) {
             t.bytes_in
                 .extend_from_slice(&bytes[..bytes.len().min(snap)]);
@@ -152,7 +153,7 @@ impl Tracer {
                 t.bytes_out = Some(bytes[..bytes.len().min(snap)].to_vec());
             }
         }
-        self.begin(Stage::Verdict);
+        self.mark(Stage::Verdict, Edge::Begin);
     }
 
     /// The packet's verdict left: its trace is complete.
@@ -202,7 +203,8 @@ impl Tracer {
         }
     }
 
-    fn mark(&mut self, stage: Stage, edge: Edge) {
+    /// Stage `stage` begins or ends now.
+    pub fn mark(&mut self, stage: Stage, edge: Edge) {
         if let Some(t) = self.current.as_mut() {
             t.mark(Mark {
                 t_ns: self.clock.unix_ns(Instant::now()),
@@ -213,16 +215,23 @@ impl Tracer {
     }
 }
 
-impl Trace for Tracer {
-    fn begin(&mut self, s: Stage) {
-        self.mark(s, Edge::Begin);
+impl Trace for &RefCell<Tracer> {
+    fn begin(self, s: Stage) {
+        self.borrow_mut().mark(s, Edge::Begin);
     }
 
-    fn end(&mut self, s: Stage) {
-        self.mark(s, Edge::End);
+    fn end(self, s: Stage) {
+        self.borrow_mut().mark(s, Edge::End);
     }
 
-    fn headers(&mut self, buf: &[u8], p: &Parsed) {
+    fn headers(self, buf: &[u8], p: &Parsed) {
+        self.borrow_mut().name(buf, p);
+    }
+}
+
+impl Tracer {
+    /// Name the packet in hand by its headers, or stop tracing it if the filter says no.
+    fn name(&mut self, buf: &[u8], p: &Parsed) {
         let Some(t) = self.current.as_mut() else {
             return;
         };
