@@ -22,7 +22,10 @@ use mpolice::police::Policy;
 use mpolice::wire::build::Builder;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let mode = args.get(1).map_or("both", String::as_str);
     let sel = Selection {
@@ -39,7 +42,11 @@ fn main() {
     let police = PoliceSettings::with_policy(Policy::NaturalShare);
     let run = (t0, RunId::from_bytes([5; 16]));
     let mbox = Mbox::new(&s, &police, &keys, run, vec![0]);
-    let mut m = Pipeline::new(sel.clone(), MalformedVerdict::Drop, Some(Stages::Mbox(mbox)));
+    let mut m = Pipeline::new(
+        sel.clone(),
+        MalformedVerdict::Drop,
+        Some(Stages::Mbox(mbox)),
+    );
     let victim = Victim::new(&s, vec![0]);
     let mut v = Pipeline::new(sel, MalformedVerdict::Drop, Some(Stages::Victim(victim)));
     let data = Builder::tcp(
