@@ -419,6 +419,12 @@ impl Index {
                 .collect(),
         };
         for (i, p) in t.packets.iter().enumerate() {
+            // A routed packet's segments are traced on the precise queue, each with
+            // what was done to it: they, not the packet, stand for it on the wire.
+            if p.verdict.starts_with("route") {
+                ix.taken[i] = true;
+                continue;
+            }
             let Some(h) = &p.head else { continue };
             let key = Key::of(h);
             ix.by_key.entry(key).or_default().push_back(i);

@@ -41,6 +41,11 @@ fn tracer(filter: Filter, room: usize) -> (RefCell<Tracer>, Receiver<PacketTrace
 /// One packet through the tracer as the worker drives it: received, parsed, decided,
 /// answered at once.
 fn run(cell: &mut RefCell<Tracer>, n: u64, pkt: &[u8]) {
+    run_as(cell, n, pkt, Verdict::Accept);
+}
+
+/// `run`, the pipeline deciding `v`.
+fn run_as(cell: &mut RefCell<Tracer>, n: u64, pkt: &[u8], v: Verdict) {
     cell.get_mut()
         .start(n, (3, n as u32, 2), pkt.len() as u32, Instant::now());
     cell.get_mut().received(pkt);
@@ -53,7 +58,7 @@ fn run(cell: &mut RefCell<Tracer>, n: u64, pkt: &[u8]) {
         t.headers(pkt, &p);
     }
     t.end(Stage::Process);
-    cell.get_mut().decided(&Verdict::Accept, pkt.len(), pkt);
+    cell.get_mut().decided(&v, pkt.len(), pkt);
     cell.get_mut().sent();
 }
 
@@ -532,4 +537,36 @@ fn compare_finds_what_each_engine_saw_inside_super_packets_and_what_none_saw() {
     assert!(format!("{e:#}").contains("link type 105"), "{e:#}");
     assert!(compare(&traced, b"", false).is_err());
     assert!(Traced::read(&dir.0.join("missing")).is_err());
+}
+
+#[test]
+fn compare_matches_a_routed_packets_segments_not_the_packet() {
+    let dir = Scratch::new("routed");
+    let (mut t, rx) = tracer(Filter::default(), 8);
+    let sup = tcp_data(2000, 14_480, 2);
+    let first = tcp_data(2000, 1448, 2);
+    run_as(
+        &mut t,
+        1,
+        &sup,
+        Verdict::Route(crate::pipeline::Segments::Trailer),
+    );
+    run_as(&mut t, 2, &first, Verdict::AcceptModified);
+    let mut lines = String::from("{\"mpolice_trace\":1,\"role\":\"mbox\",\"started_unix_ns\":0}\n");
+    for p in rx.try_iter() {
+        lines += &serde_json::to_string(&p.raw()).unwrap();
+        lines.push('\n');
+    }
+    let trace = dir.0.join("mbox.trace");
+    std::fs::write(&trace, lines).unwrap();
+    let mut cap = Vec::new();
+    pcap::write_header(&mut cap, 128).unwrap();
+    pcap::write_record(&mut cap, 1, &first[..100], first.len() as u32).unwrap();
+    let c = compare(&[Traced::read(&trace).unwrap()], &cap, true).unwrap();
+    let seen = &c.rows[0].seen[0];
+    assert_eq!((seen.id, seen.verdict.as_str()), (2, "accept_modified"));
+    assert_eq!(
+        c.traces[0].unmatched, 0,
+        "the routed packet is its segments"
+    );
 }
