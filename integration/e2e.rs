@@ -1637,17 +1637,21 @@ fn traced_download(prefix: &str, hybrid: bool) {
         stamped > 0 && fed_back > 0,
         "stamped {stamped}, fed back {fed_back}"
     );
-    {
-        let o = Command::new(bin())
-            .args(["trace", "compare", "--capture"])
-            .arg(&victim_link)
-            .arg("--trace")
-            .arg(tb.workdir().join("mbox.trace"))
-            .arg("--trace")
-            .arg(tb.workdir().join("victim.trace"))
-            .output()
-            .unwrap();
+    // The same comparison as a person reads it.
+    let o = Command::new(bin())
+        .args(["trace", "compare", "--capture"])
+        .arg(&victim_link)
+        .arg("--trace")
+        .arg(tb.workdir().join("mbox.trace"))
+        .arg("--trace")
+        .arg(tb.workdir().join("victim.trace"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    for role in ["(mbox): ", "(victim): "] {
+        assert!(text.contains(role), "{text}");
     }
+    assert!(text.contains("capture: "), "{text}");
     let summary = &c["traces"][0];
     assert_eq!(summary["role"], "mbox");
     assert!(summary["markers_set"].as_u64().unwrap() > 0, "{summary}");
