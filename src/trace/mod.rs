@@ -95,4 +95,6 @@ impl Trace for NoTrace {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
