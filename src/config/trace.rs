@@ -12,7 +12,9 @@ use crate::wire::proto;
 
 /// Packets the writer's channel holds by default, and at most.
 pub const DEFAULT_BUFFER_PACKETS: usize = 4096;
-const MAX_BUFFER_PACKETS: usize = 1 << 20;
+/// The channel allocates its room at start (about 700 bytes a packet): 64 Ki of them
+/// take some 45 MB.
+const MAX_BUFFER_PACKETS: usize = 1 << 16;
 
 /// Tracing on: the raw trace file, which packets, and the room for traces in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +143,8 @@ fn protocol(name: &str) -> Result<u8, ConfigError> {
         "tcp" => Ok(proto::TCP),
         "udp" => Ok(proto::UDP),
         "icmp" => Ok(proto::ICMP),
-        "icmpv6" => Ok(proto::ICMPV6),
+        // `trace format` names it icmp6, as tcpdump does.
+        "icmpv6" | "icmp6" => Ok(proto::ICMPV6),
         n => n.parse::<u8>().map_err(|_| {
             ConfigError(format!(
                 "trace.protocol: {n:?} is not tcp, udp, icmp, icmpv6 or a protocol number"

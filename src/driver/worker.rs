@@ -452,7 +452,8 @@ impl Loop {
     fn trace_start(&mut self, queue: u16, msg: &PacketMsg, at: Instant) {
         if let Some(t) = self.tracer.as_mut() {
             let len = msg.orig_len.unwrap_or(msg.payload.len() as u32);
-            let n = self.counters.received;
+            // Packets and segments read so far: each trace's number is its own.
+            let n = self.counters.received + self.counters.segments;
             t.get_mut().start(n, (queue, msg.id, msg.hook), len, at);
         }
     }
@@ -471,6 +472,7 @@ impl Loop {
             // Only the hybrid path receives super-packets: nothing else can route.
             self.counters.count_reason(Event::RouteWithoutPreciseQueue);
             self.send(id, KernelVerdict::Drop, false);
+            self.trace_sent();
             return;
         };
         // The trailer goes only to a segment of this packet's own flow.

@@ -24,7 +24,7 @@ use super::writer::pcap_paths;
 use crate::wire::{self, proto};
 
 /// Skews between capture and trace clocks above this are reported.
-const SKEW_WARN_NS: i64 = 100_000_000;
+const SKEW_WARN_NS: u64 = 100_000_000;
 
 /// What identifies a packet across the engine and the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,7 +257,7 @@ pub fn compare(traces: &[Traced], capture: &[u8], rows: bool) -> Result<Comparis
             sum.mss_lowered += usize::from(s.mss.is_some_and(|(a, b)| b < a));
             held[t].push(s.held_ns);
             if let Some(first) = p.marks.first() {
-                skews[t].push(pkt.unix_ns as i64 - first.2 as i64);
+                skews[t].push(signed_ns(pkt.unix_ns, first.2));
             }
             seen.push(s);
         }
@@ -279,11 +279,11 @@ pub fn compare(traces: &[Traced], capture: &[u8], rows: bool) -> Result<Comparis
         (sum.held_p50_ns, sum.held_p99_ns, sum.held_max_ns) = (at(0.5), at(0.99), at(1.0));
         skews[t].sort_unstable();
         sum.skew_ns = skews[t].get(skews[t].len() / 2).copied().unwrap_or(0);
-        if sum.skew_ns.abs() > SKEW_WARN_NS {
+        if sum.skew_ns.unsigned_abs() > SKEW_WARN_NS {
             c.warnings.push(format!(
                 "{}: the capture's clock is {:.3} s {} the trace's; times are compared as they are",
                 sum.file,
-                sum.skew_ns.abs() as f64 / 1e9,
+                sum.skew_ns.unsigned_abs() as f64 / 1e9,
                 if sum.skew_ns > 0 {
                     "ahead of"
                 } else {
@@ -304,11 +304,21 @@ pub fn compare(traces: &[Traced], capture: &[u8], rows: bool) -> Result<Comparis
     Ok(c)
 }
 
+/// `a - b` in nanoseconds, clamped to what an i64 holds (times in a broken file may be
+/// anything).
+fn signed_ns(a: u64, b: u64) -> i64 {
+    let d = i128::from(a) - i128::from(b);
+    i64::try_from(d.clamp(i128::from(i64::MIN + 1), i128::from(i64::MAX))).unwrap_or(0)
+}
+
 /// A captured packet's key, its headers read even where the capture cut it short.
 fn key_of(pkt: &Captured) -> Option<Key> {
     let mut ip = pkt.ip.clone();
-    if (pkt.ip_len as usize) > ip.len() {
-        ip.resize(pkt.ip_len as usize, 0);
+    // Padded to the length its own IP header gives (at most 64 KiB and an IPv6
+    // header), never to the record's, which a broken file may put at 4 GiB.
+    let len = ip_total_len(&ip).unwrap_or(0);
+    if len > ip.len() {
+        ip.resize(len, 0);
     }
     let p = wire::parse(&ip).ok()?;
     Some(Key::of(&Head::of(&ip, &p)))

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::record::{Edge, Head, RAW_VERSION, RawHeader, RawPacket};
+use super::record::{Edge, Head, MAX_MARKS, RAW_VERSION, RawHeader, RawPacket};
 use crate::wire::tcp;
 
 /// What `format` writes.
@@ -62,6 +62,14 @@ pub fn format(input: impl BufRead, out: &mut impl Write, how: Output) -> Result<
                 continue;
             }
         };
+        if p.marks.len() > MAX_MARKS {
+            // No engine writes more; indenting a forged mountain of them could not end.
+            s.warnings.push(format!(
+                "line {n}: skipped, {} stage edges where a trace holds {MAX_MARKS}",
+                p.marks.len()
+            ));
+            continue;
+        }
         s.packets += 1;
         totals.push(total_ns(&p));
         match how {

@@ -96,7 +96,7 @@ pub struct Mark {
 /// One traced packet, as the worker fills it: fixed size, so tracing allocates nothing.
 #[derive(Debug, Clone)]
 pub struct PacketTrace {
-    /// The worker's count of packets it received, this one included.
+    /// The worker's count of the packets and segments it read, this one included.
     pub n: u64,
     pub queue: u16,
     /// The kernel's packet id in that queue.

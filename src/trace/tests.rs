@@ -366,6 +366,23 @@ fn format_refuses_what_is_not_a_trace_and_skips_broken_lines_with_a_warning() {
     assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
     assert!(s.warnings[0].starts_with("line 3: skipped, not a traced packet"));
     assert!(s.warnings[1].starts_with("line 4: skipped, cut short"));
+    // A line with more edges than any trace holds: skipped, said.
+    let many = format!(
+        "{}\n{}",
+        good.lines().next().unwrap(),
+        good.lines().nth(1).unwrap().replacen(
+            "\"marks\":[",
+            &format!("\"marks\":[{}", "[\"packet\",\"B\",1],".repeat(1000)),
+            1
+        )
+    );
+    let (_, s) = formatted(&many, Output::Text);
+    assert_eq!(s.packets, 0);
+    assert!(
+        s.warnings[0].contains("1010 stage edges"),
+        "{:?}",
+        s.warnings
+    );
     // Edges out of order (an E with no B, a B never closed) are shown, never a panic.
     let odd = good.replacen("[\"packet\",\"B\"", "[\"packet\",\"E\"", 1);
     let (_, s) = formatted(&odd, Output::Json);
@@ -536,6 +553,11 @@ fn compare_finds_what_each_engine_saw_inside_super_packets_and_what_none_saw() {
     let e = compare(&traced, &wifi, false).unwrap_err();
     assert!(format!("{e:#}").contains("link type 105"), "{e:#}");
     assert!(compare(&traced, b"", false).is_err());
+    // A record that claims 4 GiB: its headers are read, nothing that size is made.
+    let mut huge = Vec::new();
+    pcap::write_header(&mut huge, 128).unwrap();
+    pcap::write_record(&mut huge, t_in, &one[..60], u32::MAX).unwrap();
+    assert_eq!(compare(&traced, &huge, false).unwrap().traces[0].seen, 1);
     assert!(Traced::read(&dir.0.join("missing")).is_err());
 }
 
