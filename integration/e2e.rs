@@ -1052,6 +1052,11 @@ fn start_up_errors_name_the_problem_and_leave_no_rule() {
             good.replace("8080", "80800"),
             "protect.tcp_ports[0]",
         ),
+        (
+            "trace file in a missing directory",
+            format!("{good}\n[trace]\nfile = \"/nonexistent-mpolice/t.trace\"\n"),
+            "trace file /nonexistent-mpolice/t.trace",
+        ),
     ];
     // On a kernel without nft_queue (these machines), forcing the native expression must
     // fail cleanly; where the kernel has it, there is no missing feature to test.

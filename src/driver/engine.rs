@@ -53,6 +53,17 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
     let mut stages = StageFactory::new(role, cfg)?;
+    // The trace file first: a path that cannot be written fails before the kernel is
+    // touched.
+    let clock = Clock::start();
+    let writer = cfg
+        .trace
+        .as_ref()
+        .map(|t| {
+            let room = (t.buffer_packets, t.pcap_snap);
+            TraceWriter::start(&t.file, &role.to_string(), room, &clock)
+        })
+        .transpose()?;
     let _advmss = lower_advmss(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
@@ -71,15 +82,6 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
-    let clock = Clock::start();
-    let writer = cfg
-        .trace
-        .as_ref()
-        .map(|t| {
-            let room = (t.buffer_packets, t.pcap_snap);
-            TraceWriter::start(&t.file, &role.to_string(), room, &clock)
-        })
-        .transpose()?;
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         let tracer = match (&writer, &cfg.trace) {
