@@ -1433,7 +1433,9 @@ fn a_flood_the_mbox_cannot_keep_up_with_meets_a_queue_bounded_by_delay() {
 }
 
 /// `mpolice trace format --json` of a trace file: one JSON object per packet.
-fn formatted_trace(tb: &Testbed, file: &Path) -> Vec<serde_json::Value> {
+/// `mpolice trace format --json` of a trace file: one JSON object per packet, and the
+/// kernel's events apart.
+fn formatted_trace(file: &Path) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let out = Command::new(bin())
         .args(["trace", "format", "--json"])
         .arg(file)
@@ -1444,12 +1446,11 @@ fn formatted_trace(tb: &Testbed, file: &Path) -> Vec<serde_json::Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = tb;
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .partition(|v| v.get("kernel").is_none())
 }
 
 /// Traced packets that walked `stage` and whose length the engine changed by `delta`.
@@ -1509,8 +1510,30 @@ fn traced_download(prefix: &str, hybrid: bool) {
         &tb,
         &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
     );
-    let m = formatted_trace(&tb, &tb.workdir().join("mbox.trace"));
-    let v = formatted_trace(&tb, &tb.workdir().join("victim.trace"));
+    let (m, m_kernel) = formatted_trace(&tb.workdir().join("mbox.trace"));
+    let (v, v_kernel) = formatted_trace(&tb.workdir().join("victim.trace"));
+    // The kernel's side: each engine's namespace reports the rules the marked packets
+    // met, among them our own queue rules, with the packets named by their headers.
+    for (events, who) in [(&m_kernel, "mbox"), (&v_kernel, "victim")] {
+        let queued = events.iter().filter(|e| {
+            let k = &e["kernel"];
+            k["table"] == "mpolice"
+                && k["kind"] == "rule"
+                && k["verdict"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("queue"))
+                && (k["head"]["dport"] == 8080 || k["head"]["sport"] == 8080)
+        });
+        assert!(
+            queued.count() > 100,
+            "{who}: {} kernel events",
+            events.len()
+        );
+        assert!(
+            events.iter().any(|e| e["kernel"]["chain"] == "trace_in"),
+            "{who}"
+        );
+    }
     for v6 in [false, true] {
         let cap = mpolice::capability::wire_len(v6) as i64;
         let family = |ps: &[serde_json::Value]| -> Vec<serde_json::Value> {

@@ -148,6 +148,10 @@ pub struct RunArgs {
     /// FILE.out.pcap (`trace.pcap`).
     #[arg(long, requires = "trace")]
     pub trace_pcap: bool,
+    /// With the trace, the kernel's side too: protected traffic is marked with
+    /// `meta nftrace` and nftables' trace events go into the trace (`trace.kernel`).
+    #[arg(long, requires = "trace")]
+    pub trace_kernel: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,8 +326,11 @@ fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
             None => cfg.trace = Some(config::TraceSettings::all_to(file.clone())),
         }
     }
-    if let (true, Some(t)) = (args.trace_pcap, cfg.trace.as_mut()) {
-        t.pcap_snap = t.pcap_snap.or(Some(config::DEFAULT_PCAP_SNAP));
+    if let Some(t) = cfg.trace.as_mut() {
+        if args.trace_pcap {
+            t.pcap_snap = t.pcap_snap.or(Some(config::DEFAULT_PCAP_SNAP));
+        }
+        t.kernel |= args.trace_kernel;
     }
     let stats = engine::run(role, &cfg)?;
     eprint!("{}", stats.table());

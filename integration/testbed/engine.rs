@@ -108,7 +108,7 @@ impl RoleConfig {
         }
         if let Some(file) = &self.trace {
             caps.push_str(&format!(
-                "\n[trace]\nfile = \"{}\"\npcap = true\n",
+                "\n[trace]\nfile = \"{}\"\npcap = true\nkernel = true\n",
                 file.display()
             ));
         }

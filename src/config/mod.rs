@@ -139,6 +139,9 @@ impl Config {
         if let Some(limits) = self.unverified_channel(role) {
             nft::add_unverified_channel(&mut spec, &limits);
         }
+        if self.trace.as_ref().is_some_and(|t| t.kernel) {
+            nft::add_trace_chains(&mut spec, &self.protect, &self.queue.target);
+        }
         spec
     }
 

@@ -26,6 +26,9 @@ pub struct TraceSettings {
     pub buffer_packets: usize,
     /// pcap on: the most bytes of each packet the pcap files keep (None: no pcaps).
     pub pcap_snap: Option<u32>,
+    /// The kernel's side too: protected traffic is marked with `meta nftrace` and the
+    /// kernel's trace events go into the trace.
+    pub kernel: bool,
 }
 
 impl TraceSettings {
@@ -36,6 +39,7 @@ impl TraceSettings {
             filter: Filter::default(),
             buffer_packets: DEFAULT_BUFFER_PACKETS,
             pcap_snap: None,
+            kernel: false,
         }
     }
 }
@@ -55,6 +59,8 @@ pub(super) struct RawTrace {
     buffer_packets: i64,
     #[serde(default)]
     pcap: bool,
+    #[serde(default)]
+    kernel: bool,
     #[serde(default = "default_snap")]
     pcap_snap_bytes: i64,
 }
@@ -126,6 +132,7 @@ pub(super) fn validate(t: RawTrace) -> Result<TraceSettings, ConfigError> {
     };
     Ok(TraceSettings {
         pcap_snap: t.pcap.then_some(snap),
+        kernel: t.kernel,
         file: t.file,
         filter: Filter {
             sample,
@@ -189,7 +196,24 @@ mod tests {
         let t = with_trace("file = \"/tmp/t\"\npcap = true")
             .unwrap()
             .unwrap();
-        assert_eq!(t.pcap_snap, Some(DEFAULT_PCAP_SNAP));
+        assert_eq!((t.pcap_snap, t.kernel), (Some(DEFAULT_PCAP_SNAP), false));
+    }
+
+    #[test]
+    fn the_kernel_path_adds_the_marking_chains_to_the_ruleset() {
+        let chains = |extra: &str| {
+            let c = parse(&format!("{BASE}{extra}"), "victim").unwrap();
+            let spec = c.ruleset(crate::driver::nft::Role::Victim);
+            spec.chains
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(!chains("").iter().any(|c| c.starts_with("trace")));
+        let traced = chains("[trace]\nfile = \"/t\"\nkernel = true");
+        for name in ["trace_in", "trace_out"] {
+            assert!(traced.iter().any(|c| c == name), "{traced:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
-use crate::trace::{Clock, TraceWriter, Tracer};
+use crate::trace::{Clock, KernelListener, TraceWriter, Tracer};
 
 /// How long a blocked worker waits before it checks the stop flag.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
@@ -64,6 +64,13 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             TraceWriter::start(&t.file, &role.to_string(), room, &clock)
         })
         .transpose()?;
+    let kernel_trace = match (&writer, &cfg.trace) {
+        (Some(w), Some(t)) if t.kernel => Some(
+            KernelListener::start(w.sender(), clock)
+                .context("kernel trace: join the nftables trace group")?,
+        ),
+        _ => None,
+    };
     let _advmss = lower_advmss(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
@@ -148,7 +155,11 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .fold(true, |a, b| a & b);
     drop(rules);
     let _ = control_thread.join();
-    // Every worker's sender is gone with its thread: the writer writes the rest.
+    // Every worker's sender is gone with its thread, the listener's with it: the writer
+    // writes the rest.
+    if let Some(k) = kernel_trace {
+        k.stop();
+    }
     if let Some(w) = writer {
         w.finish();
     }

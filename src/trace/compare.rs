@@ -91,6 +91,8 @@ impl Traced {
             }
             match serde_json::from_slice::<RawPacket>(&line) {
                 Ok(p) => packets.push(p),
+                // The kernel's events: not what the engine did to a packet.
+                Err(_) if line.starts_with(b"{\"kernel\"") => {}
                 Err(e) => warnings.push(format!("line {}: skipped: {e}", i + 2)),
             }
         }

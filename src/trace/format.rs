@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::kernel::KernelEvent;
 use super::record::{Edge, Head, MAX_MARKS, RAW_VERSION, RawHeader, RawPacket};
+use super::writer::KernelLine;
 use crate::wire::tcp;
 
 /// What `format` writes.
@@ -28,6 +30,8 @@ pub enum Output {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub packets: u64,
+    /// Lines of the kernel's trace.
+    pub kernel_events: u64,
     /// One warning per line skipped.
     pub warnings: Vec<String>,
 }
@@ -39,6 +43,7 @@ pub fn format(input: impl BufRead, out: &mut impl Write, how: Output) -> Result<
     let mut s = Summary::default();
     let mut totals = Vec::new();
     let mut line_no = 0u64;
+    let mut named = KernelNames::default();
     if how == Output::Text {
         writeln!(
             out,
@@ -53,6 +58,20 @@ pub fn format(input: impl BufRead, out: &mut impl Write, how: Output) -> Result<
         }
         let p: RawPacket = match serde_json::from_str(&line) {
             Ok(p) => p,
+            // The kernel's side of the journey (`trace.kernel`), as it came.
+            Err(_) if line.starts_with("{\"kernel\"") => {
+                match serde_json::from_str::<KernelLine>(&line) {
+                    Ok(mut k) => {
+                        s.kernel_events += 1;
+                        named.name(&mut k.kernel);
+                        write_kernel(out, &k.kernel, how, &mut line_no)?;
+                    }
+                    Err(e) => s
+                        .warnings
+                        .push(format!("line {n}: skipped, not a kernel event: {e}")),
+                }
+                continue;
+            }
             Err(e) => {
                 s.warnings.push(if whole {
                     format!("line {n}: skipped, not a traced packet: {e}")
@@ -171,6 +190,65 @@ fn write_text(out: &mut impl Write, p: &RawPacket, line_no: &mut u64) -> Result<
         p.verdict,
         p.len_in,
         p.len_out
+    )?;
+    Ok(())
+}
+
+/// The kernel sends a packet's headers with its first event in each chain only: the
+/// others are named by the trace id they share.
+#[derive(Default)]
+struct KernelNames(std::collections::HashMap<u32, Head>);
+
+impl KernelNames {
+    /// Packets the map remembers at most (a long trace forgets the oldest at once).
+    const MAX: usize = 65_536;
+
+    fn name(&mut self, e: &mut KernelEvent) {
+        match e.head {
+            Some(h) => {
+                if self.0.len() >= Self::MAX {
+                    self.0.clear();
+                }
+                self.0.insert(e.id, h);
+            }
+            None => e.head = self.0.get(&e.id).copied(),
+        }
+    }
+}
+
+/// One event of the kernel's trace: the rule a marked packet met. As text, in the
+/// packets' columns with the stage column naming the table, chain and rule.
+fn write_kernel(
+    out: &mut impl Write,
+    k: &KernelEvent,
+    how: Output,
+    line_no: &mut u64,
+) -> Result<()> {
+    if how == Output::Json {
+        serde_json::to_writer(&mut *out, &KernelLine { kernel: k.clone() })?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    *line_no += 1;
+    let handle = k.handle.map(|h| format!(" handle {h}")).unwrap_or_default();
+    let verdict = k
+        .verdict
+        .as_ref()
+        .map(|v| format!(" {v}"))
+        .unwrap_or_default();
+    let dev = |name: &str, i: Option<u32>| i.map(|i| format!(" {name} {i}")).unwrap_or_default();
+    writeln!(
+        out,
+        "{line_no} {} {} nft {} {} {} {}{handle}{verdict}{}{} -{}",
+        clock_time(k.t_ns),
+        endpoints(k.head.as_ref()),
+        k.family,
+        k.table,
+        k.chain,
+        k.kind,
+        dev("iif", k.iif),
+        dev("oif", k.oif),
+        tail_columns(k.head.as_ref())
     )?;
     Ok(())
 }

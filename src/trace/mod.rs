@@ -18,6 +18,7 @@
 mod compare;
 mod filter;
 mod format;
+mod kernel;
 pub mod pcap;
 mod record;
 mod tracer;
@@ -26,9 +27,10 @@ mod writer;
 pub use compare::{Comparison, Traced, compare};
 pub use filter::Filter;
 pub use format::{Output, Summary, format};
+pub use kernel::{KernelEvent, KernelListener};
 pub use record::{Edge, Head, PacketTrace, RawPacket};
 pub use tracer::{Clock, TraceCounters, Tracer};
-pub use writer::{TraceWriter, pcap_paths};
+pub use writer::{Record, TraceWriter, pcap_paths};
 
 use crate::labels::labelled_enum;
 use crate::wire::Parsed;

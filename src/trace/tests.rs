@@ -5,6 +5,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use super::record::{MAX_MARKS, verdict_label};
+use super::writer::KernelLine;
 use super::*;
 use crate::pipeline::{Reason, Verdict};
 use crate::wire::build::Builder;
@@ -33,9 +34,32 @@ fn udp6() -> Vec<u8> {
     .build()
 }
 
-fn tracer(filter: Filter, room: usize) -> (RefCell<Tracer>, Receiver<PacketTrace>) {
+fn tracer(filter: Filter, room: usize) -> (RefCell<Tracer>, Traces) {
     let (tx, rx) = sync_channel(room);
-    (RefCell::new(Tracer::new(tx, Clock::start(), filter)), rx)
+    (
+        RefCell::new(Tracer::new(tx, Clock::start(), filter)),
+        Traces(rx),
+    )
+}
+
+/// The writer's end of the channel, as the tests read it: packets only.
+struct Traces(Receiver<Record>);
+
+impl Traces {
+    fn try_recv(&self) -> Result<PacketTrace, std::sync::mpsc::TryRecvError> {
+        self.0.try_recv().map(packet)
+    }
+
+    fn try_iter(&self) -> impl Iterator<Item = PacketTrace> + '_ {
+        self.0.try_iter().map(packet)
+    }
+}
+
+fn packet(r: Record) -> PacketTrace {
+    match r {
+        Record::Packet(p) => p,
+        Record::Kernel(k) => panic!("a kernel event from the tracer: {k:?}"),
+    }
 }
 
 /// One packet through the tracer as the worker drives it: received, parsed, decided,
@@ -590,5 +614,62 @@ fn compare_matches_a_routed_packets_segments_not_the_packet() {
     assert_eq!(
         c.traces[0].unmatched, 0,
         "the routed packet is its segments"
+    );
+}
+
+/// An NFT_MSG_TRACE body as the kernel sends it for `pkt` meeting a queue rule.
+fn kernel_event_body(pkt: &[u8]) -> Vec<u8> {
+    use crate::driver::netlink::push_attr;
+    const NESTED: u16 = 0x8000;
+    let mut body = vec![2, 0, 0, 0]; // nfgenmsg
+    push_attr(&mut body, 1, b"mpolice\0");
+    push_attr(&mut body, 2, b"inbound\0");
+    push_attr(&mut body, 3, &7u64.to_be_bytes());
+    push_attr(&mut body, 4, &3u32.to_be_bytes());
+    let mut verdict = Vec::new();
+    push_attr(&mut verdict, 1, &(3u32 | (5 << 16)).to_be_bytes());
+    push_attr(&mut body, 5 | NESTED, &verdict);
+    push_attr(&mut body, 6, &0xabcdu32.to_be_bytes());
+    push_attr(&mut body, 8, &pkt[..20]);
+    push_attr(&mut body, 9, &pkt[20..40]);
+    push_attr(&mut body, 10, &2u32.to_be_bytes());
+    push_attr(&mut body, 15, &2u32.to_be_bytes());
+    body
+}
+
+#[test]
+fn a_kernel_trace_event_is_decoded_and_named_by_its_headers() {
+    let body = kernel_event_body(&syn());
+    let e = kernel::decode(&body, 0..body.len(), 99).unwrap();
+    assert_eq!(
+        (
+            e.table.as_str(),
+            e.chain.as_str(),
+            e.handle,
+            e.kind.as_str()
+        ),
+        ("mpolice", "inbound", Some(7), "rule")
+    );
+    assert_eq!(
+        (e.verdict.as_deref(), e.id, e.iif),
+        (Some("queue 5"), 0xabcd, Some(2))
+    );
+    assert_eq!((e.family.as_str(), e.t_ns), ("ip", 99));
+    let h = e.head.expect("named by the headers it carries");
+    assert_eq!((h.sport, h.dport, h.seq), (40000, 80, Some(1000)));
+    // Cut anywhere: what is whole is read, the rest ignored, never a panic.
+    for end in 0..body.len() {
+        let _ = kernel::decode(&body[..end], 0..end, 0);
+    }
+    // A line of it in a raw trace: `trace format` shows it, `trace compare` skips it.
+    let line = serde_json::to_string(&KernelLine { kernel: e }).unwrap();
+    let input = format!("{}{line}\n", raw_trace());
+    let (text, s) = formatted(&input, Output::Text);
+    assert_eq!((s.packets, s.kernel_events, s.warnings.len()), (2, 1, 0));
+    assert!(
+        text.contains(
+            "198.18.1.2:40000 198.18.2.2:80 nft ip mpolice inbound rule handle 7 queue 5 iif 2"
+        ),
+        "{text}"
     );
 }

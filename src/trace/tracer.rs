@@ -10,6 +10,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::record::{Edge, Head, Mark, PacketTrace};
+use super::writer::Record;
 use super::{Filter, Stage, Trace};
 use crate::pipeline::Verdict;
 use crate::wire::Parsed;
@@ -69,7 +70,7 @@ impl Clock {
 
 /// One worker's tracer.
 pub struct Tracer {
-    out: SyncSender<PacketTrace>,
+    out: SyncSender<Record>,
     clock: Clock,
     filter: Filter,
     /// Packets offered to the sample so far.
@@ -85,7 +86,7 @@ pub struct Tracer {
 
 impl Tracer {
     /// A tracer that sends traces of the packets `filter` selects to `out`.
-    pub fn new(out: SyncSender<PacketTrace>, clock: Clock, filter: Filter) -> Tracer {
+    pub fn new(out: SyncSender<Record>, clock: Clock, filter: Filter) -> Tracer {
         Tracer {
             out,
             clock,
@@ -195,7 +196,7 @@ impl Tracer {
             });
         }
         self.counters.lost_marks += u64::from(t.lost_marks);
-        match self.out.try_send(t) {
+        match self.out.try_send(Record::Packet(t)) {
             Ok(()) => self.counters.traced += 1,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.dropped += 1;

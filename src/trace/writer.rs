@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use serde::{Deserialize, Serialize};
+
+use super::kernel::KernelEvent;
 use super::pcap;
 use super::record::{PacketTrace, RAW_VERSION, RawHeader};
 use super::tracer::Clock;
@@ -28,6 +31,23 @@ pub struct Written {
     pub failed: u64,
     /// Writes and flushes that failed (only the first is logged).
     pub errors: u64,
+}
+
+/// What the writer is handed: a traced packet, or an event of the kernel's trace.
+// Mostly packets: boxing them to shrink the rare kernel variant's slot would allocate
+// on the packet path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Record {
+    Packet(PacketTrace),
+    Kernel(KernelEvent),
+}
+
+/// A kernel event's line in the raw trace.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelLine {
+    pub kernel: KernelEvent,
 }
 
 /// The pcap files beside a trace: what the engine received, and what it returned.
@@ -60,7 +80,7 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 
 /// The running writer: the channel's sending end for the workers, and its thread.
 pub struct TraceWriter {
-    tx: SyncSender<PacketTrace>,
+    tx: SyncSender<Record>,
     thread: JoinHandle<Written>,
     path: PathBuf,
 }
@@ -111,7 +131,7 @@ impl TraceWriter {
     }
 
     /// A sending end for one worker.
-    pub fn sender(&self) -> SyncSender<PacketTrace> {
+    pub fn sender(&self) -> SyncSender<Record> {
         self.tx.clone()
     }
 
@@ -131,7 +151,7 @@ impl TraceWriter {
 }
 
 fn write_all(
-    rx: &Receiver<PacketTrace>,
+    rx: &Receiver<Record>,
     (out, mut pcaps): (&mut impl Write, Option<&mut Pcaps>),
     path: &str,
 ) -> Written {
@@ -153,10 +173,15 @@ fn write_all(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let line = serde_json::to_writer(&mut *out, &t.raw())
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| pcaps.as_deref_mut().map_or(Ok(()), |p| write_pcaps(p, &t)));
+        let line = match t {
+            Record::Packet(t) => serde_json::to_writer(&mut *out, &t.raw())
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| pcaps.as_deref_mut().map_or(Ok(()), |p| write_pcaps(p, &t))),
+            Record::Kernel(kernel) => serde_json::to_writer(&mut *out, &KernelLine { kernel })
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n")),
+        };
         note(line, &mut w, 1, path);
     }
     note(flush(out, pcaps), &mut w, 0, path);

@@ -303,3 +303,31 @@ mod tests {
         );
     }
 }
+
+/// `meta nftrace set` from register 1 (the kernel trace's mark; nftnl's `Meta` only
+/// loads). The register holds 1, put there by an immediate just before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetNfTrace;
+
+/// The kernel's `NFT_META_NFTRACE` key.
+const NFT_META_NFTRACE: u32 = 12;
+
+impl Expression for SetNfTrace {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"meta");
+        // SAFETY: `expr` is a live meta expression; both attributes are u32 in libnftnl.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_META_KEY as u16,
+                NFT_META_NFTRACE,
+            );
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_META_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+        }
+        expr
+    }
+}

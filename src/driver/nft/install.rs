@@ -7,10 +7,10 @@
 use std::ffi::CString;
 use std::io;
 
-use nftnl::expr::Verdict;
+use nftnl::expr::{Immediate, Register, Verdict};
 use nftnl::{Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table};
 
-use super::expr::{Queue, XtNfqueue};
+use super::expr::{Queue, SetNfTrace, XtNfqueue};
 use super::matches;
 use super::nl::{self, Reply};
 use super::objects;
@@ -219,6 +219,10 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
             } else if rule_spec.pass {
                 rule.add_expr(&Verdict::Accept);
                 "accept".to_owned()
+            } else if rule_spec.trace {
+                rule.add_expr(&Immediate::new(1u8, Register::Reg1));
+                rule.add_expr(&SetNfTrace);
+                "nftrace".to_owned()
             } else {
                 let (num, total, flags) = queue_args(rule_spec)?;
                 match kind {
@@ -304,6 +308,7 @@ fn nft_hook(hook: Hook) -> nftnl::Hook {
     match hook {
         Hook::Prerouting => nftnl::Hook::PreRouting,
         Hook::Forward => nftnl::Hook::Forward,
+        Hook::Output => nftnl::Hook::Out,
         Hook::Postrouting => nftnl::Hook::PostRouting,
     }
 }

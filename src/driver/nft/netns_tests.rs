@@ -303,6 +303,27 @@ fn without_cap_net_admin_reports_permission() {
     );
 }
 
+/// Tracing's kernel path: the marking chains load as text and as netlink, and set
+/// `meta nftrace` on traffic to and from each protected prefix.
+#[test]
+fn trace_chains_load_and_mark_protected_traffic() {
+    let Some(ns) = Netns::new() else { return };
+    let mut spec = plan(Role::Victim, &selection(), &Q);
+    add_trace_chains(&mut spec, &selection(), &Q);
+    ns.nft_load(&render_accept(&spec)).expect("text loads");
+    let marks = 2 * 2 * selection().addresses.len();
+    assert_eq!(ns.list().matches("meta nftrace set 1").count(), marks);
+    ns.run(|| install(&spec, QueuePreference::Auto))
+        .expect("netlink install");
+    let listing = ns.list();
+    assert_eq!(
+        listing.matches("meta nftrace set 1").count(),
+        marks,
+        "{listing}"
+    );
+    assert!(listing.contains("hook output priority -400"), "{listing}");
+}
+
 #[test]
 fn rendered_text_loads_with_nft() {
     for role in [Role::Mbox, Role::Victim] {

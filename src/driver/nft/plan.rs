@@ -177,6 +177,44 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
 /// gets it. Queued after routing, like the stamped packets they answer, and to the queue
 /// of the client they are addressed to. Errors to the `protected` addresses pass first:
+/// Tracing's kernel path: mark every packet to or from a protected address, as it
+/// arrives (prerouting) or as this host sends it (output), before any other chain, so
+/// the kernel reports each rule it meets (`meta nftrace`) to the trace's listener.
+pub fn add_trace_chains(spec: &mut RulesetSpec, protected: &Selection, q: &QueueTarget) {
+    for (name, hook) in [("trace_in", Hook::Prerouting), ("trace_out", Hook::Output)] {
+        let mut rules = Vec::new();
+        for &prefix in &protected.addresses {
+            for (field, dir) in [(Field::Dst, "to"), (Field::Src, "from")] {
+                rules.push(RuleSpec {
+                    prefix,
+                    addr_field: field,
+                    l4: L4Match::Any,
+                    skip_loopback: None,
+                    pick: None,
+                    channel: None,
+                    pass: false,
+                    trace: true,
+                    queue: *q,
+                    comment: format!("mpolice {name}: trace packets {dir} {prefix}"),
+                });
+            }
+        }
+        spec.chains.push(ChainSpec {
+            name: name.into(),
+            hook,
+            priority: TRACE_PRIORITY,
+            comment: format!(
+                "{name}: mark protected traffic for the kernel's trace (mpolice trace, kernel = true)"
+            ),
+            rules,
+        });
+    }
+}
+
+/// Before every other chain (raw is -300, conntrack -200): the mark is set before the
+/// rules the trace should show.
+const TRACE_PRIORITY: i32 = -400;
+
 /// `to_victim` queues them already (every protocol), and the engine's accept would
 /// otherwise bring them to this chain and the queue a second time.
 pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &QueueTarget) {
@@ -191,6 +229,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
             pick: None,
             channel: None,
             pass: true,
+            trace: false,
             queue: *q,
             comment: format!("mpolice icmp_errors: to {prefix}, queued in to_victim"),
         })
@@ -206,6 +245,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
                 pick: None,
                 channel: None,
                 pass: false,
+                trace: false,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
@@ -397,6 +437,7 @@ fn chain(
         pick: None,
         channel: None,
         pass: false,
+        trace: false,
         queue: *q,
         comment,
     };

@@ -205,6 +205,7 @@ fn render_chain(out: &mut String, chain: &ChainSpec, stmt: &dyn Fn(&QueueTarget)
         let action = match channel_drop(rule) {
             Some(drop) => drop,
             None if rule.pass => "accept".to_owned(),
+            None if rule.trace => "meta nftrace set 1".to_owned(),
             None => stmt(&rule.queue),
         };
         let matched = rule_match(rule);

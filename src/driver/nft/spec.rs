@@ -166,6 +166,8 @@ pub struct ChainSpec {
 pub enum Hook {
     Prerouting,
     Forward,
+    /// Locally generated packets (only the kernel trace's marking chain uses it).
+    Output,
     Postrouting,
 }
 
@@ -174,6 +176,7 @@ impl Hook {
     pub fn keyword(self) -> &'static str {
         match self {
             Hook::Prerouting => "prerouting",
+            Hook::Output => "output",
             Hook::Forward => "forward",
             Hook::Postrouting => "postrouting",
         }
@@ -199,6 +202,10 @@ pub struct RuleSpec {
     /// End in `accept` instead of the queue statement: the packet leaves this chain and
     /// goes on to the hook's other chains (one that queues it already, for instance).
     pub pass: bool,
+    /// End in `meta nftrace set 1` instead of the queue statement: the kernel reports
+    /// every rule the packet meets from here on (tracing's kernel path), and the packet
+    /// goes on.
+    pub trace: bool,
     pub queue: QueueTarget,
     pub comment: String,
 }

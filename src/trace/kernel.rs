@@ -1,0 +1,298 @@
+//! Tracing's kernel path: nftables' own trace events for the packets our `trace_in` and
+//! `trace_out` chains mark with `meta nftrace` (`trace.kernel = true`). A thread reads
+//! them from the NFNLGRP_NFTRACE netlink group: for each rule a marked packet meets in
+//! any table, its table, chain, rule handle and verdict, and the packet's headers. Each
+//! becomes a `kernel` line of the raw trace, timed on arrival (the events carry no time).
+//! A socket overrun loses events: counted and logged, never a packet's.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Head;
+use super::tracer::Clock;
+use super::writer::Record;
+use crate::driver::netlink::{self, Attrs};
+use crate::wire;
+
+/// The netfilter netlink family's trace group, and its nftables trace message.
+const NFNLGRP_NFTRACE: u32 = 9;
+const NFT_TRACE_MSG: u16 = (10 << 8) | 17; // NFNL_SUBSYS_NFTABLES, NFT_MSG_TRACE
+/// The nfgenmsg before a netfilter message's attributes.
+const NFGENMSG_LEN: usize = 4;
+
+/// `enum nft_trace_attributes`.
+const TABLE: u16 = 1;
+const CHAIN: u16 = 2;
+const RULE_HANDLE: u16 = 3;
+const TYPE: u16 = 4;
+const VERDICT: u16 = 5;
+const ID: u16 = 6;
+const NETWORK_HEADER: u16 = 8;
+const TRANSPORT_HEADER: u16 = 9;
+const IIF: u16 = 10;
+const OIF: u16 = 12;
+const NFPROTO: u16 = 15;
+const POLICY: u16 = 16;
+/// Inside VERDICT: `NFTA_VERDICT_CODE`, `NFTA_VERDICT_CHAIN`.
+const VERDICT_CODE: u16 = 1;
+const VERDICT_CHAIN: u16 = 2;
+
+/// One rule (or a chain's return or policy) a marked packet met in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelEvent {
+    /// When the event reached us (nanoseconds since the Unix epoch).
+    pub t_ns: u64,
+    /// The kernel's id for the packet: its events share it.
+    pub id: u32,
+    /// `ip`, `ip6` or the netfilter protocol number.
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    /// `rule` (a rule matched), `return` or `policy` (the chain's end).
+    pub kind: String,
+    /// accept, drop, queue N, continue, jump CHAIN, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iif: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oif: Option<u32>,
+    /// The packet, from the headers the event carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
+}
+
+/// Decode one NFT_MSG_TRACE body (`body` of `buf`), received at `t_ns`.
+pub fn decode(buf: &[u8], body: std::ops::Range<usize>, t_ns: u64) -> Option<KernelEvent> {
+    let attrs = body.start.checked_add(NFGENMSG_LEN)?..body.end;
+    let (mut e, mut network, mut transport) = (
+        KernelEvent {
+            t_ns,
+            id: 0,
+            family: String::new(),
+            table: String::new(),
+            chain: String::new(),
+            handle: None,
+            kind: String::new(),
+            verdict: None,
+            iif: None,
+            oif: None,
+            head: None,
+        },
+        &[][..],
+        &[][..],
+    );
+    for (kind, range) in Attrs::new(buf, attrs) {
+        let p = &buf[range.clone()];
+        match kind {
+            TABLE => e.table = text(p),
+            CHAIN => e.chain = text(p),
+            RULE_HANDLE => e.handle = p.try_into().ok().map(u64::from_be_bytes),
+            TYPE => e.kind = trace_type(be32(p)?),
+            VERDICT => e.verdict = Some(verdict(buf, range)),
+            POLICY => e.verdict = be32(p).map(|c| code_name(c as i32, None)),
+            ID => e.id = be32(p)?,
+            NETWORK_HEADER => network = p,
+            TRANSPORT_HEADER => transport = p,
+            IIF => e.iif = be32(p),
+            OIF => e.oif = be32(p),
+            NFPROTO => {
+                e.family = match be32(p)? {
+                    2 => "ip".into(),
+                    10 => "ip6".into(),
+                    n => n.to_string(),
+                }
+            }
+            _ => {}
+        }
+    }
+    e.head = head(network, transport);
+    Some(e)
+}
+
+fn text(p: &[u8]) -> String {
+    String::from_utf8_lossy(p.split(|&b| b == 0).next().unwrap_or(&[])).into_owned()
+}
+
+fn be32(p: &[u8]) -> Option<u32> {
+    p.get(..4)?.try_into().ok().map(u32::from_be_bytes)
+}
+
+/// `enum nft_trace_types`.
+fn trace_type(t: u32) -> String {
+    match t {
+        1 => "policy".into(),
+        2 => "return".into(),
+        3 => "rule".into(),
+        n => format!("type-{n}"),
+    }
+}
+
+/// A verdict as nft prints it.
+fn verdict(buf: &[u8], range: std::ops::Range<usize>) -> String {
+    let (mut code, mut chain) = (None, None);
+    for (kind, r) in Attrs::new(buf, range) {
+        match kind {
+            VERDICT_CODE => code = be32(&buf[r]).map(|c| c as i32),
+            VERDICT_CHAIN => chain = Some(text(&buf[r])),
+            _ => {}
+        }
+    }
+    code.map_or_else(|| "none".into(), |c| code_name(c, chain))
+}
+
+/// A verdict code (and the chain a jump or goto names) as nft prints it.
+fn code_name(code: i32, chain: Option<String>) -> String {
+    let to = chain.map(|c| format!(" {c}")).unwrap_or_default();
+    match code {
+        0 => "drop".into(),
+        1 => "accept".into(),
+        2 => "stolen".into(),
+        c if c > 0 && c & 0xff == 3 => format!("queue {}", (c as u32) >> 16),
+        -1 => "continue".into(),
+        -2 => "break".into(),
+        -3 => format!("jump{to}"),
+        -4 => format!("goto{to}"),
+        -5 => "return".into(),
+        c => format!("verdict {c}"),
+    }
+}
+
+/// The packet's identity from the network and transport headers an event carries.
+fn head(network: &[u8], transport: &[u8]) -> Option<Head> {
+    let mut ip = [network, transport].concat();
+    // Only the headers came: pad to the length the IP header gives (at most 64 KiB).
+    let len = match ip.first()? >> 4 {
+        4 => usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])),
+        6 => 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?])),
+        _ => return None,
+    };
+    if len > ip.len() {
+        ip.resize(len, 0);
+    }
+    let p = wire::parse(&ip).ok()?;
+    Some(Head::of(&ip, &p))
+}
+
+/// The running listener.
+pub struct KernelListener {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl KernelListener {
+    /// Join the trace group and start the thread that hands events to `out`.
+    pub fn start(out: SyncSender<Record>, clock: Clock) -> io::Result<KernelListener> {
+        let fd = open()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("trace-kernel".into())
+            .spawn(move || listen(&fd, &out, clock, &flag))?;
+        Ok(KernelListener { stop, thread })
+    }
+
+    /// Stop the thread; return how many events were lost (socket overruns and a full
+    /// writer channel).
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+fn open() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let addr = netlink::kernel_addr();
+    // SAFETY: `addr` is a valid sockaddr_nl of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    netlink::setsockopt(
+        &fd,
+        libc::SOL_NETLINK,
+        libc::NETLINK_ADD_MEMBERSHIP,
+        &NFNLGRP_NFTRACE,
+    )?;
+    // Wake every 200 ms to see the stop flag; a large buffer rides out bursts.
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+    let _ = netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4i32 << 20));
+    Ok(fd)
+}
+
+fn listen(fd: &OwnedFd, out: &SyncSender<Record>, clock: Clock, stop: &AtomicBool) -> u64 {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lost = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => continue,
+                Some(libc::ENOBUFS) => {
+                    if lost == 0 {
+                        tracing::warn!("kernel trace: the socket overran; events are lost");
+                    }
+                    lost += 1;
+                    continue;
+                }
+                _ => {
+                    tracing::warn!("kernel trace: {e}; no more kernel events");
+                    break;
+                }
+            }
+        }
+        let t_ns = clock.unix_ns(Instant::now());
+        let data = &buf[..n as usize];
+        for m in netlink::messages(data) {
+            if m.msg_type != NFT_TRACE_MSG {
+                continue;
+            }
+            let Some(e) = decode(data, m.body, t_ns) else {
+                continue;
+            };
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                out.try_send(Record::Kernel(e))
+            {
+                lost += 1;
+            }
+        }
+    }
+    if lost > 0 {
+        tracing::warn!(lost, "kernel trace: events lost");
+    }
+    lost
+}
