@@ -6,6 +6,7 @@
 //! A socket overrun loses events: counted and logged, never a packet's.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,11 +155,17 @@ fn verdict(buf: &[u8], range: std::ops::Range<usize>) -> String {
 /// A verdict code (and the chain a jump or goto names) as nft prints it.
 fn code_name(code: i32, chain: Option<String>) -> String {
     let to = chain.map(|c| format!(" {c}")).unwrap_or_default();
+    // The queue number fills the top half, so a queue verdict may read negative: test
+    // its low byte (NF_VERDICT_MASK) first. Bit 15 is the bypass flag.
+    let bits = code as u32;
+    if bits & 0xff == 3 {
+        let bypass = if bits & 0x8000 != 0 { " bypass" } else { "" };
+        return format!("queue {}{bypass}", bits >> 16);
+    }
     match code {
         0 => "drop".into(),
         1 => "accept".into(),
         2 => "stolen".into(),
-        c if c > 0 && c & 0xff == 3 => format!("queue {}", (c as u32) >> 16),
         -1 => "continue".into(),
         -2 => "break".into(),
         -3 => format!("jump{to}"),
@@ -168,9 +175,37 @@ fn code_name(code: i32, chain: Option<String>) -> String {
     }
 }
 
-/// The packet's identity from the network and transport headers an event carries.
+/// The packet's identity from the network and transport headers an event carries. The
+/// kernel sends at most 40 bytes of the first and 20 of the second: IPv4 options past
+/// them are filled in with zeros, and past IPv6 extension headers only the addresses
+/// are known.
 fn head(network: &[u8], transport: &[u8]) -> Option<Head> {
-    let mut ip = [network, transport].concat();
+    let mut network = network.to_vec();
+    match network.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(network[0] & 0x0f) * 4;
+            if network.len() < ihl {
+                network.resize(ihl, 0);
+            }
+        }
+        6 if !matches!(network.get(6)?, &6 | &17 | &58) => {
+            let (src, dst) = (network.get(8..24)?, network.get(24..40)?);
+            let addr = |b: &[u8]| IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or([0; 16]));
+            return Some(Head {
+                proto: network[6],
+                src: addr(src),
+                dst: addr(dst),
+                sport: 0,
+                dport: 0,
+                flags: None,
+                seq: None,
+                ack: None,
+                ip_id: None,
+            });
+        }
+        _ => {}
+    }
+    let mut ip = [&network[..], transport].concat();
     // Only the headers came: pad to the length the IP header gives (at most 64 KiB).
     let len = match ip.first()? >> 4 {
         4 => usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])),
@@ -184,10 +219,11 @@ fn head(network: &[u8], transport: &[u8]) -> Option<Head> {
     Some(Head::of(&ip, &p))
 }
 
-/// The running listener.
+/// The running listener; dropped, it stops (a start-up that fails later leaves no
+/// thread behind).
 pub struct KernelListener {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    thread: Option<JoinHandle<u64>>,
 }
 
 impl KernelListener {
@@ -199,14 +235,26 @@ impl KernelListener {
         let thread = std::thread::Builder::new()
             .name("trace-kernel".into())
             .spawn(move || listen(&fd, &out, clock, &flag))?;
-        Ok(KernelListener { stop, thread })
+        Ok(KernelListener {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stop the thread; return how many events were lost (socket overruns and a full
     /// writer channel).
-    pub fn stop(self) -> u64 {
+    pub fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(0)
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for KernelListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -248,7 +296,11 @@ fn open() -> io::Result<OwnedFd> {
         tv_usec: 200_000,
     };
     netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-    let _ = netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4i32 << 20));
+    // As root the buffer may pass net.core.rmem_max; otherwise take what it allows.
+    let size = 4i32 << 20;
+    if netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
+        let _ = netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+    }
     Ok(fd)
 }
 

@@ -673,3 +673,40 @@ fn a_kernel_trace_event_is_decoded_and_named_by_its_headers() {
         "{text}"
     );
 }
+
+#[test]
+fn kernel_events_name_high_queues_ipv4_options_and_ipv6_extension_headers() {
+    use crate::driver::netlink::push_attr;
+    let event = |network: &[u8], transport: &[u8], code: u32| {
+        let mut body = vec![2, 0, 0, 0];
+        let mut verdict = Vec::new();
+        push_attr(&mut verdict, 1, &code.to_be_bytes());
+        push_attr(&mut body, 5 | 0x8000, &verdict);
+        push_attr(&mut body, 8, network);
+        push_attr(&mut body, 9, transport);
+        kernel::decode(&body, 0..body.len(), 0).unwrap()
+    };
+    // Queue 40000 with the bypass flag: the code reads negative as an i32.
+    let pkt = syn();
+    let e = event(&pkt[..20], &pkt[20..40], 3 | 0x8000 | (40000 << 16));
+    assert_eq!(e.verdict.as_deref(), Some("queue 40000 bypass"));
+    // IPv4 with 24 bytes of options: the kernel sends 40 bytes of them, then TCP.
+    let mut opts = pkt[..20].to_vec();
+    opts[0] = 0x40 | 11;
+    let total = u16::from_be_bytes([opts[2], opts[3]]) + 24;
+    opts[2..4].copy_from_slice(&total.to_be_bytes());
+    opts.extend_from_slice(&[1; 24]);
+    opts.extend_from_slice(&pkt[20..]);
+    let e = event(&opts[..40], &opts[44..64], 1);
+    let h = e.head.unwrap();
+    assert_eq!((h.sport, h.dport), (40000, 80));
+    // IPv6 behind a hop-by-hop header: the addresses, nothing misread as ports.
+    let mut v6 = udp6();
+    v6[6] = crate::wire::proto::HOP_BY_HOP;
+    let e = event(&v6[..40], &[0; 20], 1);
+    let h = e.head.unwrap();
+    assert_eq!(
+        (h.proto, h.sport, h.src.to_string()),
+        (0, 0, "2001:2:0:1::2".to_string())
+    );
+}

@@ -173,10 +173,6 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
     ));
 }
 
-/// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
-/// fault, and the engine cuts a stamp's capability out of the quote before the client
-/// gets it. Queued after routing, like the stamped packets they answer, and to the queue
-/// of the client they are addressed to. Errors to the `protected` addresses pass first:
 /// Tracing's kernel path: mark every packet to or from a protected address, as it
 /// arrives (prerouting) or as this host sends it (output), before any other chain, so
 /// the kernel reports each rule it meets (`meta nftrace`) to the trace's listener.
@@ -215,6 +211,10 @@ pub fn add_trace_chains(spec: &mut RulesetSpec, protected: &Selection, q: &Queue
 /// rules the trace should show.
 const TRACE_PRIORITY: i32 = -400;
 
+/// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
+/// fault, and the engine cuts a stamp's capability out of the quote before the client
+/// gets it. Queued after routing, like the stamped packets they answer, and to the queue
+/// of the client they are addressed to. Errors to the `protected` addresses pass first:
 /// `to_victim` queues them already (every protocol), and the engine's accept would
 /// otherwise bring them to this chain and the queue a second time.
 pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &QueueTarget) {
