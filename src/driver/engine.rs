@@ -66,7 +66,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .transpose()?;
     let kernel_trace = match (&writer, &cfg.trace) {
         (Some(w), Some(t)) if t.kernel => Some(
-            KernelListener::start(w.sender(), clock)
+            KernelListener::start(w.kernel_sender(), clock)
                 .context("kernel trace: join the nftables trace group")?,
         ),
         _ => None,

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use super::kernel::KernelEvent;
 use super::pcap;
 use super::record::{PacketTrace, RAW_VERSION, RawHeader};
 use super::tracer::Clock;
+
+/// Kernel events the writer's second channel holds (each about 250 bytes).
+const KERNEL_ROOM: usize = 16_384;
 
 /// How long the writer waits for more before it flushes what it wrote.
 const FLUSH_AFTER: Duration = Duration::from_millis(100);
@@ -81,6 +84,7 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 /// The running writer: the channel's sending end for the workers, and its thread.
 pub struct TraceWriter {
     tx: SyncSender<Record>,
+    kernel_tx: SyncSender<Record>,
     thread: JoinHandle<Written>,
     path: PathBuf,
 }
@@ -119,12 +123,16 @@ impl TraceWriter {
         out.flush()
             .with_context(|| format!("trace file {}", path.display()))?;
         let (tx, rx) = sync_channel(capacity.max(1));
+        // The kernel's events have a channel of their own: a burst of them must never
+        // take the room of the packets' traces.
+        let (kernel_tx, kernel_rx) = sync_channel(KERNEL_ROOM);
         let shown = path.display().to_string();
         let thread = std::thread::Builder::new()
             .name("trace-writer".into())
-            .spawn(move || write_all(&rx, (&mut out, pcaps.as_mut()), &shown))?;
+            .spawn(move || write_all((&rx, &kernel_rx), (&mut out, pcaps.as_mut()), &shown))?;
         Ok(TraceWriter {
             tx,
+            kernel_tx,
             thread,
             path: path.to_path_buf(),
         })
@@ -135,9 +143,15 @@ impl TraceWriter {
         self.tx.clone()
     }
 
+    /// A sending end for the kernel's events.
+    pub fn kernel_sender(&self) -> SyncSender<Record> {
+        self.kernel_tx.clone()
+    }
+
     /// Wait for the workers' senders to be gone, write what is left and stop.
     pub fn finish(self) -> Written {
         drop(self.tx);
+        drop(self.kernel_tx);
         let written = self.thread.join().unwrap_or_default();
         tracing::info!(
             packets = written.packets,
@@ -150,8 +164,12 @@ impl TraceWriter {
     }
 }
 
+/// How long the writer waits for a packet before it looks at the kernel's events again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Write what the two channels bring, packets first, until both are closed.
 fn write_all(
-    rx: &Receiver<Record>,
+    (rx, kernel): (&Receiver<Record>, &Receiver<Record>),
     (out, mut pcaps): (&mut impl Write, Option<&mut Pcaps>),
     path: &str,
 ) -> Written {
@@ -164,16 +182,25 @@ fn write_all(
         }
         Ok(())
     };
-    loop {
-        let t = match rx.recv_timeout(FLUSH_AFTER) {
-            Ok(t) => t,
-            Err(RecvTimeoutError::Timeout) => {
-                note(flush(out, pcaps.as_deref_mut()), &mut w, 0, path);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
+    // Open: (packets, kernel events). Packets first: a burst of kernel events must not
+    // hold the packets' traces back until their channel overflows.
+    let mut open = (true, true);
+    let mut idle = Duration::ZERO;
+    while open.0 || open.1 {
+        let next = match take(rx, &mut open.0) {
+            Some(r) => Some(r),
+            None => take(kernel, &mut open.1),
         };
-        let line = match t {
+        let Some(next) = next.or_else(|| wait(rx, kernel, open)) else {
+            idle += POLL;
+            if idle >= FLUSH_AFTER {
+                note(flush(out, pcaps.as_deref_mut()), &mut w, 0, path);
+                idle = Duration::ZERO;
+            }
+            continue;
+        };
+        idle = Duration::ZERO;
+        let line = match next {
             Record::Packet(t) => serde_json::to_writer(&mut *out, &t.raw())
                 .map_err(std::io::Error::from)
                 .and_then(|()| out.write_all(b"\n"))
@@ -186,6 +213,29 @@ fn write_all(
     }
     note(flush(out, pcaps), &mut w, 0, path);
     w
+}
+
+/// The next record waiting on `rx`, if any; notes when it has closed.
+fn take(rx: &Receiver<Record>, open: &mut bool) -> Option<Record> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Disconnected) => {
+            *open = false;
+            None
+        }
+    }
+}
+
+/// Both channels are empty: wait up to `POLL` on the packets' (or, once it has
+/// closed, the kernel's) for the next record.
+fn wait(rx: &Receiver<Record>, kernel: &Receiver<Record>, open: (bool, bool)) -> Option<Record> {
+    let on = match open {
+        (true, _) => rx,
+        (false, true) => kernel,
+        (false, false) => return None,
+    };
+    on.recv_timeout(POLL).ok()
 }
 
 /// A traced packet's records: as received, at its first edge; as returned, at its last.
