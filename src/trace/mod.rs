@@ -13,7 +13,8 @@
 //! `tracer` (the worker's side), `writer` (the thread that writes the raw trace),
 //! `filter` (which packets are traced), `format` (`mpolice trace format`), `pcap`
 //! (the packets as received and as returned, for tcpdump), `compare` (`mpolice trace
-//! compare`, against a capture).
+//! compare`, against a capture), `kernel` (nftables' own trace events, the kernel's side
+//! of the journey).
 
 mod compare;
 mod filter;

@@ -1,5 +1,6 @@
 //! The thread that writes the raw trace: a header line, then one JSON line per traced
-//! packet, as the workers finish them. It flushes whenever the workers pause, so a
+//! packet, as the workers finish them, and per kernel event (`trace.kernel`), each kind
+//! on a channel of its own, packets served first. It flushes whenever both pause, so a
 //! trace can be read while the engine runs, and after a crash loses at most the lines
 //! of the last moment.
 
