@@ -8,7 +8,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Length of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
@@ -245,4 +245,43 @@ pub fn kernel_addr() -> libc::sockaddr_nl {
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     addr
+}
+
+/// Open a netlink socket of `protocol` in the calling thread's network namespace, bound
+/// to a port the kernel assigns. An error names the call that failed.
+pub fn open_bound(protocol: libc::c_int) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if raw < 0 {
+        return Err(("socket", io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let addr = kernel_addr();
+    // SAFETY: `addr` is a valid sockaddr_nl of the size given (port 0: the kernel
+    // assigns one).
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(("bind", io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+/// Set a socket's receive buffer, past `net.core.rmem_max` when privileged
+/// (SO_RCVBUFFORCE), else as far as it allows (SO_RCVBUF).
+pub fn force_rcvbuf(fd: &impl AsRawFd, bytes: libc::c_int) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes)
+        .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes))
 }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::pcap::{self, Captured};
-use super::record::{Head, RawHeader, RawPacket};
+use super::record::{Head, RawHeader, RawPacket, parse_cut};
 use super::writer::pcap_paths;
 use crate::wire::{self, proto};
 
@@ -315,14 +315,9 @@ fn signed_ns(a: u64, b: u64) -> i64 {
 
 /// A captured packet's key, its headers read even where the capture cut it short.
 fn key_of(pkt: &Captured) -> Option<Key> {
-    let mut ip = pkt.ip.clone();
-    // Padded to the length its own IP header gives (at most 64 KiB and an IPv6
-    // header), never to the record's, which a broken file may put at 4 GiB.
-    let len = ip_total_len(&ip).unwrap_or(0);
-    if len > ip.len() {
-        ip.resize(len, 0);
-    }
-    let p = wire::parse(&ip).ok()?;
+    // Padded by its own IP header, never by the record's length, which a broken file
+    // may put at 4 GiB.
+    let (ip, p) = parse_cut(pkt.ip.clone())?;
     Some(Key::of(&Head::of(&ip, &p)))
 }
 
@@ -377,11 +372,8 @@ struct Edits {
 
 fn edits(inp: &[u8], out: Option<&[u8]>) -> Edits {
     let read = |b: &[u8]| {
-        // A pcap record may be cut at its snap length: pad, the headers come first.
-        let mut ip = b.to_vec();
-        let len = ip_total_len(&ip).unwrap_or(ip.len());
-        ip.resize(len.max(ip.len()), 0);
-        let p = wire::parse(&ip).ok().filter(|p| p.protocol == proto::TCP)?;
+        // A pcap record may be cut at its snap length: the headers come first.
+        let (ip, p) = parse_cut(b.to_vec()).filter(|(_, p)| p.protocol == proto::TCP)?;
         Some((wire::tcp_reserved(&ip, &p), wire::tcp_mss(&ip, &p)))
     };
     let (Some((r_in, m_in)), Some((r_out, m_out))) = (read(inp), out.and_then(read)) else {
@@ -393,15 +385,6 @@ fn edits(inp: &[u8], out: Option<&[u8]>) -> Edits {
             (Some(a), Some(b)) if a != b => Some((a, b)),
             _ => None,
         },
-    }
-}
-
-/// The length an IP header says its packet has.
-fn ip_total_len(ip: &[u8]) -> Option<usize> {
-    match ip.first()? >> 4 {
-        4 => Some(usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]))),
-        6 => Some(40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]))),
-        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -16,11 +16,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::Head;
+use super::record::{Head, parse_cut};
 use super::tracer::Clock;
 use super::writer::Record;
 use crate::driver::netlink::{self, Attrs};
-use crate::wire;
 
 /// The netfilter netlink family's trace group, and its nftables trace message.
 const NFNLGRP_NFTRACE: u32 = 9;
@@ -205,17 +204,8 @@ fn head(network: &[u8], transport: &[u8]) -> Option<Head> {
         }
         _ => {}
     }
-    let mut ip = [&network[..], transport].concat();
-    // Only the headers came: pad to the length the IP header gives (at most 64 KiB).
-    let len = match ip.first()? >> 4 {
-        4 => usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])),
-        6 => 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?])),
-        _ => return None,
-    };
-    if len > ip.len() {
-        ip.resize(len, 0);
-    }
-    let p = wire::parse(&ip).ok()?;
+    // Only the headers came.
+    let (ip, p) = parse_cut([&network[..], transport].concat())?;
     Some(Head::of(&ip, &p))
 }
 
@@ -259,31 +249,7 @@ impl Drop for KernelListener {
 }
 
 fn open() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket call; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let addr = netlink::kernel_addr();
-    // SAFETY: `addr` is a valid sockaddr_nl of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = netlink::open_bound(libc::NETLINK_NETFILTER).map_err(|(_, e)| e)?;
     netlink::setsockopt(
         &fd,
         libc::SOL_NETLINK,
@@ -296,11 +262,7 @@ fn open() -> io::Result<OwnedFd> {
         tv_usec: 200_000,
     };
     netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-    // As root the buffer may pass net.core.rmem_max; otherwise take what it allows.
-    let size = 4i32 << 20;
-    if netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
-        let _ = netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
-    }
+    let _ = netlink::force_rcvbuf(&fd, 4 << 20);
     Ok(fd)
 }
 

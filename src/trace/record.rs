@@ -85,6 +85,23 @@ impl Head {
     }
 }
 
+/// Parse a packet that was cut short (a pcap record at its snap length, the headers a
+/// kernel trace event carries): padded with zeros to the length its own IP header gives
+/// (at most 64 KiB and an IPv6 header, never a length from elsewhere), so its headers
+/// parse. None if even they do not.
+pub fn parse_cut(mut ip: Vec<u8>) -> Option<(Vec<u8>, Parsed)> {
+    let len = match ip.first()? >> 4 {
+        4 => usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])),
+        6 => 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?])),
+        _ => return None,
+    };
+    if len > ip.len() {
+        ip.resize(len, 0);
+    }
+    let p = crate::wire::parse(&ip).ok()?;
+    Some((ip, p))
+}
+
 /// One stage edge at a time (nanoseconds since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
@@ -151,6 +168,13 @@ impl PacketTrace {
                 self.count += 1;
             }
             None => self.lost_marks = self.lost_marks.saturating_add(1),
+        }
+    }
+
+    /// Several edges at one time: `stages` in order, each beginning or ending.
+    pub fn mark_at(&mut self, t_ns: u64, edge: Edge, stages: &[Stage]) {
+        for &stage in stages {
+            self.mark(Mark { t_ns, stage, edge });
         }
     }
 

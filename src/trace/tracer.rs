@@ -123,14 +123,11 @@ impl Tracer {
             return;
         }
         let mut t = PacketTrace::new(n, queue, id, hook, len);
-        let t_ns = self.clock.unix_ns(at);
-        for stage in [Stage::Packet, Stage::Receive] {
-            t.mark(Mark {
-                t_ns,
-                stage,
-                edge: Edge::Begin,
-            });
-        }
+        t.mark_at(
+            self.clock.unix_ns(at),
+            Edge::Begin,
+            &[Stage::Packet, Stage::Receive],
+        );
         // A filter on headers decides once they are parsed (`headers`).
         self.current = Some(t);
     }
@@ -187,14 +184,11 @@ impl Tracer {
     }
 
     fn finish(&mut self, mut t: PacketTrace, at: Instant) {
-        let t_ns = self.clock.unix_ns(at);
-        for stage in [Stage::Verdict, Stage::Packet] {
-            t.mark(Mark {
-                t_ns,
-                stage,
-                edge: Edge::End,
-            });
-        }
+        t.mark_at(
+            self.clock.unix_ns(at),
+            Edge::End,
+            &[Stage::Verdict, Stage::Packet],
+        );
         self.counters.lost_marks += u64::from(t.lost_marks);
         match self.out.try_send(Record::Packet(t)) {
             Ok(()) => self.counters.traced += 1,

@@ -7,7 +7,7 @@
 
 use std::io::{self, IoSlice};
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::error::QueueError;
@@ -44,28 +44,12 @@ pub struct NlSocket {
 impl NlSocket {
     /// Open and bind a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, QueueError> {
-        // SAFETY: plain syscall; the returned fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(QueueError::last_os("socket"));
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = netlink::open_bound(libc::NETLINK_NETFILTER)
+            .map_err(|(op, source)| QueueError::Io { op, source })?;
         let mut addr = netlink::kernel_addr();
-        let len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: addr is a valid sockaddr_nl of `len` bytes.
-        if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } < 0 {
-            return Err(QueueError::last_os("bind"));
-        }
-        let mut got = len;
+        let mut got = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: addr/got describe a writable sockaddr_nl.
-        if unsafe { libc::getsockname(raw, (&raw mut addr).cast(), &mut got) } < 0 {
+        if unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &mut got) } < 0 {
             return Err(QueueError::last_os("getsockname"));
         }
         Ok(NlSocket {
@@ -82,17 +66,10 @@ impl NlSocket {
     /// Set the receive buffer, forcing past `rmem_max` when privileged.
     pub fn set_rcvbuf(&self, bytes: usize) -> Result<(), QueueError> {
         let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        if self
-            .setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &v)
-            .is_ok()
-        {
-            return Ok(());
-        }
-        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &v)
-            .map_err(|source| QueueError::Io {
-                op: "setsockopt SO_RCVBUF",
-                source,
-            })
+        netlink::force_rcvbuf(&self.fd, v).map_err(|source| QueueError::Io {
+            op: "setsockopt SO_RCVBUF",
+            source,
+        })
     }
 
     /// Return the receive buffer the kernel granted (about twice what was asked).

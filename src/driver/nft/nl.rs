@@ -10,7 +10,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::driver::netlink;
@@ -58,32 +58,7 @@ pub(super) struct NlSocket {
 impl NlSocket {
     /// Open and bind a socket in the calling thread's network namespace.
     pub(super) fn open() -> io::Result<NlSocket> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let addr = netlink::kernel_addr();
-        // SAFETY: `addr` is a valid sockaddr_nl for the duration of the call (port 0: the
-        // kernel assigns one).
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = netlink::open_bound(libc::NETLINK_NETFILTER).map_err(|(_, e)| e)?;
         set_rcvbuf(fd.as_raw_fd());
         Ok(NlSocket { fd })
     }
@@ -152,10 +127,8 @@ fn set_rcvbuf(fd: libc::c_int) {
     if let Err(e) = set(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1) {
         tracing::debug!("NETLINK_CAP_ACK on nfnetlink socket: {e}");
     }
-    if set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_RCVBUF).is_err() {
-        if let Err(e) = set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_RCVBUF) {
-            tracing::debug!("SO_RCVBUF on nfnetlink socket: {e}");
-        }
+    if let Err(e) = netlink::force_rcvbuf(&fd, SOCK_RCVBUF) {
+        tracing::debug!("SO_RCVBUF on nfnetlink socket: {e}");
     }
 }
 

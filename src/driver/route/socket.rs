@@ -9,7 +9,7 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::wire::{RTM_NEWROUTE, Route};
@@ -43,30 +43,12 @@ pub struct RtSocket {
 impl RtSocket {
     /// Open a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NlError> {
-        // SAFETY: plain syscall; the returned fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(NlError::Io("socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = netlink::open_bound(libc::NETLINK_ROUTE).map_err(|(op, e)| NlError::Io(op, e))?;
         let sock = RtSocket {
             fd,
             seq: 0,
             buf: vec![0; RECV_BUF],
         };
-        let addr = netlink::kernel_addr();
-        let len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: addr is a valid sockaddr_nl of `len` bytes.
-        if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } < 0 {
-            return Err(NlError::Io("bind", io::Error::last_os_error()));
-        }
         let tv = libc::timeval {
             tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
