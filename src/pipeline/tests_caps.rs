@@ -1885,3 +1885,23 @@ fn tcp_to_an_unprotected_port_is_policed_as_best_effort_and_never_stamped() {
     let row = path.mbox_p.police_report(1).unwrap().senders[0].clone();
     assert_eq!((row.other, row.issued), (1, 0));
 }
+
+#[test]
+fn only_forwarded_traffic_to_a_protected_address_is_policed_off_its_ports() {
+    let mut path = Path::new();
+    let forward = PacketMeta {
+        hook: HOOK_FORWARD,
+        ..Default::default()
+    };
+    // Forwarded, but to an address nobody protects: not ours to police.
+    let mut elsewhere = Builder::udp(ip("198.18.1.2"), ip("198.18.9.9"), 5000, 53).build();
+    let v = path.mbox_p.process(&forward, &mut elsewhere, path.t0);
+    assert_eq!(v, Verdict::Pass(Reason::Unselected));
+    // To a protected address, but queued before routing (prerouting): not policed here.
+    let mut early = Builder::udp(ip("198.18.1.2"), ip("198.18.2.2"), 5000, 53).build();
+    let v = path
+        .mbox_p
+        .process(&PacketMeta::default(), &mut early, path.t0);
+    assert_eq!(v, Verdict::Pass(Reason::Unselected));
+    assert!(path.mbox_p.police_report(1).unwrap().senders.is_empty());
+}
