@@ -139,8 +139,8 @@ impl Config {
         if let Some(limits) = self.unverified_channel(role) {
             nft::add_unverified_channel(&mut spec, &limits);
         }
-        if self.trace.as_ref().is_some_and(|t| t.kernel) {
-            nft::add_trace_chains(&mut spec, &self.protect, &self.queue.target);
+        if let Some(t) = self.trace.as_ref().filter(|t| t.kernel) {
+            nft::add_trace_chains(&mut spec, &self.protect, &t.filter, &self.queue.target);
         }
         spec
     }
@@ -629,6 +629,14 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .map(|c| validate_caps(c, role))
         .transpose()?;
     let trace = raw.trace.map(trace::validate).transpose()?;
+    let selection = Selection {
+        addresses,
+        tcp_ports,
+        udp_ports,
+    };
+    if let Some(t) = trace.as_ref().filter(|t| t.kernel) {
+        trace::check_kernel_marks(&selection, &t.filter)?;
+    }
     Ok(Config {
         police,
         trace,
@@ -646,11 +654,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
             precise_first,
             copy_bytes: q.copy_bytes,
         },
-        protect: Selection {
-            addresses,
-            tcp_ports,
-            udp_ports,
-        },
+        protect: selection,
         control_socket,
     })
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{ConfigError, RawPort, ports};
-use crate::driver::nft::Prefix;
+use crate::driver::nft::{Prefix, Selection};
 use crate::trace::Filter;
 use crate::wire::proto;
 
@@ -144,6 +144,23 @@ pub(super) fn validate(t: RawTrace) -> Result<TraceSettings, ConfigError> {
     })
 }
 
+/// Refuse a filter that would mark nothing in the kernel, or need too many rules.
+pub(super) fn check_kernel_marks(protected: &Selection, f: &Filter) -> Result<(), ConfigError> {
+    let marks = crate::driver::nft::trace_marks(protected, f).len();
+    let max = crate::driver::nft::MAX_TRACE_RULES;
+    if marks == 0 {
+        return Err(ConfigError(
+            "trace.hosts: no host is of a protected address's family and kernel = true would mark nothing; add one or drop kernel".into(),
+        ));
+    }
+    if marks > max {
+        return Err(ConfigError(format!(
+            "trace: kernel = true with these hosts and ports needs {marks} marking rules per chain (at most {max}); narrow trace.hosts or trace.ports"
+        )));
+    }
+    Ok(())
+}
+
 /// A protocol by name (tcp, udp, icmp, icmpv6) or number.
 fn protocol(name: &str) -> Result<u8, ConfigError> {
     match name {
@@ -257,6 +274,20 @@ mod tests {
             (
                 "file = \"/t\"\npcap_snap_bytes = 70000",
                 "trace.pcap_snap_bytes",
+            ),
+            (
+                "file = \"/t\"\nkernel = true\nhosts = [\"2001:2::1\"]",
+                "kernel = true would mark nothing",
+            ),
+            (
+                &format!(
+                    "file = \"/t\"\nkernel = true\nports = [{}]",
+                    (1000..1070)
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                "needs 560 marking rules per chain (at most 256)",
             ),
         ] {
             let e = with_trace(lines).unwrap_err();

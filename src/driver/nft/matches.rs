@@ -16,7 +16,7 @@ use nftnl::expr::{
 
 use super::expr::{JHash, MeterUpdate, NFT_OBJECT_COUNTER, NFT_OBJECT_LIMIT, ObjRef, SetLookup};
 use super::plan::{COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, meter_set, verified_set};
-use super::spec::{ChannelStep, Field, L4Match, Proto, RuleSpec};
+use super::spec::{ChannelStep, Field, L4Match, Prefix, Proto, RuleSpec};
 use crate::pipeline::LOOPBACK_IFINDEX;
 
 /// Append the loopback exclusion, `meta nfproto`, the address match, `meta l4proto` and
@@ -39,19 +39,16 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     } as u8;
     rule.add_expr(&Meta::NfProto);
     rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto));
-    // A zero-length prefix matches the whole family: nothing to load.
-    if !prefix.is_empty() {
-        rule.add_expr(&addr_payload(v4, spec.addr_field));
-        let addr = prefix.addr_bytes();
-        if !prefix.is_host() {
-            let mask = prefix.mask_bytes();
-            let zero = vec![0u8; mask.len()];
-            rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
-        }
-        rule.add_expr(&Cmp::new(CmpOp::Eq, addr.as_slice()));
+    add_addr(rule, spec.addr_field, prefix);
+    if let Some((field, also)) = spec.also {
+        add_addr(rule, field, also);
     }
     match spec.l4 {
         L4Match::Any => {}
+        L4Match::Protocol(number) => {
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, number));
+        }
         L4Match::Ports {
             proto,
             field,
@@ -102,6 +99,21 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
         });
         rule.add_expr(&Cmp::new(CmpOp::Eq, pick.value));
     }
+}
+
+/// Append the match of the address on `field` in `prefix` (nothing for a zero-length
+/// prefix, which matches the whole family).
+fn add_addr(rule: &mut Rule, field: Field, prefix: Prefix) {
+    if prefix.is_empty() {
+        return;
+    }
+    rule.add_expr(&addr_payload(prefix.addr().is_ipv4(), field));
+    if !prefix.is_host() {
+        let mask = prefix.mask_bytes();
+        let zero = vec![0u8; mask.len()];
+        rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
+    }
+    rule.add_expr(&Cmp::new(CmpOp::Eq, prefix.addr_bytes().as_slice()));
 }
 
 /// Append the counted drop of a channel rule (`OverSource`, `OverTotal`) and return true;

@@ -14,6 +14,7 @@ use super::render::render_accept;
 use super::*;
 use crate::driver::nfqueue::{Incoming, Queue as NfQueue, QueueConfig, Verdict};
 use crate::driver::testns;
+use crate::trace::Filter;
 use crate::wire::build::Builder;
 use crate::wire::tcp;
 
@@ -309,7 +310,7 @@ fn without_cap_net_admin_reports_permission() {
 fn trace_chains_load_and_mark_protected_traffic() {
     let Some(ns) = Netns::new() else { return };
     let mut spec = plan(Role::Victim, &selection(), &Q);
-    add_trace_chains(&mut spec, &selection(), &Q);
+    add_trace_chains(&mut spec, &selection(), &Filter::default(), &Q);
     ns.nft_load(&render_accept(&spec)).expect("text loads");
     let marks = 2 * 2 * selection().addresses.len();
     assert_eq!(ns.list().matches("meta nftrace set 1").count(), marks);
@@ -322,6 +323,24 @@ fn trace_chains_load_and_mark_protected_traffic() {
         "{listing}"
     );
     assert!(listing.contains("hook output priority -400"), "{listing}");
+    // A filter's host and ports load too, both ways.
+    let filter = Filter {
+        hosts: vec!["198.18.0.0/24".parse().unwrap()],
+        ports: vec!["8080-8081".parse().unwrap()],
+        ..Filter::default()
+    };
+    let mut spec = plan(Role::Victim, &selection(), &Q);
+    add_trace_chains(&mut spec, &selection(), &filter, &Q);
+    let marks = trace_marks(&selection(), &filter).len();
+    assert!(marks > 0);
+    let ns = Netns::new().expect("a second namespace");
+    ns.nft_load(&render_accept(&spec)).expect("text loads");
+    assert_eq!(ns.list().matches("meta nftrace set 1").count(), 2 * marks);
+    ns.run(|| install(&spec, QueuePreference::Auto))
+        .expect("netlink install");
+    let listing = ns.list();
+    assert_eq!(listing.matches("meta nftrace set 1").count(), 2 * marks);
+    assert!(listing.contains("tcp dport 8080-8081"), "{listing}");
 }
 
 #[test]

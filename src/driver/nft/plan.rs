@@ -8,6 +8,8 @@
 //! same seed and modulus in every chain, so every packet of one sender, in either
 //! direction and of any protocol, goes to the same queue.
 
+use crate::trace::Filter;
+
 use super::spec::{
     ChainSpec, ChannelStep, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role,
     RuleSpec, RulesetSpec, Selection, UnverifiedChannel, UnverifiedLimits,
@@ -173,28 +175,34 @@ pub fn add_feedback_chain(spec: &mut RulesetSpec, feedback: &Selection, q: &Queu
     ));
 }
 
-/// Tracing's kernel path: mark every packet to or from a protected address, as it
-/// arrives (prerouting) or as this host sends it (output), before any other chain, so
-/// the kernel reports each rule it meets (`meta nftrace`) to the trace's listener.
-pub fn add_trace_chains(spec: &mut RulesetSpec, protected: &Selection, q: &QueueTarget) {
+/// Tracing's kernel path: mark every packet to or from a protected address that the
+/// trace's filter selects (protocol, a host and a port at either end), as it arrives
+/// (prerouting) or as this host sends it (output), before any other chain, so the
+/// kernel reports each rule it meets (`meta nftrace`) to the trace's listener. The
+/// filter's `sample` is the engine's own: the kernel marks every match.
+pub fn add_trace_chains(
+    spec: &mut RulesetSpec,
+    protected: &Selection,
+    filter: &Filter,
+    q: &QueueTarget,
+) {
     for (name, hook) in [("trace_in", Hook::Prerouting), ("trace_out", Hook::Output)] {
-        let mut rules = Vec::new();
-        for &prefix in &protected.addresses {
-            for (field, dir) in [(Field::Dst, "to"), (Field::Src, "from")] {
-                rules.push(RuleSpec {
-                    prefix,
-                    addr_field: field,
-                    l4: L4Match::Any,
-                    skip_loopback: None,
-                    pick: None,
-                    channel: None,
-                    pass: false,
-                    trace: true,
-                    queue: *q,
-                    comment: format!("mpolice {name}: trace packets {dir} {prefix}"),
-                });
-            }
-        }
+        let rules = trace_marks(protected, filter)
+            .into_iter()
+            .map(|m| RuleSpec {
+                prefix: m.protected,
+                addr_field: m.side,
+                also: m.host,
+                l4: m.l4,
+                skip_loopback: None,
+                pick: None,
+                channel: None,
+                pass: false,
+                trace: true,
+                queue: *q,
+                comment: format!("mpolice {name}: trace packets {}", m.says),
+            })
+            .collect();
         spec.chains.push(ChainSpec {
             name: name.into(),
             hook,
@@ -211,6 +219,96 @@ pub fn add_trace_chains(spec: &mut RulesetSpec, protected: &Selection, q: &Queue
 /// rules the trace should show.
 const TRACE_PRIORITY: i32 = -400;
 
+/// Most marking rules a trace chain may hold: each (protected prefix, host, port range)
+/// of the filter is one rule per end and protocol, and a broad filter multiplies them.
+pub const MAX_TRACE_RULES: usize = 256;
+
+/// One marking rule's match: a protected prefix on one side, the filter's host on either
+/// side, and its protocol or port.
+pub struct TraceMark {
+    pub protected: Prefix,
+    pub side: Field,
+    pub host: Option<(Field, Prefix)>,
+    pub l4: L4Match,
+    /// The match in words, for the rule's comment.
+    pub says: String,
+}
+
+/// The marking rules for `filter` over the protected addresses: the product of the
+/// protected prefixes (to and from), the filter's hosts of the same family (either end)
+/// and its ports (TCP, UDP or the filter's protocol; either end) or protocol.
+pub fn trace_marks(protected: &Selection, filter: &Filter) -> Vec<TraceMark> {
+    let ends = [(Field::Dst, "to"), (Field::Src, "from")];
+    let protos: Vec<Proto> = [Proto::Tcp, Proto::Udp]
+        .into_iter()
+        .filter(|p| filter.protocol.is_none_or(|n| n == p.number()))
+        .collect();
+    let mut l4s = vec![(L4Match::Any, String::new())];
+    if !filter.ports.is_empty() {
+        l4s = filter
+            .ports
+            .iter()
+            .flat_map(|&ports| protos.iter().map(move |&proto| (proto, ports)))
+            .flat_map(|(proto, ports)| {
+                ends.map(|(field, _)| {
+                    let word = if field == Field::Src {
+                        "sport"
+                    } else {
+                        "dport"
+                    };
+                    let says = format!(" {} {word} {ports}", proto.keyword());
+                    (
+                        L4Match::Ports {
+                            proto,
+                            field,
+                            ports,
+                        },
+                        says,
+                    )
+                })
+            })
+            .collect();
+    } else if let Some(n) = filter.protocol {
+        l4s = vec![(L4Match::Protocol(n), format!(" protocol {n}"))];
+    }
+    let mut marks = Vec::new();
+    for &protected_prefix in &protected.addresses {
+        let v4 = protected_prefix.addr().is_ipv4();
+        let mut hosts = vec![None];
+        if !filter.hosts.is_empty() {
+            hosts = filter
+                .hosts
+                .iter()
+                .filter(|h| h.addr().is_ipv4() == v4)
+                .flat_map(|&h| ends.map(|(field, dir)| Some((field, h, dir))))
+                .collect();
+        }
+        for (side, dir) in ends {
+            // A host on the protected side outside the protected prefix never matches.
+            let apart = |&&h: &&Option<(Field, Prefix, &str)>| {
+                h.is_none_or(|(f, h, _)| {
+                    f != side
+                        || h.contains(protected_prefix.addr())
+                        || protected_prefix.contains(h.addr())
+                })
+            };
+            for host in hosts.iter().filter(apart) {
+                for (l4, l4_says) in &l4s {
+                    let host_says = host.map_or(String::new(), |(_, h, d)| format!(", {d} {h}"));
+                    marks.push(TraceMark {
+                        protected: protected_prefix,
+                        side,
+                        host: host.map(|(f, h, _)| (f, h)),
+                        l4: *l4,
+                        says: format!("{dir} {protected_prefix}{host_says}{l4_says}"),
+                    });
+                }
+            }
+        }
+    }
+    marks
+}
+
 /// Add the mbox's chain for forwarded ICMP and ICMPv6 errors: they quote the packet at
 /// fault, and the engine cuts a stamp's capability out of the quote before the client
 /// gets it. Queued after routing, like the stamped packets they answer, and to the queue
@@ -224,6 +322,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
         .map(|&prefix| RuleSpec {
             prefix,
             addr_field: Field::Dst,
+            also: None,
             l4: L4Match::Any,
             skip_loopback: None,
             pick: None,
@@ -240,6 +339,7 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
             let rule = RuleSpec {
                 prefix: any.parse::<Prefix>().expect("a valid zero-length prefix"),
                 addr_field: Field::Dst,
+                also: None,
                 l4: L4Match::IcmpType(kind),
                 skip_loopback: None,
                 pick: None,
@@ -432,6 +532,7 @@ fn chain(
     let rule = |prefix: Prefix, l4: L4Match, comment: String| RuleSpec {
         prefix,
         addr_field: side,
+        also: None,
         l4,
         skip_loopback: None,
         pick: None,
@@ -515,7 +616,7 @@ mod tests {
     fn port_field(r: &RuleSpec) -> Option<Field> {
         match r.l4 {
             L4Match::Ports { field, .. } => Some(field),
-            L4Match::IcmpType(_) | L4Match::Any => None,
+            L4Match::IcmpType(_) | L4Match::Protocol(_) | L4Match::Any => None,
         }
     }
 
@@ -966,6 +1067,72 @@ mod tests {
         assert_eq!(longest, Some(112));
         // As above, the longest IPv6 prefix text is 6 bytes longer than this one.
         assert!(longest.unwrap() + 6 <= super::super::install::COMMENT_MAX);
+    }
+
+    /// Each marking rule's match in nft's words (the render of the rule alone).
+    fn trace_rules(filter: &Filter) -> Vec<String> {
+        let mut spec = plan(Role::Victim, &Selection::default(), &Q1);
+        add_trace_chains(&mut spec, &selection(), filter, &Q1);
+        assert_eq!(spec.chains[2].rules.len(), spec.chains[3].rules.len());
+        let text = crate::driver::nft::render(&spec);
+        let chain = text.split("chain trace_in").nth(1).unwrap();
+        let chain = chain.split("chain trace_out").next().unwrap();
+        chain
+            .lines()
+            .filter(|l| l.contains("nftrace set 1"))
+            .map(|l| l.split(" meta nftrace").next().unwrap().trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_kernel_trace_marks_what_the_filter_selects_of_the_protected_traffic() {
+        // No filter: everything to and from each protected prefix.
+        assert_eq!(
+            trace_rules(&Filter::default()),
+            [
+                "ip daddr 198.18.2.2",
+                "ip saddr 198.18.2.2",
+                "ip6 daddr 2001:2:0:2::/64",
+                "ip6 saddr 2001:2:0:2::/64"
+            ]
+        );
+        // A host outside the protected prefix is its peer: the other end only. IPv6
+        // protected traffic cannot match an IPv4 host, and is not marked.
+        let peer = Filter {
+            protocol: Some(6),
+            hosts: vec!["198.18.0.0/24".parse().unwrap()],
+            ports: vec!["8080".parse().unwrap()],
+            ..Filter::default()
+        };
+        assert_eq!(
+            trace_rules(&peer),
+            [
+                "ip daddr 198.18.2.2 ip saddr 198.18.0.0/24 tcp dport 8080",
+                "ip daddr 198.18.2.2 ip saddr 198.18.0.0/24 tcp sport 8080",
+                "ip saddr 198.18.2.2 ip daddr 198.18.0.0/24 tcp dport 8080",
+                "ip saddr 198.18.2.2 ip daddr 198.18.0.0/24 tcp sport 8080",
+            ]
+        );
+        // A protocol alone; ports without one are TCP's and UDP's.
+        let icmp = Filter {
+            protocol: Some(1),
+            ..Filter::default()
+        };
+        assert!(
+            trace_rules(&icmp)
+                .iter()
+                .all(|r| r.ends_with("meta l4proto 1"))
+        );
+        let ports = Filter {
+            ports: vec!["53".parse().unwrap()],
+            ..Filter::default()
+        };
+        let rules = trace_rules(&ports);
+        assert_eq!(rules.len(), 2 * 2 * 2 * 2, "{rules:?}");
+        assert_eq!(
+            rules.iter().filter(|r| r.contains("udp sport 53")).count(),
+            4
+        );
     }
 
     #[test]

@@ -243,6 +243,12 @@ fn rule_match(rule: &RuleSpec) -> String {
             rule.prefix
         )
     };
+    let addr = match rule.also {
+        Some((field, prefix)) => {
+            format!("{addr} {family} {} {prefix}", field_word(field, "addr"))
+        }
+        None => addr,
+    };
     let addr = match rule.skip_loopback {
         Some(Field::Src) => format!("iif != \"lo\" {addr}"),
         Some(Field::Dst) => format!("oif != \"lo\" {addr}"),
@@ -259,6 +265,7 @@ fn rule_match(rule: &RuleSpec) -> String {
             proto.keyword(),
             field_word(field, "port")
         ),
+        L4Match::Protocol(number) => format!("{addr} meta l4proto {number}"),
         L4Match::IcmpType(kind) => {
             let icmp = if family == "ip" { "icmp" } else { "icmpv6" };
             format!(

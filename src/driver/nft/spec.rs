@@ -189,6 +189,9 @@ pub struct RuleSpec {
     /// A zero-length prefix matches the whole family.
     pub prefix: Prefix,
     pub addr_field: Field,
+    /// A second address to match, on this side (tracing's host filter narrows the
+    /// protected prefix to one peer); None for every other rule.
+    pub also: Option<(Field, Prefix)>,
     pub l4: L4Match,
     /// Leave loopback traffic alone: arriving on it (`Src`, iif) or leaving by it (`Dst`,
     /// oif). The host's own traffic needs no policing and may exceed the copy range.
@@ -236,6 +239,8 @@ pub enum L4Match {
     },
     /// ICMP (for an IPv4 prefix) or ICMPv6 (IPv6) messages of one type.
     IcmpType(u8),
+    /// One IP protocol, by number (after IPv6 extension headers).
+    Protocol(u8),
 }
 
 /// Source or destination (address or port).
