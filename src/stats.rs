@@ -12,7 +12,7 @@ use crate::driver::nfqueue::Unreadable;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
-use crate::trace::TraceCounters;
+use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
     /// What a worker counts besides the pipeline's reasons.
@@ -246,6 +246,9 @@ pub struct EngineStats {
     pub unverified_over_source: u64,
     #[serde(default)]
     pub unverified_over_total: u64,
+    /// Tracing's kernel path on: the nftables trace events kept and lost (None: off).
+    #[serde(default)]
+    pub kernel_trace: Option<KernelTraceCounters>,
 }
 
 impl EngineStats {
@@ -375,6 +378,9 @@ impl EngineStats {
                 "trace: traced={} dropped={} lost_marks={}",
                 t.traced, t.dropped, t.lost_marks
             );
+        }
+        if let Some(k) = self.kernel_trace {
+            let _ = writeln!(s, "kernel trace: events={} lost={}", k.events, k.lost);
         }
         let c = &total.caps;
         if *c != CapCounters::default() {
@@ -525,6 +531,10 @@ mod tests {
             }),
             unverified_over_source: 5,
             unverified_over_total: 6,
+            kernel_trace: Some(crate::trace::KernelTraceCounters {
+                events: 70,
+                lost: 1,
+            }),
         }
     }
 
@@ -673,8 +683,9 @@ mod tests {
     fn table_shows_every_queue_and_reason() {
         let t = sample().table();
         assert!(t.contains("queue rule: xt"));
-        assert_eq!(t.lines().count(), 10, "{t}");
+        assert_eq!(t.lines().count(), 11, "{t}");
         assert!(t.contains("unverified_over_source=5 unverified_over_total=6"));
+        assert!(t.contains("kernel trace: events=70 lost=1"), "{t}");
         // The precise queues' own kernel drops are shown, not only the queues'.
         assert!(
             t.contains(

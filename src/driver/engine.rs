@@ -27,7 +27,7 @@ use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
-use crate::trace::{Clock, KernelListener, TraceWriter, Tracer};
+use crate::trace::{Clock, KernelListener, KernelTally, TraceWriter, Tracer};
 
 /// How long a blocked worker waits before it checks the stop flag.
 const RECV_TIMEOUT: Duration = Duration::from_millis(200);
@@ -61,7 +61,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map(|t| {
             let room = (t.buffer_packets, t.pcap_snap);
-            TraceWriter::start(&t.file, &role.to_string(), room, &clock)
+            TraceWriter::start(&t.file, (&role.to_string(), t.kernel), room, &clock)
         })
         .transpose()?;
     let kernel_trace = match (&writer, &cfg.trace) {
@@ -130,6 +130,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             header: header.clone(),
             board,
             withholds: role == Role::Victim && cfg.capabilities.is_some(),
+            kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
         };
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
@@ -157,9 +158,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let _ = control_thread.join();
     // Every worker's sender is gone with its thread, the listener's with it: the writer
     // writes the rest.
-    if let Some(k) = kernel_trace {
-        k.stop();
-    }
+    let kernel_trace = kernel_trace.map(KernelListener::stop);
     if let Some(w) = writer {
         w.finish();
     }
@@ -169,7 +168,10 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     if !all_joined {
         bail!("a worker panicked; rules removed");
     }
-    Ok(header.stats(&counters, &kernel))
+    Ok(EngineStats {
+        kernel_trace,
+        ..header.stats(&counters, &kernel)
+    })
 }
 
 /// Builds each worker's capability stages from what start-up loaded once.
@@ -598,6 +600,7 @@ impl Header {
             police: None,
             unverified_over_source: 0,
             unverified_over_total: 0,
+            kernel_trace: None,
         }
     }
 }
@@ -609,6 +612,8 @@ struct Answers {
     board: Arc<Board>,
     /// A victim with capabilities: it takes `withhold` requests.
     withholds: bool,
+    /// Tracing's kernel path, when on.
+    kernel_trace: Option<Arc<KernelTally>>,
 }
 
 impl Answers {
@@ -637,6 +642,7 @@ impl Answers {
                 // Dropped in the kernel before the queue (0 without the channel).
                 (stats.unverified_over_source, stats.unverified_over_total) =
                     nft::unverified_drops().unwrap_or_default();
+                stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
                 serde_json::to_value(stats)
             }
             _ if !self.withholds => {

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::journey::{Item, Journeys, before_engine};
 use super::kernel::KernelEvent;
 use super::record::{Edge, Head, MAX_MARKS, RAW_VERSION, RawHeader, RawPacket};
 use super::writer::KernelLine;
@@ -52,19 +53,37 @@ pub fn format(input: impl BufRead, out: &mut impl Write, how: Output) -> Result<
             clock_time(header.started_unix_ns)
         )?;
     }
+    // With the kernel's events in the trace, each packet waits for its own.
+    let mut journeys = header.kernel.then(Journeys::default);
+    let mut write = |out: &mut _, items: Vec<Item>, line_no: &mut u64| -> Result<()> {
+        for item in items {
+            match item {
+                Item::Packet(p, events) => {
+                    totals.push(total_ns(&p));
+                    write_packet(out, &p, &events, how, line_no)?;
+                }
+                Item::Loose(e) => write_kernel(out, &e, how, 0, line_no)?,
+            }
+        }
+        Ok(())
+    };
     while let Some((n, line, whole)) = lines.next()? {
         if line.trim().is_empty() {
             continue;
         }
         let p: RawPacket = match serde_json::from_str(&line) {
             Ok(p) => p,
-            // The kernel's side of the journey (`trace.kernel`), as it came.
+            // The kernel's side of the journey (`trace.kernel`).
             Err(_) if line.starts_with("{\"kernel\"") => {
                 match serde_json::from_str::<KernelLine>(&line) {
                     Ok(mut k) => {
                         s.kernel_events += 1;
                         named.name(&mut k.kernel);
-                        write_kernel(out, &k.kernel, how, &mut line_no)?;
+                        let items = match journeys.as_mut() {
+                            Some(j) => j.kernel(k.kernel),
+                            None => vec![Item::Loose(k.kernel)],
+                        };
+                        write(out, items, &mut line_no)?;
                     }
                     Err(e) => s
                         .warnings
@@ -90,14 +109,14 @@ pub fn format(input: impl BufRead, out: &mut impl Write, how: Output) -> Result<
             continue;
         }
         s.packets += 1;
-        totals.push(total_ns(&p));
-        match how {
-            Output::Text => write_text(out, &p, &mut line_no)?,
-            Output::Json => {
-                serde_json::to_writer(&mut *out, &JsonPacket::of(&p))?;
-                writeln!(out)?;
-            }
-        }
+        let items = match journeys.as_mut() {
+            Some(j) => j.packet(p),
+            None => vec![Item::Packet(p, Vec::new())],
+        };
+        write(out, items, &mut line_no)?;
+    }
+    if let Some(j) = journeys {
+        write(out, j.finish(), &mut line_no)?;
     }
     if how == Output::Text {
         write_summary(out, &mut totals)?;
@@ -153,10 +172,27 @@ fn total_ns(p: &RawPacket) -> u64 {
     }
 }
 
-/// One packet's edges, numbered on from `line_no`, then its total time.
-fn write_text(out: &mut impl Write, p: &RawPacket, line_no: &mut u64) -> Result<()> {
+/// One packet as `how` says: in JSON, one object; as text, its kernel events before the
+/// engine, its edges, its kernel events after the engine, numbered on from `line_no`,
+/// then its total time.
+fn write_packet(
+    out: &mut impl Write,
+    p: &RawPacket,
+    events: &[KernelEvent],
+    how: Output,
+    line_no: &mut u64,
+) -> Result<()> {
+    if how == Output::Json {
+        serde_json::to_writer(&mut *out, &JsonPacket::of(p, events))?;
+        writeln!(out)?;
+        return Ok(());
+    }
     let ends = endpoints(p.head.as_ref());
     let tail = tail_columns(p.head.as_ref());
+    let (before, after) = events.split_at(before_engine(p, events));
+    for e in before {
+        write_kernel(out, e, how, 0, line_no)?;
+    }
     let mut depth = 0usize;
     for (stage, edge, t) in &p.marks {
         if *edge == Edge::End {
@@ -174,6 +210,9 @@ fn write_text(out: &mut impl Write, p: &RawPacket, line_no: &mut u64) -> Result<
         if *edge == Edge::Begin {
             depth += 1;
         }
+    }
+    for e in after {
+        write_kernel(out, e, how, 0, line_no)?;
     }
     let lost = if p.lost_marks > 0 {
         format!(", {} edges not kept", p.lost_marks)
@@ -217,11 +256,13 @@ impl KernelNames {
 }
 
 /// One event of the kernel's trace: the rule a marked packet met. As text, in the
-/// packets' columns with the stage column naming the table, chain and rule.
+/// packets' columns with the stage column naming the table, chain and rule, indented
+/// to `depth`.
 fn write_kernel(
     out: &mut impl Write,
     k: &KernelEvent,
     how: Output,
+    depth: usize,
     line_no: &mut u64,
 ) -> Result<()> {
     if how == Output::Json {
@@ -239,7 +280,8 @@ fn write_kernel(
     let dev = |name: &str, i: Option<u32>| i.map(|i| format!(" {name} {i}")).unwrap_or_default();
     writeln!(
         out,
-        "{line_no} {} {} nft {} {} {} {}{handle}{verdict}{}{} -{}",
+        "{line_no} {:indent$}{} {} nft {} {} {} {}{handle}{verdict}{}{} -{}",
+        "",
         clock_time(k.t_ns),
         endpoints(k.head.as_ref()),
         k.family,
@@ -248,7 +290,8 @@ fn write_kernel(
         k.kind,
         dev("iif", k.iif),
         dev("oif", k.oif),
-        tail_columns(k.head.as_ref())
+        tail_columns(k.head.as_ref()),
+        indent = depth * 2
     )?;
     Ok(())
 }
@@ -340,6 +383,12 @@ struct JsonPacket<'a> {
     total_ns: u64,
     stages: Vec<JsonStage<'a>>,
     lost_marks: u16,
+    /// The kernel's events joined to the packet, in the kernel's order; the first
+    /// `kernel_before` of them before the engine held it.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    kernel: &'a [KernelEvent],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_before: Option<usize>,
 }
 
 /// One stage, its B and E paired.
@@ -353,7 +402,7 @@ struct JsonStage<'a> {
 }
 
 impl<'a> JsonPacket<'a> {
-    fn of(p: &'a RawPacket) -> JsonPacket<'a> {
+    fn of(p: &'a RawPacket, kernel: &'a [KernelEvent]) -> JsonPacket<'a> {
         let mut stages: Vec<JsonStage<'a>> = Vec::new();
         let mut open: Vec<usize> = Vec::new();
         for (stage, edge, t) in &p.marks {
@@ -388,6 +437,8 @@ impl<'a> JsonPacket<'a> {
             total_ns: total_ns(p),
             stages,
             lost_marks: p.lost_marks,
+            kernel,
+            kernel_before: (!kernel.is_empty()).then(|| before_engine(p, kernel)),
         }
     }
 }

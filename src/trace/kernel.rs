@@ -9,7 +9,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -70,6 +70,11 @@ pub struct KernelEvent {
     /// The packet, from the headers the event carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<Head>,
+    /// TCP: the payload's length as the IP header gives it. Before the queue a
+    /// super-packet is whole, and this is how the segments the engine sees are found in
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<u32>,
 }
 
 /// Decode one NFT_MSG_TRACE body (`body` of `buf`), received at `t_ns`.
@@ -88,6 +93,7 @@ pub fn decode(buf: &[u8], body: std::ops::Range<usize>, t_ns: u64) -> Option<Ker
             iif: None,
             oif: None,
             head: None,
+            payload: None,
         },
         &[][..],
         &[][..],
@@ -117,7 +123,28 @@ pub fn decode(buf: &[u8], body: std::ops::Range<usize>, t_ns: u64) -> Option<Ker
         }
     }
     e.head = head(network, transport);
+    if e.head.is_some_and(|h| h.proto == crate::wire::proto::TCP) {
+        e.payload = tcp_payload(network, transport);
+    }
     Some(e)
+}
+
+/// The TCP payload's length: the IP header's length field less both headers (IPv4, or
+/// IPv6 without extension headers).
+fn tcp_payload(network: &[u8], transport: &[u8]) -> Option<u32> {
+    let tcp_len = u32::from(transport.get(12)? >> 4) * 4;
+    let word = |at: usize| {
+        Some(u32::from(u16::from_be_bytes([
+            *network.get(at)?,
+            *network.get(at + 1)?,
+        ])))
+    };
+    let ip_payload = match network.first()? >> 4 {
+        4 => word(2)?.checked_sub(u32::from(network[0] & 0x0f) * 4)?,
+        6 => word(4)?,
+        _ => return None,
+    };
+    ip_payload.checked_sub(tcp_len)
 }
 
 fn text(p: &[u8]) -> String {
@@ -209,11 +236,38 @@ fn head(network: &[u8], transport: &[u8]) -> Option<Head> {
     Some(Head::of(&ip, &p))
 }
 
+/// The kernel trace's counts, as `mpolice stats` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelTraceCounters {
+    /// Events handed to the trace's writer.
+    pub events: u64,
+    /// Events lost: the socket overran (one count per overrun, which may lose several)
+    /// or the writer's channel was full.
+    pub lost: u64,
+}
+
+/// The listener's counts, shared with the control socket.
+#[derive(Debug, Default)]
+pub struct KernelTally {
+    events: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl KernelTally {
+    pub fn read(&self) -> KernelTraceCounters {
+        KernelTraceCounters {
+            events: self.events.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The running listener; dropped, it stops (a start-up that fails later leaves no
 /// thread behind).
 pub struct KernelListener {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<u64>>,
+    tally: Arc<KernelTally>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl KernelListener {
@@ -221,21 +275,30 @@ impl KernelListener {
     pub fn start(out: SyncSender<Record>, clock: Clock) -> io::Result<KernelListener> {
         let fd = open()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let tally = Arc::new(KernelTally::default());
+        let (flag, counts) = (Arc::clone(&stop), Arc::clone(&tally));
         let thread = std::thread::Builder::new()
             .name("trace-kernel".into())
-            .spawn(move || listen(&fd, &out, clock, &flag))?;
+            .spawn(move || listen(&fd, &out, clock, &flag, &counts))?;
         Ok(KernelListener {
             stop,
+            tally,
             thread: Some(thread),
         })
     }
 
-    /// Stop the thread; return how many events were lost (socket overruns and a full
-    /// writer channel).
-    pub fn stop(mut self) -> u64 {
+    /// The counts as they grow, for the control socket.
+    pub fn tally(&self) -> Arc<KernelTally> {
+        Arc::clone(&self.tally)
+    }
+
+    /// Stop the thread; return its final counts.
+    pub fn stop(mut self) -> KernelTraceCounters {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.tally.read()
     }
 }
 
@@ -256,19 +319,26 @@ fn open() -> io::Result<OwnedFd> {
         libc::NETLINK_ADD_MEMBERSHIP,
         &NFNLGRP_NFTRACE,
     )?;
-    // Wake every 200 ms to see the stop flag; a large buffer rides out bursts.
+    // Wake every 200 ms to see the stop flag. A large buffer rides out bursts: each
+    // packet makes some ten events, and a busy engine leaves this thread little CPU.
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 200_000,
     };
     netlink::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-    let _ = netlink::force_rcvbuf(&fd, 4 << 20);
+    let _ = netlink::force_rcvbuf(&fd, 32 << 20);
     Ok(fd)
 }
 
-fn listen(fd: &OwnedFd, out: &SyncSender<Record>, clock: Clock, stop: &AtomicBool) -> u64 {
+fn listen(
+    fd: &OwnedFd,
+    out: &SyncSender<Record>,
+    clock: Clock,
+    stop: &AtomicBool,
+    tally: &KernelTally,
+) {
     let mut buf = vec![0u8; 1 << 16];
-    let mut lost = 0u64;
+    let lost = || tally.lost.fetch_add(1, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: `buf` is writable for its whole length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -277,10 +347,9 @@ fn listen(fd: &OwnedFd, out: &SyncSender<Record>, clock: Clock, stop: &AtomicBoo
             match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::EINTR) => continue,
                 Some(libc::ENOBUFS) => {
-                    if lost == 0 {
+                    if lost() == 0 {
                         tracing::warn!("kernel trace: the socket overran; events are lost");
                     }
-                    lost += 1;
                     continue;
                 }
                 _ => {
@@ -298,15 +367,14 @@ fn listen(fd: &OwnedFd, out: &SyncSender<Record>, clock: Clock, stop: &AtomicBoo
             let Some(e) = decode(data, m.body, t_ns) else {
                 continue;
             };
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                out.try_send(Record::Kernel(e))
-            {
-                lost += 1;
-            }
+            match out.try_send(Record::Kernel(e)) {
+                Ok(()) => tally.events.fetch_add(1, Ordering::Relaxed),
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => lost(),
+            };
         }
     }
+    let lost = tally.lost.load(Ordering::Relaxed);
     if lost > 0 {
         tracing::warn!(lost, "kernel trace: events lost");
     }
-    lost
 }

@@ -19,6 +19,7 @@
 mod compare;
 mod filter;
 mod format;
+mod journey;
 mod kernel;
 pub mod pcap;
 mod record;
@@ -28,7 +29,7 @@ mod writer;
 pub use compare::{Comparison, Traced, compare};
 pub use filter::Filter;
 pub use format::{Output, Summary, format};
-pub use kernel::{KernelEvent, KernelListener};
+pub use kernel::{KernelEvent, KernelListener, KernelTally, KernelTraceCounters};
 pub use record::{Edge, Head, PacketTrace, RawPacket};
 pub use tracer::{Clock, TraceCounters, Tracer};
 pub use writer::{Record, TraceWriter, pcap_paths};

@@ -31,7 +31,7 @@ impl Edge {
 }
 
 /// Who a packet is, as its headers said when it was parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Head {
     /// IP protocol number (after IPv6 extension headers).
     pub proto: u8,
@@ -226,6 +226,9 @@ pub struct RawHeader {
     pub mpolice_trace: u32,
     pub role: String,
     pub started_unix_ns: u64,
+    /// The kernel's events are in the trace too (`trace.kernel`).
+    #[serde(default)]
+    pub kernel: bool,
 }
 
 /// Version of the raw trace format this build writes and reads.

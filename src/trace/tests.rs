@@ -657,6 +657,11 @@ fn a_kernel_trace_event_is_decoded_and_named_by_its_headers() {
     assert_eq!((e.family.as_str(), e.t_ns), ("ip", 99));
     let h = e.head.expect("named by the headers it carries");
     assert_eq!((h.sport, h.dport, h.seq), (40000, 80, Some(1000)));
+    assert_eq!(e.payload, Some(0));
+    // TCP data: its length from the IP header (the kernel sends no payload).
+    let data = kernel_event_body(&tcp_data(7, 1200, 3));
+    let d = kernel::decode(&data, 0..data.len(), 0).unwrap();
+    assert_eq!(d.payload, Some(1200));
     // Cut anywhere: what is whole is read, the rest ignored, never a panic.
     for end in 0..body.len() {
         let _ = kernel::decode(&body[..end], 0..end, 0);
@@ -709,4 +714,140 @@ fn kernel_events_name_high_queues_ipv4_options_and_ipv6_extension_headers() {
         (h.proto, h.sport, h.src.to_string()),
         (0, 0, "2001:2:0:1::2".to_string())
     );
+}
+
+/// The raw trace of the test packets with kernel events, each `at` nanoseconds from the
+/// SYN's first edge, about the SYN (`same`) or another packet.
+fn journey_trace(events: &[(i64, bool)]) -> String {
+    let mut trace = raw_trace().replacen("}\n", ",\"kernel\":true}\n", 1);
+    let traced: RawPacket = serde_json::from_str(trace.lines().nth(1).unwrap()).unwrap();
+    let start = traced.marks[0].2;
+    for &(at, same) in events {
+        let body = kernel_event_body(&if same { syn() } else { other() });
+        let t = start.checked_add_signed(at).unwrap();
+        let mut e = kernel::decode(&body, 0..body.len(), t).unwrap();
+        if at > 0 {
+            // After the engine: the forward chain's policy, say.
+            e.verdict = Some("accept".into());
+        }
+        trace += &serde_json::to_string(&KernelLine { kernel: e }).unwrap();
+        trace.push('\n');
+    }
+    trace
+}
+
+/// The SYN from another port.
+fn other() -> Vec<u8> {
+    let mut p = syn();
+    p[21] ^= 1;
+    p
+}
+
+#[test]
+fn format_joins_each_kernel_event_to_its_packet_before_and_after_the_engine() {
+    let trace = journey_trace(&[
+        (-2_000, true),
+        (50_000_000, true),
+        (-1_000, false),
+        (5_000_000_000, true),
+    ]);
+    // JSON: the packet carries the two events near it, in time order; the event of
+    // another packet and the one seconds later stand alone.
+    let (json, s) = formatted(&trace, Output::Json);
+    assert_eq!((s.packets, s.kernel_events), (2, 4));
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let packet = lines.iter().find(|v| v["head"]["sport"] == 40000).unwrap();
+    let joined = packet["kernel"].as_array().unwrap();
+    assert_eq!(joined.len(), 2, "{packet}");
+    assert!(joined[0]["t_ns"].as_u64() < joined[1]["t_ns"].as_u64());
+    assert_eq!(packet["kernel_before"], 1, "{packet}");
+    assert_eq!(
+        lines.iter().filter(|v| v.get("stages").is_none()).count(),
+        2
+    );
+    // Text: the event before the engine precedes `packet B`, the one after follows the
+    // packet's last edge; all in time order.
+    let (text, _) = formatted(&trace, Output::Text);
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap();
+    let nft = |port: &str| {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(" nft ") && l.contains(port))
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let ours = nft(":40000 ");
+    assert_eq!(ours.len(), 3, "{text}");
+    assert!(ours[0] < at(":40000 198.18.2.2:80 packet B"), "{text}");
+    assert!(ours[1] > at("verdict E") && ours[1] < ours[2], "{text}");
+    assert_eq!(nft(":40001 ").len(), 1, "{text}");
+}
+
+#[test]
+fn the_join_gives_packets_out_as_the_window_passes_and_holds_a_bounded_number() {
+    use super::journey::{Item, Journeys, MAX_PENDING, WINDOW_NS};
+    let traced: RawPacket = serde_json::from_str(raw_trace().lines().nth(1).unwrap()).unwrap();
+    let at = |t: u64| {
+        let mut p = traced.clone();
+        for m in &mut p.marks {
+            m.2 = t;
+        }
+        p
+    };
+    let event = |t: u64| {
+        let body = kernel_event_body(&syn());
+        kernel::decode(&body, 0..body.len(), t).unwrap()
+    };
+    let mut j = Journeys::default();
+    assert!(j.packet(at(1_000)).is_empty());
+    assert!(j.kernel(event(1_500)).is_empty());
+    // Both streams a window past the packet: it goes out with its event.
+    assert!(j.packet(at(3 * WINDOW_NS)).is_empty());
+    let out = j.kernel(event(3 * WINDOW_NS));
+    assert!(
+        matches!(&out[..], [Item::Packet(p, e)] if p.marks[0].2 == 1_000 && e.len() == 1),
+        "{out:?}"
+    );
+    // Before the queue a super-packet is whole: its event belongs to each segment the
+    // engine saw of it, whatever their flags and IP ids, and to nothing past its bytes.
+    let segment = |seq: u32, flags: u8, id: u16| {
+        let mut p = at(1_000);
+        let h = p.head.as_mut().unwrap();
+        (h.seq, h.flags, h.ip_id) = (Some(seq), Some(flags), Some(id));
+        p
+    };
+    let mut j = Journeys::default();
+    for (seq, flags, id) in [
+        (1000, tcp::ACK, 1),
+        (2448, tcp::ACK | tcp::PSH, 2),
+        (3896, tcp::ACK, 3),
+    ] {
+        j.packet(segment(seq, flags, id));
+    }
+    let mut whole = event(900);
+    let h = whole.head.as_mut().unwrap();
+    (h.flags, h.ip_id) = (Some(tcp::ACK | tcp::PSH), Some(9));
+    whole.payload = Some(2 * 1448);
+    j.kernel(whole);
+    let joined: Vec<usize> = j
+        .finish()
+        .iter()
+        .map(|item| match item {
+            Item::Packet(_, e) => e.len(),
+            Item::Loose(_) => 99,
+        })
+        .collect();
+    assert_eq!(joined, [1, 1, 0]);
+    // No events at all: packets still go out, past the bound, oldest first.
+    let mut j = Journeys::default();
+    let mut out = Vec::new();
+    for i in 0..MAX_PENDING as u64 + 10 {
+        out.extend(j.packet(at(i)));
+    }
+    assert_eq!(out.len(), 10);
+    assert!(matches!(&out[0], Item::Packet(p, _) if p.marks[0].2 == 0));
+    assert_eq!(j.finish().len(), MAX_PENDING);
 }

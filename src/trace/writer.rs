@@ -93,10 +93,11 @@ pub struct TraceWriter {
 impl TraceWriter {
     /// Create (or truncate) `path`, write the header, and start the thread; with `pcap`
     /// (a snap length), the pcap files beside it too. The channel holds `capacity`
-    /// packets: beyond that, the workers drop and count.
+    /// packets: beyond that, the workers drop and count. `kernel`: the kernel's events
+    /// come too (the header says so, and `trace format` joins them to the packets).
     pub fn start(
         path: &Path,
-        role: &str,
+        (role, kernel): (&str, bool),
         (capacity, pcap): (usize, Option<u32>),
         clock: &Clock,
     ) -> Result<TraceWriter> {
@@ -118,6 +119,7 @@ impl TraceWriter {
             mpolice_trace: RAW_VERSION,
             role: role.to_string(),
             started_unix_ns: clock.unix_ns(std::time::Instant::now()),
+            kernel,
         };
         serde_json::to_writer(&mut out, &header)?;
         out.write_all(b"\n")?;
