@@ -21,7 +21,7 @@
 //! passed its last edge by a window, so memory holds a window of traffic, not the file,
 //! and at most [`MAX_PENDING`] packets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::Head;
 use super::kernel::KernelEvent;
@@ -46,8 +46,9 @@ pub enum Item {
 pub struct Journeys {
     /// Held packets by the order they came in, with the events joined so far.
     packets: HashMap<u64, (RawPacket, Vec<KernelEvent>)>,
-    /// The held packets of each flow.
-    by_flow: HashMap<Flow, Vec<u64>>,
+    /// The held packets of each flow and TCP acknowledgment number, by sequence number
+    /// (0 for other protocols): a download's ACKs share one sequence number.
+    by_flow: HashMap<Flow, BTreeMap<u32, Vec<u64>>>,
     serial: u64,
     /// Events not yet joined: some packet they belong to may still come.
     events: Vec<KernelEvent>,
@@ -67,7 +68,8 @@ impl Journeys {
         self.packets_at = self.packets_at.max(last(&p));
         self.serial += 1;
         if let Some(h) = &p.head {
-            self.by_flow.entry(flow(h)).or_default().push(self.serial);
+            let at = self.by_flow.entry(flow(h)).or_default();
+            at.entry(h.seq.unwrap_or(0)).or_default().push(self.serial);
         }
         self.packets.insert(self.serial, (p, Vec::new()));
         self.ready(false)
@@ -132,13 +134,8 @@ impl Journeys {
             let Some((p, mut events)) = self.packets.remove(&serial) else {
                 continue;
             };
-            if let Some(f) = p.head.as_ref().map(flow) {
-                if let Some(list) = self.by_flow.get_mut(&f) {
-                    list.retain(|&s| s != serial);
-                    if list.is_empty() {
-                        self.by_flow.remove(&f);
-                    }
-                }
+            if let Some(h) = &p.head {
+                self.forget(h, serial);
             }
             // Stable: events of one arrival keep the kernel's order.
             events.sort_by_key(|e| e.t_ns);
@@ -162,21 +159,31 @@ impl Journeys {
         let Some(held) = self.by_flow.get(&flow(h)) else {
             return Vec::new();
         };
-        let near = held.iter().filter_map(|s| {
-            let (p, _) = self.packets.get(s)?;
-            let d = distance(e.t_ns, first(p), last(p));
-            Some((*s, p.head.as_ref()?, d)).filter(|_| d <= WINDOW_NS)
-        });
-        let (Some(seq), Some(len)) = (h.seq, e.payload.filter(|&l| l > 0)) else {
+        let seq = h.seq.unwrap_or(0);
+        let len = e.payload.filter(|&l| l > 0 && h.seq.is_some());
+        // The sequence numbers in the event's bytes, in two pieces where they wrap.
+        let end = seq.wrapping_add(len.unwrap_or(1));
+        let pieces = if end > seq || end == 0 {
+            [held.range(seq..=end.wrapping_sub(1)), held.range(1..1)]
+        } else {
+            [held.range(seq..), held.range(..end)]
+        };
+        let near = pieces
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, s)| s)
+            .filter_map(|s| {
+                let (p, _) = self.packets.get(s)?;
+                let d = distance(e.t_ns, first(p), last(p));
+                Some((*s, p.head.as_ref()?, d)).filter(|_| d <= WINDOW_NS)
+            });
+        if len.is_none() {
             let same = near.filter(|(_, ph, _)| *ph == h).min_by_key(|n| n.2);
             return same.map(|(s, ..)| s).into_iter().collect();
-        };
+        }
         let mut nearest: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
         for (s, ph, d) in near {
-            let Some(at) = ph
-                .seq
-                .filter(|&q| ph.ack == h.ack && q.wrapping_sub(seq) < len)
-            else {
+            let Some(at) = ph.seq else {
                 continue;
             };
             let size = self.packets.get(&s).map_or(0, |(p, _)| p.len_in);
@@ -188,6 +195,24 @@ impl Journeys {
         let mut owners: Vec<u64> = nearest.into_values().map(|(s, _)| s).collect();
         owners.sort_unstable();
         owners
+    }
+
+    /// Drop a packet that went out from the index.
+    fn forget(&mut self, h: &Head, serial: u64) {
+        let f = flow(h);
+        let Some(by_seq) = self.by_flow.get_mut(&f) else {
+            return;
+        };
+        let seq = h.seq.unwrap_or(0);
+        if let Some(list) = by_seq.get_mut(&seq) {
+            list.retain(|&s| s != serial);
+            if list.is_empty() {
+                by_seq.remove(&seq);
+            }
+        }
+        if by_seq.is_empty() {
+            self.by_flow.remove(&f);
+        }
     }
 }
 
@@ -203,11 +228,18 @@ pub fn before_engine(p: &RawPacket, events: &[KernelEvent]) -> usize {
     queued.max(earlier)
 }
 
-/// A packet's addresses, protocol and ports.
-type Flow = (u8, std::net::IpAddr, std::net::IpAddr, u16, u16);
+/// A packet's addresses, protocol, ports and TCP acknowledgment number.
+type Flow = (
+    u8,
+    std::net::IpAddr,
+    std::net::IpAddr,
+    u16,
+    u16,
+    Option<u32>,
+);
 
 fn flow(h: &Head) -> Flow {
-    (h.proto, h.src, h.dst, h.sport, h.dport)
+    (h.proto, h.src, h.dst, h.sport, h.dport, h.ack)
 }
 
 /// The packet's first and last edge (0 for a trace without edges).

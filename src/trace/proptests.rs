@@ -6,20 +6,37 @@ use proptest::prelude::*;
 use super::{Output, compare, format, pcap};
 
 const HEADER: &str = "{\"mpolice_trace\":1,\"role\":\"mbox\",\"started_unix_ns\":0}\n";
+/// A trace with the kernel's events: `format` joins them to the packets.
+const HEADER_KERNEL: &str =
+    "{\"mpolice_trace\":1,\"role\":\"mbox\",\"started_unix_ns\":0,\"kernel\":true}\n";
+const PACKET: &str = "{\"n\":1,\"queue\":0,\"id\":1,\"hook\":2,\"len_in\":60,\"len_out\":60,\
+    \"verdict\":\"accept\",\"head\":{\"proto\":6,\"src\":\"198.18.1.2\",\
+    \"dst\":\"198.18.2.2\",\"sport\":1,\"dport\":2,\"flags\":2,\"seq\":3,\
+    \"ack\":4,\"ip_id\":5},\"marks\":[[\"packet\",\"B\",10],[\"parse\",\"E\",5],\
+    [\"packet\",\"E\",1]],\"lost_marks\":0}\n";
+const KERNEL: &str = "{\"kernel\":{\"t_ns\":9,\"id\":7,\"family\":\"ip\",\"table\":\"t\",\
+    \"chain\":\"c\",\"kind\":\"rule\",\"verdict\":\"queue 0\",\"head\":{\"proto\":6,\
+    \"src\":\"198.18.1.2\",\"dst\":\"198.18.2.2\",\"sport\":1,\"dport\":2,\"flags\":2,\
+    \"seq\":1,\"ack\":4,\"ip_id\":5},\"payload\":4000000000}}\n";
+
+/// `line` with the byte at `at` changed to `b`.
+fn changed(line: &str, at: usize, b: u8) -> Vec<u8> {
+    let mut l = line.as_bytes().to_vec();
+    let at = at % l.len();
+    l[at] = b;
+    l
+}
 
 /// A real trace line with one byte changed, or random text after a good header.
 fn trace_bodies() -> impl Strategy<Value = Vec<u8>> {
-    let line = "{\"n\":1,\"queue\":0,\"id\":1,\"hook\":2,\"len_in\":60,\"len_out\":60,\
-                \"verdict\":\"accept\",\"head\":{\"proto\":6,\"src\":\"198.18.1.2\",\
-                \"dst\":\"198.18.2.2\",\"sport\":1,\"dport\":2,\"flags\":2,\"seq\":3,\
-                \"ack\":4,\"ip_id\":5},\"marks\":[[\"packet\",\"B\",10],[\"parse\",\"E\",5],\
-                [\"packet\",\"E\",1]],\"lost_marks\":0}\n";
     prop_oneof![
-        (0..line.len(), any::<u8>()).prop_map(move |(at, b)| {
-            let mut l = line.as_bytes().to_vec();
-            l[at] = b;
-            l
-        }),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| changed(PACKET, at, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| [
+            PACKET.as_bytes(),
+            &changed(KERNEL, at, b),
+            PACKET.as_bytes()
+        ]
+        .concat()),
         proptest::collection::vec(any::<u8>(), 0..300),
     ]
 }
@@ -31,6 +48,8 @@ proptest! {
         let how = if json { Output::Json } else { Output::Text };
         let _ = format(&input[..], &mut Vec::new(), how);
         let _ = format(&body[..], &mut Vec::new(), how);
+        let joined = [HEADER_KERNEL.as_bytes(), &body].concat();
+        let _ = format(&joined[..], &mut Vec::new(), how);
     }
 
     #[test]
