@@ -14,6 +14,7 @@ pub mod flood;
 mod labels;
 pub mod pipeline;
 pub mod police;
+pub mod ports;
 pub mod stats;
 #[path = "../integration/testbed/mod.rs"]
 pub mod testbed;

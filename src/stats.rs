@@ -12,6 +12,7 @@ use crate::driver::nfqueue::Unreadable;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
+use crate::ports::Forwarded;
 use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
@@ -108,6 +109,9 @@ pub struct QueueCounters {
     /// Tracing on: packets traced, and traces dropped for want of room (None: off).
     #[serde(default)]
     pub trace: Option<TraceCounters>,
+    /// Port forwarding: new connections sent on, by incoming and outgoing port.
+    #[serde(default)]
+    pub forwarded: Vec<Forwarded>,
 }
 
 /// What the capability stages of one queue did.
@@ -272,6 +276,13 @@ impl EngineStats {
             t.engine.enobufs += e.enobufs;
             t.engine.reasons.merge(&e.reasons);
             t.engine.caps.add(&e.caps);
+            let sum = &mut t.engine.forwarded;
+            for f in &e.forwarded {
+                match sum.iter().position(|s| (s.port, s.to) == (f.port, f.to)) {
+                    Some(i) => sum[i].connections += f.connections,
+                    None => sum.push(*f),
+                }
+            }
             t.engine.trace = match (t.engine.trace, e.trace) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),
@@ -378,6 +389,14 @@ impl EngineStats {
                 "trace: traced={} dropped={} lost_marks={}",
                 t.traced, t.dropped, t.lost_marks
             );
+        }
+        if !total.forwarded.is_empty() {
+            let each: Vec<String> = total
+                .forwarded
+                .iter()
+                .map(|f| format!("{}->{}={}", f.port, f.to, f.connections))
+                .collect();
+            let _ = writeln!(s, "forwarded: {}", each.join(" "));
         }
         if let Some(k) = self.kernel_trace {
             let _ = writeln!(s, "kernel trace: events={} lost={}", k.events, k.lost);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod police;
+mod ports;
 mod trace;
 
 pub use police::PoliceSettings;
@@ -69,6 +70,8 @@ pub struct Config {
     pub police: PoliceSettings,
     /// Packet-journey tracing (None: off).
     pub trace: Option<TraceSettings>,
+    /// victim: port forwarding rules, one per incoming port (empty: none).
+    pub ports: Vec<crate::ports::ForwardRule>,
 }
 
 /// IP-in-UDP from mbox to victim.
@@ -138,6 +141,11 @@ impl Config {
         }
         if let Some(limits) = self.unverified_channel(role) {
             nft::add_unverified_channel(&mut spec, &limits);
+        }
+        if !self.ports.is_empty() {
+            let forward: Vec<(u16, Vec<u16>)> =
+                self.ports.iter().map(|r| (r.port, r.outgoing())).collect();
+            nft::add_forward_chain(&mut spec, &forward, &self.queue.target);
         }
         if let Some(t) = self.trace.as_ref().filter(|t| t.kernel) {
             nft::add_trace_chains(&mut spec, &self.protect, &t.filter, &self.queue.target);
@@ -277,6 +285,7 @@ struct RawConfig {
     tunnel: Option<RawTunnel>,
     police: Option<police::RawPolice>,
     trace: Option<trace::RawTrace>,
+    ports: Option<ports::RawPorts>,
 }
 
 #[derive(Deserialize)]
@@ -629,6 +638,13 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .map(|c| validate_caps(c, role))
         .transpose()?;
     let trace = raw.trace.map(trace::validate).transpose()?;
+    let ports = match raw.ports {
+        Some(_) if role == "mbox" => {
+            return err("ports: port policies run on the server they protect (the victim); remove the section from this config".into());
+        }
+        Some(p) => ports::validate(p, &tcp_ports)?,
+        None => Vec::new(),
+    };
     let selection = Selection {
         addresses,
         tcp_ports,
@@ -640,6 +656,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         police,
         trace,
+        ports,
         capabilities,
         redirect,
         tunnel,

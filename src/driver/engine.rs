@@ -26,6 +26,7 @@ use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
+use crate::ports::Forwarder;
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 use crate::trace::{Clock, KernelListener, KernelTally, TraceWriter, Tracer};
 
@@ -90,7 +91,12 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
-        let pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
+        let mut pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
+        if !cfg.ports.is_empty() {
+            // The dice need a different start in each worker and each run, not secrecy.
+            let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), index);
+            pipeline = pipeline.with_forwarding(Forwarder::new(cfg.ports.clone(), seed));
+        }
         let tracer = match (&writer, &cfg.trace) {
             (Some(w), Some(t)) => {
                 let tracer = Tracer::new(w.sender(), clock, t.filter.clone());

@@ -418,6 +418,8 @@ impl Loop {
             None => self.pipeline.process(&meta, &mut self.buf, now),
         };
         pipeline::count(&mut self.counters, &verdict, wire);
+        // A forwarded connection's SYN: its mark names the port the nat chain sends it to.
+        let mark = self.pipeline.take_mark();
         // A sender just verified leaves the kernel's limits on unverified senders now,
         // not at the next tick: a new connection's first round trips run at full rate.
         // Once per sender, so the syscall is rare.
@@ -426,6 +428,12 @@ impl Loop {
         }
         self.send_datagrams();
         match verdict {
+            Verdict::Accept | Verdict::Pass(_) if mark.is_some() => {
+                // Marked, it is answered alone: after the packets queued before it.
+                self.flush();
+                self.send(msg.id, (KernelVerdict::Accept, mark), false);
+                self.trace_sent();
+            }
             Verdict::Accept | Verdict::Pass(_) => {
                 // Its trace ends with the batch verdict that answers it.
                 if let Some(t) = self.tracer.as_mut() {
@@ -437,12 +445,12 @@ impl Loop {
                 // The unchanged packets queued before it leave first: answered alone, it
                 // would overtake them, and TCP takes reordered segments for loss.
                 self.flush();
-                self.send(msg.id, KernelVerdict::Accept, true);
+                self.send(msg.id, (KernelVerdict::Accept, mark), true);
                 self.trace_sent();
             }
             Verdict::Route(how) => self.route(msg.id, how, now),
             Verdict::Drop(_) => {
-                self.send(msg.id, KernelVerdict::Drop, false);
+                self.send(msg.id, (KernelVerdict::Drop, None), false);
                 self.trace_sent();
             }
         }
@@ -471,7 +479,7 @@ impl Loop {
         let Some(mut precise) = self.precise.take() else {
             // Only the hybrid path receives super-packets: nothing else can route.
             self.counters.count_reason(Event::RouteWithoutPreciseQueue);
-            self.send(id, KernelVerdict::Drop, false);
+            self.send(id, (KernelVerdict::Drop, None), false);
             self.trace_sent();
             return;
         };
@@ -484,7 +492,7 @@ impl Loop {
             num: precise.num(),
             bypass: false,
         };
-        self.send(id, to, false);
+        self.send(id, (to, None), false);
         self.trace_sent();
         // The kernel queued every segment before the verdict call returned.
         self.answer_segments(&mut precise, Some((how, flow)), now);
@@ -618,7 +626,7 @@ impl Loop {
         match self.pipeline.malformed() {
             MalformedVerdict::Drop => {
                 self.counters.dropped += 1;
-                self.send(id, KernelVerdict::Drop, false);
+                self.send(id, (KernelVerdict::Drop, None), false);
             }
             MalformedVerdict::Accept => {
                 self.counters.accepted += 1;
@@ -635,12 +643,13 @@ impl Loop {
         }
     }
 
-    /// Answer one packet now, with the rewritten buffer if `modified`.
-    fn send(&mut self, id: u32, v: KernelVerdict, modified: bool) {
+    /// Answer one packet now, with its new mark if any, and the rewritten buffer if
+    /// `modified`.
+    fn send(&mut self, id: u32, (v, mark): (KernelVerdict, Option<u32>), modified: bool) {
         // Ids are answered out of order here: the batch that follows only covers
         // packets still queued, so this one is not answered twice.
         let payload = modified.then_some(self.buf.as_slice());
-        let sent = self.queue.verdict(id, v, payload);
+        let sent = self.queue.verdict_marked(id, v, mark, payload);
         if self.check(id, "verdict", sent) {
             return;
         }
@@ -694,6 +703,8 @@ impl Loop {
 
     fn publish(&mut self) {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
+        self.counters.forwarded.clear();
+        (self.counters.forwarded).extend_from_slice(self.pipeline.forwarded());
         // Both sockets' receive paths: an overrun of the precise queue counts as well.
         let k = self.queue.counters()
             + self

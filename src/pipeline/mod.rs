@@ -1,6 +1,6 @@
 //! The per-packet core: one packet walks `Pipeline::process` from bytes to verdict.
 //!
-//! parse → classify → role stages (mbox: stamp | strip and check feedback | scrub
+//! parse → classify → forward (a new connection's port) → role stages (mbox: stamp | strip and check feedback | scrub
 //! capabilities from ICMP quotes; victim: bypass filter, strip, clamp MSS | clamp MSS,
 //! return feedback) → verdict. Pure: no
 //! sockets, no clock, no globals; the driver hands in the buffer and the time. An error
@@ -27,9 +27,10 @@ use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
+use crate::ports::{Forwarded, Forwarder};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
-use crate::wire::{self, Parsed};
+use crate::wire::{self, Parsed, tcp};
 
 /// Whether a stage rewrote the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,10 @@ pub struct Pipeline {
     outbox: Vec<Datagram>,
     /// The trailer of the last super-packet routed, for its first segment.
     deferred: Option<Trailer>,
+    /// victim: the port forwarding rules (None: no rules).
+    forward: Option<Forwarder>,
+    /// The mark the last packet's verdict carries (a forwarded SYN's).
+    mark: Option<u32>,
 }
 
 impl Pipeline {
@@ -110,7 +115,25 @@ impl Pipeline {
             caps: CapCounters::default(),
             outbox: Vec::new(),
             deferred: None,
+            forward: None,
+            mark: None,
         }
+    }
+
+    /// Forward new connections to the rules' ports.
+    pub fn with_forwarding(mut self, forward: Forwarder) -> Self {
+        self.forward = Some(forward);
+        self
+    }
+
+    /// The mark the last packet's verdict must carry, if any (taken once).
+    pub fn take_mark(&mut self) -> Option<u32> {
+        self.mark.take()
+    }
+
+    /// What the forwarding rules counted (empty without rules).
+    pub fn forwarded(&self) -> &[Forwarded] {
+        self.forward.as_ref().map_or(&[], |f| f.counts())
     }
 
     /// Close the periods due by `now` and report this worker's figures for the
@@ -206,6 +229,7 @@ impl Pipeline {
         t: T,
     ) -> Verdict {
         self.deferred = None;
+        self.mark = None;
         // A super-packet too long to copy whole (over 65,531 bytes) or with lengths only
         // its segments carry (BIG TCP): each of its segments is run through instead.
         if meta.gso && meta.truncated {
@@ -232,6 +256,16 @@ impl Pipeline {
         t.begin(Stage::Classify);
         let dir = direction(&self.selection, &parsed);
         t.end(Stage::Classify);
+        if let (Some(f), Some(Direction::ToProtected)) = (self.forward.as_mut(), dir) {
+            if let Some(tcp) = parsed
+                .tcp()
+                .filter(|c| c.flags & (tcp::SYN | tcp::ACK) == tcp::SYN)
+            {
+                t.begin(Stage::Forward);
+                self.mark = f.syn(parsed.src, tcp.dst_port);
+                t.end(Stage::Forward);
+            }
+        }
         if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
             // Stamped and fed-back segments are never merged: only hardware LRO or a
             // sender that marks its own TSO packets makes one, and its trailer, if any,

@@ -49,6 +49,8 @@ labelled_enum! {
         Process => "process",
         Parse => "parse",
         Classify => "classify",
+        /// A new connection's SYN meets its port's forwarding rule.
+        Forward => "forward",
         /// The mbox's per-sender police.
         Police => "police",
         /// The mbox stamps a capability (or clears a client's marker).

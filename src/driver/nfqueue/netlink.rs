@@ -92,14 +92,15 @@ pub fn config_flags(buf: &mut Vec<u8>, seq: u32, queue: u16, flags: u32, mask: u
         .finish();
 }
 
-/// Append a verdict header; with `payload_len` the NFQA_PAYLOAD header follows and
-/// the caller sends the payload bytes plus `align4` padding after this buffer.
+/// Append a verdict header, and the packet's new mark if any; with `payload_len` the
+/// NFQA_PAYLOAD header follows and the caller sends the payload bytes plus `align4`
+/// padding after this buffer.
 pub fn verdict(
     buf: &mut Vec<u8>,
-    batch: bool,
-    queue: u16,
+    (batch, queue): (bool, u16),
     id: u32,
     verdict: u32,
+    mark: Option<u32>,
     payload_len: Option<usize>,
 ) {
     let msg_type = if batch {
@@ -112,6 +113,9 @@ pub fn verdict(
     hdr[4..].copy_from_slice(&id.to_be_bytes());
     let mut w = nfnl(buf, msg_type, 0, 0, queue);
     w.attr(NFQA_VERDICT_HDR, &hdr);
+    if let Some(m) = mark {
+        w.attr(NFQA_MARK, &m.to_be_bytes());
+    }
     match payload_len {
         Some(len) => {
             w.attr_header(NFQA_PAYLOAD, len);

@@ -228,16 +228,27 @@ impl Queue {
         v: Verdict,
         new_payload: Option<&[u8]>,
     ) -> Result<(), QueueError> {
+        self.verdict_marked(id, v, None, new_payload)
+    }
+
+    /// `verdict`, setting the packet's mark to `mark` if given.
+    pub fn verdict_marked(
+        &mut self,
+        id: u32,
+        v: Verdict,
+        mark: Option<u32>,
+        new_payload: Option<&[u8]>,
+    ) -> Result<(), QueueError> {
         if new_payload.is_some_and(|p| p.len() > MAX_PAYLOAD) {
             return Err(payload_too_large());
         }
         self.send_buf.clear();
         netlink::verdict(
             &mut self.send_buf,
-            false,
-            self.num,
+            (false, self.num),
             id,
             v.code(),
+            mark,
             new_payload.map(<[u8]>::len),
         );
         send_with_payload(&self.sock, &self.send_buf, new_payload.unwrap_or(&[]))
@@ -254,7 +265,8 @@ impl Queue {
     /// Apply `v` to every queued packet with id <= `max_id` (NFQNL_MSG_VERDICT_BATCH).
     pub fn verdict_batch(&mut self, max_id: u32, v: Verdict) -> Result<(), QueueError> {
         self.send_buf.clear();
-        netlink::verdict(&mut self.send_buf, true, self.num, max_id, v.code(), None);
+        let header = (true, self.num);
+        netlink::verdict(&mut self.send_buf, header, max_id, v.code(), None, None);
         send_with_payload(&self.sock, &self.send_buf, &[])
     }
 

@@ -103,7 +103,14 @@ fn maxlen_and_flags_messages_are_byte_exact() {
 #[test]
 fn verdict_messages_are_byte_exact() {
     let mut b = Vec::new();
-    netlink::verdict(&mut b, false, 3, 0x01020304, Verdict::Accept.code(), None);
+    netlink::verdict(
+        &mut b,
+        (false, 3),
+        0x01020304,
+        Verdict::Accept.code(),
+        None,
+        None,
+    );
     let want = [
         nlhdr(32, 0x0301, 0x0001, 0),
         nfgen(3),
@@ -114,7 +121,7 @@ fn verdict_messages_are_byte_exact() {
     assert_eq!(b, want);
 
     b.clear();
-    netlink::verdict(&mut b, true, 3, 77, Verdict::Drop.code(), None);
+    netlink::verdict(&mut b, (true, 3), 77, Verdict::Drop.code(), None, None);
     let want = [
         nlhdr(32, 0x0303, 0x0001, 0),
         nfgen(3),
@@ -123,12 +130,27 @@ fn verdict_messages_are_byte_exact() {
     ]
     .concat();
     assert_eq!(b, want);
+
+    // A new mark (a forwarded SYN's) follows the header, big-endian.
+    b.clear();
+    let mark = Some(0x4d50_1f91);
+    netlink::verdict(&mut b, (false, 3), 9, Verdict::Accept.code(), mark, None);
+    let want = [
+        nlhdr(40, 0x0301, 0x0001, 0),
+        nfgen(3),
+        nla(12, 2),
+        vec![0, 0, 0, 1, 0, 0, 0, 9],
+        nla(8, 3),
+        vec![0x4d, 0x50, 0x1f, 0x91],
+    ]
+    .concat();
+    assert_eq!(b, want);
 }
 
 #[test]
 fn verdict_with_payload_counts_the_payload_and_its_padding() {
     let mut b = Vec::new();
-    netlink::verdict(&mut b, false, 3, 9, Verdict::Accept.code(), Some(5));
+    netlink::verdict(&mut b, (false, 3), 9, Verdict::Accept.code(), None, Some(5));
     // 32 bytes of header and verdict, a 4-byte NFQA_PAYLOAD header, 5 bytes + 3 pad sent apart.
     let want = [
         nlhdr(44, 0x0301, 0x0001, 0),

@@ -283,27 +283,6 @@ fn alloc_expr(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xt_info_layout() {
-        let info = XtNfqueue {
-            num: 0x0102,
-            total: 3,
-            flags: 1,
-        }
-        .info();
-        assert_eq!(info[0..2], 0x0102u16.to_ne_bytes());
-        assert_eq!(info[2..4], 3u16.to_ne_bytes());
-        assert_eq!(
-            info[4..8],
-            [1u16.to_ne_bytes()[0], 1u16.to_ne_bytes()[1], 0, 0]
-        );
-    }
-}
-
 /// `meta nftrace set` from register 1 (the kernel trace's mark; nftnl's `Meta` only
 /// loads). The register holds 1, put there by an immediate just before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,5 +308,54 @@ impl Expression for SetNfTrace {
             );
         }
         expr
+    }
+}
+
+/// `redirect to :port` with the port (big-endian) in register 1, put there by an
+/// immediate just before; nftnl has no redirect expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirect;
+
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the register holds the port to use.
+const NAT_PROTO_SPECIFIED: u32 = 2;
+
+impl Expression for Redirect {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"redir");
+        // SAFETY: `expr` is a live redir expression; both attributes are u32 in libnftnl.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_REDIR_FLAGS as u16,
+                NAT_PROTO_SPECIFIED,
+            );
+        }
+        expr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xt_info_layout() {
+        let info = XtNfqueue {
+            num: 0x0102,
+            total: 3,
+            flags: 1,
+        }
+        .info();
+        assert_eq!(info[0..2], 0x0102u16.to_ne_bytes());
+        assert_eq!(info[2..4], 3u16.to_ne_bytes());
+        assert_eq!(
+            info[4..8],
+            [1u16.to_ne_bytes()[0], 1u16.to_ne_bytes()[1], 0, 0]
+        );
     }
 }

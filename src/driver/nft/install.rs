@@ -10,11 +10,11 @@ use std::io;
 use nftnl::expr::{Immediate, Register, Verdict};
 use nftnl::{Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table};
 
-use super::expr::{Queue, SetNfTrace, XtNfqueue};
+use super::expr::{Queue, Redirect, SetNfTrace, XtNfqueue};
 use super::matches;
 use super::nl::{self, Reply};
 use super::objects;
-use super::spec::{ChannelStep, Hook, QueueKind, QueuePreference, RulesetSpec};
+use super::spec::{Action, ChannelStep, Hook, QueueKind, QueuePreference, RulesetSpec};
 
 /// nf_tables names are at most NFT_NAME_MAXLEN - 1 bytes.
 const NAME_MAX: usize = 255;
@@ -204,7 +204,11 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
     }
     for chain_spec in &spec.chains {
         let mut chain = Chain::new(c_name(&chain_spec.name)?, &table);
-        chain.set_type(ChainType::Filter);
+        chain.set_type(if chain_spec.nat {
+            ChainType::Nat
+        } else {
+            ChainType::Filter
+        });
         chain.set_hook(nft_hook(chain_spec.hook), chain_spec.priority);
         chain.set_policy(Policy::Accept);
         batch.add(&chain, MsgType::Add);
@@ -216,21 +220,35 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
             // a missing queue expression.
             let what = if matches::add_channel_drop(&mut rule, rule_spec) {
                 "unverified channel drop".to_owned()
-            } else if rule_spec.pass {
-                rule.add_expr(&Verdict::Accept);
-                "accept".to_owned()
-            } else if rule_spec.trace {
-                rule.add_expr(&Immediate::new(1u8, Register::Reg1));
-                rule.add_expr(&SetNfTrace);
-                "nftrace".to_owned()
             } else {
-                let (num, total, flags) = queue_args(rule_spec)?;
-                match kind {
-                    QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
-                    QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
+                match rule_spec.action {
+                    Action::Accept => {
+                        rule.add_expr(&Verdict::Accept);
+                        "accept".to_owned()
+                    }
+                    Action::Trace => {
+                        rule.add_expr(&Immediate::new(1u8, Register::Reg1));
+                        rule.add_expr(&SetNfTrace);
+                        "nftrace".to_owned()
+                    }
+                    Action::Redirect(port) => {
+                        // Network byte order in the register (nftnl's immediate copies
+                        // the value's own bytes: a u16 whose memory is big-endian).
+                        let port = u16::from_ne_bytes(port.to_be_bytes());
+                        rule.add_expr(&Immediate::new(port, Register::Reg1));
+                        rule.add_expr(&Redirect);
+                        "redirect".to_owned()
+                    }
+                    Action::Queue => {
+                        let (num, total, flags) = queue_args(rule_spec)?;
+                        match kind {
+                            QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
+                            QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
+                        }
+                        rule_steps.push(steps.len());
+                        format!("{kind:?} queue")
+                    }
                 }
-                rule_steps.push(steps.len());
-                format!("{kind:?} queue")
             };
             rule.set_comment(c_text(&rule_spec.comment)?).map_err(|e| {
                 RulesError::Invalid(format!("rule comment {:?}: {e}", rule_spec.comment))

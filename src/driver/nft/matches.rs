@@ -43,6 +43,11 @@ pub(super) fn add_match(rule: &mut Rule, spec: &RuleSpec) {
     if let Some((field, also)) = spec.also {
         add_addr(rule, field, also);
     }
+    if let Some(mark) = spec.mark {
+        // The mark as the kernel keeps it: a u32 in host byte order.
+        rule.add_expr(&Meta::Mark { set: false });
+        rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
+    }
     match spec.l4 {
         L4Match::Any => {}
         L4Match::Protocol(number) => {

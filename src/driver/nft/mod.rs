@@ -24,13 +24,13 @@ pub use install::{RulesError, flush_rules, install, remove, table_exists};
 pub use plan::{
     COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, MAX_TRACE_RULES, METER_SIZE, METER_V4,
     METER_V6, TABLE, VERIFIED_SIZE, VERIFIED_V4, VERIFIED_V6, add_feedback_chain,
-    add_icmp_error_chain, add_redirect_chains, add_trace_chains, add_tunnel_chain,
-    add_unverified_channel, plan, trace_marks,
+    add_forward_chain, add_icmp_error_chain, add_redirect_chains, add_trace_chains,
+    add_tunnel_chain, add_unverified_channel, plan, trace_marks,
 };
 pub use render::render;
 pub use spec::{
-    ChainSpec, ChannelStep, Field, Hook, MAX_LIMIT_PPS, PortRange, Prefix, Proto, QueueKind,
-    QueuePreference, QueueTarget, Role, RuleSpec, RulesetSpec, Selection, SpecError,
+    Action, ChainSpec, ChannelStep, Field, Hook, MAX_LIMIT_PPS, PortRange, Prefix, Proto,
+    QueueKind, QueuePreference, QueueTarget, Role, RuleSpec, RulesetSpec, Selection, SpecError,
     UnverifiedChannel, UnverifiedLimits,
 };
 pub use verified::{VerifiedSet, unverified_drops};

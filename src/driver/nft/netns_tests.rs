@@ -343,6 +343,26 @@ fn trace_chains_load_and_mark_protected_traffic() {
     assert!(listing.contains("tcp dport 8080-8081"), "{listing}");
 }
 
+/// Port forwarding: the nat chain loads as text and as netlink, one redirect per
+/// family and outgoing port, each matching the engine's mark.
+#[test]
+fn the_port_forward_chain_loads_and_redirects_marked_syns() {
+    let Some(ns) = Netns::new() else { return };
+    let mut spec = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut spec, &[(80, vec![8082, 80, 8081])], &Q);
+    ns.nft_load(&render_accept(&spec)).expect("text loads");
+    assert_eq!(ns.list().matches("redirect to :").count(), 4);
+    let ns = Netns::new().expect("a second namespace");
+    ns.run(|| install(&spec, QueuePreference::Auto))
+        .expect("netlink install");
+    let listing = ns.list();
+    assert!(listing.contains("type nat hook prerouting priority dstnat"), "{listing}");
+    for to in [8081, 8082] {
+        let rule = format!("meta mark 0x{:08x} tcp dport 80 redirect to :{to}", 0x4d50_0000 | to);
+        assert_eq!(listing.matches(&rule).count(), 2, "{rule}\n{listing}");
+    }
+}
+
 #[test]
 fn rendered_text_loads_with_nft() {
     for role in [Role::Mbox, Role::Victim] {

@@ -11,8 +11,8 @@
 use crate::trace::Filter;
 
 use super::spec::{
-    ChainSpec, ChannelStep, ClientHash, Field, Hook, L4Match, Prefix, Proto, QueueTarget, Role,
-    RuleSpec, RulesetSpec, Selection, UnverifiedChannel, UnverifiedLimits,
+    Action, ChainSpec, ChannelStep, ClientHash, Field, Hook, L4Match, PortRange, Prefix, Proto,
+    QueueTarget, Role, RuleSpec, RulesetSpec, Selection, UnverifiedChannel, UnverifiedLimits,
 };
 
 /// Name of the table all our chains live in (family inet).
@@ -197,14 +197,15 @@ pub fn add_trace_chains(
                 skip_loopback: None,
                 pick: None,
                 channel: None,
-                pass: false,
-                trace: true,
+                mark: None,
+                action: Action::Trace,
                 queue: *q,
                 comment: format!("mpolice {name}: trace packets {}", m.says),
             })
             .collect();
         spec.chains.push(ChainSpec {
             name: name.into(),
+            nat: false,
             hook,
             priority: TRACE_PRIORITY,
             comment: format!(
@@ -327,8 +328,8 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
             skip_loopback: None,
             pick: None,
             channel: None,
-            pass: true,
-            trace: false,
+            mark: None,
+            action: Action::Accept,
             queue: *q,
             comment: format!("mpolice icmp_errors: to {prefix}, queued in to_victim"),
         })
@@ -344,8 +345,8 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
                 skip_loopback: None,
                 pick: None,
                 channel: None,
-                pass: false,
-                trace: false,
+                mark: None,
+                action: Action::Queue,
                 queue: *q,
                 comment: format!(
                     "mpolice icmp_errors: {} type {kind}",
@@ -358,12 +359,57 @@ pub fn add_icmp_error_chain(spec: &mut RulesetSpec, protected: &Selection, q: &Q
     }
     spec.chains.push(ChainSpec {
         name: "icmp_errors".to_owned(),
+        nat: false,
         hook: Hook::Forward,
         priority: PRIO_FILTER,
         comment: "mbox: forwarded ICMP errors, capabilities cut out of what they quote".to_owned(),
         rules,
     });
 }
+
+/// Port forwarding: a nat chain that redirects each SYN the engine marked to the port
+/// its mark names (`forward`: incoming port, outgoing ports). Conntrack takes the rest
+/// of the connection there and back; the chain sees only connections' first packets.
+pub fn add_forward_chain(spec: &mut RulesetSpec, forward: &[(u16, Vec<u16>)], q: &QueueTarget) {
+    let mut rules = Vec::new();
+    for (port, outgoing) in forward {
+        for &to in outgoing.iter().filter(|&&to| to != *port) {
+            for family in ["0.0.0.0/0", "::/0"] {
+                rules.push(RuleSpec {
+                    prefix: family.parse().expect("a zero-length prefix"),
+                    addr_field: Field::Dst,
+                    also: None,
+                    l4: L4Match::Ports {
+                        proto: Proto::Tcp,
+                        field: Field::Dst,
+                        ports: PortRange::new(*port, *port).expect("a port is not 0"),
+                    },
+                    skip_loopback: None,
+                    pick: None,
+                    channel: None,
+                    mark: Some(crate::ports::mark(to)),
+                    action: Action::Redirect(to),
+                    queue: *q,
+                    comment: format!(
+                        "mpolice port_forward: connections to {port} the engine sent to {to}"
+                    ),
+                });
+            }
+        }
+    }
+    spec.chains.push(ChainSpec {
+        name: "port_forward".to_owned(),
+        nat: true,
+        hook: Hook::Prerouting,
+        priority: PRIO_DSTNAT,
+        comment: "victim: new connections to a forwarded port, sent where the engine chose"
+            .to_owned(),
+        rules,
+    });
+}
+
+/// Where destination NAT runs: after the victim's queue (raw) and conntrack.
+const PRIO_DSTNAT: i32 = -100;
 
 /// The engine's verified senders, one set per family: their packets skip the limits.
 pub const VERIFIED_V4: &str = "verified_v4";
@@ -508,6 +554,7 @@ enum Upper {
 fn base(name: &str, hook: Hook, priority: i32, comment: &str) -> ChainSpec {
     ChainSpec {
         name: name.to_owned(),
+        nat: false,
         hook,
         priority,
         comment: comment.to_owned(),
@@ -537,8 +584,8 @@ fn chain(
         skip_loopback: None,
         pick: None,
         channel: None,
-        pass: false,
-        trace: false,
+        mark: None,
+        action: Action::Queue,
         queue: *q,
         comment,
     };
@@ -703,7 +750,7 @@ mod tests {
                 .iter()
                 .zip(&selection().addresses)
                 .all(|(r, &prefix)| {
-                    r.pass
+                    r.action == Action::Accept
                         && r.prefix == prefix
                         && r.addr_field == Field::Dst
                         && r.l4 == L4Match::Any
@@ -714,12 +761,16 @@ mod tests {
             "mpolice icmp_errors: to 198.18.2.2, queued in to_victim"
         );
         assert_eq!(queued.len(), 7, "3 ICMP and 4 ICMPv6 error types");
-        assert!(queued.iter().all(|r| !r.pass && r.prefix.is_empty()));
+        assert!(
+            queued
+                .iter()
+                .all(|r| r.action != Action::Accept && r.prefix.is_empty())
+        );
         assert!(
             plan(Role::Mbox, &selection(), &Q1)
                 .chains
                 .iter()
-                .all(|c| { c.rules.iter().all(|r| !r.pass) })
+                .all(|c| { c.rules.iter().all(|r| r.action != Action::Accept) })
         );
     }
 
@@ -783,7 +834,12 @@ mod tests {
         let spec = full_mbox(&q);
         for (one, many) in single.chains.iter().zip(&spec.chains) {
             // A pass rule queues nothing: it stays one rule, ahead of the queue rules.
-            let passes = |rules: &[RuleSpec]| rules.iter().take_while(|r| r.pass).count();
+            let passes = |rules: &[RuleSpec]| {
+                rules
+                    .iter()
+                    .take_while(|r| r.action == Action::Accept)
+                    .count()
+            };
             let (one_passes, many_passes) = (passes(&one.rules), passes(&many.rules));
             assert_eq!(one_passes, many_passes, "{}", many.name);
             let (one_rules, many_rules) = (&one.rules[one_passes..], &many.rules[many_passes..]);
@@ -826,7 +882,7 @@ mod tests {
             .iter()
             .flat_map(|s| &s.chains)
             .map(|c| {
-                let queued = || c.rules.iter().filter(|r| !r.pass);
+                let queued = || c.rules.iter().filter(|r| r.action != Action::Accept);
                 let sides: Vec<Field> = queued()
                     .map(|r| r.pick.expect("a client hash").client)
                     .collect();

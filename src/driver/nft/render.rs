@@ -14,7 +14,8 @@ use super::plan::{
     VERIFIED_V6, meter_set, verified_set,
 };
 use super::spec::{
-    ChainSpec, ChannelStep, Field, L4Match, QueueTarget, RuleSpec, RulesetSpec, UnverifiedChannel,
+    Action, ChainSpec, ChannelStep, Field, L4Match, QueueTarget, RuleSpec, RulesetSpec,
+    UnverifiedChannel,
 };
 
 /// Return the nft script for `spec`.
@@ -197,16 +198,18 @@ fn render_chain(out: &mut String, chain: &ChainSpec, stmt: &dyn Fn(&QueueTarget)
     let _ = writeln!(out, "\tchain {} {{", chain.name);
     let _ = writeln!(
         out,
-        "\t\ttype filter hook {} priority {}; policy accept;",
+        "\t\ttype {} hook {} priority {}; policy accept;",
+        if chain.nat { "nat" } else { "filter" },
         chain.hook.keyword(),
         chain.priority
     );
     for rule in &chain.rules {
-        let action = match channel_drop(rule) {
-            Some(drop) => drop,
-            None if rule.pass => "accept".to_owned(),
-            None if rule.trace => "meta nftrace set 1".to_owned(),
-            None => stmt(&rule.queue),
+        let action = match (channel_drop(rule), rule.action) {
+            (Some(drop), _) => drop,
+            (None, Action::Accept) => "accept".to_owned(),
+            (None, Action::Trace) => "meta nftrace set 1".to_owned(),
+            (None, Action::Redirect(port)) => format!("redirect to :{port}"),
+            (None, Action::Queue) => stmt(&rule.queue),
         };
         let matched = rule_match(rule);
         let sep = if matched.is_empty() { "" } else { " " };
@@ -252,6 +255,10 @@ fn rule_match(rule: &RuleSpec) -> String {
     let addr = match rule.skip_loopback {
         Some(Field::Src) => format!("iif != \"lo\" {addr}"),
         Some(Field::Dst) => format!("oif != \"lo\" {addr}"),
+        None => addr,
+    };
+    let addr = match rule.mark {
+        Some(mark) => format!("{addr} meta mark {mark:#010x}"),
         None => addr,
     };
     let upper = match rule.l4 {

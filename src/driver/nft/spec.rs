@@ -151,10 +151,12 @@ pub enum ChannelStep {
     OverTotal,
 }
 
-/// A base chain of type filter with policy accept.
+/// A base chain of type filter (or nat) with policy accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
     pub name: String,
+    /// Type nat: its rules are consulted for a connection's first packet only.
+    pub nat: bool,
     pub hook: Hook,
     pub priority: i32,
     pub comment: String,
@@ -200,17 +202,30 @@ pub struct RuleSpec {
     /// of them (and `queue` is then that single queue). None: every sender.
     pub pick: Option<ClientHash>,
     /// Part of the channel for unverified senders: a match on the verified set, or a
-    /// counted drop instead of the queue statement. None: an ordinary queue rule.
+    /// counted drop instead of the action. None: an ordinary rule.
     pub channel: Option<ChannelStep>,
-    /// End in `accept` instead of the queue statement: the packet leaves this chain and
-    /// goes on to the hook's other chains (one that queues it already, for instance).
-    pub pass: bool,
-    /// End in `meta nftrace set 1` instead of the queue statement: the kernel reports
-    /// every rule the packet meets from here on (tracing's kernel path), and the packet
-    /// goes on.
-    pub trace: bool,
+    /// Match only packets with this mark (the engine's mark on a forwarded SYN).
+    pub mark: Option<u32>,
+    /// What the rule does to the packets it matches.
+    pub action: Action,
     pub queue: QueueTarget,
     pub comment: String,
+}
+
+/// What a rule does with a packet it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it to the engine (`queue`).
+    Queue,
+    /// `accept`: the packet leaves this chain and goes on to the hook's other chains
+    /// (one that queues it already, for instance).
+    Accept,
+    /// `meta nftrace set 1`: the kernel reports every rule the packet meets from here on
+    /// (tracing's kernel path), and the packet goes on.
+    Trace,
+    /// `redirect to :port` (a nat chain): to this local port, and conntrack takes the
+    /// rest of the connection there and back.
+    Redirect(u16),
 }
 
 /// `jhash(client address, seed) mod modulus == value`: the match that sends all of a

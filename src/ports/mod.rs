@@ -1,0 +1,157 @@
+//! Port policies (the seed's patched-kernel socket API, as configuration): forwarding
+//! rules that send each new connection to an incoming port on to one of several local
+//! ports, chosen once per connection.
+//!
+//! The choice is made on the connection's SYN, in the engine, and carried out by the
+//! kernel: the SYN leaves the queue with a mark naming the chosen port ([`mark`]), and a
+//! rule of the nat chain redirects the marked SYN to it. Conntrack then translates every
+//! later packet of the connection, both ways, so replies reach the client from the port
+//! it connected to. Pure: no sockets, no clock; the driver seeds the dice.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::nft::Prefix;
+
+/// One incoming port's forwarding rule: where its new connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRule {
+    /// The port clients connect to.
+    pub port: u16,
+    /// Where a connection goes when no branch takes it.
+    pub default: u16,
+    pub branches: Branches,
+}
+
+/// How a rule picks among its outgoing ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Branches {
+    /// By the client's address: the longest prefix that holds it.
+    Source(Vec<(Prefix, u16)>),
+    /// By chance: each branch takes this many connections in 100.
+    Dice(Vec<(u8, u16)>),
+}
+
+impl ForwardRule {
+    /// Every port this rule may send a connection to, the default first.
+    pub fn outgoing(&self) -> Vec<u16> {
+        let mut ports = vec![self.default];
+        let branch_ports: Vec<u16> = match &self.branches {
+            Branches::Source(b) => b.iter().map(|&(_, to)| to).collect(),
+            Branches::Dice(b) => b.iter().map(|&(_, to)| to).collect(),
+        };
+        for to in branch_ports {
+            if !ports.contains(&to) {
+                ports.push(to);
+            }
+        }
+        ports
+    }
+
+    /// The port a new connection from `client` goes to; `roll` is a draw in 0..100.
+    pub fn choose(&self, client: IpAddr, roll: u8) -> u16 {
+        match &self.branches {
+            Branches::Source(b) => b
+                .iter()
+                .filter(|(p, _)| p.contains(client))
+                .max_by_key(|(p, _)| p.len())
+                .map_or(self.default, |&(_, to)| to),
+            Branches::Dice(b) => {
+                let mut below = 0u16;
+                for &(percent, to) in b {
+                    below += u16::from(percent);
+                    if u16::from(roll) < below {
+                        return to;
+                    }
+                }
+                self.default
+            }
+        }
+    }
+}
+
+/// The marks the engine gives a forwarded SYN: these high bits ("MP"), and the chosen
+/// port in the low 16. The nat chain matches the whole mark.
+pub const MARK_BASE: u32 = 0x4d50_0000;
+
+/// The mark that sends a SYN to `port`.
+pub fn mark(port: u16) -> u32 {
+    MARK_BASE | u32::from(port)
+}
+
+/// The forwarding stage: the rules, and the dice.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    rules: Vec<ForwardRule>,
+    dice: u64,
+    /// Connections sent on, by (incoming, outgoing) port.
+    counts: Vec<Forwarded>,
+}
+
+/// Connections one rule sent from its port to one outgoing port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub port: u16,
+    pub to: u16,
+    pub connections: u64,
+}
+
+impl Forwarder {
+    /// The stage for `rules`; `seed` starts its dice.
+    pub fn new(rules: Vec<ForwardRule>, seed: u64) -> Forwarder {
+        let counts = rules
+            .iter()
+            .flat_map(|r| {
+                r.outgoing().into_iter().map(|to| Forwarded {
+                    port: r.port,
+                    to,
+                    connections: 0,
+                })
+            })
+            .collect();
+        Forwarder {
+            rules,
+            dice: seed,
+            counts,
+        }
+    }
+
+    /// A new connection from `client` to `port`: the mark its SYN leaves with (None: no
+    /// rule for the port, or the rule keeps it on its port).
+    pub fn syn(&mut self, client: IpAddr, port: u16) -> Option<u32> {
+        let rule = self.rules.iter().find(|r| r.port == port)?;
+        let roll = match rule.branches {
+            Branches::Dice(_) => roll(&mut self.dice),
+            Branches::Source(_) => 0,
+        };
+        let to = rule.choose(client, roll);
+        if let Some(c) = self
+            .counts
+            .iter_mut()
+            .find(|c| c.port == port && c.to == to)
+        {
+            c.connections += 1;
+        }
+        (to != port).then(|| mark(to))
+    }
+
+    /// What the stage counted, one entry per (incoming, outgoing) port.
+    pub fn counts(&self) -> &[Forwarded] {
+        &self.counts
+    }
+}
+
+/// A draw in 0..100 from the dice's state (splitmix64: the dice need spread, not
+/// secrecy).
+fn roll(state: &mut u64) -> u8 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % 100) as u8
+}
+
+#[cfg(test)]
+mod tests;
