@@ -35,6 +35,8 @@ pub struct RoleConfig {
     pub tunnel: Option<PathBuf>,
     /// Trace every packet's stages to this file, and the packets to the pcaps beside it.
     pub trace: Option<PathBuf>,
+    /// More sections, verbatim, at the end (e.g. `[ports]`).
+    pub extra: String,
 }
 
 impl Default for RoleConfig {
@@ -49,6 +51,7 @@ impl Default for RoleConfig {
             redirect: false,
             tunnel: None,
             trace: None,
+            extra: String::new(),
         }
     }
 }
@@ -120,13 +123,14 @@ impl RoleConfig {
         }
         format!(
             "[queue]\nfirst = {}\ncount = {}\n{}\n\n[protect]\naddresses = [\"{VICTIM_V4}\", \"{VICTIM_V6}\"]\n\
-             tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n{caps}",
+             tcp_ports = [{}]\nudp_ports = [{}]\n\n[control]\nsocket = \"{}\"\n{caps}\n{}",
             self.first_queue,
             self.queues,
             self.queue_extra,
             list(&self.tcp_ports),
             list(&self.udp_ports),
-            socket.display()
+            socket.display(),
+            self.extra
         )
     }
 }

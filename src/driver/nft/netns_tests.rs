@@ -356,9 +356,15 @@ fn the_port_forward_chain_loads_and_redirects_marked_syns() {
     ns.run(|| install(&spec, QueuePreference::Auto))
         .expect("netlink install");
     let listing = ns.list();
-    assert!(listing.contains("type nat hook prerouting priority dstnat"), "{listing}");
+    assert!(
+        listing.contains("type nat hook prerouting priority dstnat"),
+        "{listing}"
+    );
     for to in [8081, 8082] {
-        let rule = format!("meta mark 0x{:08x} tcp dport 80 redirect to :{to}", 0x4d50_0000 | to);
+        let rule = format!(
+            "meta mark 0x{:08x} tcp dport 80 redirect to :{to}",
+            0x4d50_0000 | to
+        );
         assert_eq!(listing.matches(&rule).count(), 2, "{rule}\n{listing}");
     }
 }
