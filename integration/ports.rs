@@ -137,6 +137,9 @@ fn forwarding(prefix: &str, capabilities: bool) {
         ((9090, 8083), u64::from(to_8083)),
     ]);
     assert_eq!(counted, want, "{}", s.table());
+    // The replies of forwarded connections carry feedback to the mbox: source NAT gave
+    // them the port the client connected to before the victim's outbound chain.
+    assert_eq!(s.total().engine.caps.fed_back > 0, capabilities, "{}", s.table());
     assert!(
         s.table().contains("forwarded: 8080->8082=3 8080->8081=3"),
         "{}",

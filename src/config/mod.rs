@@ -645,16 +645,6 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         Some(p) => ports::validate(p, &tcp_ports)?,
         None => Vec::new(),
     };
-    // Replies leave a forwarded connection's outgoing port, and conntrack gives them
-    // the incoming port back only after the victim's outbound chain (srcnat comes
-    // later): its outgoing ports are protected too, so the replies are queued and carry
-    // feedback.
-    let mut tcp_ports = tcp_ports;
-    for to in ports.iter().flat_map(|r| r.outgoing()) {
-        if !tcp_ports.iter().any(|r| r.contains(to)) {
-            tcp_ports.extend(PortRange::new(to, to));
-        }
-    }
     let selection = Selection {
         addresses,
         tcp_ports,

@@ -171,7 +171,7 @@ fn install_each_role_uses_native_queue_where_the_kernel_has_it_else_xt() {
             Role::Victim,
             [
                 "chain inbound { type filter hook prerouting priority raw; policy accept;",
-                "chain outbound { type filter hook postrouting priority filter; policy accept;",
+                "chain outbound { type filter hook postrouting priority 150; policy accept;",
             ],
         ),
     ];
@@ -394,7 +394,11 @@ fn rendered_text_loads_with_nft() {
         let headers = chain_headers(&listing);
         assert_eq!(headers.len(), 2, "{listing}");
         for ((header, chain), name) in headers.iter().zip(&spec.chains).zip(names) {
-            let prio = if chain.priority == 0 { "filter" } else { "raw" };
+            let prio = match chain.priority {
+                0 => "filter".to_owned(),
+                -300 => "raw".to_owned(),
+                p => p.to_string(),
+            };
             let want = format!(
                 "chain {name} {{ type filter hook {} priority {prio};",
                 chain.hook.keyword()

@@ -26,6 +26,8 @@ pub const CLIENT_HASH_SEED: u32 = 0x6d70_6f6c;
 const PRIO_RAW: i32 = -300;
 /// Priority of the filter slot: after conntrack has seen the packet.
 const PRIO_FILTER: i32 = 0;
+/// After source NAT (100): a reply of a forwarded connection has its port back.
+const PRIO_AFTER_SRCNAT: i32 = 150;
 
 /// Return the ruleset that queues `role`'s traffic for the protected selection.
 pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
@@ -77,14 +79,16 @@ pub fn plan(role: Role, sel: &Selection, q: &QueueTarget) -> RulesetSpec {
                 ),
                 Field::Src,
             ),
-            // Conntrack's output hook (-200) has run, so it never sees the appended feedback.
+            // Conntrack's output hook (-200) has run, so it never sees the appended feedback;
+            // so has source NAT (100), so the replies of a forwarded connection carry the
+            // port the client connected to again.
             skip_loopback(
                 chain(
                     base(
                         "outbound",
                         Hook::Postrouting,
-                        PRIO_FILTER,
-                        "victim: replies, feedback appended after conntrack",
+                        PRIO_AFTER_SRCNAT,
+                        "victim: replies, feedback appended after conntrack and source NAT",
                     ),
                     Field::Src,
                     Upper::Ports,
@@ -781,7 +785,7 @@ mod tests {
             shape(&spec),
             [
                 ("inbound", Hook::Prerouting, -300, 6),
-                ("outbound", Hook::Postrouting, 0, 6)
+                ("outbound", Hook::Postrouting, 150, 6)
             ]
         );
         assert!(spec.chains[0].rules.iter().all(|r| {

@@ -411,9 +411,9 @@ table inet mpolice {
 \t\tiif != \"lo\" ip6 daddr 2001:2:0:2::5 udp dport 53 queue flags bypass num 0 comment \"mpolice inbound: udp to 2001:2:0:2::5 port 53\"
 \t}
 
-\t# victim: replies, feedback appended after conntrack
+\t# victim: replies, feedback appended after conntrack and source NAT
 \tchain outbound {
-\t\ttype filter hook postrouting priority 0; policy accept;
+\t\ttype filter hook postrouting priority 150; policy accept;
 ";
         assert!(text.starts_with(expected), "{text}");
         assert!(text.contains(
