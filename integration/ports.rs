@@ -24,6 +24,30 @@ fn servers(tb: &Testbed, ports: &[u16]) -> Vec<HttpServer> {
         .collect()
 }
 
+/// A server that listens on a port of the victim (backlog 16) and never accepts.
+struct Stuck(std::process::Child);
+
+impl Stuck {
+    fn start(tb: &Testbed, port: u16) -> Stuck {
+        let code = format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('', {port}))\ns.listen(16)\ntime.sleep(60)"
+        );
+        let child = tb
+            .command(Host::Victim, &["python3", "-c", &code])
+            .spawn()
+            .unwrap();
+        mpolice::testbed::wait_listening(tb, Host::Victim, port).unwrap();
+        Stuck(child)
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Fetch `/who` from `addr:port` `n` times, each on a new connection; count the answers.
 fn who_answers(tb: &Testbed, addr: &str, port: u16, n: u32) -> BTreeMap<String, u32> {
     let urls: Vec<String> = (0..n)
@@ -67,7 +91,7 @@ fn forwarding(prefix: &str, capabilities: bool) {
     let role = |r: &str| {
         let base = RoleConfig::default();
         RoleConfig {
-            tcp_ports: vec![8080, 9090],
+            tcp_ports: vec![8080, 9090, 8084],
             extra: if r == "victim" {
                 "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
              source = [{ from = \"198.18.1.0/24\", to = 8081 }]\n\
@@ -139,7 +163,59 @@ fn forwarding(prefix: &str, capabilities: bool) {
     assert_eq!(counted, want, "{}", s.table());
     // The replies of forwarded connections carry feedback to the mbox: source NAT gave
     // them the port the client connected to before the victim's outbound chain.
-    assert_eq!(s.total().engine.caps.fed_back > 0, capabilities, "{}", s.table());
+    assert_eq!(
+        s.total().engine.caps.fed_back > 0,
+        capabilities,
+        "{}",
+        s.table()
+    );
+    // Per-port statistics, in the port the client connected to: every handshake done,
+    // none half-open; the replies of forwarded connections counted under it too.
+    let ports = s.total().engine.ports.expect("per-port statistics are on");
+    let row = |port| {
+        let r = ports.rows.iter().find(|r| r.port == port);
+        r.map(|r| r.counts).unwrap_or_default()
+    };
+    assert_eq!(
+        (row(8080).established, row(9090).established),
+        (6, 200),
+        "{}",
+        s.ports_table()
+    );
+    for port in [8080, 9090] {
+        let c = row(port);
+        assert!(
+            c.bytes_in > 0 && c.bytes_out > 0 && c.half_open == 0,
+            "{}",
+            s.ports_table()
+        );
+        assert!(c.handshake_us > 0, "{}", s.ports_table());
+    }
+    // The kernel's accept queues: a server that never accepts holds what connected.
+    let listening = s.listeners.iter().map(|l| l.port).collect::<Vec<_>>();
+    assert_eq!(listening, [8081, 8082, 8083], "{}", s.ports_table());
+    let _stuck = Stuck::start(&tb, 8084);
+    for _ in 0..3 {
+        let _ = tb.exec(
+            Host::Client,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "1",
+                &format!("http://{VICTIM_V4}:8084/"),
+            ],
+        );
+    }
+    let s = victim.stats().unwrap();
+    let stuck = s.listeners.iter().find(|l| l.port == 8084).copied();
+    assert_eq!(
+        stuck.map(|l| (l.waiting, l.backlog)),
+        Some((3, 16)),
+        "{}",
+        s.ports_table()
+    );
+    assert!(s.ports_table().contains("3/16"), "{}", s.ports_table());
     assert!(
         s.table().contains("forwarded: 8080->8082=3 8080->8081=3"),
         "{}",

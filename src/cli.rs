@@ -204,6 +204,11 @@ pub struct StatsArgs {
     /// and returned, delivered last period, non-TCP packets, state.
     #[arg(long)]
     pub senders: bool,
+    /// Also print the per-port statistics (a victim with a `[ports]` section): bytes
+    /// and packets in and out, handshakes completed and their mean time, half-open and
+    /// abandoned ones, and the listening socket's accept queue (waiting/backlog).
+    #[arg(long)]
+    pub ports: bool,
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +385,9 @@ fn stats(args: StatsArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&s)?);
         } else {
             print!("{}", s.table());
+            if args.ports {
+                print!("{}", s.ports_table());
+            }
         }
     }
     Ok(())

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::capability::Rejected;
 use crate::driver::nfqueue::Unreadable;
+use crate::driver::sockdiag::Listener;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
-use crate::ports::Forwarded;
+use crate::ports::{Forwarded, PortStats};
 use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
@@ -112,6 +113,9 @@ pub struct QueueCounters {
     /// Port forwarding: new connections sent on, by incoming and outgoing port.
     #[serde(default)]
     pub forwarded: Vec<Forwarded>,
+    /// Per-port statistics (None: off).
+    #[serde(default)]
+    pub ports: Option<PortStats>,
 }
 
 /// What the capability stages of one queue did.
@@ -253,6 +257,10 @@ pub struct EngineStats {
     /// Tracing's kernel path on: the nftables trace events kept and lost (None: off).
     #[serde(default)]
     pub kernel_trace: Option<KernelTraceCounters>,
+    /// Per-port statistics on: the kernel's listening sockets on the protected and
+    /// forwarded ports, with their accept queues.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
 }
 
 impl EngineStats {
@@ -276,6 +284,9 @@ impl EngineStats {
             t.engine.enobufs += e.enobufs;
             t.engine.reasons.merge(&e.reasons);
             t.engine.caps.add(&e.caps);
+            if let Some(p) = &e.ports {
+                t.engine.ports.get_or_insert_with(PortStats::default).add(p);
+            }
             let sum = &mut t.engine.forwarded;
             for f in &e.forwarded {
                 match sum.iter().position(|s| (s.port, s.to) == (f.port, f.to)) {
@@ -296,6 +307,84 @@ impl EngineStats {
         }
         t.kernel = Some(k);
         t
+    }
+
+    /// The per-port statistics as a table (`mpolice stats --ports`): a row per port
+    /// with traffic or a listener, the listener's accept queue beside its counts.
+    pub fn ports_table(&self) -> String {
+        let total = self.total().engine;
+        let Some(p) = total.ports else {
+            return "ports: per-port statistics are off (add a [ports] section)\n".into();
+        };
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:>10} {:>10} {:>12} {:>10} {:>12} {:>11} {:>13} {:>9} {:>9} {:>12}",
+            "port",
+            "pkts.in",
+            "bytes.in",
+            "pkts.out",
+            "bytes.out",
+            "established",
+            "handshake.ms",
+            "half_open",
+            "abandoned",
+            "accept.queue"
+        );
+        let mut rows = p.rows.clone();
+        for l in &self.listeners {
+            if !rows
+                .iter()
+                .any(|r| (r.proto, r.port) == (crate::wire::proto::TCP, l.port))
+            {
+                rows.push(crate::ports::PortRow {
+                    proto: crate::wire::proto::TCP,
+                    port: l.port,
+                    counts: Default::default(),
+                });
+            }
+        }
+        rows.sort_by_key(|r| (r.proto, r.port));
+        for r in &rows {
+            let c = &r.counts;
+            let name = match r.proto {
+                crate::wire::proto::TCP => "tcp",
+                crate::wire::proto::UDP => "udp",
+                _ => "ip",
+            };
+            let mean = if c.established == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", c.handshake_us as f64 / c.established as f64 / 1e3)
+            };
+            let queue = self
+                .listeners
+                .iter()
+                .find(|l| r.proto == crate::wire::proto::TCP && l.port == r.port)
+                .map_or("-".to_string(), |l| format!("{}/{}", l.waiting, l.backlog));
+            let _ = writeln!(
+                s,
+                "{:>10} {:>10} {:>12} {:>10} {:>12} {:>11} {:>13} {:>9} {:>9} {:>12}",
+                format!("{name}/{}", r.port),
+                c.packets_in,
+                c.bytes_in,
+                c.packets_out,
+                c.bytes_out,
+                c.established,
+                mean,
+                c.half_open,
+                c.abandoned,
+                queue
+            );
+        }
+        if p.untracked > 0 || p.other_ports > 0 {
+            let _ = writeln!(
+                s,
+                "not followed: {} SYNs (half-open table full), {} packets of ports past the table",
+                p.untracked, p.other_ports
+            );
+        }
+        s
     }
 
     /// Render the stats as a table a person reads in a terminal.
@@ -554,6 +643,7 @@ mod tests {
                 events: 70,
                 lost: 1,
             }),
+            listeners: Vec::new(),
         }
     }
 
@@ -696,6 +786,58 @@ mod tests {
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains("\"received\":10"), "{text}");
         assert_eq!(serde_json::from_str::<EngineStats>(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn the_ports_table_shows_each_ports_counts_beside_its_listeners_queue() {
+        let mut s = sample();
+        assert!(s.ports_table().contains("per-port statistics are off"));
+        let row = |port, established, handshake_us| crate::ports::PortRow {
+            proto: crate::wire::proto::TCP,
+            port,
+            counts: crate::ports::PortCounts {
+                packets_in: 10,
+                bytes_in: 1000,
+                established,
+                handshake_us,
+                ..Default::default()
+            },
+        };
+        for (q, est) in s.queues.iter_mut().zip([2, 1]) {
+            q.engine.ports = Some(PortStats {
+                rows: vec![row(8080, est, 1500 * est)],
+                untracked: 4,
+                other_ports: 0,
+            });
+        }
+        s.listeners = vec![
+            Listener {
+                port: 8080,
+                waiting: 0,
+                backlog: 128,
+            },
+            Listener {
+                port: 8081,
+                waiting: 3,
+                backlog: 5,
+            },
+        ];
+        let t = s.ports_table();
+        let line = |port: &str| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(port))
+                .unwrap()
+        };
+        let cols: Vec<&str> = line("tcp/8080").split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "tcp/8080", "20", "2000", "0", "0", "3", "1.500", "0", "0", "0/128"
+            ],
+            "{t}"
+        );
+        assert!(line("tcp/8081").ends_with("3/5"), "{t}");
+        assert!(t.contains("not followed: 8 SYNs"), "{t}");
     }
 
     #[test]

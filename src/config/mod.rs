@@ -72,6 +72,8 @@ pub struct Config {
     pub trace: Option<TraceSettings>,
     /// victim: port forwarding rules, one per incoming port (empty: none).
     pub ports: Vec<crate::ports::ForwardRule>,
+    /// victim: per-port statistics (on with a `[ports]` section).
+    pub port_stats: bool,
 }
 
 /// IP-in-UDP from mbox to victim.
@@ -151,6 +153,15 @@ impl Config {
             nft::add_trace_chains(&mut spec, &self.protect, &t.filter, &self.queue.target);
         }
         spec
+    }
+
+    /// The TCP ports whose listeners the per-port statistics show: the protected ones and
+    /// the outgoing ports of the forwarding rules.
+    pub fn listened_ports(&self) -> Vec<PortRange> {
+        let outgoing = self.ports.iter().flat_map(|r| r.outgoing());
+        let mut ports = self.protect.tcp_ports.clone();
+        ports.extend(outgoing.filter_map(|p| PortRange::new(p, p).ok()));
+        ports
     }
 
     /// The kernel's limits on unverified senders, if `role` has the channel: a policing
@@ -638,6 +649,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .map(|c| validate_caps(c, role))
         .transpose()?;
     let trace = raw.trace.map(trace::validate).transpose()?;
+    let port_stats = raw.ports.is_some();
     let ports = match raw.ports {
         Some(_) if role == "mbox" => {
             return err("ports: port policies run on the server they protect (the victim); remove the section from this config".into());
@@ -657,6 +669,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         police,
         trace,
         ports,
+        port_stats,
         capabilities,
         redirect,
         tunnel,

@@ -22,8 +22,9 @@ use crate::capability::{RunId, wire_len};
 use crate::driver::board::Board;
 use crate::driver::depth::DepthBound;
 use crate::driver::nfqueue::{self, COPY_FULL, KernelQueueStats, Queue, QueueConfig};
-use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
+use crate::driver::nft::{self, PortRange, QueueKind, Role, RulesetSpec, Selection, TABLE};
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
+use crate::driver::sockdiag;
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
 use crate::ports::Forwarder;
@@ -92,6 +93,9 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let mut pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
+        if cfg.port_stats {
+            pipeline = pipeline.with_port_meter();
+        }
         if !cfg.ports.is_empty() {
             // The dice need a different start in each worker and each run, not secrecy.
             let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), index);
@@ -137,6 +141,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             board,
             withholds: role == Role::Victim && cfg.capabilities.is_some(),
             kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
+            listened: cfg.port_stats.then(|| cfg.listened_ports()),
         };
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
@@ -607,6 +612,7 @@ impl Header {
             unverified_over_source: 0,
             unverified_over_total: 0,
             kernel_trace: None,
+            listeners: Vec::new(),
         }
     }
 }
@@ -620,6 +626,9 @@ struct Answers {
     withholds: bool,
     /// Tracing's kernel path, when on.
     kernel_trace: Option<Arc<KernelTally>>,
+    /// Per-port statistics on: the ports whose listening sockets the stats show (the
+    /// protected TCP ports and the forwarded connections' outgoing ports).
+    listened: Option<Vec<PortRange>>,
 }
 
 impl Answers {
@@ -649,6 +658,13 @@ impl Answers {
                 (stats.unverified_over_source, stats.unverified_over_total) =
                     nft::unverified_drops().unwrap_or_default();
                 stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
+                if let Some(ports) = &self.listened {
+                    stats.listeners = sockdiag::listeners()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|l| ports.iter().any(|r| r.contains(l.port)))
+                        .collect();
+                }
                 serde_json::to_value(stats)
             }
             _ if !self.withholds => {

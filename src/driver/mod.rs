@@ -9,7 +9,9 @@ pub mod keys;
 pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
+pub mod nlsocket;
 pub mod route;
+pub mod sockdiag;
 #[cfg(test)]
 mod testns;
 pub mod worker;

@@ -28,6 +28,7 @@ use crate::driver::nfqueue::{
     Verdict as KernelVerdict,
 };
 use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Segments, Verdict};
+use crate::ports::PortMeter;
 use crate::stats::{Event, QueueCounters};
 use crate::trace::{Stage, Trace, Tracer};
 
@@ -703,6 +704,7 @@ impl Loop {
 
     fn publish(&mut self) {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
+        self.counters.ports = self.pipeline.port_meter().map(PortMeter::stats);
         self.counters.forwarded.clear();
         (self.counters.forwarded).extend_from_slice(self.pipeline.forwarded());
         // Both sockets' receive paths: an overrun of the precise queue counts as well.

@@ -27,7 +27,7 @@ use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
-use crate::ports::{Forwarded, Forwarder};
+use crate::ports::{Forwarded, Forwarder, PortMeter};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
 use crate::wire::{self, Parsed, tcp};
@@ -103,6 +103,8 @@ pub struct Pipeline {
     forward: Option<Forwarder>,
     /// The mark the last packet's verdict carries (a forwarded SYN's).
     mark: Option<u32>,
+    /// Per-port statistics (None: off).
+    meter: Option<PortMeter>,
 }
 
 impl Pipeline {
@@ -117,7 +119,19 @@ impl Pipeline {
             deferred: None,
             forward: None,
             mark: None,
+            meter: None,
         }
+    }
+
+    /// Keep per-port statistics.
+    pub fn with_port_meter(mut self) -> Self {
+        self.meter = Some(PortMeter::default());
+        self
+    }
+
+    /// The per-port statistics (None: off).
+    pub fn port_meter(&self) -> Option<&PortMeter> {
+        self.meter.as_ref()
     }
 
     /// Forward new connections to the rules' ports.
@@ -139,6 +153,9 @@ impl Pipeline {
     /// Close the periods due by `now` and report this worker's figures for the
     /// system-wide view (None: nothing here is policed).
     pub fn on_timer(&mut self, now: Instant) -> Option<Figures> {
+        if let Some(m) = self.meter.as_mut() {
+            m.expire(now);
+        }
         match self.stages.as_mut()? {
             Stages::Mbox(m) => Some(m.on_timer(now, &mut self.caps)),
             Stages::Victim(_) => None,
@@ -256,6 +273,9 @@ impl Pipeline {
         t.begin(Stage::Classify);
         let dir = direction(&self.selection, &parsed);
         t.end(Stage::Classify);
+        if let (Some(m), Some(d)) = (self.meter.as_mut(), dir) {
+            m.packet(d, &parsed, buf.len(), now);
+        }
         if let (Some(f), Some(Direction::ToProtected)) = (self.forward.as_mut(), dir) {
             if let Some(tcp) = parsed
                 .tcp()

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::nft::Prefix;
 
+pub mod meter;
+pub use meter::{PortCounts, PortMeter, PortRow, PortStats};
+
 /// One incoming port's forwarding rule: where its new connections go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardRule {

@@ -75,3 +75,140 @@ fn a_syn_to_a_rule_port_leaves_with_the_chosen_ports_mark_and_is_counted() {
         ]
     );
 }
+
+mod meter {
+    use std::time::{Duration, Instant};
+
+    use crate::pipeline::Direction::{FromProtected, ToProtected};
+    use crate::ports::meter::{HANDSHAKE_TIMEOUT, MAX_HALF_OPEN, MAX_PORTS, PortMeter};
+    use crate::wire::build::Builder;
+    use crate::wire::{self, tcp};
+
+    const SERVER: &str = "198.18.2.2";
+
+    fn segment(client: &str, cport: u16, port: u16, flags: u8, len: usize) -> Vec<u8> {
+        Builder::tcp(
+            client.parse().unwrap(),
+            SERVER.parse().unwrap(),
+            cport,
+            port,
+        )
+        .flags(flags)
+        .payload(&vec![0; len])
+        .build()
+    }
+
+    fn count(m: &mut PortMeter, dir: crate::pipeline::Direction, pkt: &[u8], at: Instant) {
+        let p = wire::parse(pkt).unwrap();
+        m.packet(dir, &p, pkt.len(), at);
+    }
+
+    fn row(m: &PortMeter, port: u16) -> crate::ports::PortCounts {
+        m.stats()
+            .rows
+            .iter()
+            .find(|r| r.port == port)
+            .unwrap()
+            .counts
+    }
+
+    #[test]
+    fn a_handshake_counts_from_the_first_syn_to_the_clients_ack() {
+        let (mut m, t0) = (PortMeter::default(), Instant::now());
+        let ms = |n| t0 + Duration::from_millis(n);
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 4000, 80, tcp::SYN, 0),
+            ms(0),
+        );
+        // A retransmitted SYN: the handshake began with the first.
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 4000, 80, tcp::SYN, 0),
+            ms(1000),
+        );
+        assert_eq!(row(&m, 80).half_open, 1);
+        let reply = Builder::tcp(
+            SERVER.parse().unwrap(),
+            "198.18.1.2".parse().unwrap(),
+            80,
+            4000,
+        )
+        .flags(tcp::SYN | tcp::ACK)
+        .build();
+        count(&mut m, FromProtected, &reply, ms(1001));
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 4000, 80, tcp::ACK, 0),
+            ms(1003),
+        );
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 4000, 80, tcp::ACK | tcp::PSH, 100),
+            ms(1004),
+        );
+        let c = row(&m, 80);
+        assert_eq!(
+            (c.established, c.handshake_us, c.half_open),
+            (1, 1_003_000, 0)
+        );
+        assert_eq!((c.packets_in, c.packets_out), (4, 1));
+        assert_eq!(c.bytes_in, 3 * 40 + 140);
+        assert_eq!(c.bytes_out, reply.len() as u64);
+    }
+
+    #[test]
+    fn reset_and_timed_out_handshakes_are_abandoned() {
+        let (mut m, t0) = (PortMeter::default(), Instant::now());
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 1, 80, tcp::SYN, 0),
+            t0,
+        );
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.2", 1, 80, tcp::RST, 0),
+            t0,
+        );
+        count(
+            &mut m,
+            ToProtected,
+            &segment("198.18.1.3", 2, 80, tcp::SYN, 0),
+            t0,
+        );
+        m.expire(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(1));
+        assert_eq!(row(&m, 80).half_open, 1);
+        m.expire(t0 + HANDSHAKE_TIMEOUT);
+        let c = row(&m, 80);
+        assert_eq!((c.established, c.half_open, c.abandoned), (0, 0, 2));
+    }
+
+    #[test]
+    fn the_meter_is_bounded_and_counts_what_it_does_not_follow() {
+        let (mut m, t0) = (PortMeter::default(), Instant::now());
+        for i in 0..MAX_HALF_OPEN + 3 {
+            let client = format!("198.18.{}.{}", i / 250 % 250, i % 250 + 1);
+            let pkt = segment(&client, (i / 62_500) as u16 + 1, 80, tcp::SYN, 0);
+            count(&mut m, ToProtected, &pkt, t0);
+        }
+        let s = m.stats();
+        assert_eq!(s.rows[0].counts.half_open, MAX_HALF_OPEN as u64);
+        assert_eq!(s.untracked, 3);
+        for port in 1..=MAX_PORTS as u16 + 2 {
+            count(
+                &mut m,
+                ToProtected,
+                &segment("198.18.1.2", 9, port, tcp::ACK, 0),
+                t0,
+            );
+        }
+        let s = m.stats();
+        assert_eq!((s.rows.len(), s.other_ports), (MAX_PORTS, 2));
+    }
+}

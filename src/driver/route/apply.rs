@@ -10,13 +10,13 @@ use tracing::info;
 use super::error::{RouteError, Step};
 use super::guard::{AdvmssGuard, Undo};
 use super::prefix::AdvmssRoute;
-use super::socket::{NlError, RtSocket};
 use super::wire::{
     self, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF,
     RTA_TABLE, RTA_VIA, RTAX_ADVMSS, RTM_F_CLONED, RTM_NEWROUTE, RTN_UNICAST, RTNH_F_ONLINK,
     RTPROT_MPOLICE, Route, RtHdr,
 };
 use crate::driver::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use crate::driver::nlsocket::{NlError, NlSocket};
 
 /// Install advmss for each prefix in the calling thread's network namespace;
 /// return a guard that restores the previous state on drop (best effort, errors logged).
@@ -35,7 +35,7 @@ pub fn set_advmss(routes: &[AdvmssRoute]) -> Result<AdvmssGuard, RouteError> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let sock = RtSocket::open().map_err(|e| map_err(&all, Step::Dump, e))?;
+    let sock = NlSocket::open(libc::NETLINK_ROUTE).map_err(|e| map_err(&all, Step::Dump, e))?;
     let mut guard = AdvmssGuard::new(sock);
     for r in routes {
         let undo = install(guard.socket(), r)?; // dropping the guard undoes earlier ones
@@ -45,7 +45,7 @@ pub fn set_advmss(routes: &[AdvmssRoute]) -> Result<AdvmssGuard, RouteError> {
 }
 
 /// Install advmss for one prefix; return how to undo it.
-fn install(sock: &mut RtSocket, r: &AdvmssRoute) -> Result<Undo, RouteError> {
+fn install(sock: &mut NlSocket, r: &AdvmssRoute) -> Result<Undo, RouteError> {
     let prefix = r.to_string();
     let table = exchange(sock, &prefix, Step::Dump, |buf, seq| {
         wire::dump_request(buf, seq, r.family());
@@ -114,7 +114,7 @@ fn install(sock: &mut RtSocket, r: &AdvmssRoute) -> Result<Undo, RouteError> {
 
 /// Build one request with a fresh sequence number and exchange it.
 fn exchange(
-    sock: &mut RtSocket,
+    sock: &mut NlSocket,
     prefix: &str,
     step: Step,
     build: impl FnOnce(&mut Vec<u8>, u32),
@@ -122,8 +122,7 @@ fn exchange(
     let seq = sock.next_seq();
     let mut buf = Vec::new();
     build(&mut buf, seq);
-    sock.exchange(&buf, seq)
-        .map_err(|e| map_err(prefix, step, e))
+    super::wire::routes(sock, &buf, seq).map_err(|e| map_err(prefix, step, e))
 }
 
 /// Name the prefix and step of a failed exchange.

@@ -8,9 +8,9 @@
 use tracing::{debug, warn};
 
 use super::error::{RouteError, Step};
-use super::socket::{NlError, RtSocket};
 use super::wire::{RTM_DELROUTE, RTM_NEWROUTE, Route};
 use crate::driver::netlink::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE};
+use crate::driver::nlsocket::{NlError, NlSocket};
 
 /// How to undo one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +27,13 @@ pub(crate) enum Undo {
 /// which is Rust's drop order for locals: each restores what it found.
 #[derive(Debug)]
 pub struct AdvmssGuard {
-    sock: RtSocket,
+    sock: NlSocket,
     undo: Vec<Undo>,
 }
 
 impl AdvmssGuard {
     /// Start an empty guard owning the socket the changes are made with.
-    pub(crate) fn new(sock: RtSocket) -> Self {
+    pub(crate) fn new(sock: NlSocket) -> Self {
         AdvmssGuard {
             sock,
             undo: Vec::new(),
@@ -41,7 +41,7 @@ impl AdvmssGuard {
     }
 
     /// Return the socket, to make the next change with.
-    pub(crate) fn socket(&mut self) -> &mut RtSocket {
+    pub(crate) fn socket(&mut self) -> &mut NlSocket {
         &mut self.sock
     }
 
@@ -84,7 +84,7 @@ impl Drop for AdvmssGuard {
 }
 
 /// Apply one undo through `sock`.
-fn undo_one(sock: &mut RtSocket, undo: &Undo) -> Result<(), RouteError> {
+fn undo_one(sock: &mut NlSocket, undo: &Undo) -> Result<(), RouteError> {
     let (prefix, route, step, msg_type, flags) = match undo {
         Undo::Delete { prefix, route } => (prefix, route, Step::Delete, RTM_DELROUTE, 0),
         Undo::Restore { prefix, route } => (
@@ -98,7 +98,7 @@ fn undo_one(sock: &mut RtSocket, undo: &Undo) -> Result<(), RouteError> {
     let seq = sock.next_seq();
     let mut buf = Vec::new();
     route.encode(&mut buf, msg_type, flags | NLM_F_ACK, seq);
-    match sock.exchange(&buf, seq) {
+    match super::wire::routes(sock, &buf, seq) {
         Ok(_) => {
             debug!(prefix = %prefix, "advmss route: {step} done");
             Ok(())

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 
 use super::apply::map_err;
 use super::error::{RouteError, Step};
-use super::socket::RtSocket;
 use super::wire::{self, RTA_OIF, RTN_UNICAST};
 use crate::driver::netlink::ne_u32;
+use crate::driver::nlsocket::NlSocket;
 
 /// Route metric: the path MTU.
 const RTAX_MTU: u16 = 2;
@@ -28,7 +28,8 @@ pub struct PathTo {
 /// Ask the kernel (calling thread's network namespace) how it reaches `addr`.
 pub fn path_to(addr: IpAddr) -> Result<PathTo, RouteError> {
     let name = addr.to_string();
-    let mut sock = RtSocket::open().map_err(|e| map_err(&name, Step::Lookup, e))?;
+    let mut sock =
+        NlSocket::open(libc::NETLINK_ROUTE).map_err(|e| map_err(&name, Step::Lookup, e))?;
     let (family, bytes) = match addr {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -36,9 +37,7 @@ pub fn path_to(addr: IpAddr) -> Result<PathTo, RouteError> {
     let seq = sock.next_seq();
     let mut buf = Vec::new();
     wire::lookup_request(&mut buf, seq, family, &bytes);
-    let reply = sock
-        .exchange(&buf, seq)
-        .map_err(|e| map_err(&name, Step::Lookup, e))?;
+    let reply = wire::routes(&mut sock, &buf, seq).map_err(|e| map_err(&name, Step::Lookup, e))?;
     let bad = |what| RouteError::BadReply {
         prefix: name.clone(),
         step: Step::Lookup,

@@ -17,7 +17,6 @@ mod error;
 mod guard;
 mod lookup;
 mod prefix;
-mod socket;
 mod wire;
 
 #[cfg(test)]

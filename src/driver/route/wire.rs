@@ -6,6 +6,7 @@
 //! attributes). Payloads are in host byte order except addresses (raw bytes).
 
 use crate::driver::netlink::{Attrs, MsgWriter, NLM_F_ACK, NLM_F_DUMP, align4, ne_u32, push_attr};
+use crate::driver::nlsocket::{NlError, NlSocket};
 
 /// Length of `struct rtmsg`.
 pub const RTMSG_LEN: usize = 12;
@@ -310,6 +311,17 @@ pub fn lookup_request(buf: &mut Vec<u8>, seq: u32, family: u8, addr: &[u8]) {
     w.bytes(&hdr.to_bytes());
     w.attr(RTA_DST, addr);
     w.finish();
+}
+
+/// Send `msg` (sequence `seq`) on `sock` and collect the routes of the answer.
+pub fn routes(sock: &mut NlSocket, msg: &[u8], seq: u32) -> Result<Vec<Route>, NlError> {
+    let mut routes = Vec::new();
+    sock.exchange(msg, seq, |kind, body| {
+        if kind == RTM_NEWROUTE {
+            routes.extend(Route::decode(body));
+        }
+    })?;
+    Ok(routes)
 }
 
 /// Append a request to dump the main table of `family` (ends with NLMSG_DONE).

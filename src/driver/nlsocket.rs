@@ -1,4 +1,5 @@
-//! A `NETLINK_ROUTE` socket doing one request/reply exchange at a time.
+//! A netlink socket (routes, socket diagnostics) doing one request/reply exchange at a
+//! time.
 //!
 //! Invariants: the socket lives in the network namespace of the thread that
 //! opened it, wherever it is used later; every exchange waits for its own
@@ -12,7 +13,6 @@ use std::mem;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::wire::{RTM_NEWROUTE, Route};
 use crate::driver::netlink::{self, ErrorMsg, NLMSG_DONE, NLMSG_ERROR};
 
 /// How long one reply may take before the exchange fails.
@@ -32,19 +32,20 @@ pub enum NlError {
     Io(&'static str, io::Error),
 }
 
-/// An open `NETLINK_ROUTE` socket.
+/// An open netlink socket of one protocol.
 #[derive(Debug)]
-pub struct RtSocket {
+pub struct NlSocket {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
 }
 
-impl RtSocket {
-    /// Open a socket in the calling thread's network namespace.
-    pub fn open() -> Result<Self, NlError> {
-        let fd = netlink::open_bound(libc::NETLINK_ROUTE).map_err(|(op, e)| NlError::Io(op, e))?;
-        let sock = RtSocket {
+impl NlSocket {
+    /// Open a socket of `protocol` (`NETLINK_ROUTE`, ...) in the calling thread's
+    /// network namespace.
+    pub fn open(protocol: libc::c_int) -> Result<Self, NlError> {
+        let fd = netlink::open_bound(protocol).map_err(|(op, e)| NlError::Io(op, e))?;
+        let sock = NlSocket {
             fd,
             seq: 0,
             buf: vec![0; RECV_BUF],
@@ -68,11 +69,15 @@ impl RtSocket {
         self.seq
     }
 
-    /// Send `msg` (built with sequence `seq`) and collect the routes in the
-    /// answer until its ack, error or end of dump.
-    pub fn exchange(&mut self, msg: &[u8], seq: u32) -> Result<Vec<Route>, NlError> {
+    /// Send `msg` (built with sequence `seq`) and hand each message of the answer to
+    /// `each` (its type and body) until its ack, error or end of dump.
+    pub fn exchange(
+        &mut self,
+        msg: &[u8],
+        seq: u32,
+        mut each: impl FnMut(u16, &[u8]),
+    ) -> Result<(), NlError> {
         self.send(msg).map_err(|e| NlError::Io("send", e))?;
-        let mut routes = Vec::new();
         loop {
             let n = self.recv().map_err(|e| NlError::Io("recv", e))?;
             let data = self.buf.get(..n).unwrap_or_default();
@@ -87,7 +92,7 @@ impl RtSocket {
                             NlError::Io("recv", io::Error::other("short NLMSG_ERROR"))
                         })?;
                         return if err.errno == 0 {
-                            Ok(routes)
+                            Ok(())
                         } else {
                             Err(NlError::Kernel(err))
                         };
@@ -97,11 +102,10 @@ impl RtSocket {
                         let err = netlink::error_body(body, m.flags).filter(|e| e.errno != 0);
                         return match err {
                             Some(e) => Err(NlError::Kernel(e)),
-                            None => Ok(routes),
+                            None => Ok(()),
                         };
                     }
-                    RTM_NEWROUTE => routes.extend(Route::decode(body)),
-                    _ => {}
+                    kind => each(kind, body),
                 }
             }
         }
