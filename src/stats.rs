@@ -13,7 +13,7 @@ use crate::driver::sockdiag::Listener;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
-use crate::ports::{Forwarded, PortStats};
+use crate::ports::{Forwarded, GroupRow, PortStats};
 use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
@@ -261,6 +261,9 @@ pub struct EngineStats {
     /// forwarded ports, with their accept queues.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// Traffic groups: what each member port passed, refused and held back.
+    #[serde(default)]
+    pub groups: Vec<GroupRow>,
 }
 
 impl EngineStats {
@@ -487,6 +490,20 @@ impl EngineStats {
                 .collect();
             let _ = writeln!(s, "forwarded: {}", each.join(" "));
         }
+        if !self.groups.is_empty() {
+            let each: Vec<String> = self
+                .groups
+                .iter()
+                .map(|g| {
+                    let c = &g.counts;
+                    format!(
+                        "{}:{} passed={} refused={} held={}",
+                        g.what, g.port, c.passed, c.refused, c.held
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "groups: {}", each.join(" | "));
+        }
         if let Some(k) = self.kernel_trace {
             let _ = writeln!(s, "kernel trace: events={} lost={}", k.events, k.lost);
         }
@@ -644,6 +661,7 @@ mod tests {
                 lost: 1,
             }),
             listeners: Vec::new(),
+            groups: Vec::new(),
         }
     }
 

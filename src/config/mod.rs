@@ -72,6 +72,8 @@ pub struct Config {
     pub trace: Option<TraceSettings>,
     /// victim: port forwarding rules, one per incoming port (empty: none).
     pub ports: Vec<crate::ports::ForwardRule>,
+    /// victim: traffic groups (empty: none).
+    pub groups: Vec<crate::ports::GroupSpec>,
     /// victim: per-port statistics (on with a `[ports]` section).
     pub port_stats: bool,
 }
@@ -148,6 +150,13 @@ impl Config {
             let forward: Vec<(u16, Vec<u16>)> =
                 self.ports.iter().map(|r| (r.port, r.outgoing())).collect();
             nft::add_forward_chain(&mut spec, &forward, &self.queue.target);
+        }
+        if self
+            .groups
+            .iter()
+            .any(|g| g.over == crate::ports::Over::Refuse)
+        {
+            nft::add_refuse_chain(&mut spec, &self.queue.target);
         }
         if let Some(t) = self.trace.as_ref().filter(|t| t.kernel) {
             nft::add_trace_chains(&mut spec, &self.protect, &t.filter, &self.queue.target);
@@ -650,12 +659,15 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .transpose()?;
     let trace = raw.trace.map(trace::validate).transpose()?;
     let port_stats = raw.ports.is_some();
-    let ports = match raw.ports {
+    let policies = match raw.ports {
         Some(_) if role == "mbox" => {
             return err("ports: port policies run on the server they protect (the victim); remove the section from this config".into());
         }
         Some(p) => ports::validate(p, &tcp_ports)?,
-        None => Vec::new(),
+        None => ports::Policies {
+            forward: Vec::new(),
+            groups: Vec::new(),
+        },
     };
     let selection = Selection {
         addresses,
@@ -668,7 +680,8 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         police,
         trace,
-        ports,
+        ports: policies.forward,
+        groups: policies.groups,
         port_stats,
         capabilities,
         redirect,

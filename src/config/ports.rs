@@ -5,13 +5,35 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::driver::nft::{PortRange, Prefix};
-use crate::ports::{Branches, ForwardRule};
+use crate::ports::{Branches, ForwardRule, GroupKind, GroupSpec, Over};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPorts {
     #[serde(default)]
     forward: Vec<RawForward>,
+    #[serde(default)]
+    group: Vec<RawGroup>,
+}
+
+/// One traffic group: one of `accept_rate`, `accept_ratio` or `output_rate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    accept_rate: Option<f64>,
+    accept_ratio: Option<f64>,
+    output_rate: Option<f64>,
+    port: Option<i64>,
+    ports: Option<Vec<RawShare>>,
+    burst: Option<f64>,
+    over: Option<Over>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    port: i64,
+    share: i64,
 }
 
 #[derive(Deserialize)]
@@ -37,14 +59,46 @@ struct RawDice {
     to: i64,
 }
 
-/// Check the rules: real ports, one rule per incoming port, each on a protected TCP
-/// port (the engine sees no other SYNs), one kind of branch, shares that add up.
+/// The port policies of a `[ports]` section.
+pub(super) struct Policies {
+    pub forward: Vec<ForwardRule>,
+    pub groups: Vec<GroupSpec>,
+}
+
+/// Check the section: its forwarding rules and its groups.
 pub(super) fn validate(
     raw: RawPorts,
     protected_tcp: &[PortRange],
+) -> Result<Policies, ConfigError> {
+    let protected = |key: &str, port: u16| {
+        if protected_tcp.iter().any(|r| r.contains(port)) {
+            Ok(port)
+        } else {
+            Err(ConfigError(format!(
+                "{key}: {port} is not in protect.tcp_ports, so its connections never reach the engine"
+            )))
+        }
+    };
+    let groups = raw
+        .group
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| group(&format!("ports.group[{i}]"), g, &protected))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Policies {
+        forward: forward_rules(raw.forward, &protected)?,
+        groups,
+    })
+}
+
+/// Check the forwarding rules: real ports, one rule per incoming port, each on a
+/// protected TCP port, one kind of branch, shares that add up.
+fn forward_rules(
+    raw: Vec<RawForward>,
+    protected: &dyn Fn(&str, u16) -> Result<u16, ConfigError>,
 ) -> Result<Vec<ForwardRule>, ConfigError> {
     let mut rules: Vec<ForwardRule> = Vec::new();
-    for (i, f) in raw.forward.into_iter().enumerate() {
+    for (i, f) in raw.into_iter().enumerate() {
         let key = format!("ports.forward[{i}]");
         let port = port_number(&format!("{key}.port"), f.port)?;
         let default = port_number(&format!("{key}.default"), f.default)?;
@@ -53,11 +107,7 @@ pub(super) fn validate(
                 "{key}.port: port {port} has a rule already; one rule per incoming port"
             )));
         }
-        if !protected_tcp.iter().any(|r| r.contains(port)) {
-            return Err(ConfigError(format!(
-                "{key}.port: {port} is not in protect.tcp_ports, so its connections never reach the engine"
-            )));
-        }
+        protected(&format!("{key}.port"), port)?;
         let branches = match (f.source, f.dice) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(format!(
@@ -82,6 +132,116 @@ pub(super) fn validate(
     }
     Ok(rules)
 }
+
+/// One group: its kind, its port or ports (protected), a rate over 0, a burst of at
+/// least 1, and what happens past the quota.
+fn group(
+    key: &str,
+    g: RawGroup,
+    protected: &dyn Fn(&str, u16) -> Result<u16, ConfigError>,
+) -> Result<GroupSpec, ConfigError> {
+    let rate = |name: &str, r: f64| {
+        if r.is_finite() && r > 0.0 {
+            Ok(r)
+        } else {
+            Err(ConfigError(format!(
+                "{key}.{name}: {r} is not a rate over 0"
+            )))
+        }
+    };
+    let burst = |default: f64| match g.burst {
+        Some(b) if !(b.is_finite() && b >= 1.0) => {
+            Err(ConfigError(format!("{key}.burst: {b} is not at least 1")))
+        }
+        Some(b) => Ok(b),
+        None => Ok(default.max(1.0)),
+    };
+    let one_port = || -> Result<u16, ConfigError> {
+        let p = g
+            .port
+            .ok_or_else(|| ConfigError(format!("{key}.port: name the group's port")))?;
+        protected(
+            &format!("{key}.port"),
+            port_number(&format!("{key}.port"), p)?,
+        )
+    };
+    let over = g.over.unwrap_or(Over::Hold);
+    let kind = match (g.accept_rate, g.accept_ratio, g.output_rate) {
+        (Some(r), None, None) => {
+            let rate = rate("accept_rate", r)?;
+            GroupKind::AcceptRate {
+                port: one_port()?,
+                rate,
+                burst: burst(rate)?,
+            }
+        }
+        (None, Some(r), None) => {
+            let rate = rate("accept_ratio", r)?;
+            let shares = g.ports.unwrap_or_default();
+            if shares.len() < 2 {
+                return Err(ConfigError(format!(
+                    "{key}.ports: a ratio is shared by two ports or more"
+                )));
+            }
+            let mut ports: Vec<(u16, u32)> = Vec::new();
+            for (j, s) in shares.into_iter().enumerate() {
+                let at = format!("{key}.ports[{j}]");
+                let port = protected(
+                    &format!("{at}.port"),
+                    port_number(&format!("{at}.port"), s.port)?,
+                )?;
+                if ports.iter().any(|&(p, _)| p == port) {
+                    return Err(ConfigError(format!("{at}.port: {port} is named twice")));
+                }
+                let share = u32::try_from(s.share)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "{at}.share: {} is not a share of 1 or more",
+                            s.share
+                        ))
+                    })?;
+                ports.push((port, share));
+            }
+            GroupKind::AcceptRatio {
+                ports,
+                rate,
+                burst: burst(rate)?,
+            }
+        }
+        (None, None, Some(r)) => {
+            if over == Over::Refuse {
+                return Err(ConfigError(format!(
+                    "{key}.over: output past its quota can only be held back (\"hold\")"
+                )));
+            }
+            let rate = rate("output_rate", r)?;
+            // A tenth of a second of output by default; at least a GSO super-packet's
+            // payload, which is metered whole and could never pass a smaller burst.
+            let burst = burst((rate / 10.0).max(MIN_OUTPUT_BURST))?;
+            if burst < MIN_OUTPUT_BURST {
+                return Err(ConfigError(format!(
+                    "{key}.burst: {burst} bytes; an output group's burst is at least {MIN_OUTPUT_BURST} (a GSO super-packet's payload)"
+                )));
+            }
+            GroupKind::OutputRate {
+                port: one_port()?,
+                rate,
+                burst,
+            }
+        }
+        _ => {
+            return Err(ConfigError(format!(
+                "{key}: name one of accept_rate, accept_ratio or output_rate"
+            )));
+        }
+    };
+    Ok(GroupSpec { kind, over })
+}
+
+/// The smallest burst of an output group, in bytes.
+const MIN_OUTPUT_BURST: f64 = 65_536.0;
 
 fn by_source(key: &str, sources: Vec<RawSource>) -> Result<Vec<(Prefix, u16)>, ConfigError> {
     let mut out: Vec<(Prefix, u16)> = Vec::new();
@@ -141,6 +301,102 @@ mod tests {
     use crate::ports::Branches;
 
     const BASE: &str = "[protect]\naddresses = [\"198.18.2.2\"]\ntcp_ports = [8080, 9000]\n";
+
+    fn groups(extra: &str) -> Result<Vec<crate::ports::GroupSpec>, String> {
+        parse(&format!("{BASE}{extra}"), "victim")
+            .map(|c| c.groups)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn traffic_groups_load_with_their_defaults() {
+        use crate::ports::{GroupKind, Over};
+        let g = groups(
+            "[[ports.group]]\naccept_rate = 20\nport = 8080\nover = \"refuse\"\n\
+             [[ports.group]]\naccept_ratio = 30\nports = [{ port = 8080, share = 2 }, { port = 9000, share = 1 }]\n\
+             [[ports.group]]\noutput_rate = 1e6\nport = 9000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            g[0].kind,
+            GroupKind::AcceptRate {
+                port: 8080,
+                rate: 20.0,
+                burst: 20.0
+            }
+        );
+        assert_eq!(g[0].over, Over::Refuse);
+        assert!(
+            matches!(&g[1].kind, GroupKind::AcceptRatio { ports, rate, .. } if ports == &[(8080, 2), (9000, 1)] && *rate == 30.0)
+        );
+        assert_eq!(g[1].over, Over::Hold);
+        assert_eq!(
+            g[2].kind,
+            GroupKind::OutputRate {
+                port: 9000,
+                rate: 1e6,
+                burst: 100_000.0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_groups_are_refused_by_name() {
+        for (body, says) in [
+            (
+                "port = 8080",
+                "name one of accept_rate, accept_ratio or output_rate",
+            ),
+            (
+                "accept_rate = 1\noutput_rate = 1\nport = 8080",
+                "name one of",
+            ),
+            (
+                "accept_rate = 0\nport = 8080",
+                "ports.group[0].accept_rate: 0 is not a rate over 0",
+            ),
+            ("accept_rate = -3\nport = 8080", "accept_rate: -3"),
+            (
+                "accept_rate = 5",
+                "ports.group[0].port: name the group's port",
+            ),
+            (
+                "accept_rate = 5\nport = 7",
+                "ports.group[0].port: 7 is not in protect.tcp_ports",
+            ),
+            (
+                "accept_rate = 5\nport = 8080\nburst = 0.5",
+                "burst: 0.5 is not at least 1",
+            ),
+            (
+                "accept_rate = 5\nport = 8080\nover = \"later\"",
+                "unknown variant `later`",
+            ),
+            (
+                "accept_ratio = 5\nports = [{ port = 8080, share = 1 }]",
+                "two ports or more",
+            ),
+            (
+                "accept_ratio = 5\nports = [{ port = 8080, share = 1 }, { port = 8080, share = 2 }]",
+                "ports[1].port: 8080 is named twice",
+            ),
+            (
+                "accept_ratio = 5\nports = [{ port = 8080, share = 0 }, { port = 9000, share = 2 }]",
+                "ports[0].share: 0 is not a share",
+            ),
+            (
+                "output_rate = 1000\nport = 8080\nover = \"refuse\"",
+                "can only be held back",
+            ),
+            (
+                "output_rate = 1e6\nport = 8080\nburst = 1500",
+                "at least 65536",
+            ),
+        ] {
+            let e = groups(&format!("[[ports.group]]\n{body}\n")).unwrap_err();
+            assert!(e.contains(says), "{body:?}: {e}");
+        }
+    }
 
     fn rules(extra: &str) -> Result<Vec<crate::ports::ForwardRule>, String> {
         parse(&format!("{BASE}{extra}"), "victim")

@@ -27,7 +27,7 @@ use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::sockdiag;
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
-use crate::ports::Forwarder;
+use crate::ports::{Forwarder, Groups};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 use crate::trace::{Clock, KernelListener, KernelTally, TraceWriter, Tracer};
 
@@ -91,10 +91,16 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
+    // One set of quotas for every worker: a port's rate is the engine's, not a queue's.
+    let groups =
+        (!cfg.groups.is_empty()).then(|| Arc::new(Groups::new(&cfg.groups, Instant::now())));
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let mut pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
         if cfg.port_stats {
             pipeline = pipeline.with_port_meter();
+        }
+        if let Some(g) = &groups {
+            pipeline = pipeline.with_groups(Arc::clone(g));
         }
         if !cfg.ports.is_empty() {
             // The dice need a different start in each worker and each run, not secrecy.
@@ -142,6 +148,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             withholds: role == Role::Victim && cfg.capabilities.is_some(),
             kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
             listened: cfg.port_stats.then(|| cfg.listened_ports()),
+            groups: groups.clone(),
         };
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
@@ -181,6 +188,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     }
     Ok(EngineStats {
         kernel_trace,
+        groups: groups.map_or_else(Vec::new, |g| g.rows()),
         ..header.stats(&counters, &kernel)
     })
 }
@@ -613,6 +621,7 @@ impl Header {
             unverified_over_total: 0,
             kernel_trace: None,
             listeners: Vec::new(),
+            groups: Vec::new(),
         }
     }
 }
@@ -629,6 +638,8 @@ struct Answers {
     /// Per-port statistics on: the ports whose listening sockets the stats show (the
     /// protected TCP ports and the forwarded connections' outgoing ports).
     listened: Option<Vec<PortRange>>,
+    /// The traffic groups, when there are any.
+    groups: Option<Arc<Groups>>,
 }
 
 impl Answers {
@@ -658,6 +669,7 @@ impl Answers {
                 (stats.unverified_over_source, stats.unverified_over_total) =
                     nft::unverified_drops().unwrap_or_default();
                 stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
+                stats.groups = self.groups.as_ref().map_or_else(Vec::new, |g| g.rows());
                 if let Some(ports) = &self.listened {
                     stats.listeners = sockdiag::listeners()
                         .unwrap_or_default()

@@ -14,6 +14,7 @@ mod verdict;
 mod victim;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use classify::{Direction, direction};
@@ -27,7 +28,7 @@ use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
-use crate::ports::{Forwarded, Forwarder, PortMeter};
+use crate::ports::{Admit, Forwarded, Forwarder, Groups, PortMeter, REFUSE_MARK};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
 use crate::wire::{self, Parsed, tcp};
@@ -105,6 +106,8 @@ pub struct Pipeline {
     mark: Option<u32>,
     /// Per-port statistics (None: off).
     meter: Option<PortMeter>,
+    /// victim: the traffic groups' quotas, shared by every worker (None: no groups).
+    groups: Option<Arc<Groups>>,
 }
 
 impl Pipeline {
@@ -120,7 +123,14 @@ impl Pipeline {
             forward: None,
             mark: None,
             meter: None,
+            groups: None,
         }
+    }
+
+    /// Hold new connections and output to the groups' quotas.
+    pub fn with_groups(mut self, groups: Arc<Groups>) -> Self {
+        self.groups = Some(groups);
+        self
     }
 
     /// Keep per-port statistics.
@@ -237,6 +247,52 @@ impl Pipeline {
         v
     }
 
+    /// The port policies of a packet of protected traffic (`len` bytes): a new
+    /// connection's SYN meets its port's accept quotas (past one: held back, or marked to
+    /// be refused) and forwarding rule (marked with its port); a segment sent meets its
+    /// port's output quotas. Some(reason): drop it.
+    fn port_policies<T: Trace>(
+        &mut self,
+        dir: Option<Direction>,
+        parsed: &Parsed,
+        len: usize,
+        now: Instant,
+        t: T,
+    ) -> Option<Reason> {
+        if self.forward.is_none() && self.groups.is_none() {
+            return None;
+        }
+        let tcp = parsed.tcp()?;
+        match dir? {
+            Direction::ToProtected if tcp.flags & (tcp::SYN | tcp::ACK) == tcp::SYN => {
+                t.begin(Stage::Forward);
+                let admit = self.groups.as_ref().map(|g| g.syn(tcp.dst_port, now));
+                let held = match admit {
+                    Some(Admit::Hold) => Some(Reason::AcceptHeld),
+                    Some(Admit::Refuse) => {
+                        self.mark = Some(REFUSE_MARK);
+                        None
+                    }
+                    _ => {
+                        if let Some(f) = self.forward.as_mut() {
+                            self.mark = f.syn(parsed.src, tcp.dst_port);
+                        }
+                        None
+                    }
+                };
+                t.end(Stage::Forward);
+                held
+            }
+            Direction::FromProtected => {
+                let payload = len.saturating_sub(parsed.payload_offset);
+                let groups = self.groups.as_ref()?;
+                let admit = groups.sent(tcp.src_port, payload, now);
+                (admit == Admit::Hold).then_some(Reason::OutputHeld)
+            }
+            Direction::ToProtected => None,
+        }
+    }
+
     #[allow(clippy::ptr_arg)]
     fn decide<T: Trace>(
         &mut self,
@@ -276,15 +332,8 @@ impl Pipeline {
         if let (Some(m), Some(d)) = (self.meter.as_mut(), dir) {
             m.packet(d, &parsed, buf.len(), now);
         }
-        if let (Some(f), Some(Direction::ToProtected)) = (self.forward.as_mut(), dir) {
-            if let Some(tcp) = parsed
-                .tcp()
-                .filter(|c| c.flags & (tcp::SYN | tcp::ACK) == tcp::SYN)
-            {
-                t.begin(Stage::Forward);
-                self.mark = f.syn(parsed.src, tcp.dst_port);
-                t.end(Stage::Forward);
-            }
+        if let Some(held) = self.port_policies(dir, &parsed, buf.len(), now, t) {
+            return Verdict::Drop(held);
         }
         if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
             // Stamped and fed-back segments are never merged: only hardware LRO or a

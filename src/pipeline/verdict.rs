@@ -51,12 +51,17 @@ pub enum Reason {
     Unselected,
     /// A GSO super-packet with a capability marker where a trailer would be stripped.
     MarkedSuperPacket,
+    /// victim: a new connection's SYN past its port's accept quota, held back (the
+    /// client sends it again).
+    AcceptHeld,
+    /// victim: a segment past its port's output quota, held back (TCP sends it again).
+    OutputHeld,
 }
 
 impl Reason {
     /// The reasons without an inner cause, in their counters' order (after every
     /// `Malformed` and every `Policed` one).
-    const PLAIN: [Reason; 11] = [
+    const PLAIN: [Reason; 13] = [
         Reason::TruncatedCopy,
         Reason::Bypassed,
         Reason::TrailerTooShort,
@@ -68,6 +73,8 @@ impl Reason {
         Reason::FeedbackDatagram,
         Reason::Unselected,
         Reason::MarkedSuperPacket,
+        Reason::AcceptHeld,
+        Reason::OutputHeld,
     ];
 
     /// Name the reason as a stable counter label.
@@ -86,6 +93,8 @@ impl Reason {
             Reason::Policed(d) => d.as_str(),
             Reason::Unselected => "unselected",
             Reason::MarkedSuperPacket => "marked_super_packet",
+            Reason::AcceptHeld => "accept_held",
+            Reason::OutputHeld => "output_held",
         }
     }
 }
@@ -97,7 +106,7 @@ impl Labels for Reason {
         match self {
             Reason::Malformed(e) => e.index(),
             Reason::Policed(d) => WireError::COUNT + d.index(),
-            // A drop or pass, not a packet's every verdict: a scan of 11 is cheap here.
+            // A drop or pass, not a packet's every verdict: a scan of 13 is cheap here.
             // One missing from the list is counted as "unlabelled" (see `Tally`).
             plain => {
                 let at = Reason::PLAIN.iter().position(|&r| r == plain);

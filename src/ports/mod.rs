@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::nft::Prefix;
 
+pub mod groups;
 pub mod meter;
+pub use groups::{Admit, GroupKind, GroupRow, GroupSpec, Groups, Over, REFUSE_MARK};
 pub use meter::{PortCounts, PortMeter, PortRow, PortStats};
 
 /// One incoming port's forwarding rule: where its new connections go.

@@ -212,3 +212,117 @@ mod meter {
         assert_eq!((s.rows.len(), s.other_ports), (MAX_PORTS, 2));
     }
 }
+
+mod groups {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::ports::{Admit, GroupKind, GroupSpec, Groups, Over};
+
+    fn one(kind: GroupKind, over: Over) -> (Groups, Instant) {
+        let t0 = Instant::now();
+        (Groups::new(&[GroupSpec { kind, over }], t0), t0)
+    }
+
+    #[test]
+    fn an_accept_rate_passes_its_burst_then_one_connection_per_interval() {
+        let (g, t0) = one(
+            GroupKind::AcceptRate {
+                port: 80,
+                rate: 10.0,
+                burst: 2.0,
+            },
+            Over::Refuse,
+        );
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!([g.syn(80, ms(0)), g.syn(80, ms(0))], [Admit::Pass; 2]);
+        assert_eq!(g.syn(80, ms(1)), Admit::Refuse);
+        assert_eq!(
+            g.syn(81, ms(1)),
+            Admit::Pass,
+            "another port is not in the group"
+        );
+        assert_eq!(g.syn(80, ms(100)), Admit::Pass);
+        assert_eq!(g.syn(80, ms(101)), Admit::Refuse);
+        let r = &g.rows()[0];
+        assert_eq!((r.what.as_str(), r.port), ("accept", 80));
+        assert_eq!(
+            (r.counts.passed, r.counts.refused, r.counts.held),
+            (3, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_ratio_gives_each_port_its_share_of_the_rate() {
+        let kind = GroupKind::AcceptRatio {
+            ports: vec![(80, 2), (81, 1)],
+            rate: 30.0,
+            burst: 3.0,
+        };
+        let (g, t0) = one(kind, Over::Hold);
+        let mut passed = [0u32; 2];
+        // Both ports flooded with a SYN a millisecond for 10 s.
+        for i in 0..10_000 {
+            let at = t0 + Duration::from_millis(i);
+            for (n, port) in [80, 81].into_iter().enumerate() {
+                passed[n] += u32::from(g.syn(port, at) == Admit::Pass);
+            }
+        }
+        // Each its part of the burst (2 and 1) at once, then 20 and 10 a second over
+        // the 9.999 s that follow.
+        assert_eq!(passed, [2 + 199, 1 + 99]);
+        assert_eq!(g.rows()[1].counts.held, 10_000 - 100);
+    }
+
+    #[test]
+    fn an_output_rate_meters_payload_bytes_and_holds_what_is_over() {
+        let kind = GroupKind::OutputRate {
+            port: 80,
+            rate: 1_000_000.0,
+            burst: 100_000.0,
+        };
+        let (g, t0) = one(kind, Over::Hold);
+        assert_eq!(g.sent(80, 0, t0), Admit::Pass, "an ACK without payload");
+        assert_eq!(g.sent(80, 64_000, t0), Admit::Pass);
+        assert_eq!(g.sent(80, 64_000, t0), Admit::Hold);
+        assert_eq!(g.sent(80, 30_000, t0), Admit::Pass);
+        // 64 ms later, 64,000 bytes more have come due.
+        assert_eq!(
+            g.sent(80, 64_000, t0 + Duration::from_millis(64)),
+            Admit::Pass
+        );
+        assert_eq!(
+            g.syn(80, t0),
+            Admit::Pass,
+            "new connections are not its business"
+        );
+        let r = &g.rows()[0];
+        assert_eq!(
+            (r.what.as_str(), r.counts.passed, r.counts.held),
+            ("output", 3, 1)
+        );
+    }
+
+    #[test]
+    fn workers_share_one_quota() {
+        let (g, t0) = one(
+            GroupKind::AcceptRate {
+                port: 80,
+                rate: 1000.0,
+                burst: 50.0,
+            },
+            Over::Hold,
+        );
+        let g = Arc::new(g);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || {
+                    (0..10_000).filter(|_| g.syn(80, t0) == Admit::Pass).count()
+                })
+            })
+            .collect();
+        let passed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(passed, 50, "the burst, once, whichever worker took it");
+    }
+}

@@ -49,7 +49,7 @@ labelled_enum! {
         Process => "process",
         Parse => "parse",
         Classify => "classify",
-        /// A new connection's SYN meets its port's forwarding rule.
+        /// A new connection's SYN meets its port's accept quotas and forwarding rule.
         Forward => "forward",
         /// The mbox's per-sender police.
         Police => "police",

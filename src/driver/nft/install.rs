@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::io;
 
-use nftnl::expr::{Immediate, Register, Verdict};
+use nftnl::expr::{Immediate, Register, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::expr::{Queue, Redirect, SetNfTrace, XtNfqueue};
@@ -239,6 +239,10 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
                         rule.add_expr(&Redirect);
                         "redirect".to_owned()
                     }
+                    Action::Reset => {
+                        rule.add_expr(&Verdict::Reject(RejectionType::TcpRst));
+                        "reset".to_owned()
+                    }
                     Action::Queue => {
                         let (num, total, flags) = queue_args(rule_spec)?;
                         match kind {
@@ -325,6 +329,7 @@ fn locate(offset: u32, framed: bool, steps: &[String], rule_steps: &[usize]) -> 
 fn nft_hook(hook: Hook) -> nftnl::Hook {
     match hook {
         Hook::Prerouting => nftnl::Hook::PreRouting,
+        Hook::Input => nftnl::Hook::In,
         Hook::Forward => nftnl::Hook::Forward,
         Hook::Output => nftnl::Hook::Out,
         Hook::Postrouting => nftnl::Hook::PostRouting,

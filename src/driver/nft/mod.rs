@@ -24,8 +24,8 @@ pub use install::{RulesError, flush_rules, install, remove, table_exists};
 pub use plan::{
     COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, MAX_TRACE_RULES, METER_SIZE, METER_V4,
     METER_V6, TABLE, VERIFIED_SIZE, VERIFIED_V4, VERIFIED_V6, add_feedback_chain,
-    add_forward_chain, add_icmp_error_chain, add_redirect_chains, add_trace_chains,
-    add_tunnel_chain, add_unverified_channel, plan, trace_marks,
+    add_forward_chain, add_icmp_error_chain, add_redirect_chains, add_refuse_chain,
+    add_trace_chains, add_tunnel_chain, add_unverified_channel, plan, trace_marks,
 };
 pub use render::render;
 pub use spec::{

@@ -412,6 +412,35 @@ pub fn add_forward_chain(spec: &mut RulesetSpec, forward: &[(u16, Vec<u16>)], q:
     });
 }
 
+/// Traffic groups that refuse: a chain that answers each SYN the engine marked to be
+/// refused with a reset, as the connection reaches the host.
+pub fn add_refuse_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
+    let rules = ["0.0.0.0/0", "::/0"]
+        .into_iter()
+        .map(|family| RuleSpec {
+            prefix: family.parse().expect("a zero-length prefix"),
+            addr_field: Field::Dst,
+            also: None,
+            l4: L4Match::Protocol(Proto::Tcp.number()),
+            skip_loopback: None,
+            pick: None,
+            channel: None,
+            mark: Some(crate::ports::REFUSE_MARK),
+            action: Action::Reset,
+            queue: *q,
+            comment: "mpolice port_refuse: connections past their port's accept quota".to_owned(),
+        })
+        .collect();
+    spec.chains.push(ChainSpec {
+        name: "port_refuse".to_owned(),
+        nat: false,
+        hook: Hook::Input,
+        priority: PRIO_FILTER,
+        comment: "victim: new connections the engine refused, answered with a reset".to_owned(),
+        rules,
+    });
+}
+
 /// Where destination NAT runs: after the victim's queue (raw) and conntrack.
 const PRIO_DSTNAT: i32 = -100;
 

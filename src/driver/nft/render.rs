@@ -209,6 +209,7 @@ fn render_chain(out: &mut String, chain: &ChainSpec, stmt: &dyn Fn(&QueueTarget)
             (None, Action::Accept) => "accept".to_owned(),
             (None, Action::Trace) => "meta nftrace set 1".to_owned(),
             (None, Action::Redirect(port)) => format!("redirect to :{port}"),
+            (None, Action::Reset) => "reject with tcp reset".to_owned(),
             (None, Action::Queue) => stmt(&rule.queue),
         };
         let matched = rule_match(rule);

@@ -167,6 +167,8 @@ pub struct ChainSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    /// Packets for this host, after routing (only the refusing chain uses it).
+    Input,
     Forward,
     /// Locally generated packets (only the kernel trace's marking chain uses it).
     Output,
@@ -178,6 +180,7 @@ impl Hook {
     pub fn keyword(self) -> &'static str {
         match self {
             Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
             Hook::Output => "output",
             Hook::Forward => "forward",
             Hook::Postrouting => "postrouting",
@@ -226,6 +229,8 @@ pub enum Action {
     /// `redirect to :port` (a nat chain): to this local port, and conntrack takes the
     /// rest of the connection there and back.
     Redirect(u16),
+    /// `reject with tcp reset`: the client's connection is refused at once.
+    Reset,
 }
 
 /// `jhash(client address, seed) mod modulus == value`: the match that sends all of a

@@ -1,0 +1,252 @@
+//! Traffic groups (the seed's socket groups): quotas on a port's new connections and on
+//! the bytes it sends, shared by every worker of the engine.
+//!
+//! - `accept_rate`: at most `rate` new connections a second on a port;
+//! - `accept_ratio`: a total rate shared between ports in the ratio of their shares,
+//!   each port's part its own (an idle port's part is not lent to the others);
+//! - `output_rate`: at most so many bytes a second of payload sent from a port.
+//!
+//! Past its quota a group refuses (`refuse`: a new connection gets a reset at once, the
+//! seed's "nonblock") or holds back (`hold`: the SYN is dropped and the client sends it
+//! again, as a full accept queue would make it). Output past its quota is held back:
+//! the segment is dropped and TCP sends it again, slower.
+//!
+//! Each quota is a GCRA (a token bucket kept as its next conforming time) in one atomic
+//! word, so the workers share it without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens past a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Over {
+    Refuse,
+    Hold,
+}
+
+/// One group as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub kind: GroupKind,
+    pub over: Over,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupKind {
+    /// New connections a second on `port`, with bursts of `burst`.
+    AcceptRate { port: u16, rate: f64, burst: f64 },
+    /// `rate` new connections a second shared by `ports` in the ratio of their shares.
+    AcceptRatio {
+        ports: Vec<(u16, u32)>,
+        rate: f64,
+        burst: f64,
+    },
+    /// Payload bytes a second sent from `port`, with bursts of `burst` bytes.
+    OutputRate { port: u16, rate: f64, burst: f64 },
+}
+
+/// The mark of a SYN the groups refuse: the input chain answers it with a reset.
+pub const REFUSE_MARK: u32 = 0x4d52_0000;
+
+/// A quota: `rate` units a second, `burst` at once, shared between threads.
+#[derive(Debug)]
+struct Quota {
+    /// Nanoseconds after the epoch when the next unit conforms (the GCRA's TAT).
+    next_ns: AtomicU64,
+    ns_per_unit: f64,
+    /// How far ahead of now `next_ns` may run: the burst's worth.
+    slack_ns: u64,
+}
+
+impl Quota {
+    fn new(rate: f64, burst: f64) -> Quota {
+        let ns_per_unit = 1e9 / rate;
+        Quota {
+            next_ns: AtomicU64::new(0),
+            ns_per_unit,
+            slack_ns: (ns_per_unit * burst.max(1.0)) as u64,
+        }
+    }
+
+    /// Take `units` at `now_ns` if the quota has them.
+    fn take(&self, now_ns: u64, units: u64) -> bool {
+        let cost = (self.ns_per_unit * units as f64) as u64;
+        let mut next = self.next_ns.load(Ordering::Relaxed);
+        loop {
+            let from = next.max(now_ns);
+            if from + cost > now_ns + self.slack_ns {
+                return false;
+            }
+            match self.next_ns.compare_exchange_weak(
+                next,
+                from + cost,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => next = seen,
+            }
+        }
+    }
+}
+
+/// What a group counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    /// Connections admitted, or payload segments sent.
+    pub passed: u64,
+    /// Connections refused with a reset.
+    pub refused: u64,
+    /// SYNs or segments held back (dropped for the sender to send again).
+    pub held: u64,
+}
+
+/// One port's quota in a group, and its counts.
+#[derive(Debug)]
+struct Member {
+    port: u16,
+    quota: Quota,
+    passed: AtomicU64,
+    refused: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Member {
+    fn new(port: u16, rate: f64, burst: f64) -> Member {
+        Member {
+            port,
+            quota: Quota::new(rate, burst),
+            passed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A group's state: which packets it meters, its members, what past the quota does.
+#[derive(Debug)]
+struct Group {
+    output: bool,
+    over: Over,
+    members: Vec<Member>,
+}
+
+/// Every group, shared by the workers.
+#[derive(Debug)]
+pub struct Groups {
+    epoch: Instant,
+    groups: Vec<Group>,
+}
+
+/// What a group decides for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Pass,
+    Refuse,
+    Hold,
+}
+
+/// One row of what the groups counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRow {
+    /// `accept` (new connections) or `output` (segments sent).
+    pub what: String,
+    pub port: u16,
+    pub counts: GroupCounts,
+}
+
+impl Groups {
+    pub fn new(specs: &[GroupSpec], epoch: Instant) -> Groups {
+        let groups = specs
+            .iter()
+            .map(|s| {
+                let (output, members) = match &s.kind {
+                    GroupKind::AcceptRate { port, rate, burst } => {
+                        (false, vec![Member::new(*port, *rate, *burst)])
+                    }
+                    GroupKind::AcceptRatio { ports, rate, burst } => {
+                        let total: u32 = ports.iter().map(|&(_, share)| share).sum();
+                        let part = |share: u32| f64::from(share) / f64::from(total.max(1));
+                        let members = ports
+                            .iter()
+                            .map(|&(port, share)| {
+                                Member::new(
+                                    port,
+                                    rate * part(share),
+                                    (burst * part(share)).max(1.0),
+                                )
+                            })
+                            .collect();
+                        (false, members)
+                    }
+                    GroupKind::OutputRate { port, rate, burst } => {
+                        (true, vec![Member::new(*port, *rate, *burst)])
+                    }
+                };
+                Group {
+                    output,
+                    over: s.over,
+                    members,
+                }
+            })
+            .collect();
+        Groups { epoch, groups }
+    }
+
+    /// A new connection's SYN to `port` at `now`.
+    pub fn syn(&self, port: u16, now: Instant) -> Admit {
+        self.decide(false, port, 1, now)
+    }
+
+    /// `payload` bytes sent from `port` at `now` (segments without payload pass).
+    pub fn sent(&self, port: u16, payload: usize, now: Instant) -> Admit {
+        if payload == 0 {
+            return Admit::Pass;
+        }
+        self.decide(true, port, payload as u64, now)
+    }
+
+    fn decide(&self, output: bool, port: u16, units: u64, now: Instant) -> Admit {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let mut verdict = Admit::Pass;
+        for g in self.groups.iter().filter(|g| g.output == output) {
+            for m in g.members.iter().filter(|m| m.port == port) {
+                if m.quota.take(now_ns, units) {
+                    m.passed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let counter = match (output, g.over) {
+                    (false, Over::Refuse) => &m.refused,
+                    _ => &m.held,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                verdict = match (output, g.over) {
+                    (false, Over::Refuse) => Admit::Refuse,
+                    _ => Admit::Hold,
+                };
+            }
+        }
+        verdict
+    }
+
+    /// What each group's members counted.
+    pub fn rows(&self) -> Vec<GroupRow> {
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                g.members.iter().map(move |m| GroupRow {
+                    what: if g.output { "output" } else { "accept" }.into(),
+                    port: m.port,
+                    counts: GroupCounts {
+                        passed: m.passed.load(Ordering::Relaxed),
+                        refused: m.refused.load(Ordering::Relaxed),
+                        held: m.held.load(Ordering::Relaxed),
+                    },
+                })
+            })
+            .collect()
+    }
+}
