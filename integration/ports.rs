@@ -349,3 +349,93 @@ fn an_output_quota_holds_a_download_to_its_rate() {
         assert!(tb.nft_tables(host).unwrap().is_empty());
     }
 }
+
+/// `mpolice ports` against the running victim: a rule set, replaced and deleted, a
+/// group added and deleted, each change answered and in force for the next connection;
+/// a change the config would refuse is refused and changes nothing.
+#[test]
+fn rules_and_groups_change_at_run_time() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mprun").unwrap();
+    let _servers = servers(&tb, &[8081, 8082]);
+    let (mut victim, mut mbox) = victim_with(&tb, "[ports]\n");
+    let socket = victim.socket().to_str().unwrap().to_string();
+    let ports = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["ports", "--socket", &socket])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Nothing listens on 8080 itself: a connection gets there only if forwarded.
+    assert_eq!(who_answers(&tb, VICTIM_V4, 8080, 1), BTreeMap::new());
+    let (ok, said) = ports(&["forward", "set", "{ port = 8080, default = 8081 }"]);
+    assert!(ok && said.contains("added the rule of port 8080"), "{said}");
+    // Workers take it at their next tick (20 ms).
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        who_answers(&tb, VICTIM_V4, 8080, 2),
+        BTreeMap::from([("8081".into(), 2)])
+    );
+    let (ok, said) = ports(&["forward", "set", "{ port = 8080,\n default = 8082 }"]);
+    assert!(
+        ok && said.contains("replaced the rule of port 8080"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        who_answers(&tb, VICTIM_V4, 8080, 2),
+        BTreeMap::from([("8082".into(), 2)])
+    );
+    // Refused as the config would be; the rule in force stays.
+    let (ok, said) = ports(&["forward", "set", "{ port = 7, default = 8082 }"]);
+    assert!(
+        !ok && said.contains("7 is not in protect.tcp_ports"),
+        "{said}"
+    );
+    let (ok, said) = ports(&["list"]);
+    assert!(
+        ok && said.contains("forward { port = 8080, default = 8082 }"),
+        "{said}"
+    );
+    // A group that holds back past one connection a second (burst 1): each held SYN
+    // gets through when its client sends it again, once the quota has room.
+    let group = "{ accept_rate = 1, port = 8080, burst = 1, over = \"hold\" }";
+    let (ok, said) = ports(&["group", "add", group]);
+    assert!(ok && said.contains("added group 1"), "{said}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = Instant::now();
+    let held = who_answers(&tb, VICTIM_V4, 8080, 3);
+    assert_eq!(held, BTreeMap::from([("8082".into(), 3)]));
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    let c = group_row(&victim, "accept", 8080, 4);
+    assert!(c.passed == 3 && c.held >= 1, "{c:?}");
+    let (ok, said) = ports(&["group", "del", "1"]);
+    assert!(ok && said.contains("deleted group 1"), "{said}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        who_answers(&tb, VICTIM_V4, 8080, 5),
+        BTreeMap::from([("8082".into(), 5)])
+    );
+    let (ok, said) = ports(&["forward", "del", "8080"]);
+    assert!(
+        ok && said.contains("deleted the rule of port 8080"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(who_answers(&tb, VICTIM_V4, 8080, 1), BTreeMap::new());
+    let (ok, said) = ports(&["group", "del", "1"]);
+    assert!(!ok && said.contains("no group 1"), "{said}");
+    for (e, host) in [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)] {
+        assert!(e.stop().unwrap().success(), "{}", e.log_text());
+        assert!(tb.nft_tables(host).unwrap().is_empty());
+    }
+}

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
 use crate::driver::control::{Request, Withheld};
+use crate::driver::policies::{PortsAnswer, PortsRequest};
 use crate::driver::{control, engine, nft};
 
 /// MiddlePolice DDoS defence as a netfilter (NFQUEUE) verdict engine.
@@ -58,6 +59,15 @@ pub enum Command {
     /// a few milliseconds, until the engine stops (list them in
     /// `capabilities.withhold_feedback` to keep them across restarts).
     Withhold(WithholdArgs),
+    /// Look at or change a running victim's port policies (its `[ports]` section):
+    /// forwarding rules by incoming port, traffic groups by id.
+    ///
+    /// Rules and groups are written as in the config, as one TOML inline table, e.g.
+    /// `mpolice ports forward set '{ port = 8080, default = 8082, dice = [{ percent = 30,
+    /// to = 8081 }] }'`. Each change is checked as the config is, reaches every worker
+    /// within a few milliseconds, and lasts until the engine stops; the answer says what
+    /// changed and lists what is in force.
+    Ports(PortsArgs),
     /// Send a bounded UDP or SYN flood from this network namespace, for the attack
     /// testbed: only to and from 198.18.0.0/15 and 2001:2::/48, and it stops at
     /// --packets or --seconds, whichever comes first.
@@ -119,6 +129,49 @@ pub enum WithholdOp {
     Add { prefix: String },
     /// Return feedback to a sender again.
     Remove { prefix: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    /// Control socket of the victim (default /run/mpolice/victim.sock).
+    #[arg(short, long, default_value = "/run/mpolice/victim.sock")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub op: PortsOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortsOp {
+    /// Print the forwarding rules and groups in force.
+    List,
+    /// Forwarding rules, one per incoming port.
+    #[command(subcommand)]
+    Forward(ForwardOp),
+    /// Traffic groups, by id.
+    #[command(subcommand)]
+    Group(GroupOp),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForwardOp {
+    /// Add the rule of its port, or replace the one there.
+    Set { table: String },
+    /// Delete the rule of a port.
+    Del { port: u16 },
+    /// Delete every rule.
+    Flush,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupOp {
+    /// Add a group; the answer names its id.
+    Add { table: String },
+    /// Replace group ID (its quota and counts start afresh).
+    Edit { id: u32, table: String },
+    /// Delete group ID.
+    Del { id: u32 },
+    /// Delete every group.
+    Flush,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +299,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Withhold(w) => withhold(w),
+        Command::Ports(p) => ports(p),
         Command::Trace(TraceCommand::Format { file, json }) => trace_format(&file, json),
         Command::Trace(TraceCommand::Compare {
             capture,
@@ -321,6 +375,41 @@ fn withhold(w: WithholdArgs) -> Result<()> {
         println!("{p}");
     }
     Ok(())
+}
+
+fn ports(p: PortsArgs) -> Result<()> {
+    let request = match p.op {
+        PortsOp::List => PortsRequest::List,
+        PortsOp::Forward(ForwardOp::Set { table }) => PortsRequest::ForwardSet(table),
+        PortsOp::Forward(ForwardOp::Del { port }) => PortsRequest::ForwardDel(port),
+        PortsOp::Forward(ForwardOp::Flush) => PortsRequest::ForwardFlush,
+        PortsOp::Group(GroupOp::Add { table }) => PortsRequest::GroupAdd(table),
+        PortsOp::Group(GroupOp::Edit { id, table }) => PortsRequest::GroupEdit(id, table),
+        PortsOp::Group(GroupOp::Del { id }) => PortsRequest::GroupDel(id),
+        PortsOp::Group(GroupOp::Flush) => PortsRequest::GroupFlush,
+    };
+    // A table over several lines is one line on the control socket.
+    let request = match request {
+        PortsRequest::ForwardSet(t) => PortsRequest::ForwardSet(one_line(&t)),
+        PortsRequest::GroupAdd(t) => PortsRequest::GroupAdd(one_line(&t)),
+        PortsRequest::GroupEdit(id, t) => PortsRequest::GroupEdit(id, one_line(&t)),
+        other => other,
+    };
+    let answer: PortsAnswer = control::ask(&p.socket, &Request::Ports(request))?;
+    if !answer.changed.is_empty() {
+        println!("{}", answer.changed);
+    }
+    for f in &answer.forward {
+        println!("forward {f}");
+    }
+    for g in &answer.groups {
+        println!("group {g}");
+    }
+    Ok(())
+}
+
+fn one_line(table: &str) -> String {
+    table.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {

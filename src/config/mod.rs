@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod police;
 mod ports;
+pub use ports::{parse_forward, parse_group};
 mod trace;
 
 pub use police::PoliceSettings;
@@ -74,8 +75,9 @@ pub struct Config {
     pub ports: Vec<crate::ports::ForwardRule>,
     /// victim: traffic groups (empty: none).
     pub groups: Vec<crate::ports::GroupSpec>,
-    /// victim: per-port statistics (on with a `[ports]` section).
-    pub port_stats: bool,
+    /// victim: a `[ports]` section, which turns on port policies (per-port statistics,
+    /// and forwarding rules and groups, which may change at run time).
+    pub port_policies: bool,
 }
 
 /// IP-in-UDP from mbox to victim.
@@ -146,16 +148,10 @@ impl Config {
         if let Some(limits) = self.unverified_channel(role) {
             nft::add_unverified_channel(&mut spec, &limits);
         }
-        if !self.ports.is_empty() {
-            let forward: Vec<(u16, Vec<u16>)> =
-                self.ports.iter().map(|r| (r.port, r.outgoing())).collect();
+        if self.port_policies {
+            // Both chains, empty or not: rules and groups change at run time.
+            let forward = forward_pairs(&self.ports);
             nft::add_forward_chain(&mut spec, &forward, &self.queue.target);
-        }
-        if self
-            .groups
-            .iter()
-            .any(|g| g.over == crate::ports::Over::Refuse)
-        {
             nft::add_refuse_chain(&mut spec, &self.queue.target);
         }
         if let Some(t) = self.trace.as_ref().filter(|t| t.kernel) {
@@ -658,7 +654,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .map(|c| validate_caps(c, role))
         .transpose()?;
     let trace = raw.trace.map(trace::validate).transpose()?;
-    let port_stats = raw.ports.is_some();
+    let port_policies = raw.ports.is_some();
     let policies = match raw.ports {
         Some(_) if role == "mbox" => {
             return err("ports: port policies run on the server they protect (the victim); remove the section from this config".into());
@@ -682,7 +678,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         trace,
         ports: policies.forward,
         groups: policies.groups,
-        port_stats,
+        port_policies,
         capabilities,
         redirect,
         tunnel,
@@ -700,6 +696,11 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         protect: selection,
         control_socket,
     })
+}
+
+/// Each forwarding rule's incoming port and the ports it may send a connection to.
+pub fn forward_pairs(rules: &[crate::ports::ForwardRule]) -> Vec<(u16, Vec<u16>)> {
+    rules.iter().map(|r| (r.port, r.outgoing())).collect()
 }
 
 /// Refuse `capabilities.<key>` outside `range`, naming the key and the range.

@@ -70,15 +70,7 @@ pub(super) fn validate(
     raw: RawPorts,
     protected_tcp: &[PortRange],
 ) -> Result<Policies, ConfigError> {
-    let protected = |key: &str, port: u16| {
-        if protected_tcp.iter().any(|r| r.contains(port)) {
-            Ok(port)
-        } else {
-            Err(ConfigError(format!(
-                "{key}: {port} is not in protect.tcp_ports, so its connections never reach the engine"
-            )))
-        }
-    };
+    let protected = protection(protected_tcp);
     let groups = raw
         .group
         .into_iter()
@@ -89,6 +81,19 @@ pub(super) fn validate(
         forward: forward_rules(raw.forward, &protected)?,
         groups,
     })
+}
+
+/// The check that a port is protected: the engine sees no other port's connections.
+fn protection(protected_tcp: &[PortRange]) -> impl Fn(&str, u16) -> Result<u16, ConfigError> + '_ {
+    move |key: &str, port: u16| {
+        if protected_tcp.iter().any(|r| r.contains(port)) {
+            Ok(port)
+        } else {
+            Err(ConfigError(format!(
+                "{key}: {port} is not in protect.tcp_ports, so its connections never reach the engine"
+            )))
+        }
+    }
 }
 
 /// Check the forwarding rules: real ports, one rule per incoming port, each on a
@@ -238,6 +243,42 @@ fn group(
         }
     };
     Ok(GroupSpec { kind, over })
+}
+
+/// One forwarding rule given as a TOML inline table (`mpolice ports forward set`),
+/// checked as the config's are against the protected TCP ports.
+pub fn parse_forward(
+    inline: &str,
+    protected_tcp: &[PortRange],
+) -> Result<ForwardRule, ConfigError> {
+    #[derive(Deserialize)]
+    struct One {
+        rule: RawForward,
+    }
+    let one: One = inline_table("rule", inline)?;
+    let protected = protection(protected_tcp);
+    Ok(forward_rules(vec![one.rule], &protected)?.remove(0))
+}
+
+/// One group given as a TOML inline table (`mpolice ports group add`), checked as the
+/// config's are.
+pub fn parse_group(inline: &str, protected_tcp: &[PortRange]) -> Result<GroupSpec, ConfigError> {
+    #[derive(Deserialize)]
+    struct One {
+        group: RawGroup,
+    }
+    let one: One = inline_table("group", inline)?;
+    group("group", one.group, &protection(protected_tcp))
+}
+
+/// `{ ... }` read as the value of `key`, the one key of a TOML document.
+fn inline_table<T: serde::de::DeserializeOwned>(key: &str, inline: &str) -> Result<T, ConfigError> {
+    toml::from_str(&format!("{key} = {inline}")).map_err(|e| {
+        ConfigError(format!(
+            "{inline:?} is not a TOML inline table of the rule: {}",
+            e.message()
+        ))
+    })
 }
 
 /// The smallest burst of an output group, in bytes.

@@ -3,14 +3,15 @@
 //! Each worker posts its own figures at its timer and takes back the merge of every
 //! worker's latest: one lock per worker per tick, never one per packet. Its sender
 //! report is posted less often, for the control socket. The victim's list of senders
-//! it withholds feedback from is changed here by the control socket and picked up by
-//! each worker at its next tick.
+//! it withholds feedback from, and its port policies, are changed here by the control
+//! socket and picked up by each worker at its next tick.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::driver::nft::Prefix;
 use crate::police::{Figures, PoliceReport, System};
+use crate::ports::Policies;
 
 /// What the workers share: their latest figures and sender reports, by worker index.
 pub struct Board {
@@ -18,9 +19,50 @@ pub struct Board {
     reports: Mutex<Vec<Option<PoliceReport>>>,
     /// Capabilities the SLR needs before it counts.
     min_sample: u32,
-    withheld: Mutex<Vec<Prefix>>,
-    /// Bumped at every change of `withheld`, read by workers without the lock.
-    withheld_version: AtomicU64,
+    withheld: Versioned<Vec<Prefix>>,
+    /// victim: the port policies in force.
+    policies: Versioned<Arc<Policies>>,
+}
+
+/// A value the control socket changes and the workers pick up: the version is bumped
+/// at each change and read by the workers without the lock.
+pub struct Versioned<T> {
+    value: Mutex<T>,
+    version: AtomicU64,
+}
+
+impl<T: Clone> Versioned<T> {
+    /// Version 0 (the workers start with the same value).
+    pub fn new(value: T) -> Self {
+        Versioned {
+            value: Mutex::new(value),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self) -> T {
+        self.value.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Change the value with `f`, which says whether it changed it (and what to return).
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> (bool, R)) -> R {
+        let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        let (changed, r) = f(&mut value);
+        if changed {
+            self.version.fetch_add(1, Ordering::Release);
+        }
+        r
+    }
+
+    /// The value, if it changed since version `seen` (which is then brought up to date).
+    pub fn since(&self, seen: &mut u64) -> Option<T> {
+        let now = self.version.load(Ordering::Acquire);
+        if now == *seen {
+            return None;
+        }
+        *seen = now;
+        Some(self.get())
+    }
 }
 
 impl Board {
@@ -31,48 +73,51 @@ impl Board {
             figures: Mutex::new(vec![Figures::default(); workers]),
             reports: Mutex::new(vec![None; workers]),
             min_sample,
-            withheld: Mutex::new(withheld),
-            withheld_version: AtomicU64::new(0),
+            withheld: Versioned::new(withheld),
+            policies: Versioned::new(Arc::new(Policies::default())),
         }
     }
 
     /// The senders feedback is withheld from.
     pub fn withheld(&self) -> Vec<Prefix> {
-        self.withheld
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.withheld.get()
     }
 
     /// Withhold feedback from `p` (`add`) or no longer; true if that changed the list.
     pub fn change_withheld(&self, p: Prefix, add: bool) -> bool {
-        let mut list = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
-        let at = list.iter().position(|q| *q == p);
-        let changed = match (add, at) {
-            (true, None) => {
-                list.push(p);
-                true
-            }
-            (false, Some(i)) => {
-                list.remove(i);
-                true
-            }
-            _ => false,
-        };
-        if changed {
-            self.withheld_version.fetch_add(1, Ordering::Release);
-        }
-        changed
+        self.withheld.update(|list| {
+            let at = list.iter().position(|q| *q == p);
+            let changed = match (add, at) {
+                (true, None) => {
+                    list.push(p);
+                    true
+                }
+                (false, Some(i)) => {
+                    list.remove(i);
+                    true
+                }
+                _ => false,
+            };
+            (changed, changed)
+        })
     }
 
     /// The list, if it changed since version `seen` (which is then brought up to date).
     pub fn withheld_since(&self, seen: &mut u64) -> Option<Vec<Prefix>> {
-        let now = self.withheld_version.load(Ordering::Acquire);
-        if now == *seen {
-            return None;
-        }
-        *seen = now;
-        Some(self.withheld())
+        self.withheld.since(seen)
+    }
+
+    /// The port policies the workers start with (version 0).
+    pub fn start_policies(&self, p: Policies) {
+        self.policies.update(|v| {
+            *v = Arc::new(p);
+            (false, ())
+        });
+    }
+
+    /// The port policies: the ones the workers start with, and every change.
+    pub fn policies(&self) -> &Versioned<Arc<Policies>> {
+        &self.policies
     }
 
     /// Post worker `i`'s figures; the system-wide view merged from every worker's latest.

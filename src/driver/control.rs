@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::driver::nft::Prefix;
+use crate::driver::policies::PortsRequest;
 use crate::stats::EngineStats;
 
 /// What a client asks.
@@ -29,6 +30,8 @@ pub enum Request {
     WithholdList,
     WithholdAdd(Prefix),
     WithholdRemove(Prefix),
+    /// Look at or change the port policies.
+    Ports(PortsRequest),
 }
 
 impl Request {
@@ -40,11 +43,15 @@ impl Request {
             Request::WithholdList => "withhold list".into(),
             Request::WithholdAdd(p) => format!("withhold add {p}"),
             Request::WithholdRemove(p) => format!("withhold remove {p}"),
+            Request::Ports(r) => format!("ports {}", r.line()),
         }
     }
 
     /// Read a request line; the error says what is understood.
     pub fn parse(line: &str) -> Result<Request, String> {
+        if let Some(rest) = line.trim_start().strip_prefix("ports ") {
+            return PortsRequest::parse(rest).map(Request::Ports);
+        }
         let words: Vec<&str> = line.split_whitespace().collect();
         let prefix = |w: &str| w.parse::<Prefix>().map_err(|e| format!("{w:?}: {e}"));
         match words.as_slice() {
@@ -54,7 +61,7 @@ impl Request {
             ["withhold", "add", p] => prefix(p).map(Request::WithholdAdd),
             ["withhold", "remove", p] => prefix(p).map(Request::WithholdRemove),
             _ => Err(format!(
-                "unknown request {line:?}; send stats, senders, or withhold list|add PREFIX|remove PREFIX"
+                "unknown request {line:?}; send stats, senders, withhold list|add PREFIX|remove PREFIX, or ports ..."
             )),
         }
     }

@@ -23,11 +23,12 @@ use crate::driver::board::Board;
 use crate::driver::depth::DepthBound;
 use crate::driver::nfqueue::{self, COPY_FULL, KernelQueueStats, Queue, QueueConfig};
 use crate::driver::nft::{self, PortRange, QueueKind, Role, RulesetSpec, Selection, TABLE};
+use crate::driver::policies::PolicyEditor;
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::sockdiag;
 use crate::driver::worker::{REPORT_LIMIT, Worker};
 use crate::pipeline::{Mbox, Pipeline, Stages, Victim, mss_with_room};
-use crate::ports::{Forwarder, Groups};
+use crate::ports::{Groups, Policies};
 use crate::stats::{EngineStats, KernelCounters, QueueCounters, QueueStats};
 use crate::trace::{Clock, KernelListener, KernelTally, TraceWriter, Tracer};
 
@@ -92,20 +93,16 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
     // One set of quotas for every worker: a port's rate is the engine's, not a queue's.
-    let groups =
-        (!cfg.groups.is_empty()).then(|| Arc::new(Groups::new(&cfg.groups, Instant::now())));
+    board.start_policies(Policies {
+        forward: cfg.ports.clone(),
+        groups: Arc::new(Groups::new(&cfg.groups, Instant::now())),
+    });
     for (index, (num, queue, precise, depth)) in queues.into_iter().enumerate() {
         let mut pipeline = Pipeline::new(cfg.protect.clone(), cfg.queue.malformed, stages.make());
-        if cfg.port_stats {
-            pipeline = pipeline.with_port_meter();
-        }
-        if let Some(g) = &groups {
-            pipeline = pipeline.with_groups(Arc::clone(g));
-        }
-        if !cfg.ports.is_empty() {
+        if cfg.port_policies {
             // The dice need a different start in each worker and each run, not secrecy.
             let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), index);
-            pipeline = pipeline.with_forwarding(Forwarder::new(cfg.ports.clone(), seed));
+            pipeline = pipeline.with_port_policies(&board.policies().get(), seed);
         }
         let tracer = match (&writer, &cfg.trace) {
             (Some(w), Some(t)) => {
@@ -144,11 +141,11 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         let answers = Answers {
             counters: Arc::clone(&counters),
             header: header.clone(),
-            board,
+            board: Arc::clone(&board),
             withholds: role == Role::Victim && cfg.capabilities.is_some(),
             kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
-            listened: cfg.port_stats.then(|| cfg.listened_ports()),
-            groups: groups.clone(),
+            listened: cfg.port_policies.then(|| cfg.listened_ports()),
+            policies: cfg.port_policies.then(|| PolicyEditor::new(cfg, kind)),
         };
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
@@ -188,7 +185,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     }
     Ok(EngineStats {
         kernel_trace,
-        groups: groups.map_or_else(Vec::new, |g| g.rows()),
+        groups: board.policies().get().groups.rows(),
         ..header.stats(&counters, &kernel)
     })
 }
@@ -638,8 +635,8 @@ struct Answers {
     /// Per-port statistics on: the ports whose listening sockets the stats show (the
     /// protected TCP ports and the forwarded connections' outgoing ports).
     listened: Option<Vec<PortRange>>,
-    /// The traffic groups, when there are any.
-    groups: Option<Arc<Groups>>,
+    /// victim with port policies: what changes them.
+    policies: Option<PolicyEditor>,
 }
 
 impl Answers {
@@ -669,7 +666,7 @@ impl Answers {
                 (stats.unverified_over_source, stats.unverified_over_total) =
                     nft::unverified_drops().unwrap_or_default();
                 stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
-                stats.groups = self.groups.as_ref().map_or_else(Vec::new, |g| g.rows());
+                stats.groups = self.board.policies().get().groups.rows();
                 if let Some(ports) = &self.listened {
                     stats.listeners = sockdiag::listeners()
                         .unwrap_or_default()
@@ -679,6 +676,10 @@ impl Answers {
                 }
                 serde_json::to_value(stats)
             }
+            Request::Ports(r) => match &self.policies {
+                Some(editor) => serde_json::to_value(editor.answer(&self.board, r)?),
+                None => return Err("only a victim with a [ports] section has port policies".into()),
+            },
             _ if !self.withholds => {
                 return Err("only a victim with [capabilities] withholds feedback".into());
             }

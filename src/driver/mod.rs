@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod nlsocket;
+pub mod policies;
 pub mod route;
 pub mod sockdiag;
 #[cfg(test)]

@@ -228,6 +228,8 @@ struct Loop {
     send_errors: u64,
     /// The version of the board's withheld list the pipeline has.
     withheld_seen: u64,
+    /// The version of the board's port policies the pipeline has.
+    policies_seen: u64,
     /// The kernel's sets of verified senders (the channel that bypasses the kernel's
     /// limits on unverified ones), if installed.
     verified: Option<VerifiedSet>,
@@ -257,6 +259,7 @@ impl Loop {
             stuck: Vec::new(),
             send_errors: 0,
             withheld_seen: 0,
+            policies_seen: 0,
             verified: None,
             depth,
             tracer: None,
@@ -286,6 +289,11 @@ impl Loop {
                     // still while a burst keeps the worker from blocking.
                     now = Instant::now();
                     self.counters.received += 1;
+                    // A change of the port policies holds from the next packet on, also
+                    // the first after an idle spell (ticks come with packets).
+                    if let Some(p) = board.0.policies().since(&mut self.policies_seen) {
+                        self.pipeline.set_port_policies(&p);
+                    }
                     match incoming {
                         Incoming::Packet(msg) => self.process(&msg, now),
                         Incoming::Unreadable { id, cause } => self.unreadable(id, cause),

@@ -28,7 +28,7 @@ use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
-use crate::ports::{Admit, Forwarded, Forwarder, Groups, PortMeter, REFUSE_MARK};
+use crate::ports::{Admit, Forwarded, Forwarder, Groups, Policies, PortMeter, REFUSE_MARK};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
 use crate::wire::{self, Parsed, tcp};
@@ -127,27 +127,26 @@ impl Pipeline {
         }
     }
 
-    /// Hold new connections and output to the groups' quotas.
-    pub fn with_groups(mut self, groups: Arc<Groups>) -> Self {
-        self.groups = Some(groups);
+    /// Port policies: per-port statistics, forwarding by `policies` (its dice started
+    /// at `seed`), and the groups' quotas.
+    pub fn with_port_policies(mut self, policies: &Policies, seed: u64) -> Self {
+        self.meter = Some(PortMeter::default());
+        self.forward = Some(Forwarder::new(Vec::new(), seed));
+        self.set_port_policies(policies);
         self
     }
 
-    /// Keep per-port statistics.
-    pub fn with_port_meter(mut self) -> Self {
-        self.meter = Some(PortMeter::default());
-        self
+    /// Take the port policies now in force (with port policies on only).
+    pub fn set_port_policies(&mut self, policies: &Policies) {
+        if let Some(f) = self.forward.as_mut() {
+            f.set_rules(policies.forward.clone());
+            self.groups = (!policies.groups.is_empty()).then(|| Arc::clone(&policies.groups));
+        }
     }
 
     /// The per-port statistics (None: off).
     pub fn port_meter(&self) -> Option<&PortMeter> {
         self.meter.as_ref()
-    }
-
-    /// Forward new connections to the rules' ports.
-    pub fn with_forwarding(mut self, forward: Forwarder) -> Self {
-        self.forward = Some(forward);
-        self
     }
 
     /// The mark the last packet's verdict must carry, if any (taken once).

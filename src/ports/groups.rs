@@ -14,6 +14,7 @@
 //! Each quota is a GCRA (a token bucket kept as its next conforming time) in one atomic
 //! word, so the workers share it without a lock.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -46,6 +47,36 @@ pub enum GroupKind {
     },
     /// Payload bytes a second sent from `port`, with bursts of `burst` bytes.
     OutputRate { port: u16, rate: f64, burst: f64 },
+}
+
+impl GroupSpec {
+    /// The group as a TOML inline table, as the config and `mpolice ports group add`
+    /// take it.
+    pub fn inline(&self) -> String {
+        let over = match self.over {
+            Over::Refuse => "refuse",
+            Over::Hold => "hold",
+        };
+        let body = match &self.kind {
+            GroupKind::AcceptRate { port, rate, burst } => {
+                format!("accept_rate = {rate}, port = {port}, burst = {burst}")
+            }
+            GroupKind::AcceptRatio { ports, rate, burst } => {
+                let each: Vec<String> = ports
+                    .iter()
+                    .map(|(port, share)| format!("{{ port = {port}, share = {share} }}"))
+                    .collect();
+                format!(
+                    "accept_ratio = {rate}, ports = [{}], burst = {burst}",
+                    each.join(", ")
+                )
+            }
+            GroupKind::OutputRate { port, rate, burst } => {
+                format!("output_rate = {rate}, port = {port}, burst = {burst}")
+            }
+        };
+        format!("{{ {body}, over = \"{over}\" }}")
+    }
 }
 
 /// The mark of a SYN the groups refuse: the input chain answers it with a reset.
@@ -126,19 +157,21 @@ impl Member {
     }
 }
 
-/// A group's state: which packets it meters, its members, what past the quota does.
+/// A group's state: its id and spec, which packets it meters, its members.
 #[derive(Debug)]
 struct Group {
+    id: u32,
+    spec: GroupSpec,
     output: bool,
-    over: Over,
     members: Vec<Member>,
 }
 
-/// Every group, shared by the workers.
+/// Every group, shared by the workers. A change makes a new `Groups` in which the
+/// groups it left alone keep their quotas and counts.
 #[derive(Debug)]
 pub struct Groups {
     epoch: Instant,
-    groups: Vec<Group>,
+    groups: Vec<Arc<Group>>,
 }
 
 /// What a group decides for a packet.
@@ -152,50 +185,91 @@ pub enum Admit {
 /// One row of what the groups counted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRow {
+    /// The group's id (`mpolice ports group edit ID`, `del ID`).
+    #[serde(default)]
+    pub id: u32,
     /// `accept` (new connections) or `output` (segments sent).
     pub what: String,
     pub port: u16,
     pub counts: GroupCounts,
 }
 
+impl Default for Groups {
+    /// No groups.
+    fn default() -> Groups {
+        Groups::new(&[], Instant::now())
+    }
+}
+
 impl Groups {
+    /// The groups of `specs`, numbered from 1.
     pub fn new(specs: &[GroupSpec], epoch: Instant) -> Groups {
-        let groups = specs
-            .iter()
-            .map(|s| {
-                let (output, members) = match &s.kind {
-                    GroupKind::AcceptRate { port, rate, burst } => {
-                        (false, vec![Member::new(*port, *rate, *burst)])
-                    }
-                    GroupKind::AcceptRatio { ports, rate, burst } => {
-                        let total: u32 = ports.iter().map(|&(_, share)| share).sum();
-                        let part = |share: u32| f64::from(share) / f64::from(total.max(1));
-                        let members = ports
-                            .iter()
-                            .map(|&(port, share)| {
-                                Member::new(
-                                    port,
-                                    rate * part(share),
-                                    (burst * part(share)).max(1.0),
-                                )
-                            })
-                            .collect();
-                        (false, members)
-                    }
-                    GroupKind::OutputRate { port, rate, burst } => {
-                        (true, vec![Member::new(*port, *rate, *burst)])
-                    }
-                };
-                Group {
-                    output,
-                    over: s.over,
-                    members,
-                }
-            })
-            .collect();
-        Groups { epoch, groups }
+        let numbered: Vec<(u32, GroupSpec)> = (1..).zip(specs.iter().cloned()).collect();
+        Groups {
+            epoch,
+            groups: Vec::new(),
+        }
+        .changed(numbered)
     }
 
+    /// The groups `specs` (by id), keeping the state of those whose spec is unchanged.
+    pub fn changed(&self, specs: Vec<(u32, GroupSpec)>) -> Groups {
+        let groups = specs
+            .into_iter()
+            .map(|(id, spec)| {
+                let kept = self.groups.iter().find(|g| g.id == id && g.spec == spec);
+                kept.map_or_else(|| Arc::new(Group::new(id, spec)), Arc::clone)
+            })
+            .collect();
+        Groups {
+            epoch: self.epoch,
+            groups,
+        }
+    }
+
+    /// The groups by id.
+    pub fn specs(&self) -> Vec<(u32, GroupSpec)> {
+        self.groups.iter().map(|g| (g.id, g.spec.clone())).collect()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+impl Group {
+    /// A group's members: one quota per port, a ratio's rate split by the shares.
+    fn new(id: u32, spec: GroupSpec) -> Group {
+        let (output, members) = match &spec.kind {
+            GroupKind::AcceptRate { port, rate, burst } => {
+                (false, vec![Member::new(*port, *rate, *burst)])
+            }
+            GroupKind::AcceptRatio { ports, rate, burst } => {
+                let total: u32 = ports.iter().map(|&(_, share)| share).sum();
+                let part = |share: u32| f64::from(share) / f64::from(total.max(1));
+                let members = ports
+                    .iter()
+                    .map(|&(port, share)| {
+                        Member::new(port, rate * part(share), (burst * part(share)).max(1.0))
+                    })
+                    .collect();
+                (false, members)
+            }
+            GroupKind::OutputRate { port, rate, burst } => {
+                (true, vec![Member::new(*port, *rate, *burst)])
+            }
+        };
+        Group {
+            id,
+            spec,
+            output,
+            members,
+        }
+    }
+}
+
+impl Groups {
     /// A new connection's SYN to `port` at `now`.
     pub fn syn(&self, port: u16, now: Instant) -> Admit {
         self.decide(false, port, 1, now)
@@ -213,17 +287,18 @@ impl Groups {
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let mut verdict = Admit::Pass;
         for g in self.groups.iter().filter(|g| g.output == output) {
+            let over = g.spec.over;
             for m in g.members.iter().filter(|m| m.port == port) {
                 if m.quota.take(now_ns, units) {
                     m.passed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let counter = match (output, g.over) {
+                let counter = match (output, over) {
                     (false, Over::Refuse) => &m.refused,
                     _ => &m.held,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                verdict = match (output, g.over) {
+                verdict = match (output, over) {
                     (false, Over::Refuse) => Admit::Refuse,
                     _ => Admit::Hold,
                 };
@@ -238,6 +313,7 @@ impl Groups {
             .iter()
             .flat_map(|g| {
                 g.members.iter().map(move |m| GroupRow {
+                    id: g.id,
                     what: if g.output { "output" } else { "accept" }.into(),
                     port: m.port,
                     counts: GroupCounts {

@@ -54,6 +54,32 @@ impl ForwardRule {
         ports
     }
 
+    /// The rule as a TOML inline table, as the config and `mpolice ports forward set`
+    /// take it.
+    pub fn inline(&self) -> String {
+        let branches = match &self.branches {
+            Branches::Source(b) if b.is_empty() => String::new(),
+            Branches::Source(b) => {
+                let each: Vec<String> = b
+                    .iter()
+                    .map(|(p, to)| format!("{{ from = \"{p}\", to = {to} }}"))
+                    .collect();
+                format!(", source = [{}]", each.join(", "))
+            }
+            Branches::Dice(b) => {
+                let each: Vec<String> = b
+                    .iter()
+                    .map(|(percent, to)| format!("{{ percent = {percent}, to = {to} }}"))
+                    .collect();
+                format!(", dice = [{}]", each.join(", "))
+            }
+        };
+        format!(
+            "{{ port = {}, default = {}{branches} }}",
+            self.port, self.default
+        )
+    }
+
     /// The port a new connection from `client` goes to; `roll` is a draw in 0..100.
     pub fn choose(&self, client: IpAddr, roll: u8) -> u16 {
         match &self.branches {
@@ -74,6 +100,13 @@ impl ForwardRule {
             }
         }
     }
+}
+
+/// The port policies in force, shared by the workers and replaced whole on a change.
+#[derive(Debug, Default)]
+pub struct Policies {
+    pub forward: Vec<ForwardRule>,
+    pub groups: std::sync::Arc<Groups>,
 }
 
 /// The marks the engine gives a forwarded SYN: these high bits ("MP"), and the chosen
@@ -139,6 +172,19 @@ impl Forwarder {
             c.connections += 1;
         }
         (to != port).then(|| mark(to))
+    }
+
+    /// Take `rules` in place of the ones it has, keeping the counts of the (incoming,
+    /// outgoing) ports they still have.
+    pub fn set_rules(&mut self, rules: Vec<ForwardRule>) {
+        let old = std::mem::take(&mut self.counts);
+        let mut new = Forwarder::new(rules, self.dice);
+        for c in &mut new.counts {
+            if let Some(o) = old.iter().find(|o| (o.port, o.to) == (c.port, c.to)) {
+                c.connections = o.connections;
+            }
+        }
+        *self = new;
     }
 
     /// What the stage counted, one entry per (incoming, outgoing) port.

@@ -326,3 +326,101 @@ mod groups {
         assert_eq!(passed, 50, "the burst, once, whichever worker took it");
     }
 }
+
+mod changes {
+    use std::net::IpAddr;
+    use std::time::Instant;
+
+    use crate::ports::{
+        Admit, Branches, ForwardRule, Forwarder, GroupKind, GroupSpec, Groups, Over,
+    };
+
+    #[test]
+    fn a_groups_change_keeps_the_state_of_the_groups_it_leaves_alone() {
+        let spec = |rate: f64| GroupSpec {
+            kind: GroupKind::AcceptRate {
+                port: 80,
+                rate,
+                burst: 1.0,
+            },
+            over: Over::Hold,
+        };
+        let t0 = Instant::now();
+        let g = Groups::new(&[spec(1.0), spec(2.0)], t0);
+        assert_eq!([g.syn(80, t0), g.syn(80, t0)], [Admit::Pass, Admit::Hold]);
+        // Group 1 kept (its quota spent, its counts), group 2 replaced, group 7 added.
+        let changed = g.changed(vec![(1, spec(1.0)), (2, spec(3.0)), (7, spec(9.0))]);
+        let rows: Vec<(u32, u64, u64)> = changed
+            .rows()
+            .iter()
+            .map(|r| (r.id, r.counts.passed, r.counts.held))
+            .collect();
+        assert_eq!(rows, [(1, 1, 1), (2, 0, 0), (7, 0, 0)]);
+        assert_eq!(
+            changed.syn(80, t0),
+            Admit::Hold,
+            "group 1's quota is still spent"
+        );
+        assert_eq!(changed.specs()[1], (2, spec(3.0)));
+    }
+
+    #[test]
+    fn new_forwarding_rules_keep_the_counts_of_the_ports_they_still_send_to() {
+        let rule = |default| ForwardRule {
+            port: 80,
+            default,
+            branches: Branches::Source(Vec::new()),
+        };
+        let mut f = Forwarder::new(vec![rule(81)], 1);
+        let client: IpAddr = "198.18.1.2".parse().unwrap();
+        f.syn(client, 80);
+        f.set_rules(vec![
+            rule(82),
+            ForwardRule {
+                port: 90,
+                ..rule(81)
+            },
+        ]);
+        let counts: Vec<(u16, u16, u64)> = f
+            .counts()
+            .iter()
+            .map(|c| (c.port, c.to, c.connections))
+            .collect();
+        assert_eq!(counts, [(80, 82, 0), (90, 81, 0)]);
+        f.set_rules(vec![rule(81)]);
+        assert_eq!(f.syn(client, 80), Some(crate::ports::mark(81)));
+        assert_eq!(
+            f.counts()[0].connections,
+            1,
+            "counted afresh: the pair was dropped between"
+        );
+    }
+
+    #[test]
+    fn rules_and_groups_read_back_from_their_inline_tables() {
+        let protected = ["8080".parse().unwrap(), "9000-9100".parse().unwrap()];
+        for t in [
+            "{ port = 8080, default = 8082 }",
+            "{ port = 8080, default = 8082, source = [{ from = \"198.18.1.0/24\", to = 8081 }] }",
+            "{ port = 9000, default = 9001, dice = [{ percent = 30, to = 9002 }] }",
+        ] {
+            let r = crate::config::parse_forward(t, &protected).unwrap();
+            assert_eq!(r.inline(), t);
+        }
+        for t in [
+            "{ accept_rate = 5, port = 8080, burst = 2, over = \"refuse\" }",
+            "{ accept_ratio = 30, ports = [{ port = 8080, share = 2 }, { port = 9000, share = 1 }], burst = 30, over = \"hold\" }",
+            "{ output_rate = 1000000, port = 9050, burst = 100000, over = \"hold\" }",
+        ] {
+            let g = crate::config::parse_group(t, &protected).unwrap();
+            assert_eq!(g.inline(), t);
+        }
+        let e = crate::config::parse_forward("{ port = 7, default = 8 }", &protected).unwrap_err();
+        assert!(
+            e.to_string().contains("7 is not in protect.tcp_ports"),
+            "{e}"
+        );
+        let e = crate::config::parse_group("port = 8080", &protected).unwrap_err();
+        assert!(e.to_string().contains("not a TOML inline table"), "{e}");
+    }
+}

@@ -14,7 +14,7 @@ use super::expr::{Queue, Redirect, SetNfTrace, XtNfqueue};
 use super::matches;
 use super::nl::{self, Reply};
 use super::objects;
-use super::spec::{Action, ChannelStep, Hook, QueueKind, QueuePreference, RulesetSpec};
+use super::spec::{Action, ChainSpec, ChannelStep, Hook, QueueKind, QueuePreference, RulesetSpec};
 
 /// nf_tables names are at most NFT_NAME_MAXLEN - 1 bytes.
 const NAME_MAX: usize = 255;
@@ -213,59 +213,102 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         chain.set_policy(Policy::Accept);
         batch.add(&chain, MsgType::Add);
         steps.push(format!("add chain {}", chain_spec.name));
-        for (i, rule_spec) in chain_spec.rules.iter().enumerate() {
-            let mut rule = Rule::new(&chain);
-            matches::add_match(&mut rule, rule_spec);
-            // A channel drop has no queue statement, so its refusal is never taken for
-            // a missing queue expression.
-            let what = if matches::add_channel_drop(&mut rule, rule_spec) {
-                "unverified channel drop".to_owned()
-            } else {
-                match rule_spec.action {
-                    Action::Accept => {
-                        rule.add_expr(&Verdict::Accept);
-                        "accept".to_owned()
-                    }
-                    Action::Trace => {
-                        rule.add_expr(&Immediate::new(1u8, Register::Reg1));
-                        rule.add_expr(&SetNfTrace);
-                        "nftrace".to_owned()
-                    }
-                    Action::Redirect(port) => {
-                        // Network byte order in the register (nftnl's immediate copies
-                        // the value's own bytes: a u16 whose memory is big-endian).
-                        let port = u16::from_ne_bytes(port.to_be_bytes());
-                        rule.add_expr(&Immediate::new(port, Register::Reg1));
-                        rule.add_expr(&Redirect);
-                        "redirect".to_owned()
-                    }
-                    Action::Reset => {
-                        rule.add_expr(&Verdict::Reject(RejectionType::TcpRst));
-                        "reset".to_owned()
-                    }
-                    Action::Queue => {
-                        let (num, total, flags) = queue_args(rule_spec)?;
-                        match kind {
-                            QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
-                            QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
-                        }
-                        rule_steps.push(steps.len());
-                        format!("{kind:?} queue")
-                    }
-                }
-            };
-            rule.set_comment(c_text(&rule_spec.comment)?).map_err(|e| {
-                RulesError::Invalid(format!("rule comment {:?}: {e}", rule_spec.comment))
-            })?;
-            batch.add(&rule, MsgType::Add);
-            steps.push(format!(
-                "add rule {} to chain {} ({what})",
-                i + 1,
-                chain_spec.name
-            ));
-        }
+        add_rules(
+            &mut batch,
+            &chain,
+            chain_spec,
+            kind,
+            (&mut steps, &mut rule_steps),
+        )?;
     }
     send_batch(batch, &steps, &rule_steps)
+}
+
+/// Add the rules of `chain_spec` to `batch`, in order, each with its step (and the queue
+/// rules' places in `rule_steps`).
+fn add_rules(
+    batch: &mut Batch,
+    chain: &Chain,
+    chain_spec: &ChainSpec,
+    kind: QueueKind,
+    (steps, rule_steps): (&mut Vec<String>, &mut Vec<usize>),
+) -> Result<(), RulesError> {
+    for (i, rule_spec) in chain_spec.rules.iter().enumerate() {
+        let mut rule = Rule::new(&chain);
+        matches::add_match(&mut rule, rule_spec);
+        // A channel drop has no queue statement, so its refusal is never taken for
+        // a missing queue expression.
+        let what = if matches::add_channel_drop(&mut rule, rule_spec) {
+            "unverified channel drop".to_owned()
+        } else {
+            match rule_spec.action {
+                Action::Accept => {
+                    rule.add_expr(&Verdict::Accept);
+                    "accept".to_owned()
+                }
+                Action::Trace => {
+                    rule.add_expr(&Immediate::new(1u8, Register::Reg1));
+                    rule.add_expr(&SetNfTrace);
+                    "nftrace".to_owned()
+                }
+                Action::Redirect(port) => {
+                    // Network byte order in the register (nftnl's immediate copies
+                    // the value's own bytes: a u16 whose memory is big-endian).
+                    let port = u16::from_ne_bytes(port.to_be_bytes());
+                    rule.add_expr(&Immediate::new(port, Register::Reg1));
+                    rule.add_expr(&Redirect);
+                    "redirect".to_owned()
+                }
+                Action::Reset => {
+                    rule.add_expr(&Verdict::Reject(RejectionType::TcpRst));
+                    "reset".to_owned()
+                }
+                Action::Queue => {
+                    let (num, total, flags) = queue_args(rule_spec)?;
+                    match kind {
+                        QueueKind::Native => rule.add_expr(&Queue { num, total, flags }),
+                        QueueKind::XtCompat => rule.add_expr(&XtNfqueue { num, total, flags }),
+                    }
+                    rule_steps.push(steps.len());
+                    format!("{kind:?} queue")
+                }
+            }
+        };
+        rule.set_comment(c_text(&rule_spec.comment)?).map_err(|e| {
+            RulesError::Invalid(format!("rule comment {:?}: {e}", rule_spec.comment))
+        })?;
+        batch.add(&rule, MsgType::Add);
+        steps.push(format!(
+            "add rule {} to chain {} ({what})",
+            i + 1,
+            chain_spec.name
+        ));
+    }
+    Ok(())
+}
+
+/// Replace the rules of chain `chain_spec.name` of `table` by its rules, in one batch:
+/// a packet meets the old rules or the new ones, never none.
+pub fn replace_rules(
+    table: &str,
+    chain_spec: &ChainSpec,
+    kind: QueueKind,
+) -> Result<(), RulesError> {
+    let table = Table::new(&c_name(table)?, ProtoFamily::Inet);
+    let chain = Chain::new(c_name(&chain_spec.name)?, &table);
+    let mut batch = Batch::new();
+    // A rule message without a handle deletes every rule of its chain.
+    batch.add(&Rule::new(&chain), MsgType::Del);
+    let (mut steps, mut rule_steps) =
+        (vec![format!("flush chain {}", chain_spec.name)], Vec::new());
+    add_rules(
+        &mut batch,
+        &chain,
+        chain_spec,
+        kind,
+        (&mut steps, &mut rule_steps),
+    )?;
+    send_batch(batch, &steps, &rule_steps)?.map_err(Failure::into_error)
 }
 
 /// Return (first queue, queue count, flags) after checking the range.
@@ -329,7 +372,6 @@ fn locate(offset: u32, framed: bool, steps: &[String], rule_steps: &[usize]) -> 
 fn nft_hook(hook: Hook) -> nftnl::Hook {
     match hook {
         Hook::Prerouting => nftnl::Hook::PreRouting,
-        Hook::Input => nftnl::Hook::In,
         Hook::Forward => nftnl::Hook::Forward,
         Hook::Output => nftnl::Hook::Out,
         Hook::Postrouting => nftnl::Hook::PostRouting,

@@ -369,6 +369,42 @@ fn the_port_forward_chain_loads_and_redirects_marked_syns() {
     }
 }
 
+/// A chain's rules replaced in one batch: the new ones in place of the old, the other
+/// chains untouched.
+#[test]
+fn a_chains_rules_are_replaced_in_one_batch() {
+    let Some(ns) = Netns::new() else { return };
+    let mut spec = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut spec, &[(80, vec![8081])], &Q);
+    let kind = ns
+        .run(|| install(&spec, QueuePreference::Auto))
+        .expect("install");
+    let mut new = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut new, &[(80, vec![8082, 8083])], &Q);
+    let chain = new.chains.last().unwrap();
+    ns.run(|| replace_rules(TABLE, chain, kind))
+        .expect("replace");
+    let listing = ns.list();
+    assert_eq!(listing.matches("redirect to :8081").count(), 0, "{listing}");
+    assert_eq!(listing.matches("redirect to :8082").count(), 2, "{listing}");
+    assert_eq!(listing.matches("redirect to :8083").count(), 2, "{listing}");
+    assert_eq!(
+        listing.matches(" queue ").count() + listing.matches("NFQUEUE").count(),
+        16,
+        "{listing}"
+    );
+    // Emptied, the chain stays.
+    let mut none = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut none, &[], &Q);
+    ns.run(|| replace_rules(TABLE, none.chains.last().unwrap(), kind))
+        .expect("empty");
+    let listing = ns.list();
+    assert!(
+        listing.contains("chain port_forward") && !listing.contains("redirect"),
+        "{listing}"
+    );
+}
+
 #[test]
 fn rendered_text_loads_with_nft() {
     for role in [Role::Mbox, Role::Victim] {

@@ -413,7 +413,8 @@ pub fn add_forward_chain(spec: &mut RulesetSpec, forward: &[(u16, Vec<u16>)], q:
 }
 
 /// Traffic groups that refuse: a chain that answers each SYN the engine marked to be
-/// refused with a reset, as the connection reaches the host.
+/// refused with a reset, after the victim's queue and before destination NAT, so a
+/// refused connection is not forwarded first.
 pub fn add_refuse_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
     let rules = ["0.0.0.0/0", "::/0"]
         .into_iter()
@@ -434,12 +435,15 @@ pub fn add_refuse_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
     spec.chains.push(ChainSpec {
         name: "port_refuse".to_owned(),
         nat: false,
-        hook: Hook::Input,
-        priority: PRIO_FILTER,
+        hook: Hook::Prerouting,
+        priority: PRIO_BEFORE_DSTNAT,
         comment: "victim: new connections the engine refused, answered with a reset".to_owned(),
         rules,
     });
 }
+
+/// After conntrack (-200), before destination NAT (-100).
+const PRIO_BEFORE_DSTNAT: i32 = -150;
 
 /// Where destination NAT runs: after the victim's queue (raw) and conntrack.
 const PRIO_DSTNAT: i32 = -100;

@@ -167,8 +167,6 @@ pub struct ChainSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
-    /// Packets for this host, after routing (only the refusing chain uses it).
-    Input,
     Forward,
     /// Locally generated packets (only the kernel trace's marking chain uses it).
     Output,
@@ -180,7 +178,6 @@ impl Hook {
     pub fn keyword(self) -> &'static str {
         match self {
             Hook::Prerouting => "prerouting",
-            Hook::Input => "input",
             Hook::Output => "output",
             Hook::Forward => "forward",
             Hook::Postrouting => "postrouting",
