@@ -234,7 +234,7 @@ fn add_rules(
     (steps, rule_steps): (&mut Vec<String>, &mut Vec<usize>),
 ) -> Result<(), RulesError> {
     for (i, rule_spec) in chain_spec.rules.iter().enumerate() {
-        let mut rule = Rule::new(&chain);
+        let mut rule = Rule::new(chain);
         matches::add_match(&mut rule, rule_spec);
         // A channel drop has no queue statement, so its refusal is never taken for
         // a missing queue expression.
