@@ -105,6 +105,11 @@ impl ControlSocket {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("bind control socket {}", path.display()))?;
+        // Requests change what the engine does (withhold, ports): for its owner only,
+        // whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restrict control socket {}", path.display()))?;
         listener.set_nonblocking(true)?;
         Ok(ControlSocket {
             path: path.to_path_buf(),
@@ -209,6 +214,9 @@ mod tests {
     fn serves_stats_and_refuses_a_second_engine() {
         let path = temp_path("serve");
         let sock = ControlSocket::bind(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "its owner's alone");
         let err = ControlSocket::bind(&path).err().unwrap().to_string();
         assert!(err.contains("in use"), "{err}");
         let stop = Arc::new(AtomicBool::new(false));
