@@ -406,18 +406,22 @@ fn rules_and_groups_change_at_run_time() {
         ok && said.contains("forward { port = 8080, default = 8082 }"),
         "{said}"
     );
-    // A group that holds back past one connection a second (burst 1): each held SYN
-    // gets through when its client sends it again, once the quota has room.
-    let group = "{ accept_rate = 1, port = 8080, burst = 1, over = \"hold\" }";
+    // A group that refuses past one connection a second (burst 1), on the forwarded
+    // port: the first connection passes, the next are reset at once.
+    let group = "{ accept_rate = 1, port = 8080, burst = 1, over = \"refuse\" }";
     let (ok, said) = ports(&["group", "add", group]);
     assert!(ok && said.contains("added group 1"), "{said}");
     std::thread::sleep(Duration::from_millis(1100));
     let t = Instant::now();
-    let held = who_answers(&tb, VICTIM_V4, 8080, 3);
-    assert_eq!(held, BTreeMap::from([("8082".into(), 3)]));
-    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
-    let c = group_row(&victim, "accept", 8080, 4);
-    assert!(c.passed == 3 && c.held >= 1, "{c:?}");
+    let refused = who_answers(&tb, VICTIM_V4, 8080, 3);
+    assert_eq!(refused, BTreeMap::from([("8082".into(), 1)]));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "no SYN waited for a retry: {:?}",
+        t.elapsed()
+    );
+    let c = group_row(&victim, "accept", 8080, 3);
+    assert_eq!((c.passed, c.refused, c.held), (1, 2, 0), "{c:?}");
     let (ok, said) = ports(&["group", "del", "1"]);
     assert!(ok && said.contains("deleted group 1"), "{said}");
     std::thread::sleep(Duration::from_millis(100));

@@ -343,21 +343,33 @@ fn trace_chains_load_and_mark_protected_traffic() {
     assert!(listing.contains("tcp dport 8080-8081"), "{listing}");
 }
 
-/// Port forwarding: the nat chain loads as text and as netlink, one redirect per
-/// family and outgoing port, each matching the engine's mark.
+/// Port forwarding and refusals: the nat chain loads as text and as netlink, one
+/// redirect per family and outgoing port, each matching the engine's mark; so does the
+/// chain that resets refused SYNs.
 #[test]
 fn the_port_forward_chain_loads_and_redirects_marked_syns() {
     let Some(ns) = Netns::new() else { return };
     let mut spec = plan(Role::Victim, &selection(), &Q);
     add_forward_chain(&mut spec, &[(80, vec![8082, 80, 8081])], &Q);
+    add_refuse_chain(&mut spec, &Q);
     ns.nft_load(&render_accept(&spec)).expect("text loads");
     assert_eq!(ns.list().matches("redirect to :").count(), 4);
+    assert_eq!(ns.list().matches("reject with tcp reset").count(), 2);
     let ns = Netns::new().expect("a second namespace");
     ns.run(|| install(&spec, QueuePreference::Auto))
         .expect("netlink install");
     let listing = ns.list();
     assert!(
         listing.contains("type nat hook prerouting priority dstnat"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("type filter hook prerouting priority -250"),
+        "{listing}"
+    );
+    assert_eq!(
+        listing.matches("meta mark 0x4d520000").count(),
+        2,
         "{listing}"
     );
     for to in [8081, 8082] {

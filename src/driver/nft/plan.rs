@@ -413,8 +413,9 @@ pub fn add_forward_chain(spec: &mut RulesetSpec, forward: &[(u16, Vec<u16>)], q:
 }
 
 /// Traffic groups that refuse: a chain that answers each SYN the engine marked to be
-/// refused with a reset, after the victim's queue and before destination NAT, so a
-/// refused connection is not forwarded first.
+/// refused with a reset, after the victim's queue and before conntrack: the reset then
+/// belongs to no connection. (After conntrack, on a port with a forwarding rule, the
+/// reset carried the refused SYN's unconfirmed conntrack and never left the host.)
 pub fn add_refuse_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
     let rules = ["0.0.0.0/0", "::/0"]
         .into_iter()
@@ -436,14 +437,14 @@ pub fn add_refuse_chain(spec: &mut RulesetSpec, q: &QueueTarget) {
         name: "port_refuse".to_owned(),
         nat: false,
         hook: Hook::Prerouting,
-        priority: PRIO_BEFORE_DSTNAT,
+        priority: PRIO_BEFORE_CONNTRACK,
         comment: "victim: new connections the engine refused, answered with a reset".to_owned(),
         rules,
     });
 }
 
-/// After conntrack (-200), before destination NAT (-100).
-const PRIO_BEFORE_DSTNAT: i32 = -150;
+/// After the victim's queue (raw, -300), before conntrack (-200).
+const PRIO_BEFORE_CONNTRACK: i32 = -250;
 
 /// Where destination NAT runs: after the victim's queue (raw) and conntrack.
 const PRIO_DSTNAT: i32 = -100;
