@@ -379,6 +379,7 @@ fn rules_and_groups_change_at_run_time() {
     assert_eq!(who_answers(&tb, VICTIM_V4, 8080, 1), BTreeMap::new());
     let (ok, said) = ports(&["forward", "set", "{ port = 8080, default = 8081 }"]);
     assert!(ok && said.contains("added the rule of port 8080"), "{said}");
+    assert!(!said.contains("warning"), "{said}");
     // Workers take it at their next tick (20 ms).
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
@@ -401,6 +402,14 @@ fn rules_and_groups_change_at_run_time() {
         !ok && said.contains("7 is not in protect.tcp_ports"),
         "{said}"
     );
+    // A port no one listens on is taken, with a warning: its connections get a reset.
+    let (ok, said) = ports(&["forward", "set", "{ port = 9090, default = 8089 }"]);
+    assert!(
+        ok && said.contains("warning: nothing listens on port 8089"),
+        "{said}"
+    );
+    let (ok, said) = ports(&["forward", "del", "9090"]);
+    assert!(ok && !said.contains("warning"), "{said}");
     let (ok, said) = ports(&["list"]);
     assert!(
         ok && said.contains("forward { port = 8080, default = 8082 }"),

@@ -402,6 +402,9 @@ fn ports(p: PortsArgs) -> Result<()> {
     for f in &answer.forward {
         println!("forward {f}");
     }
+    for port in &answer.unheard {
+        println!("warning: nothing listens on port {port}: connections sent there are reset");
+    }
     for g in &answer.groups {
         println!("group {g}");
     }

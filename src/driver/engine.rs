@@ -92,6 +92,12 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map_or_else(Vec::new, |c| c.withhold_feedback.clone());
     let board = Arc::new(Board::new(queues.len(), cfg.police.slr_sample, withheld));
+    for port in crate::driver::policies::unheard(&cfg.ports) {
+        tracing::warn!(
+            port,
+            "ports: nothing listens on this outgoing port: connections sent there are reset"
+        );
+    }
     // One set of quotas for every worker: a port's rate is the engine's, not a queue's.
     board.start_policies(Policies {
         forward: cfg.ports.clone(),

@@ -97,9 +97,29 @@ fn split_words(s: &str, n: usize) -> (Vec<&str>, &str) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortsAnswer {
     pub changed: String,
+    /// Outgoing ports of the rules in force that no socket listens on now: their
+    /// connections would be reset by the kernel.
+    #[serde(default)]
+    pub unheard: Vec<u16>,
     pub forward: Vec<String>,
     /// `ID: TABLE`.
     pub groups: Vec<String>,
+}
+
+/// The outgoing ports of `forward` no socket of this namespace listens on (none if the
+/// listeners cannot be read).
+pub fn unheard(forward: &[ForwardRule]) -> Vec<u16> {
+    let Ok(listening) = crate::driver::sockdiag::listeners() else {
+        return Vec::new();
+    };
+    let mut ports: Vec<u16> = forward
+        .iter()
+        .flat_map(|r| r.outgoing())
+        .filter(|p| !listening.iter().any(|l| l.port == *p))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// What changes the policies: the config's protected ports to check changes against,
@@ -199,6 +219,7 @@ impl PolicyEditor {
         }
         Ok(PortsAnswer {
             changed,
+            unheard: unheard(&policies.forward),
             forward: policies.forward.iter().map(ForwardRule::inline).collect(),
             groups: policies
                 .groups
