@@ -424,3 +424,17 @@ mod changes {
         assert!(e.to_string().contains("not a TOML inline table"), "{e}");
     }
 }
+
+/// The dice are SplitMix64: the reference generator's outputs (its first for seed 0 is
+/// 0xe220a8397b1dcdaf), taken mod 100.
+#[test]
+fn the_dice_draw_splitmix64() {
+    let mut state = 0u64;
+    assert_eq!(
+        super::roll(&mut state),
+        (0xe220_a839_7b1d_cdaf_u64 % 100) as u8
+    );
+    let mut state = 1_234_567u64;
+    let draws: Vec<u8> = (0..5).map(|_| super::roll(&mut state)).collect();
+    assert_eq!(draws, [17, 73, 23, 31, 21]);
+}
