@@ -1654,15 +1654,20 @@ fn traced_download(prefix: &str, hybrid: bool) {
     // tcpdump on the mbox-victim link against both traces: every captured packet of the
     // downloads was seen by both engines; the stamp added at the mbox is taken off at
     // the victim, and the feedback added at the victim is taken off at the mbox.
-    let out = Command::new(bin())
-        .args(["trace", "compare", "--json", "--packets", "--capture"])
-        .arg(&victim_link)
-        .arg("--trace")
-        .arg(tb.workdir().join("mbox.trace"))
-        .arg("--trace")
-        .arg(tb.workdir().join("victim.trace"))
-        .output()
-        .unwrap();
+    let compare = |options: &[&str]| {
+        Command::new(bin())
+            .args(["trace", "compare"])
+            .args(options)
+            .arg("--capture")
+            .arg(&victim_link)
+            .arg("--trace")
+            .arg(tb.workdir().join("mbox.trace"))
+            .arg("--trace")
+            .arg(tb.workdir().join("victim.trace"))
+            .output()
+            .unwrap()
+    };
+    let out = compare(&["--json", "--packets"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1727,15 +1732,7 @@ fn traced_download(prefix: &str, hybrid: bool) {
         "stamped {stamped}, fed back {fed_back}"
     );
     // The same comparison as a person reads it.
-    let o = Command::new(bin())
-        .args(["trace", "compare", "--capture"])
-        .arg(&victim_link)
-        .arg("--trace")
-        .arg(tb.workdir().join("mbox.trace"))
-        .arg("--trace")
-        .arg(tb.workdir().join("victim.trace"))
-        .output()
-        .unwrap();
+    let o = compare(&[]);
     let text = String::from_utf8_lossy(&o.stdout);
     for role in ["(mbox): ", "(victim): "] {
         assert!(text.contains(role), "{text}");

@@ -49,6 +49,14 @@ impl Drop for Stuck {
     }
 }
 
+/// Stop both engines; each exits cleanly and leaves no table behind.
+fn stop_clean(tb: &Testbed, mbox: &mut EngineProcess, victim: &mut EngineProcess) {
+    for (e, host) in [(mbox, Host::Mbox), (victim, Host::Victim)] {
+        assert!(e.stop().unwrap().success(), "{}", e.log_text());
+        assert!(tb.nft_tables(host).unwrap().is_empty());
+    }
+}
+
 /// Fetch `/who` from `addr:port` `n` times, each on a new connection; count the answers
 /// (a connection refused or timed out gives none).
 fn who_answers(tb: &Testbed, addr: &str, port: u16, n: u32) -> BTreeMap<String, u32> {
@@ -225,10 +233,7 @@ fn forwarding(prefix: &str, capabilities: bool) {
         "{}",
         s.table()
     );
-    for (e, host) in [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)] {
-        assert!(e.stop().unwrap().success(), "{}", e.log_text());
-        assert!(tb.nft_tables(host).unwrap().is_empty());
-    }
+    stop_clean(&tb, &mut mbox, &mut victim);
 }
 
 /// Start the victim (no capabilities: a host with port policies only) with `ports`
@@ -312,10 +317,7 @@ fn accept_quotas_refuse_or_hold_back_new_connections() {
             .table()
             .contains("groups: accept:8080 passed=")
     );
-    for (e, host) in [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)] {
-        assert!(e.stop().unwrap().success(), "{}", e.log_text());
-        assert!(tb.nft_tables(host).unwrap().is_empty());
-    }
+    stop_clean(&tb, &mut mbox, &mut victim);
 }
 
 /// An output quota of 400 kB/s on port 8080: a 2 MB download arrives whole, no faster
@@ -344,10 +346,7 @@ fn an_output_quota_holds_a_download_to_its_rate() {
     );
     let c = group_row(&victim, "output", 8080, 1);
     assert!(c.passed > 0 && c.held > 0 && c.refused == 0, "{c:?}");
-    for (e, host) in [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)] {
-        assert!(e.stop().unwrap().success(), "{}", e.log_text());
-        assert!(tb.nft_tables(host).unwrap().is_empty());
-    }
+    stop_clean(&tb, &mut mbox, &mut victim);
 }
 
 /// `mpolice ports` against the running victim: a rule set, replaced and deleted, a
@@ -447,8 +446,5 @@ fn rules_and_groups_change_at_run_time() {
     assert_eq!(who_answers(&tb, VICTIM_V4, 8080, 1), BTreeMap::new());
     let (ok, said) = ports(&["group", "del", "1"]);
     assert!(!ok && said.contains("no group 1"), "{said}");
-    for (e, host) in [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)] {
-        assert!(e.stop().unwrap().success(), "{}", e.log_text());
-        assert!(tb.nft_tables(host).unwrap().is_empty());
-    }
+    stop_clean(&tb, &mut mbox, &mut victim);
 }
