@@ -60,9 +60,12 @@ fn stop_clean(tb: &Testbed, mbox: &mut EngineProcess, victim: &mut EngineProcess
 /// Fetch `/who` from `addr:port` `n` times, each on a new connection; count the answers
 /// (a connection refused or timed out gives none).
 fn who_answers(tb: &Testbed, addr: &str, port: u16, n: u32) -> BTreeMap<String, u32> {
-    let urls: Vec<String> = (0..n)
-        .map(|i| format!("http://{addr}:{port}/who?{i}"))
-        .collect();
+    answers(tb, &format!("http://{addr}:{port}/who"), n)
+}
+
+/// Fetch `url` `n` times, each on a new connection; count the answers.
+fn answers(tb: &Testbed, url: &str, n: u32) -> BTreeMap<String, u32> {
+    let urls: Vec<String> = (0..n).map(|i| format!("{url}?{i}")).collect();
     let mut argv = vec!["curl", "-sS", "-g", "--max-time", "60"];
     argv.extend(["-H", "Connection: close"]);
     argv.extend(urls.iter().map(String::as_str));
@@ -230,6 +233,139 @@ fn forwarding(prefix: &str, capabilities: bool) {
     assert!(s.ports_table().contains("3/16"), "{}", s.ports_table());
     assert!(
         s.table().contains("forwarded: 8080->8082=3 8080->8081=3"),
+        "{}",
+        s.table()
+    );
+    stop_clean(&tb, &mut mbox, &mut victim);
+}
+
+/// Content rules on the victim: port 8080 sends connections whose first data holds
+/// ` /api/` to 8081 and the rest to 8082. Over IPv4 and IPv6, requests reach the server
+/// their path names; a 1 MiB download and a 1 MiB upload through the joined connection
+/// arrive intact (every sequence number translated both ways); the stats count each
+/// connection answered and joined, none failed.
+#[test]
+fn content_rules_send_each_connection_by_its_first_data() {
+    content("mpcnt", true);
+}
+
+/// The same on a host with port policies only.
+#[test]
+fn content_rules_work_without_middlepolice() {
+    content("mpcntp", false);
+}
+
+fn content(prefix: &str, capabilities: bool) {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up(prefix).unwrap();
+    let _servers = servers(&tb, &[8081, 8082]);
+    for port in [8081, 8082] {
+        let api = tb.workdir().join(format!("www{port}/api"));
+        std::fs::create_dir_all(&api).unwrap();
+        std::fs::write(api.join("who"), format!("{port}\n")).unwrap();
+    }
+    let big = tb.workdir().join("www8081/api/big.bin");
+    mpolice::testbed::random_file(&big, 1 << 20).unwrap();
+    let big_sha = mpolice::testbed::sha256(&big).unwrap();
+    let role = |r: &str| {
+        let base = RoleConfig::default();
+        RoleConfig {
+            tcp_ports: vec![8080],
+            extra: if r == "victim" {
+                "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
+                 content = [{ pattern = \" /api/\", to = 8081 }]\n"
+                    .into()
+            } else {
+                String::new()
+            },
+            ..if capabilities {
+                base.with_capabilities(&tb, r).unwrap()
+            } else {
+                base
+            }
+        }
+    };
+    let mut victim =
+        EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &role("victim")).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &role("mbox")).unwrap();
+    let v6 = format!("[{VICTIM_V6}]");
+    for addr in [VICTIM_V4, v6.as_str()] {
+        let api = answers(&tb, &format!("http://{addr}:8080/api/who"), 3);
+        let other = answers(&tb, &format!("http://{addr}:8080/who"), 3);
+        assert_eq!(api, BTreeMap::from([("8081".to_owned(), 3)]), "{addr}");
+        assert_eq!(other, BTreeMap::from([("8082".to_owned(), 3)]), "{addr}");
+        let got = tb.workdir().join("got.bin");
+        let url = format!("http://{addr}:8080/api/big.bin");
+        let out = got.to_str().unwrap();
+        tb.exec(
+            Host::Client,
+            &[
+                "curl",
+                "-sS",
+                "-g",
+                "--fail",
+                "--max-time",
+                "60",
+                "-o",
+                out,
+                &url,
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            mpolice::testbed::sha256(&got).unwrap(),
+            big_sha,
+            "download {addr}"
+        );
+        let url = format!("http://{addr}:8080/api/up.bin");
+        let sent = tb
+            .exec(
+                Host::Client,
+                &[
+                    "curl",
+                    "-sS",
+                    "-g",
+                    "--fail",
+                    "--max-time",
+                    "60",
+                    "-T",
+                    out,
+                    &url,
+                ],
+            )
+            .unwrap();
+        assert_eq!(sent.trim(), big_sha, "upload {addr}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = victim.stats().unwrap();
+        let joined = s.total().engine.splice.map_or(0, |c| c.joined);
+        if joined >= 16 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let c = s.total().engine.splice.expect("port policies are on");
+    eprintln!("{}", s.table());
+    assert_eq!(
+        (c.answered, c.examined, c.joined, c.failed, c.full),
+        (16, 16, 16, 0, 0),
+        "{}",
+        s.table()
+    );
+    let counted: BTreeMap<(u16, u16), u64> = s
+        .total()
+        .engine
+        .forwarded
+        .iter()
+        .map(|f| ((f.port, f.to), f.connections))
+        .collect();
+    assert_eq!(
+        counted,
+        BTreeMap::from([((8080, 8081), 10), ((8080, 8082), 6)]),
         "{}",
         s.table()
     );

@@ -13,7 +13,7 @@ use crate::driver::sockdiag::Listener;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
-use crate::ports::{Forwarded, GroupRow, PortStats};
+use crate::ports::{Forwarded, GroupRow, PortStats, SpliceCounts};
 use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
@@ -27,6 +27,9 @@ labelled_enum! {
         VerdictFailed => "verdict_failed",
         /// A datagram the pipeline produced (tunnel feedback) that could not be sent.
         DatagramNotSent => "datagram_not_sent",
+        /// A packet the pipeline made (a content rule's SYN-ACK or reset) that could not
+        /// be sent.
+        PacketNotSent => "packet_not_sent",
         /// Messages with no readable packet id (a running total of the receive path).
         NetlinkNoId => "netlink_no_id",
         /// A packet message that did not parse.
@@ -70,6 +73,10 @@ pub struct QueueCounters {
     pub accepted: u64,
     /// Packets accepted with a rewritten payload.
     pub modified: u64,
+    /// Packets kept in the queue for a while (content rules), then counted as accepted
+    /// modified or dropped when they are answered.
+    #[serde(default)]
+    pub held: u64,
     /// Hybrid path: super-packets sent to the precise queue to be rewritten there.
     #[serde(default)]
     pub routed: u64,
@@ -116,6 +123,9 @@ pub struct QueueCounters {
     /// Per-port statistics (None: off).
     #[serde(default)]
     pub ports: Option<PortStats>,
+    /// Content rules: the connections the engine answered (None: port policies off).
+    #[serde(default)]
+    pub splice: Option<SpliceCounts>,
 }
 
 /// What the capability stages of one queue did.
@@ -276,6 +286,7 @@ impl EngineStats {
             t.engine.received += e.received;
             t.engine.accepted += e.accepted;
             t.engine.modified += e.modified;
+            t.engine.held += e.held;
             t.engine.routed += e.routed;
             t.engine.segments += e.segments;
             t.engine.wire_packets += e.wire_packets;
@@ -289,6 +300,9 @@ impl EngineStats {
             t.engine.caps.add(&e.caps);
             if let Some(p) = &e.ports {
                 t.engine.ports.get_or_insert_with(PortStats::default).add(p);
+            }
+            if let Some(c) = e.splice {
+                *t.engine.splice.get_or_insert_with(SpliceCounts::default) += c;
             }
             let sum = &mut t.engine.forwarded;
             for f in &e.forwarded {
@@ -489,6 +503,23 @@ impl EngineStats {
                 .map(|f| format!("{}->{}={}", f.port, f.to, f.connections))
                 .collect();
             let _ = writeln!(s, "forwarded: {}", each.join(" "));
+        }
+        if let Some(c) = total.splice.filter(|c| c.answered + c.full > 0) {
+            let _ = writeln!(
+                s,
+                "content: answered={} examined={} waited={} joined={} failed={} abandoned={} full={} expired={} opening={} open={} held_packets={}",
+                c.answered,
+                c.examined,
+                c.waited,
+                c.joined,
+                c.failed,
+                c.abandoned,
+                c.full,
+                c.expired,
+                c.opening,
+                c.open,
+                total.held
+            );
         }
         if !self.groups.is_empty() {
             let each: Vec<String> = self

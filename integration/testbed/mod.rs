@@ -31,7 +31,8 @@ pub use engine::{EngineProcess, RoleConfig};
 pub use inject::inject;
 pub use traffic::{
     Capture, FirstPacket, HttpServer, ServedFile, UdpBurst, UdpSink, count_packets, in_netns,
-    iperf3_tcp, iperf3_tcp_from, overtaken_by_rewrites, sha256, upload, wait_listening,
+    iperf3_tcp, iperf3_tcp_from, overtaken_by_rewrites, random_file, sha256, upload,
+    wait_listening,
 };
 
 /// The environment variable that makes a test needing root fail instead of skipping

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use super::{Host, Testbed};
 
 /// Write `bytes` random bytes to `path`.
-fn random_file(path: &Path, bytes: usize) -> Result<()> {
+pub fn random_file(path: &Path, bytes: usize) -> Result<()> {
     let mut src = File::open("/dev/urandom")?;
     let mut out = File::create(path)?;
     let mut chunk = vec![0u8; 1 << 20];

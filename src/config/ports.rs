@@ -43,6 +43,16 @@ struct RawForward {
     default: i64,
     source: Option<Vec<RawSource>>,
     dice: Option<Vec<RawDice>>,
+    content: Option<Vec<RawContent>>,
+}
+
+/// A content branch: a text `pattern` or the bytes of `hex`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContent {
+    pattern: Option<String>,
+    hex: Option<String>,
+    to: i64,
 }
 
 #[derive(Deserialize)]
@@ -113,15 +123,16 @@ fn forward_rules(
             )));
         }
         protected(&format!("{key}.port"), port)?;
-        let branches = match (f.source, f.dice) {
-            (Some(_), Some(_)) => {
+        let branches = match (f.source, f.dice, f.content) {
+            (Some(sources), None, None) => Branches::Source(by_source(&key, sources)?),
+            (None, Some(dice), None) => Branches::Dice(by_dice(&key, dice)?),
+            (None, None, Some(content)) => Branches::Content(by_content(&key, content)?),
+            (None, None, None) => Branches::Source(Vec::new()),
+            _ => {
                 return Err(ConfigError(format!(
-                    "{key}: a rule forwards by source or by dice, not both; make two rules on two ports"
+                    "{key}: a rule forwards by one of source, dice or content; make two rules on two ports"
                 )));
             }
-            (Some(sources), None) => Branches::Source(by_source(&key, sources)?),
-            (None, Some(dice)) => Branches::Dice(by_dice(&key, dice)?),
-            (None, None) => Branches::Source(Vec::new()),
         };
         let rule = ForwardRule {
             port,
@@ -302,6 +313,57 @@ fn by_source(key: &str, sources: Vec<RawSource>) -> Result<Vec<(Prefix, u16)>, C
     Ok(out)
 }
 
+/// The longest content pattern: it must fit in a connection's first segment.
+pub const MAX_PATTERN: usize = 256;
+
+fn by_content(key: &str, content: Vec<RawContent>) -> Result<Vec<(Vec<u8>, u16)>, ConfigError> {
+    let mut out: Vec<(Vec<u8>, u16)> = Vec::new();
+    for (j, c) in content.into_iter().enumerate() {
+        let at = format!("{key}.content[{j}]");
+        let pattern = match (c.pattern, c.hex) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(hex)) => from_hex(&hex).ok_or_else(|| {
+                ConfigError(format!("{at}.hex: {hex:?} is not pairs of hex digits"))
+            })?,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{at}: name the bytes to find as pattern (text) or hex, one of the two"
+                )));
+            }
+        };
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN {
+            return Err(ConfigError(format!(
+                "{at}: a pattern of {} bytes; it holds 1 to {MAX_PATTERN}",
+                pattern.len()
+            )));
+        }
+        if out.iter().any(|(p, _)| *p == pattern) {
+            return Err(ConfigError(format!(
+                "{at}: the pattern is named twice; the first branch that finds its pattern takes the connection"
+            )));
+        }
+        out.push((pattern, port_number(&format!("{at}.to"), c.to)?));
+    }
+    if out.is_empty() {
+        return Err(ConfigError(format!(
+            "{key}.content: no branch; leave content out to send every connection to the default"
+        )));
+    }
+    Ok(out)
+}
+
+/// The bytes of hex digit pairs (spaces between pairs allowed), None if it is not that.
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| *b != b' ').collect();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
 fn by_dice(key: &str, dice: Vec<RawDice>) -> Result<Vec<(u8, u16)>, ConfigError> {
     let mut out = Vec::new();
     let mut total = 0i64;
@@ -455,6 +517,22 @@ mod tests {
         assert_eq!((r[0].port, r[0].default), (8080, 8082));
         assert!(matches!(&r[0].branches, Branches::Source(b) if b.len() == 1));
         assert!(matches!(&r[1].branches, Branches::Dice(b) if b == &[(30, 9001), (70, 9002)]));
+        let c = rules(
+            "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
+             content = [{ pattern = \"GET /api\", to = 8081 }, { hex = \"16 03 01\", to = 8443 }]\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c[0].branches, Branches::Content(b) if b == &[(b"GET /api".to_vec(), 8081), (vec![0x16, 3, 1], 8443)])
+        );
+        assert_eq!(
+            rules(&format!(
+                "[[ports.forward]]\nport = 8080\ndefault = 1\ncontent = [{{ pattern = \"{}\", to = 2 }}]\n",
+                "x".repeat(257)
+            ))
+            .unwrap_err(),
+            "ports.forward[0].content[0]: a pattern of 257 bytes; it holds 1 to 256"
+        );
         // No branches: every connection to the default.
         let all = rules("[[ports.forward]]\nport = 8080\ndefault = 8081\n").unwrap();
         assert_eq!(all[0].outgoing(), [8081]);
@@ -504,7 +582,43 @@ mod tests {
             ),
             (
                 "port = 8080\ndefault = 1\ndice = [{ percent = 10, to = 2 }]\nsource = []",
-                "by source or by dice, not both",
+                "by one of source, dice or content",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ pattern = \"x\", to = 2 }]\nsource = []",
+                "by one of source, dice or content",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = []",
+                "content: no branch",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ pattern = \"\", to = 2 }]",
+                "content[0]: a pattern of 0 bytes; it holds 1 to 256",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ to = 2 }]",
+                "content[0]: name the bytes to find as pattern (text) or hex",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ pattern = \"a\", hex = \"61\", to = 2 }]",
+                "one of the two",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ hex = \"6g\", to = 2 }]",
+                "content[0].hex: \"6g\" is not pairs of hex digits",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ hex = \"616\", to = 2 }]",
+                "not pairs of hex digits",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ pattern = \"a\", to = 2 }, { hex = \"61\", to = 3 }]",
+                "content[1]: the pattern is named twice",
+            ),
+            (
+                "port = 8080\ndefault = 1\ncontent = [{ pattern = \"x\", to = 70000 }]",
+                "content[0].to: 70000",
             ),
             (
                 "port = 8080\ndefault = 1\nratio = 2",

@@ -127,7 +127,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         workers.push(Worker::spawn(
             (num, queue, precise, depth),
             (pipeline, tracer),
-            (stages.sends_datagrams(), verified),
+            (stages.sends_datagrams(), verified, cfg.port_policies),
             (Arc::clone(&board), index),
             Arc::clone(&worker_stop),
         )?);

@@ -5,6 +5,7 @@ pub mod board;
 pub mod control;
 pub mod depth;
 pub mod engine;
+pub mod inject;
 pub mod keys;
 pub mod netlink;
 pub mod nfqueue;

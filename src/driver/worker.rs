@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::board::Board;
 use super::depth::{self, DepthBound};
+use super::inject::Injector;
 use super::nft::VerifiedSet;
 use crate::config::MalformedVerdict;
 use crate::driver::nfqueue::{
@@ -28,7 +29,7 @@ use crate::driver::nfqueue::{
     Verdict as KernelVerdict,
 };
 use crate::pipeline::{self, Datagram, PacketMeta, Pipeline, Segments, Verdict};
-use crate::ports::PortMeter;
+use crate::ports::{Action, PortMeter};
 use crate::stats::{Event, QueueCounters};
 use crate::trace::{Stage, Trace, Tracer};
 
@@ -63,11 +64,12 @@ impl Worker {
     /// With `verified`, it keeps the kernel's set of verified senders in step with its
     /// pipeline's. It measures its service rate into `depth`, which may move the queue's
     /// limit. With `precise` it runs the hybrid path: `queue` takes GSO super-packets.
-    /// With `tracer`, it traces the packets the tracer selects.
+    /// With `tracer`, it traces the packets the tracer selects. With `inject`, it opens
+    /// the raw sockets for the packets the pipeline makes (content rules).
     pub fn spawn(
         (num, queue, precise, depth): (u16, Queue, Option<Queue>, DepthBound),
         (pipeline, tracer): (Pipeline, Option<Tracer>),
-        (datagrams, verified): (bool, Option<VerifiedSet>),
+        (datagrams, verified, inject): (bool, Option<VerifiedSet>, bool),
         (board, index): (Arc<Board>, usize),
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Worker> {
@@ -85,6 +87,11 @@ impl Worker {
         } else {
             None
         };
+        let injector = if inject {
+            Some(Injector::open()?)
+        } else {
+            None
+        };
         let thread = std::thread::Builder::new()
             .name(format!("queue-{num}"))
             .spawn(move || {
@@ -92,6 +99,7 @@ impl Worker {
                 l.verified = verified;
                 l.precise = precise;
                 l.tracer = tracer.map(RefCell::new);
+                l.injector = injector;
                 l.run(&stop, (&board, index))
             })?;
         Ok(Worker {
@@ -224,6 +232,11 @@ struct Loop {
     /// cover them until a retry gets through (`split_batch`). At most the kernel's queue
     /// length, since each is still queued there.
     stuck: Vec<u32>,
+    /// Packets the pipeline holds unanswered (content rules): kept out of batch verdicts
+    /// until it releases them. At most what the kernel's queue holds.
+    held: Vec<u32>,
+    /// Raw sockets for the packets the pipeline makes (content rules), if it may.
+    injector: Option<Injector>,
     /// Reads and verdicts that failed here; the binding counts kernel-side errors.
     send_errors: u64,
     /// The version of the board's withheld list the pipeline has.
@@ -257,6 +270,8 @@ impl Loop {
             buf: PacketBuf::default(),
             pending: Vec::with_capacity(BATCH_MAX),
             stuck: Vec::new(),
+            held: Vec::new(),
+            injector: None,
             send_errors: 0,
             withheld_seen: 0,
             policies_seen: 0,
@@ -352,7 +367,9 @@ impl Loop {
         if let Some(list) = board.withheld_since(&mut self.withheld_seen) {
             self.pipeline.set_withheld(list);
         }
-        let Some(figures) = self.pipeline.on_timer(now) else {
+        let figures = self.pipeline.on_timer(now);
+        self.splice_actions();
+        let Some(figures) = figures else {
             return;
         };
         // Taken every tick, so they never pile up, also when no set is installed.
@@ -408,6 +425,7 @@ impl Loop {
         };
         let meta = PacketMeta {
             truncated: msg.orig_len.is_some() && copied.is_none(),
+            id: Some(msg.id),
             copied,
             ..meta_of(msg)
         };
@@ -461,6 +479,47 @@ impl Loop {
             Verdict::Drop(_) => {
                 self.send(msg.id, (KernelVerdict::Drop, None), false);
                 self.trace_sent();
+            }
+            Verdict::Hold => {
+                self.held.push(msg.id);
+                self.trace_sent();
+            }
+        }
+        self.splice_actions();
+    }
+
+    /// Do what the content rules' connections need: send the packets the pipeline
+    /// made, answer the packets it releases.
+    fn splice_actions(&mut self) {
+        for action in self.pipeline.take_splice_actions() {
+            match action {
+                Action::Send(packet) => {
+                    let sent = match &self.injector {
+                        Some(i) => i.send(&packet),
+                        None => Err(std::io::Error::other("no raw socket")),
+                    };
+                    if let Err(e) = sent {
+                        self.send_errors += 1;
+                        self.counters.count_reason(Event::PacketNotSent);
+                        tracing::warn!(queue = self.counters.queue, "engine's packet: {e}");
+                    }
+                }
+                Action::Release { id, verdict } => {
+                    self.held.retain(|&h| h != id);
+                    match verdict {
+                        Ok((bytes, mark)) => {
+                            self.counters.modified += 1;
+                            self.buf.load_whole(&bytes);
+                            self.send(id, (KernelVerdict::Accept, mark), true);
+                        }
+                        Err(why) => {
+                            self.counters.dropped += 1;
+                            self.counters.wire_dropped += 1;
+                            self.counters.count_reason(why);
+                            self.send(id, (KernelVerdict::Drop, None), false);
+                        }
+                    }
+                }
             }
         }
     }
@@ -563,6 +622,8 @@ impl Loop {
                     (KernelVerdict::Accept, None)
                 }
                 Verdict::Accept | Verdict::Route(_) => (KernelVerdict::Accept, None),
+                // Segments are never held (they come without an id to hold).
+                Verdict::Hold => (KernelVerdict::Drop, None),
             };
             let sent = precise.verdict(msg.id, v, payload);
             if !self.check(msg.id, "segment verdict", sent) {
@@ -685,7 +746,13 @@ impl Loop {
         });
         // Taken out and put back, so answering can count errors and the Vec keeps its room.
         let mut pending = std::mem::take(&mut self.pending);
-        let (batch, one_by_one) = split_batch(&pending, &self.stuck);
+        // Held packets, like stuck ones, must not be swept by a batch.
+        let kept_out = if self.held.is_empty() {
+            std::borrow::Cow::Borrowed(&self.stuck)
+        } else {
+            std::borrow::Cow::Owned([&self.stuck[..], &self.held[..]].concat())
+        };
+        let (batch, one_by_one) = split_batch(&pending, &kept_out);
         if let Some(id) = batch {
             let sent = self.queue.verdict_batch(id, KernelVerdict::Accept);
             self.check(id, "batch verdict", sent);
@@ -713,6 +780,7 @@ impl Loop {
     fn publish(&mut self) {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
         self.counters.ports = self.pipeline.port_meter().map(PortMeter::stats);
+        self.counters.splice = self.pipeline.splice_counts();
         self.counters.forwarded.clear();
         (self.counters.forwarded).extend_from_slice(self.pipeline.forwarded());
         // Both sockets' receive paths: an overrun of the precise queue counts as well.
@@ -746,6 +814,7 @@ fn meta_of(msg: &PacketMsg) -> PacketMeta {
         truncated: msg.orig_len.is_some(),
         gso: msg.skb_info & SKB_GSO != 0,
         csum_partial: msg.skb_info & SKB_CSUMNOTREADY != 0,
+        id: None,
         copied: None,
     }
 }

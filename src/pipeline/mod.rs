@@ -28,7 +28,10 @@ use crate::capability::{CapError, KeyReader, Marker, tunnel};
 use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
-use crate::ports::{Admit, Forwarded, Forwarder, Groups, Policies, PortMeter, REFUSE_MARK};
+use crate::ports::{
+    Action, Admit, Forwarded, Forwarder, Groups, Policies, PortMeter, REFUSE_MARK, SpliceCounts,
+    Splicer, Step,
+};
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
 use crate::wire::{self, Parsed, tcp};
@@ -75,6 +78,9 @@ pub struct PacketMeta {
     pub gso: bool,
     /// Its checksum is not filled in yet (offloaded): a rewrite must compute it whole.
     pub csum_partial: bool,
+    /// The packet's id in its queue, if the pipeline may hold it there (not for the
+    /// hybrid path's segments).
+    pub id: Option<u32>,
     /// Hybrid path: the kernel copied only this many bytes (its copy range), and the
     /// driver padded the buffer to the packet's length. Headers within the copy are
     /// read as usual; a packet to rewrite is routed, and one that needs its payload
@@ -108,6 +114,8 @@ pub struct Pipeline {
     meter: Option<PortMeter>,
     /// victim: the traffic groups' quotas, shared by every worker (None: no groups).
     groups: Option<Arc<Groups>>,
+    /// victim: the content rules' connections (with port policies on).
+    splicer: Option<Splicer>,
 }
 
 impl Pipeline {
@@ -124,6 +132,7 @@ impl Pipeline {
             mark: None,
             meter: None,
             groups: None,
+            splicer: None,
         }
     }
 
@@ -132,6 +141,8 @@ impl Pipeline {
     pub fn with_port_policies(mut self, policies: &Policies, seed: u64) -> Self {
         self.meter = Some(PortMeter::default());
         self.forward = Some(Forwarder::new(Vec::new(), seed));
+        // Its own stream of draws: sequence numbers must not follow the dice.
+        self.splicer = Some(Splicer::new(seed.rotate_left(32) ^ 0x5350_4c49_4345));
         self.set_port_policies(policies);
         self
     }
@@ -154,6 +165,19 @@ impl Pipeline {
         self.mark.take()
     }
 
+    /// What the content rules' connections need of the driver: packets to send, held
+    /// packets to release (in order).
+    pub fn take_splice_actions(&mut self) -> Vec<Action> {
+        self.splicer
+            .as_mut()
+            .map_or_else(Vec::new, |s| s.take_actions().collect())
+    }
+
+    /// What the content rules' connections counted (None: port policies off).
+    pub fn splice_counts(&self) -> Option<SpliceCounts> {
+        self.splicer.as_ref().map(Splicer::counts)
+    }
+
     /// What the forwarding rules counted (empty without rules).
     pub fn forwarded(&self) -> &[Forwarded] {
         self.forward.as_ref().map_or(&[], |f| f.counts())
@@ -164,6 +188,9 @@ impl Pipeline {
     pub fn on_timer(&mut self, now: Instant) -> Option<Figures> {
         if let Some(m) = self.meter.as_mut() {
             m.expire(now);
+        }
+        if let (Some(s), Some(f)) = (self.splicer.as_mut(), self.forward.as_mut()) {
+            s.expire(f, now);
         }
         match self.stages.as_mut()? {
             Stages::Mbox(m) => Some(m.on_timer(now, &mut self.caps)),
@@ -334,6 +361,36 @@ impl Pipeline {
         if let Some(held) = self.port_policies(dir, &parsed, buf.len(), now, t) {
             return Verdict::Drop(held);
         }
+        let spliced = self
+            .splicer
+            .as_ref()
+            .is_some_and(|s| !s.is_empty() && s.holds(&parsed));
+        // A joined connection's packets are translated one by one, whole.
+        if spliced && (meta.gso || meta.copied.is_some()) {
+            return Verdict::Route(Segments::Process);
+        }
+        // The server's side is translated before the role's stages see it (its SYN-ACK
+        // never reaches them).
+        let mut splice_edit = Edit::Unchanged;
+        if let (true, Some(Direction::FromProtected), Some(s)) =
+            (spliced, dir, self.splicer.as_mut())
+        {
+            t.begin(Stage::Splice);
+            let step = s.outbound(buf, &parsed, now);
+            t.end(Stage::Splice);
+            match step {
+                Step::Drop(why) => return Verdict::Drop(why),
+                Step::Edited => splice_edit = Edit::Changed,
+                _ => {}
+            }
+        }
+        let parsed = match splice_edit {
+            Edit::Changed => match wire::parse(buf) {
+                Ok(p) => p,
+                Err(e) => return Verdict::Drop(Reason::Malformed(e)),
+            },
+            Edit::Unchanged => parsed,
+        };
         if meta.gso && carries_trailer_to_strip(&self.stages, dir, buf, &parsed) {
             // Stamped and fed-back segments are never merged: only hardware LRO or a
             // sender that marks its own TSO packets makes one, and its trailer, if any,
@@ -349,10 +406,52 @@ impl Pipeline {
                 return Verdict::Route(Segments::Process);
             }
         }
+        let edit = match self.role_stages(meta, buf, (parsed, dir), now, t) {
+            Ok(e) if dir == Some(Direction::ToProtected) => {
+                self.splice_inbound(meta, buf, e, now, t)
+            }
+            Ok(e) => Ok(e),
+            Err(v) => return v,
+        };
+        let edit = match edit {
+            Ok(e) => Ok(e.or(splice_edit)),
+            Err(v) => return v,
+        };
+        let defer = meta.gso || meta.copied.is_some();
+        match edit {
+            Ok(Edit::Unchanged) => Verdict::Accept,
+            // Rewritten only once the kernel has cut it (a trailer, cleared markers).
+            Ok(Edit::Changed) if defer => Verdict::Route(Segments::Trailer),
+            Ok(Edit::Changed) if meta.csum_partial => {
+                // The kernel takes a rewritten packet's checksums as they are.
+                t.begin(Stage::Checksum);
+                let filled = wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p));
+                t.end(Stage::Checksum);
+                match filled {
+                    Ok(()) => Verdict::AcceptModified,
+                    Err(e) => Verdict::Drop(Reason::Malformed(e)),
+                }
+            }
+            Ok(Edit::Changed) => Verdict::AcceptModified,
+            Err(v) => v,
+        }
+    }
+
+    /// The role's capability stages for a packet (none configured: protected traffic
+    /// passes unchanged). Err: the packet's verdict, decided here.
+    #[allow(clippy::ptr_arg)]
+    fn role_stages<T: Trace>(
+        &mut self,
+        meta: &PacketMeta,
+        buf: &mut Vec<u8>,
+        (parsed, dir): (Parsed, Option<Direction>),
+        now: Instant,
+        t: T,
+    ) -> Result<Edit, Verdict> {
         let Some(stages) = self.stages.as_mut() else {
             return match dir {
-                Some(_) => Verdict::Accept,
-                None => Verdict::Pass(Reason::Unselected),
+                Some(_) => Ok(Edit::Unchanged),
+                None => Err(Verdict::Pass(Reason::Unselected)),
             };
         };
         let c = &mut self.caps;
@@ -382,7 +481,7 @@ impl Pipeline {
             ),
             (Stages::Mbox(m), None) => {
                 if let Some(consumed) = m.feedback_in(buf, &parsed, meta, now, c) {
-                    return Verdict::Drop(consumed);
+                    return Err(Verdict::Drop(consumed));
                 }
                 if meta.hook == HOOK_FORWARD && classify::is_protected(&self.selection, parsed.dst)
                 {
@@ -391,7 +490,7 @@ impl Pipeline {
                 } else {
                     match quote::scrub(buf, &parsed, c).or_else(|| m.redirect_in(buf, &parsed, c)) {
                         Some(edit) => edit,
-                        None => return Verdict::Pass(Reason::Unselected),
+                        None => return Err(Verdict::Pass(Reason::Unselected)),
                     }
                 }
             }
@@ -411,26 +510,56 @@ impl Pipeline {
                     }
                     Some(Ok(_)) => Err(Reason::TunnelNotProtected),
                     Some(Err(reason)) => Err(reason),
-                    None => return Verdict::Pass(Reason::Unselected),
+                    None => return Err(Verdict::Pass(Reason::Unselected)),
                 }
             }
         };
-        match edit {
-            Ok(Edit::Unchanged) => Verdict::Accept,
-            // Rewritten only once the kernel has cut it (a trailer, cleared markers).
-            Ok(Edit::Changed) if defer => Verdict::Route(Segments::Trailer),
-            Ok(Edit::Changed) if meta.csum_partial => {
-                // The kernel takes a rewritten packet's checksums as they are.
-                t.begin(Stage::Checksum);
-                let filled = wire::parse(buf).and_then(|p| wire::fill_checksums(buf, &p));
-                t.end(Stage::Checksum);
-                match filled {
-                    Ok(()) => Verdict::AcceptModified,
-                    Err(e) => Verdict::Drop(Reason::Malformed(e)),
-                }
+        edit.map_err(Verdict::Drop)
+    }
+
+    /// A packet to a protected port, past the role's stages (`edit`: what they did):
+    /// the content rules' step. Err: the packet's verdict (held, or dropped).
+    #[allow(clippy::ptr_arg)]
+    fn splice_inbound<T: Trace>(
+        &mut self,
+        meta: &PacketMeta,
+        buf: &mut Vec<u8>,
+        edit: Edit,
+        now: Instant,
+        t: T,
+    ) -> Result<Edit, Verdict> {
+        let (Some(s), Some(f)) = (self.splicer.as_mut(), self.forward.as_mut()) else {
+            return Ok(edit);
+        };
+        // Only a connection it holds, or a SYN to a content rule's port, is its concern.
+        let Ok(parsed) = wire::parse(buf) else {
+            return Ok(edit);
+        };
+        let Some(tcp) = parsed.tcp() else {
+            return Ok(edit);
+        };
+        let new_examined = tcp.flags & tcp::SYN != 0 && f.examines(tcp.dst_port);
+        if !new_examined && !s.holds(&parsed) {
+            return Ok(edit);
+        }
+        let v6 = parsed.src.is_ipv6();
+        let mtu = match &self.stages {
+            Some(Stages::Victim(v)) => v.path_mtu(),
+            _ => ETHERNET_MTU,
+        };
+        let mss = mss_with_room(v6, mtu, 0);
+        t.begin(Stage::Splice);
+        let step = s.inbound(f, (meta.id, mss), buf, &parsed, now);
+        t.end(Stage::Splice);
+        match step {
+            Step::Pass => Ok(edit),
+            Step::Edited => Ok(Edit::Changed),
+            Step::Hold => Err(Verdict::Hold),
+            Step::Forward(mark) => {
+                self.mark = mark;
+                Ok(edit)
             }
-            Ok(Edit::Changed) => Verdict::AcceptModified,
-            Err(reason) => Verdict::Drop(reason),
+            Step::Drop(why) => Err(Verdict::Drop(why)),
         }
     }
 
@@ -586,6 +715,8 @@ pub fn count(c: &mut QueueCounters, v: &Verdict, (packets, bytes): (u64, u64)) {
             c.dropped += 1;
             count_reason(c, r);
         }
+        // Counted when it is released.
+        Verdict::Hold => c.held += 1,
     }
 }
 

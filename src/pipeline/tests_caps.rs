@@ -1806,6 +1806,7 @@ const GSO: PacketMeta = PacketMeta {
     truncated: false,
     gso: true,
     csum_partial: false,
+    id: None,
     copied: None,
 };
 

@@ -18,6 +18,9 @@ pub enum Verdict {
     Pass(Reason),
     /// Drop it, for a counted reason.
     Drop(Reason),
+    /// Keep it in the queue unanswered: the pipeline releases it later (content rules,
+    /// see `ports::splice`).
+    Hold,
 }
 
 /// Why a packet was dropped, or let through without being handled.
@@ -56,12 +59,22 @@ pub enum Reason {
     AcceptHeld,
     /// victim: a segment past its port's output quota, held back (TCP sends it again).
     OutputHeld,
+    /// victim, content rules: a client's segment while the engine holds its connection's
+    /// first (a retransmission, or data past the first segment: TCP sends it again), or
+    /// held packets of a connection the client left.
+    SpliceWaiting,
+    /// victim, content rules: the server's SYN-ACK, taken by the engine (the client has
+    /// the engine's).
+    SpliceServerHandshake,
+    /// victim, content rules: held packets of a connection the server refused or never
+    /// answered (the client got a reset).
+    SpliceFailed,
 }
 
 impl Reason {
     /// The reasons without an inner cause, in their counters' order (after every
     /// `Malformed` and every `Policed` one).
-    const PLAIN: [Reason; 13] = [
+    const PLAIN: [Reason; 16] = [
         Reason::TruncatedCopy,
         Reason::Bypassed,
         Reason::TrailerTooShort,
@@ -75,6 +88,9 @@ impl Reason {
         Reason::MarkedSuperPacket,
         Reason::AcceptHeld,
         Reason::OutputHeld,
+        Reason::SpliceWaiting,
+        Reason::SpliceServerHandshake,
+        Reason::SpliceFailed,
     ];
 
     /// Name the reason as a stable counter label.
@@ -95,6 +111,9 @@ impl Reason {
             Reason::MarkedSuperPacket => "marked_super_packet",
             Reason::AcceptHeld => "accept_held",
             Reason::OutputHeld => "output_held",
+            Reason::SpliceWaiting => "splice_waiting",
+            Reason::SpliceServerHandshake => "splice_server_handshake",
+            Reason::SpliceFailed => "splice_failed",
         }
     }
 }
@@ -106,7 +125,7 @@ impl Labels for Reason {
         match self {
             Reason::Malformed(e) => e.index(),
             Reason::Policed(d) => WireError::COUNT + d.index(),
-            // A drop or pass, not a packet's every verdict: a scan of 13 is cheap here.
+            // A drop or pass, not a packet's every verdict: a scan of 16 is cheap here.
             // One missing from the list is counted as "unlabelled" (see `Tally`).
             plain => {
                 let at = Reason::PLAIN.iter().position(|&r| r == plain);

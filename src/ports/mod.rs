@@ -16,8 +16,10 @@ use crate::driver::nft::Prefix;
 
 pub mod groups;
 pub mod meter;
+pub mod splice;
 pub use groups::{Admit, GroupKind, GroupRow, GroupSpec, Groups, Over, REFUSE_MARK};
 pub use meter::{PortCounts, PortMeter, PortRow, PortStats};
+pub use splice::{Action, SpliceCounts, Splicer, Step};
 
 /// One incoming port's forwarding rule: where its new connections go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub enum Branches {
     Source(Vec<(Prefix, u16)>),
     /// By chance: each branch takes this many connections in 100.
     Dice(Vec<(u8, u16)>),
+    /// By the client's first data: the first branch whose bytes it holds (see `splice`).
+    Content(Vec<(Vec<u8>, u16)>),
 }
 
 impl ForwardRule {
@@ -45,6 +49,7 @@ impl ForwardRule {
         let branch_ports: Vec<u16> = match &self.branches {
             Branches::Source(b) => b.iter().map(|&(_, to)| to).collect(),
             Branches::Dice(b) => b.iter().map(|&(_, to)| to).collect(),
+            Branches::Content(b) => b.iter().map(|&(_, to)| to).collect(),
         };
         for to in branch_ports {
             if !ports.contains(&to) {
@@ -73,6 +78,13 @@ impl ForwardRule {
                     .collect();
                 format!(", dice = [{}]", each.join(", "))
             }
+            Branches::Content(b) => {
+                let each: Vec<String> = b
+                    .iter()
+                    .map(|(bytes, to)| format!("{{ {}, to = {to} }}", pattern_key(bytes)))
+                    .collect();
+                format!(", content = [{}]", each.join(", "))
+            }
         };
         format!(
             "{{ port = {}, default = {}{branches} }}",
@@ -80,9 +92,11 @@ impl ForwardRule {
         )
     }
 
-    /// The port a new connection from `client` goes to; `roll` is a draw in 0..100.
+    /// The port a new connection from `client` goes to; `roll` is a draw in 0..100. A
+    /// content rule chooses later, by [`ForwardRule::by_content`].
     pub fn choose(&self, client: IpAddr, roll: u8) -> u16 {
         match &self.branches {
+            Branches::Content(_) => self.default,
             Branches::Source(b) => b
                 .iter()
                 .filter(|(p, _)| p.contains(client))
@@ -98,6 +112,37 @@ impl ForwardRule {
                 }
                 self.default
             }
+        }
+    }
+}
+
+impl ForwardRule {
+    /// The port a connection goes to whose first data is `payload`: the first content
+    /// branch whose bytes it holds, else the default.
+    pub fn by_content(&self, payload: &[u8]) -> u16 {
+        let Branches::Content(b) = &self.branches else {
+            return self.default;
+        };
+        b.iter()
+            .find(|(pattern, _)| payload.windows(pattern.len()).any(|w| w == pattern))
+            .map_or(self.default, |&(_, to)| to)
+    }
+
+    /// Whether the rule waits for the first data to choose.
+    pub fn examines(&self) -> bool {
+        matches!(self.branches, Branches::Content(_))
+    }
+}
+
+/// A content pattern as the config names it: text when it prints as such, else hex.
+fn pattern_key(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(char::is_control) => {
+            format!("pattern = {}", toml::Value::String(text.to_owned()))
+        }
+        _ => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("hex = \"{hex}\"")
         }
     }
 }
@@ -156,14 +201,36 @@ impl Forwarder {
     }
 
     /// A new connection from `client` to `port`: the mark its SYN leaves with (None: no
-    /// rule for the port, or the rule keeps it on its port).
+    /// rule for the port, or the rule keeps it on its port, or it waits for the first
+    /// data: see [`Forwarder::examines`]).
     pub fn syn(&mut self, client: IpAddr, port: u16) -> Option<u32> {
         let rule = self.rules.iter().find(|r| r.port == port)?;
-        let roll = match rule.branches {
-            Branches::Dice(_) => roll(&mut self.dice),
-            Branches::Source(_) => 0,
+        let to = match rule.branches {
+            Branches::Dice(_) => rule.choose(client, roll(&mut self.dice)),
+            Branches::Source(_) => rule.choose(client, 0),
+            Branches::Content(_) => return None,
         };
-        let to = rule.choose(client, roll);
+        self.sent(port, to)
+    }
+
+    /// Whether `port`'s new connections wait for their first data to choose.
+    pub fn examines(&self, port: u16) -> bool {
+        self.rules.iter().any(|r| r.port == port && r.examines())
+    }
+
+    /// A connection to `port` whose first data is `payload` (empty: none came): the mark
+    /// its SYN leaves with, as [`Forwarder::syn`].
+    pub fn content(&mut self, port: u16, payload: &[u8]) -> Option<u32> {
+        let to = self
+            .rules
+            .iter()
+            .find(|r| r.port == port)?
+            .by_content(payload);
+        self.sent(port, to)
+    }
+
+    /// Count a connection sent from `port` to `to`; its mark.
+    fn sent(&mut self, port: u16, to: u16) -> Option<u32> {
         if let Some(c) = self
             .counts
             .iter_mut()
@@ -196,13 +263,19 @@ impl Forwarder {
 /// A draw in 0..100 from the dice's state (splitmix64: the dice need spread, not
 /// secrecy).
 fn roll(state: &mut u64) -> u8 {
+    (splitmix64(state) % 100) as u8
+}
+
+/// The next draw of a splitmix64 generator at `state`.
+fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % 100) as u8
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_splice;

@@ -403,6 +403,7 @@ mod changes {
             "{ port = 8080, default = 8082 }",
             "{ port = 8080, default = 8082, source = [{ from = \"198.18.1.0/24\", to = 8081 }] }",
             "{ port = 9000, default = 9001, dice = [{ percent = 30, to = 9002 }] }",
+            "{ port = 8080, default = 8082, content = [{ pattern = 'GET /\"api\"', to = 8081 }, { hex = \"160301\", to = 8443 }] }",
         ] {
             let r = crate::config::parse_forward(t, &protected).unwrap();
             assert_eq!(r.inline(), t);

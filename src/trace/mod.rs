@@ -51,6 +51,8 @@ labelled_enum! {
         Classify => "classify",
         /// A new connection's SYN meets its port's accept quotas and forwarding rule.
         Forward => "forward",
+        /// Content rules: a connection the engine answered is held, opened or translated.
+        Splice => "splice",
         /// The mbox's per-sender police.
         Police => "police",
         /// The mbox stamps a capability (or clears a client's marker).

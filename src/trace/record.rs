@@ -207,7 +207,7 @@ impl PacketTrace {
 }
 
 /// A verdict as the trace names it: `accept`, `accept_modified`, `route_trailer`,
-/// `route_process`, `pass:REASON` or `drop:REASON`.
+/// `route_process`, `pass:REASON`, `drop:REASON` or `hold`.
 pub fn verdict_label(v: &Verdict) -> String {
     match v {
         Verdict::Accept => "accept".into(),
@@ -216,6 +216,7 @@ pub fn verdict_label(v: &Verdict) -> String {
         Verdict::Route(Segments::Process) => "route_process".into(),
         Verdict::Pass(r) => format!("pass:{}", r.as_str()),
         Verdict::Drop(r) => format!("drop:{}", r.as_str()),
+        Verdict::Hold => "hold".into(),
     }
 }
 

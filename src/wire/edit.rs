@@ -283,6 +283,50 @@ pub fn clamp_tcp_mss(buf: &mut [u8], p: &Parsed, max: u16) -> bool {
     true
 }
 
+/// A change to a TCP header that keeps its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpEdit {
+    Seq(u32),
+    Ack(u32),
+    /// Clear these flag bits.
+    ClearFlags(u8),
+    /// Turn the options of these kinds into no-ops.
+    BlankOptions(&'static [u8]),
+}
+
+/// Apply `edits` to the TCP header of `p`, fixing the checksum.
+pub fn edit_tcp(buf: &mut [u8], p: &Parsed, edits: &[TcpEdit]) -> Result<Parsed, WireError> {
+    fresh(buf, p)?;
+    let s = tcp_or_udp_sum(p)?;
+    if !matches!(p.l4, L4::Tcp(_)) {
+        return Err(WireError::Unsupported);
+    }
+    let range = p.l4_offset..p.payload_offset;
+    let old = buf.get(range.clone()).ok_or(WireError::StaleParsed)?;
+    let mut new = [0u8; 60];
+    let header = new.get_mut(..old.len()).ok_or(WireError::StaleParsed)?;
+    header.copy_from_slice(old);
+    for e in edits {
+        match *e {
+            TcpEdit::Seq(v) => header[tcp::field::SEQ..][..4].copy_from_slice(&v.to_be_bytes()),
+            TcpEdit::Ack(v) => header[tcp::field::ACK..][..4].copy_from_slice(&v.to_be_bytes()),
+            TcpEdit::ClearFlags(bits) => header[tcp::field::FLAGS] &= !bits,
+            TcpEdit::BlankOptions(kinds) => {
+                tcp::blank_options(&mut header[tcp::MIN_HEADER_LEN..], kinds)
+            }
+        }
+    }
+    let (info, _) = tcp::parse(header, p.l4_offset)?;
+    let (removed, added) = (sum(old), sum(header));
+    let header = header.to_vec();
+    buf[range].copy_from_slice(&header);
+    adjust_l4(buf, p, s, removed, added);
+    Ok(Parsed {
+        l4: L4::Tcp(info),
+        ..*p
+    })
+}
+
 /// Rewrite the source address (same family only), fixing the IPv4 header and L4 checksums.
 pub fn set_src_addr(buf: &mut [u8], p: &Parsed, addr: IpAddr) -> Result<Parsed, WireError> {
     set_addr(buf, p, addr, true)

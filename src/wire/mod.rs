@@ -31,8 +31,9 @@ pub mod tunnel;
 mod udp;
 
 pub use edit::{
-    append_trailer, clamp_tcp_mss, fill_checksums, set_dst_addr, set_dst_port, set_src_addr,
-    set_src_port, set_tcp_reserved, strip_trailer, tcp_mss, tcp_reserved, verify_checksums,
+    TcpEdit, append_trailer, clamp_tcp_mss, edit_tcp, fill_checksums, set_dst_addr, set_dst_port,
+    set_src_addr, set_src_port, set_tcp_reserved, strip_trailer, tcp_mss, tcp_reserved,
+    verify_checksums,
 };
 pub use error::WireError;
 pub use parse::{IpVersion, L4, Parsed, TcpInfo, UdpInfo, parse};

@@ -29,6 +29,10 @@ pub const OPT_END: u8 = 0;
 pub const OPT_NOP: u8 = 1;
 /// Option kind: maximum segment size (length 4).
 pub const OPT_MSS: u8 = 2;
+/// Option kinds a SYN offers: window scale, SACK permitted, timestamps.
+pub const OPT_WINDOW_SCALE: u8 = 3;
+pub const OPT_SACK_PERMITTED: u8 = 4;
+pub const OPT_TIMESTAMPS: u8 = 8;
 
 /// Byte offsets of TCP header fields.
 pub(super) mod field {
@@ -73,6 +77,26 @@ pub(super) fn parse(seg: &[u8], seg_offset: usize) -> Result<(TcpInfo, usize), W
         mss_offset,
     };
     Ok((info, header_len))
+}
+
+/// Turn the options of `kinds` in `options` (well formed: see `walk_options`) into no-ops.
+pub(super) fn blank_options(options: &mut [u8], kinds: &[u8]) {
+    let mut i = 0;
+    while let Some(&kind) = options.get(i) {
+        match kind {
+            OPT_END => break,
+            OPT_NOP => i += 1,
+            _ => {
+                let len = usize::from(options.get(i + 1).copied().unwrap_or(0)).max(2);
+                if kinds.contains(&kind) {
+                    for b in options.iter_mut().skip(i).take(len) {
+                        *b = OPT_NOP;
+                    }
+                }
+                i += len;
+            }
+        }
+    }
 }
 
 /// Check every option's length and return the offset of the MSS option within `options`.

@@ -141,7 +141,7 @@ impl Rig {
             Worker::spawn(
                 (FAST, fast, Some(precise), DepthBound::new(None, 1024)),
                 (pipeline, None),
-                (false, None),
+                (false, None, false),
                 (board, 0),
                 stop_flag,
             )
