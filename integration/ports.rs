@@ -12,14 +12,16 @@ use mpolice::testbed::{
 mod common;
 use common::{bin, exclusive, root};
 
-/// Servers on the victim, each answering `/who` with its own port.
+/// Servers on the victim, each answering `/who` and `/api/who` with its own port.
 fn servers(tb: &Testbed, ports: &[u16]) -> Vec<HttpServer> {
     ports
         .iter()
         .map(|&port| {
             let dir = tb.workdir().join(format!("www{port}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("who"), format!("{port}\n")).unwrap();
+            std::fs::create_dir_all(dir.join("api")).unwrap();
+            for who in ["who", "api/who"] {
+                std::fs::write(dir.join(who), format!("{port}\n")).unwrap();
+            }
             HttpServer::start(tb, Host::Victim, &dir, port).unwrap()
         })
         .collect()
@@ -262,11 +264,6 @@ fn content(prefix: &str, capabilities: bool) {
     let _machine = exclusive();
     let tb = Testbed::up(prefix).unwrap();
     let _servers = servers(&tb, &[8081, 8082]);
-    for port in [8081, 8082] {
-        let api = tb.workdir().join(format!("www{port}/api"));
-        std::fs::create_dir_all(&api).unwrap();
-        std::fs::write(api.join("who"), format!("{port}\n")).unwrap();
-    }
     let big = tb.workdir().join("www8081/api/big.bin");
     mpolice::testbed::random_file(&big, 1 << 20).unwrap();
     let big_sha = mpolice::testbed::sha256(&big).unwrap();
@@ -369,6 +366,126 @@ fn content(prefix: &str, capabilities: bool) {
         "{}",
         s.table()
     );
+    stop_clean(&tb, &mut mbox, &mut victim);
+}
+
+/// A server on `port` of the victim that speaks first: it greets each connection and
+/// closes it.
+struct Greeter(std::process::Child);
+
+impl Greeter {
+    fn start(tb: &Testbed, port: u16) -> Greeter {
+        let code = format!(
+            "import socket\n\
+             s = socket.create_server(('', {port}), family=socket.AF_INET6, dualstack_ipv6=True)\n\
+             while True:\n    c, _ = s.accept()\n    c.sendall(b'220 greeter {port}\\r\\n')\n    c.close()"
+        );
+        let child = tb
+            .command(Host::Victim, &["python3", "-c", &code])
+            .spawn()
+            .unwrap();
+        mpolice::testbed::wait_listening(tb, Host::Victim, port).unwrap();
+        Greeter(child)
+    }
+}
+
+impl Drop for Greeter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a client that only listens reads from `addr:port` (10 s at most), and how long
+/// it took.
+fn greeting(tb: &Testbed, addr: &str, port: u16) -> (String, Duration) {
+    let code = format!(
+        "import socket\nc = socket.create_connection(('{addr}', {port}), timeout=10)\n\
+         print(c.recv(100).decode().strip())"
+    );
+    let t = Instant::now();
+    let out = tb
+        .command(Host::Client, &["python3", "-c", &code])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (text, t.elapsed())
+}
+
+/// Content rules set at run time, and their edges: a client that sends nothing (the
+/// server speaks first) reaches the default port once the engine has waited 2 s for
+/// data; a connection sent where nothing listens is reset at once; and a content rule
+/// is refused where the queues do not balance by flow (config unit tests).
+#[test]
+fn content_rules_wait_for_data_and_reset_what_no_server_takes() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpcntw").unwrap();
+    let _servers = servers(&tb, &[8081]);
+    let _greeter = Greeter::start(&tb, 8083);
+    let (mut victim, mut mbox) = victim_with(&tb, "[ports]\n");
+    let socket = victim.socket().to_str().unwrap().to_string();
+    let out = std::process::Command::new(bin())
+        .args(["ports", "--socket", &socket, "forward", "set"])
+        .arg("{ port = 8080, default = 8083, content = [{ pattern = \" /api/\", to = 8081 }, { pattern = \"GET /gone\", to = 8089 }] }")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("added the rule of port 8080"),
+        "{said}"
+    );
+    assert!(
+        said.contains("warning: nothing listens on port 8089"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    for addr in [VICTIM_V4, VICTIM_V6] {
+        let (said, took) = greeting(&tb, addr, 8080);
+        assert_eq!(said, "220 greeter 8083", "{addr}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "{addr}: {took:?}"
+        );
+        eprintln!("{addr}: the greeting came after {took:?}");
+    }
+    let url = |addr: &str, path: &str| format!("http://{addr}:8080/{path}");
+    let v6 = format!("[{VICTIM_V6}]");
+    assert_eq!(
+        answers(&tb, &url(&v6, "api/who"), 2),
+        BTreeMap::from([("8081".to_owned(), 2)])
+    );
+    let t = Instant::now();
+    let out = tb
+        .command(
+            Host::Client,
+            &["curl", "-sS", "--max-time", "10", &url(VICTIM_V4, "gone")],
+        )
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reset"), "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = victim.stats().unwrap();
+        let c = s.total().engine.splice.unwrap_or_default();
+        if c.failed >= 1 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let c = s.total().engine.splice.unwrap_or_default();
+    assert_eq!(
+        (c.answered, c.waited, c.examined, c.joined, c.failed),
+        (5, 2, 3, 4, 1),
+        "{}",
+        s.table()
+    );
+    assert!(s.table().contains("content: answered=5"), "{}", s.table());
     stop_clean(&tb, &mut mbox, &mut victim);
 }
 

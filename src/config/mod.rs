@@ -659,7 +659,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         Some(_) if role == "mbox" => {
             return err("ports: port policies run on the server they protect (the victim); remove the section from this config".into());
         }
-        Some(p) => ports::validate(p, &tcp_ports)?,
+        Some(p) => ports::validate(p, &tcp_ports, !q.fanout)?,
         None => ports::Policies {
             forward: Vec::new(),
             groups: Vec::new(),

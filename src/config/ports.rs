@@ -79,6 +79,7 @@ pub(super) struct Policies {
 pub(super) fn validate(
     raw: RawPorts,
     protected_tcp: &[PortRange],
+    by_flow: bool,
 ) -> Result<Policies, ConfigError> {
     let protected = protection(protected_tcp);
     let groups = raw
@@ -88,7 +89,7 @@ pub(super) fn validate(
         .map(|(i, g)| group(&format!("ports.group[{i}]"), g, &protected))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Policies {
-        forward: forward_rules(raw.forward, &protected)?,
+        forward: forward_rules(raw.forward, &protected, by_flow)?,
         groups,
     })
 }
@@ -107,10 +108,13 @@ fn protection(protected_tcp: &[PortRange]) -> impl Fn(&str, u16) -> Result<u16, 
 }
 
 /// Check the forwarding rules: real ports, one rule per incoming port, each on a
-/// protected TCP port, one kind of branch, shares that add up.
+/// protected TCP port, one kind of branch, shares that add up; content rules only when
+/// the queues are balanced `by_flow` (a connection's packets both ways meet one worker,
+/// which holds its translation).
 fn forward_rules(
     raw: Vec<RawForward>,
     protected: &dyn Fn(&str, u16) -> Result<u16, ConfigError>,
+    by_flow: bool,
 ) -> Result<Vec<ForwardRule>, ConfigError> {
     let mut rules: Vec<ForwardRule> = Vec::new();
     for (i, f) in raw.into_iter().enumerate() {
@@ -126,6 +130,11 @@ fn forward_rules(
         let branches = match (f.source, f.dice, f.content) {
             (Some(sources), None, None) => Branches::Source(by_source(&key, sources)?),
             (None, Some(dice), None) => Branches::Dice(by_dice(&key, dice)?),
+            (None, None, Some(_)) if !by_flow => {
+                return Err(ConfigError(format!(
+                    "{key}.content: content rules need the queues balanced by flow (queue.fanout = false): a connection's packets both ways must meet the worker that holds it"
+                )));
+            }
             (None, None, Some(content)) => Branches::Content(by_content(&key, content)?),
             (None, None, None) => Branches::Source(Vec::new()),
             _ => {
@@ -257,10 +266,12 @@ fn group(
 }
 
 /// One forwarding rule given as a TOML inline table (`mpolice ports forward set`),
-/// checked as the config's are against the protected TCP ports.
+/// checked as the config's are against the protected TCP ports and the queues' balance
+/// (`by_flow`).
 pub fn parse_forward(
     inline: &str,
     protected_tcp: &[PortRange],
+    by_flow: bool,
 ) -> Result<ForwardRule, ConfigError> {
     #[derive(Deserialize)]
     struct One {
@@ -268,7 +279,7 @@ pub fn parse_forward(
     }
     let one: One = inline_table("rule", inline)?;
     let protected = protection(protected_tcp);
-    Ok(forward_rules(vec![one.rule], &protected)?.remove(0))
+    Ok(forward_rules(vec![one.rule], &protected, by_flow)?.remove(0))
 }
 
 /// One group given as a TOML inline table (`mpolice ports group add`), checked as the
@@ -634,6 +645,20 @@ mod tests {
             rule("port = 8080\ndefault = 2")
         );
         assert!(rules(&twice).unwrap_err().contains("has a rule already"));
+        let fanout = parse(
+            &format!(
+                "{BASE}[queue]\nfanout = true\n[[ports.forward]]\nport = 8080\ndefault = 1\ncontent = [{{ pattern = \"x\", to = 2 }}]\n"
+            ),
+            "victim",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            fanout.contains(
+                "ports.forward[0].content: content rules need the queues balanced by flow"
+            ),
+            "{fanout}"
+        );
         let mbox = parse(
             &format!("{BASE}[[ports.forward]]\nport = 8080\ndefault = 1\n"),
             "mbox",

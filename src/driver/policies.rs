@@ -126,6 +126,8 @@ pub fn unheard(forward: &[ForwardRule]) -> Vec<u16> {
 /// and what rebuilds the nat chain.
 pub struct PolicyEditor {
     protected_tcp: Vec<PortRange>,
+    /// The queues are balanced by flow (content rules need it).
+    by_flow: bool,
     queue: QueueTarget,
     kind: QueueKind,
     next_group: AtomicU32,
@@ -135,6 +137,7 @@ impl PolicyEditor {
     pub fn new(cfg: &Config, kind: QueueKind) -> PolicyEditor {
         PolicyEditor {
             protected_tcp: cfg.protect.tcp_ports.clone(),
+            by_flow: !cfg.queue.target.fanout,
             queue: cfg.queue.target,
             kind,
             next_group: AtomicU32::new(cfg.groups.len() as u32 + 1),
@@ -150,7 +153,8 @@ impl PolicyEditor {
         let changed = match r {
             PortsRequest::List => String::new(),
             PortsRequest::ForwardSet(t) => {
-                let rule = config::parse_forward(t, &self.protected_tcp).map_err(check)?;
+                let rule =
+                    config::parse_forward(t, &self.protected_tcp, self.by_flow).map_err(check)?;
                 let said = match forward.iter_mut().find(|f| f.port == rule.port) {
                     Some(f) => {
                         *f = rule.clone();

@@ -405,7 +405,7 @@ mod changes {
             "{ port = 9000, default = 9001, dice = [{ percent = 30, to = 9002 }] }",
             "{ port = 8080, default = 8082, content = [{ pattern = 'GET /\"api\"', to = 8081 }, { hex = \"160301\", to = 8443 }] }",
         ] {
-            let r = crate::config::parse_forward(t, &protected).unwrap();
+            let r = crate::config::parse_forward(t, &protected, true).unwrap();
             assert_eq!(r.inline(), t);
         }
         for t in [
@@ -416,7 +416,8 @@ mod changes {
             let g = crate::config::parse_group(t, &protected).unwrap();
             assert_eq!(g.inline(), t);
         }
-        let e = crate::config::parse_forward("{ port = 7, default = 8 }", &protected).unwrap_err();
+        let e = crate::config::parse_forward("{ port = 7, default = 8 }", &protected, true)
+            .unwrap_err();
         assert!(
             e.to_string().contains("7 is not in protect.tcp_ports"),
             "{e}"
