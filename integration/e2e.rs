@@ -251,13 +251,14 @@ fn capabilities_go_round_trip_on_a_50mb_download_over_ipv4_and_ipv6() {
     let (victim_link, client_link) = (to_victim.stop().unwrap(), to_client.stop().unwrap());
     // A rewritten segment (stamped by the mbox, or carrying the victim's feedback)
     // leaves no earlier than the unchanged ones queued before it. The client's own
-    // stack swaps a few neighbours now and then (two CPUs sending); answered at once, a
-    // rewrite overtook up to a whole batch of 64: 3,113 and 3,415 in two runs here.
+    // stack swaps a few neighbours now and then (two CPUs sending: 3 once, with a build
+    // running beside); answered at once, a rewrite overtook up to a whole batch of 64:
+    // 3,113 and 3,415 in two runs here.
     let (segments, overtaken) = testbed::overtaken_by_rewrites(&victim_link).unwrap();
     eprintln!("victim link: {segments} data segments, {overtaken} overtaken by rewrites");
     assert!(segments > 20_000, "{segments} data segments captured");
     assert!(
-        overtaken <= 2,
+        overtaken <= 20,
         "{overtaken} of {segments} data segments\n{}{}",
         mbox.stats().map(|s| s.table()).unwrap_or_default(),
         victim.stats().map(|s| s.table()).unwrap_or_default()

@@ -13,7 +13,7 @@ use crate::driver::sockdiag::Listener;
 use crate::labels::{Joined, Tally, labelled_enum};
 use crate::pipeline::Reason;
 use crate::police::PoliceReport;
-use crate::ports::{Forwarded, GroupRow, PortStats, SpliceCounts};
+use crate::ports::{Forwarded, FtpCounts, GroupRow, PortStats, SpliceCounts};
 use crate::trace::{KernelTraceCounters, TraceCounters};
 
 labelled_enum! {
@@ -126,6 +126,9 @@ pub struct QueueCounters {
     /// Content rules: the connections the engine answered (None: port policies off).
     #[serde(default)]
     pub splice: Option<SpliceCounts>,
+    /// FTP output groups: the data connections followed (None: port policies off).
+    #[serde(default)]
+    pub ftp: Option<FtpCounts>,
 }
 
 /// What the capability stages of one queue did.
@@ -303,6 +306,9 @@ impl EngineStats {
             }
             if let Some(c) = e.splice {
                 *t.engine.splice.get_or_insert_with(SpliceCounts::default) += c;
+            }
+            if let Some(c) = e.ftp {
+                *t.engine.ftp.get_or_insert_with(FtpCounts::default) += c;
             }
             let sum = &mut t.engine.forwarded;
             for f in &e.forwarded {
@@ -534,6 +540,13 @@ impl EngineStats {
                 })
                 .collect();
             let _ = writeln!(s, "groups: {}", each.join(" | "));
+        }
+        if let Some(f) = total.ftp.filter(|f| *f != FtpCounts::default()) {
+            let _ = writeln!(
+                s,
+                "ftp: data_connections={} unprotected={} untracked={}",
+                f.announced, f.unprotected, f.untracked
+            );
         }
         if let Some(k) = self.kernel_trace {
             let _ = writeln!(s, "kernel trace: events={} lost={}", k.events, k.lost);

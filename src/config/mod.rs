@@ -1323,4 +1323,27 @@ mod tests {
             load(&dir.join(file), role).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }
+
+    /// The victim example's port policies, uncommented as an operator would: each rule
+    /// loads, and so does its content alternative.
+    #[test]
+    fn the_example_port_policies_load_uncommented() {
+        let text = include_str!("../../examples/victim.toml");
+        let at = text.find("# [ports]").unwrap();
+        let uncomment = |block: &str| -> String {
+            block
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let ports = uncomment(&text[at..]);
+        let c = parse(&format!("{}{ports}", &text[..at]), "victim").unwrap();
+        assert_eq!(c.ports.len(), 2);
+        let content = ports
+            .replace("source = [", "# source = [")
+            .replace("# content = [", "content = [");
+        let c = parse(&format!("{}{content}", &text[..at]), "victim").unwrap();
+        assert!(c.ports[0].examines());
+    }
 }

@@ -27,6 +27,7 @@ struct RawGroup {
     ports: Option<Vec<RawShare>>,
     burst: Option<f64>,
     over: Option<Over>,
+    ftp: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +192,11 @@ fn group(
         )
     };
     let over = g.over.unwrap_or(Over::Hold);
+    if g.ftp.is_some() && g.output_rate.is_none() {
+        return Err(ConfigError(format!(
+            "{key}.ftp: only an output group counts an FTP server's data connections"
+        )));
+    }
     let kind = match (g.accept_rate, g.accept_ratio, g.output_rate) {
         (Some(r), None, None) => {
             let rate = rate("accept_rate", r)?;
@@ -254,6 +260,7 @@ fn group(
                 port: one_port()?,
                 rate,
                 burst,
+                ftp: g.ftp.unwrap_or(false),
             }
         }
         _ => {
@@ -449,7 +456,8 @@ mod tests {
             GroupKind::OutputRate {
                 port: 9000,
                 rate: 1e6,
-                burst: 100_000.0
+                burst: 100_000.0,
+                ftp: false,
             }
         );
     }
@@ -505,6 +513,10 @@ mod tests {
             (
                 "output_rate = 1e6\nport = 8080\nburst = 1500",
                 "at least 65536",
+            ),
+            (
+                "accept_rate = 5\nport = 8080\nftp = true",
+                "ports.group[0].ftp: only an output group",
             ),
         ] {
             let e = groups(&format!("[[ports.group]]\n{body}\n")).unwrap_err();

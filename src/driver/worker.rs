@@ -781,6 +781,7 @@ impl Loop {
         self.counters.caps.clone_from(self.pipeline.cap_counters());
         self.counters.ports = self.pipeline.port_meter().map(PortMeter::stats);
         self.counters.splice = self.pipeline.splice_counts();
+        self.counters.ftp = self.pipeline.ftp_counts();
         self.counters.forwarded.clear();
         (self.counters.forwarded).extend_from_slice(self.pipeline.forwarded());
         // Both sockets' receive paths: an overrun of the precise queue counts as well.

@@ -29,8 +29,8 @@ use crate::config::MalformedVerdict;
 use crate::driver::nft::Selection;
 use crate::police::{Figures, PoliceReport, System};
 use crate::ports::{
-    Action, Admit, Forwarded, Forwarder, Groups, Policies, PortMeter, REFUSE_MARK, SpliceCounts,
-    Splicer, Step,
+    Action, Admit, Forwarded, Forwarder, FtpCounts, FtpData, Groups, Policies, PortMeter,
+    REFUSE_MARK, SpliceCounts, Splicer, Step,
 };
 use crate::stats::{CapCounters, QueueCounters};
 use crate::trace::{NoTrace, Stage, Trace};
@@ -116,6 +116,8 @@ pub struct Pipeline {
     groups: Option<Arc<Groups>>,
     /// victim: the content rules' connections (with port policies on).
     splicer: Option<Splicer>,
+    /// victim: the FTP output groups' data connections (with port policies on).
+    ftp: Option<FtpData>,
 }
 
 impl Pipeline {
@@ -133,6 +135,7 @@ impl Pipeline {
             meter: None,
             groups: None,
             splicer: None,
+            ftp: None,
         }
     }
 
@@ -143,6 +146,7 @@ impl Pipeline {
         self.forward = Some(Forwarder::new(Vec::new(), seed));
         // Its own stream of draws: sequence numbers must not follow the dice.
         self.splicer = Some(Splicer::new(seed.rotate_left(32) ^ 0x5350_4c49_4345));
+        self.ftp = Some(FtpData::default());
         self.set_port_policies(policies);
         self
     }
@@ -178,6 +182,11 @@ impl Pipeline {
         self.splicer.as_ref().map(Splicer::counts)
     }
 
+    /// What the FTP output groups' data connections counted (None: port policies off).
+    pub fn ftp_counts(&self) -> Option<FtpCounts> {
+        self.ftp.as_ref().map(FtpData::counts)
+    }
+
     /// What the forwarding rules counted (empty without rules).
     pub fn forwarded(&self) -> &[Forwarded] {
         self.forward.as_ref().map_or(&[], |f| f.counts())
@@ -191,6 +200,9 @@ impl Pipeline {
         }
         if let (Some(s), Some(f)) = (self.splicer.as_mut(), self.forward.as_mut()) {
             s.expire(f, now);
+        }
+        if let Some(f) = self.ftp.as_mut() {
+            f.expire(now);
         }
         match self.stages.as_mut()? {
             Stages::Mbox(m) => Some(m.on_timer(now, &mut self.caps)),
@@ -276,12 +288,13 @@ impl Pipeline {
     /// The port policies of a packet of protected traffic (`len` bytes): a new
     /// connection's SYN meets its port's accept quotas (past one: held back, or marked to
     /// be refused) and forwarding rule (marked with its port); a segment sent meets its
-    /// port's output quotas. Some(reason): drop it.
+    /// port's output quotas (a data connection's, its FTP control port's). Some(reason):
+    /// drop it.
     fn port_policies<T: Trace>(
         &mut self,
         dir: Option<Direction>,
         parsed: &Parsed,
-        len: usize,
+        buf: &[u8],
         now: Instant,
         t: T,
     ) -> Option<Reason> {
@@ -310,12 +323,31 @@ impl Pipeline {
                 held
             }
             Direction::FromProtected => {
-                let payload = len.saturating_sub(parsed.payload_offset);
+                let payload = buf.len().saturating_sub(parsed.payload_offset);
                 let groups = self.groups.as_ref()?;
-                let admit = groups.sent(tcp.src_port, payload, now);
+                let mut port = tcp.src_port;
+                if let (true, Some(ftp)) = (groups.any_ftp(), self.ftp.as_mut()) {
+                    if groups.ftp_control(port) {
+                        let sel = &self.selection;
+                        let seen = |p: u16| sel.tcp_ports.iter().any(|r| r.contains(p));
+                        ftp.reply((parsed.dst, port), parsed.payload(buf), seen, now);
+                    } else if let Some(control) =
+                        ftp.control_of(parsed.dst, (port, tcp.dst_port), now)
+                    {
+                        port = control;
+                    }
+                }
+                let admit = groups.sent(port, payload, now);
                 (admit == Admit::Hold).then_some(Reason::OutputHeld)
             }
-            Direction::ToProtected => None,
+            Direction::ToProtected => {
+                let groups = self.groups.as_ref()?;
+                if groups.ftp_control(tcp.dst_port) && parsed.payload_len > 0 {
+                    let ftp = self.ftp.as_mut()?;
+                    ftp.command((parsed.src, tcp.dst_port), parsed.payload(buf), now);
+                }
+                None
+            }
         }
     }
 
@@ -358,7 +390,7 @@ impl Pipeline {
         if let (Some(m), Some(d)) = (self.meter.as_mut(), dir) {
             m.packet(d, &parsed, buf.len(), now);
         }
-        if let Some(held) = self.port_policies(dir, &parsed, buf.len(), now, t) {
+        if let Some(held) = self.port_policies(dir, &parsed, buf, now, t) {
             return Verdict::Drop(held);
         }
         let spliced = self
@@ -538,7 +570,9 @@ impl Pipeline {
         let Some(tcp) = parsed.tcp() else {
             return Ok(edit);
         };
-        let new_examined = tcp.flags & tcp::SYN != 0 && f.examines(tcp.dst_port);
+        // A SYN its group refused (marked) is the kernel's to reset, not ours to answer.
+        let new_examined =
+            tcp.flags & tcp::SYN != 0 && self.mark.is_none() && f.examines(tcp.dst_port);
         if !new_examined && !s.holds(&parsed) {
             return Ok(edit);
         }

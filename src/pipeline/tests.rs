@@ -200,3 +200,139 @@ proptest::proptest! {
         }
     }
 }
+
+/// Content rules in the pipeline: port 8080 sends ` /api/` to 8081, the rest to 8082.
+mod content {
+    use super::*;
+    use crate::ports::{
+        Action, Branches, ForwardRule, GroupKind, GroupSpec, Groups, Over, Policies,
+    };
+    use crate::wire::tcp;
+
+    fn pipeline(groups: &[GroupSpec]) -> Pipeline {
+        let rule = ForwardRule {
+            port: 8080,
+            default: 8082,
+            branches: Branches::Content(vec![(b" /api/".to_vec(), 8081)]),
+        };
+        let policies = Policies {
+            forward: vec![rule],
+            groups: std::sync::Arc::new(Groups::new(groups, Instant::now())),
+        };
+        Pipeline::new(selection(), MalformedVerdict::Drop, None).with_port_policies(&policies, 3)
+    }
+
+    fn syn(port: u16) -> Vec<u8> {
+        Builder::tcp(ip("198.18.1.2"), ip("198.18.2.2"), port, 8080)
+            .flags(tcp::SYN)
+            .mss(1460)
+            .build()
+    }
+
+    fn held(id: u32) -> PacketMeta {
+        PacketMeta {
+            id: Some(id),
+            ..PacketMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_syn_to_a_content_rules_port_is_held_and_answered() {
+        let mut p = pipeline(&[]);
+        let (v, _, c) = run(&mut p, held(1), &syn(40_000));
+        assert_eq!((v, c.held), (Verdict::Hold, 1));
+        let actions = p.take_splice_actions();
+        assert!(matches!(&actions[..], [Action::Send(_)]), "{actions:?}");
+        assert_eq!(p.take_mark(), None);
+        assert_eq!(p.splice_counts().unwrap().answered, 1);
+    }
+
+    #[test]
+    fn a_syn_its_group_refuses_is_marked_not_answered() {
+        let refuse = GroupSpec {
+            kind: GroupKind::AcceptRate {
+                port: 8080,
+                rate: 1.0,
+                burst: 1.0,
+            },
+            over: Over::Refuse,
+        };
+        let mut p = pipeline(&[refuse]);
+        assert_eq!(run(&mut p, held(1), &syn(40_000)).0, Verdict::Hold);
+        p.take_splice_actions();
+        let (v, _, _) = run(&mut p, held(2), &syn(40_001));
+        assert_eq!(v, Verdict::Accept);
+        assert_eq!(p.take_mark(), Some(crate::ports::REFUSE_MARK));
+        assert!(p.take_splice_actions().is_empty());
+    }
+
+    /// A packet of the fuzz: which way, flags, numbers near the ones in play, payload.
+    fn packet(
+        (out, flags, seq, ack, payload): (bool, u8, u32, u32, Vec<u8>),
+        isns: &[u32],
+    ) -> Vec<u8> {
+        let near = |v: u32| isns[v as usize % isns.len()].wrapping_add(v % 3);
+        let (client, server) = (ip("198.18.1.2"), ip("198.18.2.2"));
+        let b = if out {
+            Builder::tcp(server, client, 8080, 40_000)
+        } else {
+            Builder::tcp(client, server, 40_000, 8080)
+        };
+        b.flags(flags)
+            .seq(near(seq))
+            .ack(near(ack))
+            .payload(&payload)
+            .build()
+    }
+
+    proptest::proptest! {
+        /// Any sequence of segments both ways, with sequence numbers near the ones in
+        /// play: the splicer never panics, releases each held packet once at most, and
+        /// holds only packets it was given.
+        #[test]
+        fn any_segments_release_each_held_packet_once_at_most(
+            segments in proptest::collection::vec(
+                (
+                    proptest::bool::ANY,
+                    proptest::num::u8::ANY,
+                    proptest::num::u32::ANY,
+                    proptest::num::u32::ANY,
+                    proptest::collection::vec(proptest::sample::select(b" /api/GX".to_vec()), 0..12),
+                ),
+                1..40,
+            ),
+            expire_every in 1usize..10,
+        ) {
+            let mut p = pipeline(&[]);
+            let start = Instant::now();
+            let mut isns = vec![0u32];
+            let (mut held_ids, mut released) = (Vec::new(), Vec::new());
+            for (i, s) in segments.into_iter().enumerate() {
+                let id = i as u32 + 1;
+                let mut buf = packet(s, &isns);
+                let now = start + std::time::Duration::from_millis(700 * i as u64);
+                if p.process(&held(id), &mut buf, now) == Verdict::Hold {
+                    held_ids.push(id);
+                }
+                if i % expire_every == 0 {
+                    p.on_timer(now);
+                }
+                for a in p.take_splice_actions() {
+                    match a {
+                        Action::Send(bytes) => {
+                            // The engine's own numbers join the ones in play.
+                            let t = *crate::wire::parse(&bytes).unwrap().tcp().unwrap();
+                            isns.extend([t.seq, t.ack]);
+                        }
+                        Action::Release { id, .. } => released.push(id),
+                    }
+                }
+            }
+            let mut sorted = released.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            proptest::prop_assert_eq!(sorted.len(), released.len(), "released twice: {:?}", released);
+            proptest::prop_assert!(released.iter().all(|id| held_ids.contains(id)));
+        }
+    }
+}

@@ -45,8 +45,14 @@ pub enum GroupKind {
         rate: f64,
         burst: f64,
     },
-    /// Payload bytes a second sent from `port`, with bursts of `burst` bytes.
-    OutputRate { port: u16, rate: f64, burst: f64 },
+    /// Payload bytes a second sent from `port`, with bursts of `burst` bytes; with
+    /// `ftp`, the data connections set up on `port` count too (see `ftp`).
+    OutputRate {
+        port: u16,
+        rate: f64,
+        burst: f64,
+        ftp: bool,
+    },
 }
 
 impl GroupSpec {
@@ -71,8 +77,14 @@ impl GroupSpec {
                     each.join(", ")
                 )
             }
-            GroupKind::OutputRate { port, rate, burst } => {
-                format!("output_rate = {rate}, port = {port}, burst = {burst}")
+            GroupKind::OutputRate {
+                port,
+                rate,
+                burst,
+                ftp,
+            } => {
+                let ftp = if *ftp { ", ftp = true" } else { "" };
+                format!("output_rate = {rate}, port = {port}, burst = {burst}{ftp}")
             }
         };
         format!("{{ {body}, over = \"{over}\" }}")
@@ -236,6 +248,20 @@ impl Groups {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
+
+    /// Whether `port` is the control port of an FTP output group.
+    pub fn ftp_control(&self, port: u16) -> bool {
+        self.groups.iter().any(|g| {
+            matches!(g.spec.kind, GroupKind::OutputRate { port: p, ftp: true, .. } if p == port)
+        })
+    }
+
+    /// Whether any group is an FTP output group.
+    pub fn any_ftp(&self) -> bool {
+        self.groups
+            .iter()
+            .any(|g| matches!(g.spec.kind, GroupKind::OutputRate { ftp: true, .. }))
+    }
 }
 
 impl Group {
@@ -256,9 +282,9 @@ impl Group {
                     .collect();
                 (false, members)
             }
-            GroupKind::OutputRate { port, rate, burst } => {
-                (true, vec![Member::new(*port, *rate, *burst)])
-            }
+            GroupKind::OutputRate {
+                port, rate, burst, ..
+            } => (true, vec![Member::new(*port, *rate, *burst)]),
         };
         Group {
             id,

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::nft::Prefix;
 
+pub mod ftp;
 pub mod groups;
 pub mod meter;
 pub mod splice;
+pub use ftp::{FtpCounts, FtpData};
 pub use groups::{Admit, GroupKind, GroupRow, GroupSpec, Groups, Over, REFUSE_MARK};
 pub use meter::{PortCounts, PortMeter, PortRow, PortStats};
 pub use splice::{Action, SpliceCounts, Splicer, Step};

@@ -280,6 +280,7 @@ mod groups {
             port: 80,
             rate: 1_000_000.0,
             burst: 100_000.0,
+            ftp: false,
         };
         let (g, t0) = one(kind, Over::Hold);
         assert_eq!(g.sent(80, 0, t0), Admit::Pass, "an ACK without payload");
@@ -412,6 +413,7 @@ mod changes {
             "{ accept_rate = 5, port = 8080, burst = 2, over = \"refuse\" }",
             "{ accept_ratio = 30, ports = [{ port = 8080, share = 2 }, { port = 9000, share = 1 }], burst = 30, over = \"hold\" }",
             "{ output_rate = 1000000, port = 9050, burst = 100000, over = \"hold\" }",
+            "{ output_rate = 400000, port = 9021, burst = 65536, ftp = true, over = \"hold\" }",
         ] {
             let g = crate::config::parse_group(t, &protected).unwrap();
             assert_eq!(g.inline(), t);
