@@ -602,6 +602,133 @@ fn an_output_quota_holds_a_download_to_its_rate() {
     stop_clean(&tb, &mut mbox, &mut victim);
 }
 
+/// A minimal FTP server (python3, standard library): anonymous login, passive data
+/// connections (EPSV, PASV) on ports 30000 to 30009, RETR of the one file it serves.
+const FTP_SERVER: &str = r#"
+import socket, sys, threading
+path, = sys.argv[1:]
+body = open(path, 'rb').read()
+def listen(port):
+    return socket.create_server(('', port), family=socket.AF_INET6, dualstack_ipv6=True)
+def passive():
+    for port in range(30000, 30010):
+        try:
+            return listen(port), port
+        except OSError:
+            pass
+def serve(c):
+    send = lambda s: c.sendall((s + '\r\n').encode())
+    send('220 mpolice test ftp')
+    data = None
+    for line in c.makefile('rb'):
+        verb, _, arg = line.decode().strip().partition(' ')
+        verb = verb.upper()
+        if verb in ('EPSV', 'PASV'):
+            data, port = passive()
+            if verb == 'EPSV':
+                send('229 Entering Extended Passive Mode (|||%d|)' % port)
+            else:
+                host = c.getsockname()[0].replace('::ffff:', '').replace('.', ',')
+                send('227 Entering Passive Mode (%s,%d,%d)' % (host, port >> 8, port & 255))
+        elif verb == 'SIZE':
+            send('213 %d' % len(body))
+        elif verb == 'RETR':
+            send('150 here it comes')
+            d, _ = data.accept()
+            d.sendall(body)
+            d.close()
+            data.close()
+            send('226 done')
+        elif verb == 'QUIT':
+            send('221 bye')
+            break
+        else:
+            send({'USER': '331 any password', 'PASS': '230 in', 'PWD': '257 "/"', 'TYPE': '200 ok'}.get(verb, '502 not here'))
+    c.close()
+control = listen(21)
+while True:
+    c, _ = control.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The FTP variant of output groups: a 400 kB/s group on control port 21 with
+/// `ftp = true` holds the passive data connections it announces (EPSV over IPv6, PASV
+/// over IPv4) to its rate: 1 MiB downloads arrive intact, no faster than the quota
+/// allows, and the data segments held back count under port 21.
+#[test]
+fn an_ftp_output_group_holds_its_data_connections() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpftp").unwrap();
+    let file = tb.workdir().join("f.bin");
+    mpolice::testbed::random_file(&file, 1 << 20).unwrap();
+    let sha = mpolice::testbed::sha256(&file).unwrap();
+    let mut server = tb
+        .command(
+            Host::Victim,
+            &["python3", "-c", FTP_SERVER, file.to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap();
+    mpolice::testbed::wait_listening(&tb, Host::Victim, 21).unwrap();
+    let cfg = |extra: &str| RoleConfig {
+        tcp_ports: [21].into_iter().chain(30000..30010).collect(),
+        extra: extra.into(),
+        ..RoleConfig::default()
+    };
+    let group = "[[ports.group]]\noutput_rate = 400000\nburst = 65536\nport = 21\nftp = true\n";
+    let mut victim =
+        EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg(group)).unwrap();
+    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg("")).unwrap();
+    let got = tb.workdir().join("got.bin");
+    let v6 = format!("[{VICTIM_V6}]");
+    for (addr, how) in [(VICTIM_V4, "--disable-epsv"), (v6.as_str(), "--epsv")] {
+        let url = format!("ftp://{addr}/f.bin");
+        let t = Instant::now();
+        let out = got.to_str().unwrap();
+        tb.exec(
+            Host::Client,
+            &[
+                "curl",
+                "-sS",
+                "-g",
+                "--fail",
+                "--max-time",
+                "60",
+                how,
+                "-o",
+                out,
+                &url,
+            ],
+        )
+        .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(mpolice::testbed::sha256(&got).unwrap(), sha, "{addr}");
+        let rate = f64::from(1u32 << 20) / secs;
+        eprintln!(
+            "1 MiB over FTP ({how}) under a 400 kB/s group on port 21: {secs:.2} s, {rate:.0} B/s"
+        );
+        assert!(
+            rate <= 400_000.0 * 1.1 + 65_536.0 / secs,
+            "{rate:.0} B/s in {secs:.2} s"
+        );
+    }
+    let c = group_row(&victim, "output", 21, 1);
+    assert!(c.passed > 0 && c.held > 0, "{c:?}");
+    let s = victim.stats().unwrap();
+    assert!(
+        s.table()
+            .contains("ftp: data_connections=2 unprotected=0 untracked=0"),
+        "{}",
+        s.table()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    stop_clean(&tb, &mut mbox, &mut victim);
+}
+
 /// `mpolice ports` against the running victim: a rule set, replaced and deleted, a
 /// group added and deleted, each change answered and in force for the next connection;
 /// a change the config would refuse is refused and changes nothing.
