@@ -51,6 +51,12 @@ impl Drop for Stuck {
     }
 }
 
+/// The role the protected host runs: the victim with MiddlePolice, else a server that
+/// runs port policies only.
+fn server_role(capabilities: bool) -> &'static str {
+    if capabilities { "victim" } else { "server" }
+}
+
 /// Stop both engines; each exits cleanly and leaves no table behind.
 fn stop_clean(tb: &Testbed, mbox: &mut EngineProcess, victim: &mut EngineProcess) {
     for (e, host) in [(mbox, Host::Mbox), (victim, Host::Victim)] {
@@ -91,8 +97,8 @@ fn forwarding_rules_send_each_connection_where_its_rule_says() {
     forwarding("mpfwd", true);
 }
 
-/// The same rules on a host that wants port policies only: a victim without
-/// capabilities, behind an mbox that only passes traffic on.
+/// The same rules on a host that wants port policies only (`mpolice server`), behind
+/// an mbox that only passes traffic on.
 #[test]
 fn forwarding_rules_work_without_middlepolice() {
     forwarding("mpfwdp", false);
@@ -125,8 +131,14 @@ fn forwarding(prefix: &str, capabilities: bool) {
             }
         }
     };
-    let mut victim =
-        EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &role("victim")).unwrap();
+    let mut victim = EngineProcess::start(
+        &tb,
+        Host::Victim,
+        server_role(capabilities),
+        &bin(),
+        &role("victim"),
+    )
+    .unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &role("mbox")).unwrap();
     let v4 = who_answers(&tb, VICTIM_V4, 8080, 3);
     let v6 = who_answers(&tb, &format!("[{VICTIM_V6}]"), 8080, 3);
@@ -251,7 +263,7 @@ fn content_rules_send_each_connection_by_its_first_data() {
     content("mpcnt", true);
 }
 
-/// The same on a host with port policies only.
+/// The same on a host with port policies only (`mpolice server`).
 #[test]
 fn content_rules_work_without_middlepolice() {
     content("mpcntp", false);
@@ -285,8 +297,14 @@ fn content(prefix: &str, capabilities: bool) {
             }
         }
     };
-    let mut victim =
-        EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &role("victim")).unwrap();
+    let mut victim = EngineProcess::start(
+        &tb,
+        Host::Victim,
+        server_role(capabilities),
+        &bin(),
+        &role("victim"),
+    )
+    .unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &role("mbox")).unwrap();
     let v6 = format!("[{VICTIM_V6}]");
     for addr in [VICTIM_V4, v6.as_str()] {
@@ -425,7 +443,7 @@ fn content_rules_wait_for_data_and_reset_what_no_server_takes() {
     let tb = Testbed::up("mpcntw").unwrap();
     let _servers = servers(&tb, &[8081]);
     let _greeter = Greeter::start(&tb, 8083);
-    let (mut victim, mut mbox) = victim_with(&tb, "[ports]\n");
+    let (mut victim, mut mbox) = server_with(&tb, "[ports]\n");
     let socket = victim.socket().to_str().unwrap().to_string();
     let out = std::process::Command::new(bin())
         .args(["ports", "--socket", &socket, "forward", "set"])
@@ -489,15 +507,15 @@ fn content_rules_wait_for_data_and_reset_what_no_server_takes() {
     stop_clean(&tb, &mut mbox, &mut victim);
 }
 
-/// Start the victim (no capabilities: a host with port policies only) with `ports`
-/// as its `[ports]` section, behind an mbox that passes traffic on.
-fn victim_with(tb: &Testbed, ports: &str) -> (EngineProcess, EngineProcess) {
+/// Start a server (port policies only, `mpolice server`) with `ports` as its `[ports]`
+/// section, behind an mbox that passes traffic on.
+fn server_with(tb: &Testbed, ports: &str) -> (EngineProcess, EngineProcess) {
     let cfg = |extra: &str| RoleConfig {
         tcp_ports: vec![8080, 9090],
         extra: extra.into(),
         ..RoleConfig::default()
     };
-    let victim = EngineProcess::start(tb, Host::Victim, "victim", &bin(), &cfg(ports)).unwrap();
+    let victim = EngineProcess::start(tb, Host::Victim, "server", &bin(), &cfg(ports)).unwrap();
     let mbox = EngineProcess::start(tb, Host::Mbox, "mbox", &bin(), &cfg("")).unwrap();
     (victim, mbox)
 }
@@ -533,7 +551,7 @@ fn accept_quotas_refuse_or_hold_back_new_connections() {
     let _machine = exclusive();
     let tb = Testbed::up("mpgrp").unwrap();
     let _servers = servers(&tb, &[8080, 9090]);
-    let (mut victim, mut mbox) = victim_with(
+    let (mut victim, mut mbox) = server_with(
         &tb,
         "[[ports.group]]\naccept_rate = 5\nburst = 5\nport = 8080\nover = \"refuse\"\n\
          [[ports.group]]\naccept_rate = 5\nburst = 5\nport = 9090\nover = \"hold\"\n",
@@ -584,7 +602,7 @@ fn an_output_quota_holds_a_download_to_its_rate() {
     let _machine = exclusive();
     let tb = Testbed::up("mpout").unwrap();
     let served = ServedFile::start(&tb, 2 << 20).unwrap();
-    let (mut victim, mut mbox) = victim_with(
+    let (mut victim, mut mbox) = server_with(
         &tb,
         "[[ports.group]]\noutput_rate = 400000\nburst = 65536\nport = 8080\n",
     );
@@ -680,7 +698,7 @@ fn an_ftp_output_group_holds_its_data_connections() {
     };
     let group = "[[ports.group]]\noutput_rate = 400000\nburst = 65536\nport = 21\nftp = true\n";
     let mut victim =
-        EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &cfg(group)).unwrap();
+        EngineProcess::start(&tb, Host::Victim, "server", &bin(), &cfg(group)).unwrap();
     let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg("")).unwrap();
     let got = tb.workdir().join("got.bin");
     let v6 = format!("[{VICTIM_V6}]");
@@ -740,7 +758,7 @@ fn rules_and_groups_change_at_run_time() {
     let _machine = exclusive();
     let tb = Testbed::up("mprun").unwrap();
     let _servers = servers(&tb, &[8081, 8082]);
-    let (mut victim, mut mbox) = victim_with(&tb, "[ports]\n");
+    let (mut victim, mut mbox) = server_with(&tb, "[ports]\n");
     let socket = victim.socket().to_str().unwrap().to_string();
     let ports = |args: &[&str]| {
         let out = std::process::Command::new(bin())

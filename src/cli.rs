@@ -15,7 +15,8 @@ use crate::driver::{control, engine, nft};
 ///
 /// nftables rules queue the protected traffic to this process, which parses each
 /// packet, rewrites it if its role requires, and returns a verdict. Run `mbox` on the
-/// policing middlebox and `victim` on the protected server.
+/// policing middlebox and `victim` on the protected server; `server` on a host that
+/// wants port policies only.
 #[derive(Debug, Parser)]
 #[command(name = "mpolice", version, propagate_version = true)]
 pub struct Cli {
@@ -38,6 +39,12 @@ pub enum Command {
     /// Installs table `inet mpolice` (removed again on SIGINT/SIGTERM), binds one
     /// NFQUEUE queue per worker and serves stats on the control socket.
     Victim(RunArgs),
+    /// Run port policies only, on a server that wants no MiddlePolice: forwarding
+    /// rules, traffic groups and per-port statistics (its `[ports]` section).
+    ///
+    /// The victim's queues and chains without capabilities: its config needs a
+    /// `[ports]` section and takes no `[capabilities]` (see examples/server.toml).
+    Server(RunArgs),
     /// Install, remove or print the nftables rules of a role without running it.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -190,7 +197,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The role's TOML config (see examples/mbox.toml and examples/victim.toml).
+    /// The role's TOML config (see examples/mbox.toml, examples/victim.toml and
+    /// examples/server.toml).
     #[arg(short, long)]
     pub config: PathBuf,
     /// Trace every packet's stages to this file (overrides `trace.file`; read it with
@@ -234,13 +242,26 @@ pub struct RoleConfig {
 pub enum RoleArg {
     Mbox,
     Victim,
+    /// Port policies only (`mpolice server`): the victim's rules.
+    Server,
 }
 
 impl From<RoleArg> for nft::Role {
     fn from(r: RoleArg) -> Self {
         match r {
             RoleArg::Mbox => nft::Role::Mbox,
-            RoleArg::Victim => nft::Role::Victim,
+            RoleArg::Victim | RoleArg::Server => nft::Role::Victim,
+        }
+    }
+}
+
+impl RoleArg {
+    /// The role's name, as its config is checked and its stats name it.
+    fn name(self) -> &'static str {
+        match self {
+            RoleArg::Mbox => "mbox",
+            RoleArg::Victim => "victim",
+            RoleArg::Server => config::SERVER,
         }
     }
 }
@@ -288,8 +309,9 @@ pub fn run(cli: Cli) -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Mbox(a) => run_role(nft::Role::Mbox, &a),
-        Command::Victim(a) => run_role(nft::Role::Victim, &a),
+        Command::Mbox(a) => run_role(RoleArg::Mbox, &a),
+        Command::Victim(a) => run_role(RoleArg::Victim, &a),
+        Command::Server(a) => run_role(RoleArg::Server, &a),
         Command::Rules(r) => rules(r),
         Command::Stats(s) => stats(s),
         Command::Demo(d) => crate::demo::run(&d),
@@ -415,8 +437,8 @@ fn one_line(table: &str) -> String {
     table.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
-    let mut cfg = config::load(&args.config, &role.to_string())?;
+fn run_role(role: RoleArg, args: &RunArgs) -> Result<()> {
+    let mut cfg = config::load(&args.config, role.name())?;
     if let Some(file) = &args.trace {
         match cfg.trace.as_mut() {
             Some(t) => t.file.clone_from(file),
@@ -429,7 +451,7 @@ fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
         }
         t.kernel |= args.trace_kernel;
     }
-    let stats = engine::run(role, &cfg)?;
+    let stats = engine::run((role.into(), role.name()), &cfg)?;
     eprint!("{}", stats.table());
     Ok(())
 }
@@ -437,13 +459,13 @@ fn run_role(role: nft::Role, args: &RunArgs) -> Result<()> {
 fn rules(cmd: RulesCommand) -> Result<()> {
     match cmd {
         RulesCommand::Install(rc) => {
-            let role = nft::Role::from(rc.role);
-            let cfg = config::load(&rc.config, &role.to_string())?;
-            let spec = cfg.ruleset(role);
+            let cfg = config::load(&rc.config, rc.role.name())?;
+            let spec = cfg.ruleset(rc.role.into());
             let kind = nft::install(&spec, cfg.queue.kind).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
-                "installed table inet {} for {role} with the {} queue rule",
+                "installed table inet {} for {} with the {} queue rule",
                 nft::TABLE,
+                rc.role.name(),
                 engine::kind_name(kind)
             );
         }
@@ -456,9 +478,8 @@ fn rules(cmd: RulesCommand) -> Result<()> {
             }
         }
         RulesCommand::Show(rc) => {
-            let role = nft::Role::from(rc.role);
-            let cfg = config::load(&rc.config, &role.to_string())?;
-            let spec = cfg.ruleset(role);
+            let cfg = config::load(&rc.config, rc.role.name())?;
+            let spec = cfg.ruleset(rc.role.into());
             print!("{}", nft::render(&spec));
         }
     }
@@ -511,13 +532,10 @@ mod tests {
     #[test]
     fn nft_rules_files_match_the_example_configs() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for role in [nft::Role::Mbox, nft::Role::Victim] {
-            let cfg = config::load(
-                &root.join(format!("examples/{role}.toml")),
-                &role.to_string(),
-            )
-            .unwrap();
-            let text = nft::render(&cfg.ruleset(role));
+        for arg in [RoleArg::Mbox, RoleArg::Victim, RoleArg::Server] {
+            let role = arg.name();
+            let cfg = config::load(&root.join(format!("examples/{role}.toml")), role).unwrap();
+            let text = nft::render(&cfg.ruleset(arg.into()));
             let file = root.join(format!("nft-rules/{role}.nft"));
             let committed = std::fs::read_to_string(&file).unwrap_or_default();
             assert!(

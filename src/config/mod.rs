@@ -516,8 +516,25 @@ pub fn parse(text: &str, role: &str) -> Result<Config, ConfigError> {
             None => ConfigError(msg.to_string()),
         }
     })?;
-    validate(raw, role)
+    if role != SERVER {
+        return validate(raw, role);
+    }
+    // A server is a victim without MiddlePolice that runs port policies.
+    if raw.capabilities.is_some() || raw.tunnel.is_some() {
+        return Err(ConfigError(
+            "server: runs port policies only; [capabilities] and [tunnel] belong to `mpolice victim`".into(),
+        ));
+    }
+    if raw.ports.is_none() {
+        return Err(ConfigError(
+            "server: add a [ports] section; port policies are what this role runs (an empty one gives per-port statistics)".into(),
+        ));
+    }
+    validate(raw, "victim")
 }
+
+/// The role name of a host that runs port policies only (`mpolice server`).
+pub const SERVER: &str = "server";
 
 fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
     let err = |m: String| Err(ConfigError(m));
@@ -1319,8 +1336,33 @@ mod tests {
     #[test]
     fn example_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        for (file, role) in [("mbox.toml", "mbox"), ("victim.toml", "victim")] {
+        for (file, role) in [
+            ("mbox.toml", "mbox"),
+            ("victim.toml", "victim"),
+            ("server.toml", SERVER),
+        ] {
             load(&dir.join(file), role).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    /// A server runs port policies without MiddlePolice: it needs `[ports]` and takes
+    /// no capabilities; its config is otherwise a victim's.
+    #[test]
+    fn a_server_needs_port_policies_and_takes_no_capabilities() {
+        let base = "[protect]\naddresses = [\"198.18.2.2\"]\ntcp_ports = [8080]\n";
+        let c = parse(&format!("{base}[ports]\n"), SERVER).unwrap();
+        assert!(c.port_policies && c.capabilities.is_none());
+        for (extra, says) in [
+            ("", "server: add a [ports] section"),
+            (
+                "[ports]\n[capabilities]\nmbox_interfaces = [\"eth1\"]\n",
+                "[capabilities] and [tunnel] belong to `mpolice victim`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), SERVER)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{extra:?}: {e}");
         }
     }
 

@@ -43,11 +43,12 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
 
 /// Run a role until SIGINT, SIGTERM, SIGHUP or SIGQUIT; return its final stats.
-pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
+/// `name` is the role as the operator ran it (`server` runs the victim's engine).
+pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "mpolice {role} must run as root (it binds NFQUEUE queues and installs nftables rules)"
+            "mpolice {name} must run as root (it binds NFQUEUE queues and installs nftables rules)"
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,7 +65,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         .as_ref()
         .map(|t| {
             let room = (t.buffer_packets, t.pcap_snap);
-            TraceWriter::start(&t.file, (&role.to_string(), t.kernel), room, &clock)
+            TraceWriter::start(&t.file, (name, t.kernel), room, &clock)
         })
         .transpose()?;
     let kernel_trace = match (&writer, &cfg.trace) {
@@ -79,7 +80,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
     let control = ControlSocket::bind(&cfg.control_socket)?;
     let (rules, kind) = InstalledRules::install(role, cfg)?;
     tracing::info!(
-        "{role}: table inet {TABLE} installed with the {} queue rule; queues {:?}; control socket {}",
+        "{name}: table inet {TABLE} installed with the {} queue rule; queues {:?}; control socket {}",
         kind_name(kind),
         cfg.queue.numbers().collect::<Vec<_>>(),
         cfg.control_socket.display()
@@ -139,7 +140,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
             .collect(),
     );
     let header = Header {
-        role: role.to_string(),
+        role: name.to_owned(),
         kind,
         started: Instant::now(),
     };
@@ -165,7 +166,7 @@ pub fn run(role: Role, cfg: &Config) -> Result<EngineStats> {
         stages.tick(Instant::now());
         std::thread::sleep(TICK);
     }
-    tracing::info!("{role}: stopping; removing table inet {TABLE}");
+    tracing::info!("{name}: stopping; removing table inet {TABLE}");
     // Stop queueing, answer every packet still queued, and only then unbind the queues
     // and delete the table: both would make the kernel drop what is still queued.
     rules.quiesce();

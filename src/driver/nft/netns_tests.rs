@@ -592,7 +592,7 @@ fn nft_rules_files_load_with_nft() {
         .filter(|p| p.extension().is_some_and(|x| x == "nft"))
         .collect();
     files.sort();
-    assert!(files.len() >= 2, "{files:?}");
+    assert!(files.len() >= 3, "{files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read");
         let text = if native { text } else { queue_to_accept(&text) };
