@@ -45,6 +45,18 @@ pub enum Command {
     /// The victim's queues and chains without capabilities: its config needs a
     /// `[ports]` section and takes no `[capabilities]` (see examples/server.toml).
     Server(RunArgs),
+    /// Make a running engine read its config file again (as SIGHUP does) and put it in
+    /// force without a gap; print what changed, or why nothing did.
+    ///
+    /// Live: the protected addresses and ports (the rules are replaced in one batch, the
+    /// workers take the new selection before their next packet) and the port policies'
+    /// rules and groups. A config that does not parse, or changes anything else (queues,
+    /// capabilities, police, trace, the control socket), is refused, naming it, and the
+    /// running config stays. With no --socket, asks every engine in /run/mpolice.
+    Reload(ReloadArgs),
+    /// Check a role's config file without touching the kernel: exit 0 and a line if it
+    /// is valid, else the line naming what is wrong and exit 1.
+    Check(RoleConfig),
     /// Install, remove or print the nftables rules of a role without running it.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -230,7 +242,7 @@ pub enum RulesCommand {
 
 #[derive(Debug, Args)]
 pub struct RoleConfig {
-    /// Which role's rules.
+    /// The role: mbox, victim or server.
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// The role's TOML config.
@@ -264,6 +276,13 @@ impl RoleArg {
             RoleArg::Server => config::SERVER,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Control socket of the engine to reload (repeatable).
+    #[arg(short, long)]
+    pub socket: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +340,19 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Withhold(w) => withhold(w),
+        Command::Reload(r) => reload(r),
+        Command::Check(c) => {
+            let cfg = config::load(&c.config, c.role.name())?;
+            println!(
+                "{}: a valid {} config ({} queues from {}, {} protected addresses)",
+                c.config.display(),
+                c.role.name(),
+                cfg.queue.target.count,
+                cfg.queue.target.first,
+                cfg.protect.addresses.len()
+            );
+            Ok(())
+        }
         Command::Ports(p) => ports(p),
         Command::Trace(TraceCommand::Format { file, json }) => trace_format(&file, json),
         Command::Trace(TraceCommand::Compare {
@@ -451,7 +483,7 @@ fn run_role(role: RoleArg, args: &RunArgs) -> Result<()> {
         }
         t.kernel |= args.trace_kernel;
     }
-    let stats = engine::run((role.into(), role.name()), &cfg)?;
+    let stats = engine::run((role.into(), role.name()), (&cfg, &args.config))?;
     eprint!("{}", stats.table());
     Ok(())
 }
@@ -501,6 +533,27 @@ fn stats(args: StatsArgs) -> Result<()> {
             if args.ports {
                 print!("{}", s.ports_table());
             }
+        }
+    }
+    Ok(())
+}
+
+fn reload(args: ReloadArgs) -> Result<()> {
+    let sockets = if args.socket.is_empty() {
+        discover_sockets()?
+    } else {
+        args.socket
+    };
+    for path in &sockets {
+        let r: crate::driver::reload::Reloaded = control::ask(path, &control::Request::Reload)?;
+        if r.changed.is_empty() {
+            println!("{}: reloaded {}: nothing changed", path.display(), r.file);
+        }
+        for c in &r.changed {
+            println!("{}: reloaded {}: {c}", path.display(), r.file);
+        }
+        for port in &r.unheard {
+            println!("warning: nothing listens on port {port}: connections sent there are reset");
         }
     }
     Ok(())

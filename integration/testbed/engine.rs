@@ -148,6 +148,7 @@ pub struct EngineProcess {
     role: &'static str,
     child: Option<Child>,
     socket: PathBuf,
+    config: PathBuf,
     log: PathBuf,
 }
 
@@ -179,6 +180,7 @@ impl EngineProcess {
             role,
             child: Some(child),
             socket,
+            config,
             log,
         };
         engine.wait_ready()?;
@@ -217,6 +219,16 @@ impl EngineProcess {
     /// The engine's control socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Write `cfg` over the engine's config file (for a reload to read).
+    pub fn rewrite_config(&self, cfg: &RoleConfig) -> Result<()> {
+        Ok(std::fs::write(&self.config, cfg.toml(&self.socket))?)
+    }
+
+    /// Write `text` over the engine's config file as it is.
+    pub fn write_config_text(&self, text: &str) -> Result<()> {
+        Ok(std::fs::write(&self.config, text)?)
     }
 
     /// The engine's stats with the police's per-sender table.

@@ -61,6 +61,21 @@ impl ServedFile {
         source: Option<&str>,
         addr: &str,
     ) -> Result<f64> {
+        self.fetch_with(tb, (host, source, addr), &[])
+    }
+
+    /// Download it from the client at no more than `rate` (curl's `--limit-rate`, e.g.
+    /// `20M`), so it lasts a while.
+    pub fn fetch_at(&self, tb: &Testbed, addr: &str, rate: &str) -> Result<f64> {
+        self.fetch_with(tb, (Host::Client, None, addr), &["--limit-rate", rate])
+    }
+
+    fn fetch_with(
+        &self,
+        tb: &Testbed,
+        (host, source, addr): (Host, Option<&str>, &str),
+        extra: &[&str],
+    ) -> Result<f64> {
         let got = tb
             .workdir()
             .join(format!("got-{}.bin", source.unwrap_or("any")));
@@ -70,6 +85,7 @@ impl ServedFile {
         if let Some(source) = source {
             args.extend(["--interface", source]);
         }
+        args.extend_from_slice(extra);
         let t = Instant::now();
         curl(tb, host, &args)?;
         let secs = t.elapsed().as_secs_f64();

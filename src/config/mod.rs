@@ -194,7 +194,7 @@ impl Config {
 }
 
 /// How capabilities are stamped, returned and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CapSettings {
     /// mbox: the file holding the MAC keys (only the mbox has it).
     pub key_file: Option<PathBuf>,
@@ -249,7 +249,7 @@ impl Default for CapSettings {
 }
 
 /// Queue numbers and the kernel-side queue behaviour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueSettings {
     pub target: QueueTarget,
     pub kind: QueuePreference,

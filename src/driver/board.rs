@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::driver::nft::Prefix;
+use crate::driver::nft::{Prefix, Selection};
 use crate::police::{Figures, PoliceReport, System};
 use crate::ports::Policies;
 
@@ -22,6 +22,9 @@ pub struct Board {
     withheld: Versioned<Vec<Prefix>>,
     /// victim: the port policies in force.
     policies: Versioned<Arc<Policies>>,
+    /// The protected selection in force, once a reload changed it (version 0: the
+    /// config's at start, which every pipeline starts with).
+    selection: Versioned<Arc<Selection>>,
 }
 
 /// A value the control socket changes and the workers pick up: the version is bumped
@@ -75,7 +78,14 @@ impl Board {
             min_sample,
             withheld: Versioned::new(withheld),
             policies: Versioned::new(Arc::new(Policies::default())),
+            selection: Versioned::new(Arc::new(Selection::default())),
         }
+    }
+
+    /// The protected selection: every change a reload makes (the workers start with
+    /// the config's).
+    pub fn selection(&self) -> &Versioned<Arc<Selection>> {
+        &self.selection
     }
 
     /// The senders feedback is withheld from.

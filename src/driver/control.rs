@@ -32,6 +32,8 @@ pub enum Request {
     WithholdRemove(Prefix),
     /// Look at or change the port policies.
     Ports(PortsRequest),
+    /// Read the config file again and put it in force.
+    Reload,
 }
 
 impl Request {
@@ -44,6 +46,7 @@ impl Request {
             Request::WithholdAdd(p) => format!("withhold add {p}"),
             Request::WithholdRemove(p) => format!("withhold remove {p}"),
             Request::Ports(r) => format!("ports {}", r.line()),
+            Request::Reload => "reload".into(),
         }
     }
 
@@ -57,11 +60,12 @@ impl Request {
         match words.as_slice() {
             ["stats"] => Ok(Request::Stats),
             ["senders"] => Ok(Request::Senders),
+            ["reload"] => Ok(Request::Reload),
             ["withhold", "list"] => Ok(Request::WithholdList),
             ["withhold", "add", p] => prefix(p).map(Request::WithholdAdd),
             ["withhold", "remove", p] => prefix(p).map(Request::WithholdRemove),
             _ => Err(format!(
-                "unknown request {line:?}; send stats, senders, withhold list|add PREFIX|remove PREFIX, or ports ..."
+                "unknown request {line:?}; send stats, senders, reload, withhold list|add PREFIX|remove PREFIX, or ports ..."
             )),
         }
     }

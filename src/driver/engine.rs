@@ -1,8 +1,8 @@
 //! Start-up and shut-down of a role: bind queues, install rules, run workers, clean up.
 //!
 //! Order matters. Queues are bound and the control socket opened before any rule is
-//! installed, so a start-up error leaves no rule behind. On SIGINT/SIGTERM/SIGHUP/SIGQUIT
-//! the rules are flushed first (no new packets are queued), the workers answer everything
+//! installed, so a start-up error leaves no rule behind. SIGHUP reloads the config (see
+//! `reload`). On SIGINT/SIGTERM/SIGQUIT the rules are flushed first (no new packets are queued), the workers answer everything
 //! still queued, the queues unbind, and only then is the table deleted: unbinding a queue
 //! or unregistering a hook makes the kernel drop whatever is still queued.
 
@@ -22,8 +22,8 @@ use crate::capability::{RunId, wire_len};
 use crate::driver::board::Board;
 use crate::driver::depth::DepthBound;
 use crate::driver::nfqueue::{self, COPY_FULL, KernelQueueStats, Queue, QueueConfig};
-use crate::driver::nft::{self, PortRange, QueueKind, Role, RulesetSpec, Selection, TABLE};
-use crate::driver::policies::PolicyEditor;
+use crate::driver::nft::{self, QueueKind, Role, RulesetSpec, Selection, TABLE};
+use crate::driver::reload::Reloader;
 use crate::driver::route::{self, AdvmssGuard, AdvmssRoute, PathTo};
 use crate::driver::sockdiag;
 use crate::driver::worker::{REPORT_LIMIT, Worker};
@@ -42,9 +42,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How often the main thread checks for signals and dead workers.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Run a role until SIGINT, SIGTERM, SIGHUP or SIGQUIT; return its final stats.
-/// `name` is the role as the operator ran it (`server` runs the victim's engine).
-pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
+/// Run a role until SIGINT, SIGTERM or SIGQUIT, reloading `cfg` from `path` on SIGHUP;
+/// return its final stats. `name` is the role as the operator ran it (`server` runs
+/// the victim's engine).
+pub fn run(
+    (role, name): (Role, &'static str),
+    (cfg, path): (&Config, &std::path::Path),
+) -> Result<EngineStats> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -52,10 +56,12 @@ pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
-    // SIGHUP and SIGQUIT too: a closed terminal must not leave the rules behind.
-    for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
+    // SIGQUIT too: nothing may leave the rules behind.
+    for sig in [SIGINT, SIGTERM, SIGQUIT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGHUP, Arc::clone(&reload)).context("install signal handler")?;
     let mut stages = StageFactory::new(role, cfg)?;
     // The trace file first: a path that cannot be written fails before the kernel is
     // touched.
@@ -144,6 +150,12 @@ pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
         kind,
         started: Instant::now(),
     };
+    let reloader = Arc::new(Mutex::new(Reloader::new(
+        (path.to_path_buf(), name, role),
+        (cfg.clone(), kind),
+        Arc::clone(&rules.0),
+        Arc::clone(&board),
+    )));
     let control_thread = {
         let answers = Answers {
             counters: Arc::clone(&counters),
@@ -151,8 +163,7 @@ pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
             board: Arc::clone(&board),
             withholds: role == Role::Victim && cfg.capabilities.is_some(),
             kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
-            listened: cfg.port_policies.then(|| cfg.listened_ports()),
-            policies: cfg.port_policies.then(|| PolicyEditor::new(cfg, kind)),
+            reloader: Arc::clone(&reloader),
         };
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
     };
@@ -162,6 +173,13 @@ pub fn run((role, name): (Role, &str), cfg: &Config) -> Result<EngineStats> {
         if let Some(w) = workers.iter().find(|w| w.is_finished()) {
             failed = Some(w.queue);
             break;
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            // A storm of SIGHUPs is one reload per tick at most.
+            match lock(&reloader).reload() {
+                Ok(r) => tracing::info!("{name}: reloaded {}: {}", r.file, said(&r.changed)),
+                Err(e) => tracing::error!("{name}: {e}"),
+            }
         }
         stages.tick(Instant::now());
         std::thread::sleep(TICK);
@@ -639,11 +657,8 @@ struct Answers {
     withholds: bool,
     /// Tracing's kernel path, when on.
     kernel_trace: Option<Arc<KernelTally>>,
-    /// Per-port statistics on: the ports whose listening sockets the stats show (the
-    /// protected TCP ports and the forwarded connections' outgoing ports).
-    listened: Option<Vec<PortRange>>,
-    /// victim with port policies: what changes them.
-    policies: Option<PolicyEditor>,
+    /// The config in force, what reloads it and what changes the port policies.
+    reloader: Arc<Mutex<Reloader>>,
 }
 
 impl Answers {
@@ -674,7 +689,14 @@ impl Answers {
                     nft::unverified_drops().unwrap_or_default();
                 stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
                 stats.groups = self.board.policies().get().groups.rows();
-                if let Some(ports) = &self.listened {
+                // Per-port statistics on: the listening sockets of the protected TCP
+                // ports and the forwarded connections' outgoing ports.
+                let listened = {
+                    let r = lock(&self.reloader);
+                    let cfg = r.config();
+                    cfg.port_policies.then(|| cfg.listened_ports())
+                };
+                if let Some(ports) = &listened {
                     stats.listeners = sockdiag::listeners()
                         .unwrap_or_default()
                         .into_iter()
@@ -683,10 +705,15 @@ impl Answers {
                 }
                 serde_json::to_value(stats)
             }
-            Request::Ports(r) => match &self.policies {
-                Some(editor) => serde_json::to_value(editor.answer(&self.board, r)?),
-                None => return Err("only a victim with a [ports] section has port policies".into()),
-            },
+            Request::Ports(r) => serde_json::to_value(lock(&self.reloader).ports(r)?),
+            Request::Reload => {
+                let done = lock(&self.reloader).reload();
+                match &done {
+                    Ok(r) => tracing::info!("reloaded {}: {}", r.file, said(&r.changed)),
+                    Err(e) => tracing::error!("{e}"),
+                }
+                serde_json::to_value(done?)
+            }
             _ if !self.withholds => {
                 return Err("only a victim with [capabilities] withholds feedback".into());
             }
@@ -703,7 +730,8 @@ impl Answers {
 }
 
 /// Removes our table when dropped: on a normal stop, an error, or a panic unwinding.
-struct InstalledRules(RulesetSpec);
+/// Holds the chains in the kernel now (a reload changes them).
+struct InstalledRules(Arc<Mutex<RulesetSpec>>);
 
 impl InstalledRules {
     /// Install the role's rules and return the guard that removes them.
@@ -716,7 +744,7 @@ impl InstalledRules {
             );
         }
         match nft::install(&spec, cfg.queue.kind) {
-            Ok(kind) => Ok((InstalledRules(spec), kind)),
+            Ok(kind) => Ok((InstalledRules(Arc::new(Mutex::new(spec))), kind)),
             Err(e) => {
                 // A batch the kernel committed can still fail to be acknowledged: make
                 // sure no rule outlives a failed start.
@@ -730,7 +758,7 @@ impl InstalledRules {
 impl InstalledRules {
     /// Stop queueing packets but keep the hooks registered (see `nft::flush_rules`).
     fn quiesce(&self) {
-        if let Err(e) = nft::flush_rules(&self.0) {
+        if let Err(e) = nft::flush_rules(&lock(&self.0)) {
             tracing::warn!("could not flush the rules of table inet {TABLE}: {e}");
         }
     }
@@ -743,6 +771,21 @@ impl Drop for InstalledRules {
                 "could not remove table inet {TABLE}: {e}; remove it with `mpolice rules remove`"
             );
         }
+    }
+}
+
+/// Lock `m`, whatever a panicking holder left: every value behind these locks is whole
+/// between statements.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a reload changed, in a log line.
+fn said(changed: &[String]) -> String {
+    if changed.is_empty() {
+        "nothing changed".into()
+    } else {
+        changed.join("; ")
     }
 }
 

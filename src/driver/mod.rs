@@ -12,6 +12,7 @@ pub mod nfqueue;
 pub mod nft;
 pub mod nlsocket;
 pub mod policies;
+pub mod reload;
 pub mod route;
 pub mod sockdiag;
 #[cfg(test)]

@@ -144,6 +144,15 @@ impl PolicyEditor {
         }
     }
 
+    /// Check later changes against the config `cfg` a reload put in force; group ids
+    /// are still never reused (the config's are 1 to n).
+    pub fn follow(&mut self, cfg: &Config) {
+        self.protected_tcp.clone_from(&cfg.protect.tcp_ports);
+        self.by_flow = !cfg.queue.target.fanout;
+        let first_free = cfg.groups.len() as u32 + 1;
+        self.next_group.fetch_max(first_free, Ordering::Relaxed);
+    }
+
     /// Carry out `r` on the policies in `board`.
     pub fn answer(&self, board: &Board, r: &PortsRequest) -> Result<PortsAnswer, String> {
         let now = board.policies().get();

@@ -243,6 +243,8 @@ struct Loop {
     withheld_seen: u64,
     /// The version of the board's port policies the pipeline has.
     policies_seen: u64,
+    /// The version of the board's protected selection the pipeline has.
+    selection_seen: u64,
     /// The kernel's sets of verified senders (the channel that bypasses the kernel's
     /// limits on unverified ones), if installed.
     verified: Option<VerifiedSet>,
@@ -275,6 +277,7 @@ impl Loop {
             send_errors: 0,
             withheld_seen: 0,
             policies_seen: 0,
+            selection_seen: 0,
             verified: None,
             depth,
             tracer: None,
@@ -308,6 +311,10 @@ impl Loop {
                     // the first after an idle spell (ticks come with packets).
                     if let Some(p) = board.0.policies().since(&mut self.policies_seen) {
                         self.pipeline.set_port_policies(&p);
+                    }
+                    // So does a reload's selection: the rules that queue it are in force.
+                    if let Some(s) = board.0.selection().since(&mut self.selection_seen) {
+                        self.pipeline.set_selection((*s).clone());
                     }
                     match incoming {
                         Incoming::Packet(msg) => self.process(&msg, now),

@@ -159,6 +159,11 @@ impl Pipeline {
         }
     }
 
+    /// Take the protected selection a reload put in force.
+    pub fn set_selection(&mut self, selection: Selection) {
+        self.selection = selection;
+    }
+
     /// The per-port statistics (None: off).
     pub fn port_meter(&self) -> Option<&PortMeter> {
         self.meter.as_ref()

@@ -311,6 +311,81 @@ pub fn replace_rules(
     send_batch(batch, &steps, &rule_steps)?.map_err(Failure::into_error)
 }
 
+/// Put the chains of `new` in place of those of `old` (the rules installed now) in one
+/// batch: a packet meets the old rules or the new ones, never none. A chain in both has
+/// its rules replaced; a chain only in `new` is added; a chain only in `old` keeps its
+/// hook but loses its rules (deleting a base chain would make the kernel drop every
+/// packet still queued). Return the chains now in the table: `new`'s, then the emptied
+/// ones. The sets and objects of the channel must be the same in both.
+pub fn replace_chains(
+    old: &RulesetSpec,
+    new: &RulesetSpec,
+    kind: QueueKind,
+) -> Result<RulesetSpec, RulesError> {
+    if old.channel != new.channel || old.table != new.table {
+        return Err(RulesError::Invalid(
+            "the unverified senders' channel cannot change while the engine runs".into(),
+        ));
+    }
+    validate(new)?;
+    let table = Table::new(&c_name(&new.table)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    let (mut steps, mut rule_steps) = (Vec::new(), Vec::new());
+    let mut now = new.clone();
+    for chain_spec in &new.chains {
+        let mut chain = Chain::new(c_name(&chain_spec.name)?, &table);
+        match old.chains.iter().find(|c| c.name == chain_spec.name) {
+            Some(was)
+                if (was.hook, was.priority, was.nat)
+                    != (chain_spec.hook, chain_spec.priority, chain_spec.nat) =>
+            {
+                return Err(RulesError::Invalid(format!(
+                    "chain {} cannot move to another hook or priority while the engine runs",
+                    chain_spec.name
+                )));
+            }
+            Some(_) => {
+                // A rule message without a handle deletes every rule of its chain.
+                batch.add(&Rule::new(&chain), MsgType::Del);
+                steps.push(format!("flush chain {}", chain_spec.name));
+            }
+            None => {
+                chain.set_type(if chain_spec.nat {
+                    ChainType::Nat
+                } else {
+                    ChainType::Filter
+                });
+                chain.set_hook(nft_hook(chain_spec.hook), chain_spec.priority);
+                chain.set_policy(Policy::Accept);
+                batch.add(&chain, MsgType::Add);
+                steps.push(format!("add chain {}", chain_spec.name));
+            }
+        }
+        add_rules(
+            &mut batch,
+            &chain,
+            chain_spec,
+            kind,
+            (&mut steps, &mut rule_steps),
+        )?;
+    }
+    for gone in old
+        .chains
+        .iter()
+        .filter(|c| !new.chains.iter().any(|n| n.name == c.name))
+    {
+        let chain = Chain::new(c_name(&gone.name)?, &table);
+        batch.add(&Rule::new(&chain), MsgType::Del);
+        steps.push(format!("flush chain {}", gone.name));
+        now.chains.push(ChainSpec {
+            rules: Vec::new(),
+            ..gone.clone()
+        });
+    }
+    send_batch(batch, &steps, &rule_steps)?.map_err(Failure::into_error)?;
+    Ok(now)
+}
+
 /// Return (first queue, queue count, flags) after checking the range.
 fn queue_args(rule: &super::spec::RuleSpec) -> Result<(u16, u16, u16), RulesError> {
     rule.queue

@@ -20,7 +20,9 @@ mod channel_tests;
 #[cfg(test)]
 mod netns_tests;
 
-pub use install::{RulesError, flush_rules, install, remove, replace_rules, table_exists};
+pub use install::{
+    RulesError, flush_rules, install, remove, replace_chains, replace_rules, table_exists,
+};
 pub use plan::{
     COUNTER_OVER_SOURCE, COUNTER_OVER_TOTAL, LIMIT_TOTAL, MAX_TRACE_RULES, METER_SIZE, METER_V4,
     METER_V6, TABLE, VERIFIED_SIZE, VERIFIED_V4, VERIFIED_V6, add_feedback_chain,

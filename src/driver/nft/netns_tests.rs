@@ -417,6 +417,47 @@ fn a_chains_rules_are_replaced_in_one_batch() {
     );
 }
 
+/// A reload's rules in one batch: a chain in both specs gets the new rules, a new chain
+/// is added, a chain the new spec lacks stays, emptied (its hook registered).
+#[test]
+fn a_reload_replaces_every_chain_in_one_batch() {
+    let Some(ns) = Netns::new() else { return };
+    let mut old = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut old, &[(80, vec![8081])], &Q);
+    let kind = ns
+        .run(|| install(&old, QueuePreference::Auto))
+        .expect("install");
+    let wider = Selection {
+        tcp_ports: vec!["80".parse().unwrap(), "443".parse().unwrap()],
+        ..selection()
+    };
+    let new = plan(Role::Victim, &wider, &Q);
+    let now = ns
+        .run(|| replace_chains(&old, &new, kind))
+        .expect("replace");
+    let listing = ns.list();
+    assert_eq!(listing.matches("dport 443").count(), 4, "{listing}");
+    assert!(
+        listing.contains("chain port_forward") && !listing.contains("redirect"),
+        "{listing}"
+    );
+    assert_eq!(now.chains.len(), 3, "{now:?}");
+    assert!(now.chains[2].rules.is_empty());
+    // Back again: the emptied chain is filled, not added twice.
+    let mut back = plan(Role::Victim, &selection(), &Q);
+    add_forward_chain(&mut back, &[(80, vec![8082])], &Q);
+    ns.run(|| replace_chains(&now, &back, kind))
+        .expect("replace back");
+    let listing = ns.list();
+    assert_eq!(listing.matches("dport 443").count(), 0, "{listing}");
+    assert_eq!(listing.matches("redirect to :8082").count(), 2, "{listing}");
+    // A chain cannot move to another hook while the engine runs.
+    let mut moved = back.clone();
+    moved.chains[0].priority += 1;
+    let e = ns.run(|| replace_chains(&back, &moved, kind)).unwrap_err();
+    assert!(e.to_string().contains("cannot move"), "{e}");
+}
+
 #[test]
 fn rendered_text_loads_with_nft() {
     for role in [Role::Mbox, Role::Victim] {
