@@ -23,8 +23,23 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "info", env = "MPOLICE_LOG")]
     pub log_level: tracing::Level,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MPOLICE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,11 +337,13 @@ const RUN_DIR: &str = "/run/mpolice";
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(cli.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Mbox(a) => run_role(RoleArg::Mbox, &a),
         Command::Victim(a) => run_role(RoleArg::Victim, &a),

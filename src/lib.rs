@@ -12,6 +12,7 @@ pub mod demo;
 pub mod driver;
 pub mod flood;
 mod labels;
+pub mod metrics;
 pub mod pipeline;
 pub mod police;
 pub mod ports;

@@ -60,6 +60,8 @@ pub struct Config {
     pub queue: QueueSettings,
     pub protect: Selection,
     pub control_socket: PathBuf,
+    /// The Prometheus endpoint's address (None: off).
+    pub metrics: Option<std::net::SocketAddr>,
     /// MiddlePolice capabilities; without them both roles pass traffic through unchanged.
     pub capabilities: Option<CapSettings>,
     /// mbox, redirect mode: addresses clients connect to, and the victims behind them.
@@ -302,6 +304,13 @@ struct RawConfig {
     police: Option<police::RawPolice>,
     trace: Option<trace::RawTrace>,
     ports: Option<ports::RawPorts>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -604,6 +613,15 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         .control
         .socket
         .unwrap_or_else(|| PathBuf::from(format!("/run/mpolice/{role}.sock")));
+    let metrics = match raw.metrics {
+        Some(m) => Some(m.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "metrics.listen: {:?} is not an address and port (e.g. \"127.0.0.1:9464\" or \"[::1]:9464\")",
+                m.listen
+            ))
+        })?),
+        None => None,
+    };
     let redirect = match raw.redirect {
         None => Vec::new(),
         Some(_) if role != "mbox" => {
@@ -712,6 +730,7 @@ fn validate(raw: RawConfig, role: &str) -> Result<Config, ConfigError> {
         },
         protect: selection,
         control_socket,
+        metrics,
     })
 }
 

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::config::{CapSettings, Config, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::control::{ControlSocket, Request, Withheld};
 use crate::driver::keys::KeyWatch;
+use crate::driver::metrics::MetricsEndpoint;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::{RunId, wire_len};
@@ -84,6 +85,7 @@ pub fn run(
     let _advmss = lower_advmss(role, cfg)?;
     let queues = open_queues(cfg)?;
     let control = ControlSocket::bind(&cfg.control_socket)?;
+    let metrics = cfg.metrics.map(MetricsEndpoint::bind).transpose()?;
     let (rules, kind) = InstalledRules::install(role, cfg)?;
     tracing::info!(
         "{name}: table inet {TABLE} installed with the {} queue rule; queues {:?}; control socket {}",
@@ -156,16 +158,25 @@ pub fn run(
         Arc::clone(&rules.0),
         Arc::clone(&board),
     )));
+    let answers = Arc::new(Answers {
+        counters: Arc::clone(&counters),
+        header: header.clone(),
+        board: Arc::clone(&board),
+        withholds: role == Role::Victim && cfg.capabilities.is_some(),
+        kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
+        reloader: Arc::clone(&reloader),
+    });
     let control_thread = {
-        let answers = Answers {
-            counters: Arc::clone(&counters),
-            header: header.clone(),
-            board: Arc::clone(&board),
-            withholds: role == Role::Victim && cfg.capabilities.is_some(),
-            kernel_trace: kernel_trace.as_ref().map(KernelListener::tally),
-            reloader: Arc::clone(&reloader),
-        };
+        let answers = Arc::clone(&answers);
         control.serve(Arc::clone(&worker_stop), move |r| answers.answer(r))?
+    };
+    let metrics_thread = match metrics {
+        Some(m) => {
+            tracing::info!("{name}: metrics at http://{}/metrics", m.addr()?);
+            let answers = Arc::clone(&answers);
+            Some(m.serve(Arc::clone(&worker_stop), move || answers.stats(0))?)
+        }
+        None => None,
     };
 
     let mut failed = None;
@@ -196,6 +207,9 @@ pub fn run(
         .fold(true, |a, b| a & b);
     drop(rules);
     let _ = control_thread.join();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
     // Every worker's sender is gone with its thread, the listener's with it: the writer
     // writes the rest.
     let kernel_trace = kernel_trace.map(KernelListener::stop);
@@ -662,6 +676,35 @@ struct Answers {
 }
 
 impl Answers {
+    /// A snapshot of every counter, with the police's `limit` most active senders.
+    fn stats(&self, limit: usize) -> EngineStats {
+        let mut stats = self.header.stats(
+            &self.counters,
+            &nfqueue::kernel_queue_stats().unwrap_or_default(),
+        );
+        stats.police = self.board.report(limit);
+        // Dropped in the kernel before the queue (0 without the channel).
+        (stats.unverified_over_source, stats.unverified_over_total) =
+            nft::unverified_drops().unwrap_or_default();
+        stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
+        stats.groups = self.board.policies().get().groups.rows();
+        // Per-port statistics on: the listening sockets of the protected TCP ports and
+        // the forwarded connections' outgoing ports.
+        let listened = {
+            let r = lock(&self.reloader);
+            let cfg = r.config();
+            cfg.port_policies.then(|| cfg.listened_ports())
+        };
+        if let Some(ports) = &listened {
+            stats.listeners = sockdiag::listeners()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|l| ports.iter().any(|r| r.contains(l.port)))
+                .collect();
+        }
+        stats
+    }
+
     fn answer(&self, request: &Request) -> std::result::Result<serde_json::Value, String> {
         let withheld = |changed| Withheld {
             withheld: self
@@ -674,36 +717,12 @@ impl Answers {
         };
         let value = match request {
             Request::Stats | Request::Senders => {
-                let mut stats = self.header.stats(
-                    &self.counters,
-                    &nfqueue::kernel_queue_stats().unwrap_or_default(),
-                );
                 let limit = if *request == Request::Senders {
                     REPORT_LIMIT
                 } else {
                     0
                 };
-                stats.police = self.board.report(limit);
-                // Dropped in the kernel before the queue (0 without the channel).
-                (stats.unverified_over_source, stats.unverified_over_total) =
-                    nft::unverified_drops().unwrap_or_default();
-                stats.kernel_trace = self.kernel_trace.as_ref().map(|k| k.read());
-                stats.groups = self.board.policies().get().groups.rows();
-                // Per-port statistics on: the listening sockets of the protected TCP
-                // ports and the forwarded connections' outgoing ports.
-                let listened = {
-                    let r = lock(&self.reloader);
-                    let cfg = r.config();
-                    cfg.port_policies.then(|| cfg.listened_ports())
-                };
-                if let Some(ports) = &listened {
-                    stats.listeners = sockdiag::listeners()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|l| ports.iter().any(|r| r.contains(l.port)))
-                        .collect();
-                }
-                serde_json::to_value(stats)
+                serde_json::to_value(self.stats(limit))
             }
             Request::Ports(r) => serde_json::to_value(lock(&self.reloader).ports(r)?),
             Request::Reload => {

@@ -7,6 +7,7 @@ pub mod depth;
 pub mod engine;
 pub mod inject;
 pub mod keys;
+pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;
 pub mod nft;

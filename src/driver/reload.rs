@@ -152,6 +152,7 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     };
     check(old.queue != new.queue, "[queue]");
     check(old.control_socket != new.control_socket, "control.socket");
+    check(old.metrics != new.metrics, "[metrics]");
     check(old.capabilities != new.capabilities, "[capabilities]");
     check(old.tunnel != new.tunnel, "[tunnel]");
     check(old.redirect != new.redirect, "[redirect]");
