@@ -254,3 +254,112 @@ fn the_metrics_endpoint_serves_the_counters() {
         assert!(tb.nft_tables(host).unwrap().is_empty());
     }
 }
+
+/// The systemd units of the three roles verify (`systemd-analyze verify`, the binary
+/// in place of /usr/bin/mpolice); and the engine speaks systemd's notify protocol, as a
+/// `Type=notify` unit needs: `READY=1` only once its table is installed, `WATCHDOG=1`
+/// pings, `RELOADING=1` then `READY=1` around a SIGHUP, `STOPPING=1` at SIGTERM.
+#[test]
+fn the_units_verify_and_the_engine_notifies_systemd() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpsysd").unwrap();
+    let root_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let units = tb.workdir().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let bin = bin();
+    for role in ["mbox", "victim", "server"] {
+        let unit = format!("mpolice-{role}.service");
+        let text = std::fs::read_to_string(root_dir.join("examples/systemd").join(&unit)).unwrap();
+        assert!(text.contains("Type=notify") && text.contains("WatchdogSec="));
+        let copy = units.join(&unit);
+        std::fs::write(
+            &copy,
+            text.replace("/usr/bin/mpolice", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze (package systemd)");
+        assert!(
+            out.status.success(),
+            "{unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // systemd's side of the protocol: a datagram socket the engine is told of.
+    let socket = tb.workdir().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let cfg = RoleConfig {
+        extra: "[ports]\n".into(),
+        ..RoleConfig::default()
+    };
+    let path = tb.workdir().join("server.toml");
+    std::fs::write(&path, cfg.toml(&tb.workdir().join("server.sock"))).unwrap();
+    let mut engine = tb
+        .command(
+            Host::Victim,
+            &[
+                bin.to_str().unwrap(),
+                "server",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+        )
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = recv();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=server: queues [0] live"),
+        "{ready:?}"
+    );
+    assert_eq!(
+        tb.nft_tables(Host::Victim).unwrap(),
+        ["inet mpolice"],
+        "ready before the rules"
+    );
+    assert_eq!(recv(), "WATCHDOG=1");
+    let t = Instant::now();
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let pid = engine.id() as i32;
+    // SAFETY: kill has no memory-safety preconditions; pid is our child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let next = |want: &str| loop {
+        let m = recv();
+        if m != "WATCHDOG=1" {
+            assert!(m.starts_with(want), "{m:?}, not {want}");
+            return m;
+        }
+    };
+    next("RELOADING=1\nMONOTONIC_USEC=");
+    let reloaded = next("READY=1");
+    assert!(
+        reloaded.contains("reloaded") && reloaded.contains("nothing changed"),
+        "{reloaded:?}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    next("STOPPING=1");
+    assert!(engine.wait().unwrap().success());
+    assert!(tb.nft_tables(Host::Victim).unwrap().is_empty());
+}

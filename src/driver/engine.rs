@@ -17,6 +17,7 @@ use crate::config::{CapSettings, Config, PoliceSettings, RedirectPair, Tunnel};
 use crate::driver::control::{ControlSocket, Request, Withheld};
 use crate::driver::keys::KeyWatch;
 use crate::driver::metrics::MetricsEndpoint;
+use crate::driver::notify::Notifier;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::capability::{RunId, wire_len};
@@ -179,6 +180,15 @@ pub fn run(
         None => None,
     };
 
+    // systemd (Type=notify): the rules and queues are live.
+    let mut notifier = Notifier::from_env();
+    let status = format!(
+        "{name}: queues {:?} live",
+        cfg.queue.numbers().collect::<Vec<_>>()
+    );
+    if let Some(n) = &notifier {
+        n.send(&format!("READY=1\nSTATUS={status}"));
+    }
     let mut failed = None;
     while !stop.load(Ordering::Relaxed) {
         if let Some(w) = workers.iter().find(|w| w.is_finished()) {
@@ -186,16 +196,35 @@ pub fn run(
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            // A storm of SIGHUPs is one reload per tick at most.
-            match lock(&reloader).reload() {
-                Ok(r) => tracing::info!("{name}: reloaded {}: {}", r.file, said(&r.changed)),
-                Err(e) => tracing::error!("{name}: {e}"),
+            if let Some(n) = &notifier {
+                n.reloading();
             }
+            // A storm of SIGHUPs is one reload per tick at most.
+            let said = match lock(&reloader).reload() {
+                Ok(r) => {
+                    let said = format!("reloaded {}: {}", r.file, said(&r.changed));
+                    tracing::info!("{name}: {said}");
+                    said
+                }
+                Err(e) => {
+                    tracing::error!("{name}: {e}");
+                    e
+                }
+            };
+            if let Some(n) = &notifier {
+                n.send(&format!("READY=1\nSTATUS={status}; {said}"));
+            }
+        }
+        if let Some(n) = notifier.as_mut() {
+            n.tick(Instant::now());
         }
         stages.tick(Instant::now());
         std::thread::sleep(TICK);
     }
     tracing::info!("{name}: stopping; removing table inet {TABLE}");
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
     // Stop queueing, answer every packet still queued, and only then unbind the queues
     // and delete the table: both would make the kernel drop what is still queued.
     rules.quiesce();

@@ -12,6 +12,7 @@ pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod nlsocket;
+pub mod notify;
 pub mod policies;
 pub mod reload;
 pub mod route;
