@@ -363,3 +363,35 @@ fn the_units_verify_and_the_engine_notifies_systemd() {
     assert!(engine.wait().unwrap().success());
     assert!(tb.nft_tables(Host::Victim).unwrap().is_empty());
 }
+
+/// The Debian package, built from this repository (`packaging/build-deb.sh`) and
+/// installed as an operator would, in a throwaway overlay of this host's root
+/// (`packaging/test-deb.sh`): it installs with its dependencies met, runs, checks every
+/// example config, puts the man pages, completions, rulesets and units in place (the
+/// units verify), and purges clean.
+#[test]
+fn the_debian_package_installs_runs_and_purges_clean() {
+    if !root() {
+        return;
+    }
+    let root_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |script: &str, arg: &std::path::Path| {
+        let out = std::process::Command::new(root_dir.join("packaging").join(script))
+            .arg(arg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{script}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let deb = run("build-deb.sh", &bin());
+    let deb = root_dir.join(deb.trim());
+    assert!(deb.exists(), "{}", deb.display());
+    let said = run("test-deb.sh", &deb);
+    assert!(said.contains("purges clean"), "{said}");
+    assert!(said.contains("a valid server config"), "{said}");
+}

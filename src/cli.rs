@@ -109,6 +109,14 @@ pub enum Command {
     /// Read a packet-journey trace (`[trace]` in the config, or `--trace FILE`).
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Write the man pages and shell completions, generated from this command line's
+    /// own definition, into a directory (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Where: man pages under man1/, completions under completions/.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,17 +368,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reload(r) => reload(r),
         Command::Check(c) => {
             let cfg = config::load(&c.config, c.role.name())?;
+            let queues: Vec<u16> = cfg.queue.numbers().collect();
             println!(
-                "{}: a valid {} config ({} queues from {}, {} protected addresses)",
+                "{}: a valid {} config (queues {queues:?}, {} protected addresses)",
                 c.config.display(),
                 c.role.name(),
-                cfg.queue.target.count,
-                cfg.queue.target.first,
                 cfg.protect.addresses.len()
             );
             Ok(())
         }
         Command::Ports(p) => ports(p),
+        Command::Generate { out } => generate(&out),
         Command::Trace(TraceCommand::Format { file, json }) => trace_format(&file, json),
         Command::Trace(TraceCommand::Compare {
             capture,
@@ -552,6 +560,31 @@ fn stats(args: StatsArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The man pages (one per subcommand) and the bash, zsh and fish completions.
+fn generate(out: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man1");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man).context("man pages")?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "mpolice", &completions)
+            .with_context(|| format!("{shell} completions"))?;
+    }
+    println!(
+        "man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
     Ok(())
 }
 
