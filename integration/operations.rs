@@ -132,6 +132,18 @@ fn reload_under_a_running_transfer_loses_nothing() {
         }
         assert_eq!(s.total().engine.enobufs, 0, "{host:?}\n{}", s.table());
     }
+    // A storm of 200 SIGHUPs in a row: coalesced (one reload per tick at most), the
+    // engine carries on.
+    let before = victim.log_text().matches("reloaded").count();
+    let pid = victim.pid().unwrap() as i32;
+    for _ in 0..200 {
+        // SAFETY: kill has no memory-safety preconditions; pid is our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let storm = victim.log_text().matches("reloaded").count() - before;
+    assert!((1..20).contains(&storm), "{storm} reloads for 200 SIGHUPs");
+    assert_eq!(status(&tb, &url), "200");
     // A broken file, then a change that cannot be made live: refused, config kept.
     victim
         .write_config_text("[protect\naddresses = 7\n")
@@ -394,4 +406,65 @@ fn the_debian_package_installs_runs_and_purges_clean() {
     let said = run("test-deb.sh", &deb);
     assert!(said.contains("purges clean"), "{said}");
     assert!(said.contains("a valid server config"), "{said}");
+}
+
+/// The mbox's police reloaded: from `fair_share` to `natural_share` with a new LLR
+/// threshold, the answer says so and the workers police by it (their report names the
+/// new policy once packets have passed); a change of the kernel's limits on unverified
+/// senders is refused, naming them.
+#[test]
+fn the_police_changes_on_reload() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mppol").unwrap();
+    let _served = ServedFile::start(&tb, 1 << 10).unwrap();
+    let mbox_cfg = |police: &str| RoleConfig {
+        extra: format!("[police]\n{police}"),
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "mbox")
+            .unwrap()
+    };
+    let victim_cfg = RoleConfig::default()
+        .with_capabilities(&tb, "victim")
+        .unwrap();
+    let victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &victim_cfg).unwrap();
+    let mbox = EngineProcess::start(
+        &tb,
+        Host::Mbox,
+        "mbox",
+        &bin(),
+        &mbox_cfg("policy = \"fair_share\"\n"),
+    )
+    .unwrap();
+    mbox.rewrite_config(&mbox_cfg(
+        "policy = \"natural_share\"\nllr_threshold = 0.2\n",
+    ))
+    .unwrap();
+    let (ok, said) = reload(&mbox);
+    assert!(
+        ok && said.contains("police: policy natural_share, llr_threshold 0.2"),
+        "{said}"
+    );
+    let url = format!("http://{VICTIM_V4}:8080/f.bin");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // A packet through the worker, and its report (every second) later.
+        assert_eq!(status(&tb, &url), "200");
+        let policy = mbox.stats().unwrap().police.map(|p| p.policy);
+        if policy.as_deref() == Some("natural_share") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {policy:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mbox.rewrite_config(&mbox_cfg(
+        "policy = \"natural_share\"\nunverified_per_source_pps = 7\n",
+    ))
+    .unwrap();
+    let (ok, said) = reload(&mbox);
+    assert!(!ok && said.contains("police.unverified_*"), "{said}");
+    drop((victim, mbox));
+    assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
 }

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::config::PoliceSettings;
 use crate::driver::nft::{Prefix, Selection};
 use crate::police::{Figures, PoliceReport, System};
 use crate::ports::Policies;
@@ -25,6 +26,8 @@ pub struct Board {
     /// The protected selection in force, once a reload changed it (version 0: the
     /// config's at start, which every pipeline starts with).
     selection: Versioned<Arc<Selection>>,
+    /// mbox: the police settings a reload put in force (None: the config's at start).
+    police: Versioned<Option<Arc<PoliceSettings>>>,
 }
 
 /// A value the control socket changes and the workers pick up: the version is bumped
@@ -79,7 +82,13 @@ impl Board {
             withheld: Versioned::new(withheld),
             policies: Versioned::new(Arc::new(Policies::default())),
             selection: Versioned::new(Arc::new(Selection::default())),
+            police: Versioned::new(None),
         }
+    }
+
+    /// The police settings: every change a reload makes.
+    pub fn police(&self) -> &Versioned<Option<Arc<PoliceSettings>>> {
+        &self.police
     }
 
     /// The protected selection: every change a reload makes (the workers start with

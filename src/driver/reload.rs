@@ -106,6 +106,12 @@ impl Reloader {
                 (true, ())
             });
         }
+        if new.police != self.cfg.police {
+            self.board.police().update(|p| {
+                *p = Some(Arc::new(new.police.clone()));
+                (true, ())
+            });
+        }
         if new.port_policies && self.put_policies(&new) {
             changed
                 .push("ports: the config's rules and groups replace the run-time changes".into());
@@ -156,7 +162,14 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     check(old.capabilities != new.capabilities, "[capabilities]");
     check(old.tunnel != new.tunnel, "[tunnel]");
     check(old.redirect != new.redirect, "[redirect]");
-    check(old.police != new.police, "[police]");
+    check(
+        old.unverified_channel(role) != new.unverified_channel(role),
+        "police.unverified_* and police.policy to or from \"off\" (the kernel's channel for unverified senders)",
+    );
+    check(
+        old.police.slr_sample != new.police.slr_sample,
+        "police.slr_sample",
+    );
     check(old.trace != new.trace, "[trace]");
     check(
         old.port_policies != new.port_policies,
@@ -192,6 +205,17 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
                 .join(", "),
             list(&p.tcp_ports),
             list(&p.udp_ports)
+        ));
+    }
+    if old.police != new.police {
+        let p = &new.police;
+        changed.push(format!(
+            "police: policy {}, llr_threshold {}, slr_threshold {}, beta {}, unverified_stamps_per_sec {}",
+            p.policy.name(),
+            p.llr_threshold,
+            p.slr_threshold,
+            p.beta,
+            p.unverified_stamps_per_sec
         ));
     }
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -231,6 +255,34 @@ mod tests {
         assert_eq!(
             fixed_changes(Role::Victim, &old, &socket),
             ["control.socket"]
+        );
+    }
+
+    #[test]
+    fn the_police_changes_live_but_not_its_kernel_limits() {
+        let mbox = |police: &str| {
+            config::parse(
+                &format!(
+                    "{BASE}[capabilities]\nkey_file = \"/k\"\nvictim_interfaces = [\"eth1\"]\n[police]\n{police}"
+                ),
+                "mbox",
+            )
+            .unwrap()
+        };
+        let old = mbox("policy = \"natural_share\"\n");
+        let new = mbox("policy = \"fair_share\"\nllr_threshold = 0.1\n");
+        assert!(fixed_changes(Role::Mbox, &old, &new).is_empty());
+        let said = changed_sections(&old, &new);
+        assert!(
+            said[0].starts_with("police: policy fair_share, llr_threshold 0.1"),
+            "{said:?}"
+        );
+        let limits = mbox("policy = \"natural_share\"\nunverified_per_source_pps = 7\n");
+        assert_eq!(
+            fixed_changes(Role::Mbox, &old, &limits),
+            [
+                "police.unverified_* and police.policy to or from \"off\" (the kernel's channel for unverified senders)"
+            ]
         );
     }
 

@@ -245,6 +245,8 @@ struct Loop {
     policies_seen: u64,
     /// The version of the board's protected selection the pipeline has.
     selection_seen: u64,
+    /// The version of the board's police settings the pipeline has.
+    police_seen: u64,
     /// The kernel's sets of verified senders (the channel that bypasses the kernel's
     /// limits on unverified ones), if installed.
     verified: Option<VerifiedSet>,
@@ -278,6 +280,7 @@ impl Loop {
             withheld_seen: 0,
             policies_seen: 0,
             selection_seen: 0,
+            police_seen: 0,
             verified: None,
             depth,
             tracer: None,
@@ -315,6 +318,9 @@ impl Loop {
                     // So does a reload's selection: the rules that queue it are in force.
                     if let Some(s) = board.0.selection().since(&mut self.selection_seen) {
                         self.pipeline.set_selection((*s).clone());
+                    }
+                    if let Some(Some(p)) = board.0.police().since(&mut self.police_seen) {
+                        self.pipeline.set_police(&p);
                     }
                     match incoming {
                         Incoming::Packet(msg) => self.process(&msg, now),

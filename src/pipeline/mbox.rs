@@ -420,6 +420,11 @@ impl Mbox {
         self.police.set_system(system);
     }
 
+    /// Police by `p` from now on (a reload); every sender's state stays.
+    pub fn set_police(&mut self, p: &PoliceSettings) {
+        self.police.set_settings(p);
+    }
+
     /// The policy, the system-wide view, and up to `limit` of the most active senders.
     pub fn police_report(&self, limit: usize) -> PoliceReport {
         PoliceReport {

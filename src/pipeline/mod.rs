@@ -215,6 +215,13 @@ impl Pipeline {
         }
     }
 
+    /// mbox: police by `p` from now on (a reload); every sender's state stays.
+    pub fn set_police(&mut self, p: &crate::config::PoliceSettings) {
+        if let Some(Stages::Mbox(m)) = self.stages.as_mut() {
+            m.set_police(p);
+        }
+    }
+
     /// Police by the system-wide view merged from every worker's figures.
     pub fn set_system(&mut self, system: System) {
         if let Some(Stages::Mbox(m)) = self.stages.as_mut() {

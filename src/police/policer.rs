@@ -387,6 +387,20 @@ impl Policer {
         self.system = system;
     }
 
+    /// Police by `p` from now on (a reload): the senders, their periods and their
+    /// returned capabilities stay; the policy and its thresholds apply from each
+    /// sender's next decision, the stamp budget's rate from its next refill.
+    pub fn set_settings(&mut self, p: &PoliceSettings) {
+        self.policy = p.policy.clone();
+        self.beta = p.beta;
+        self.llr_threshold = p.llr_threshold;
+        self.slr_threshold = p.slr_threshold;
+        self.paced = p.paced;
+        self.non_tcp_per_period = p.non_tcp_per_period;
+        self.idle_periods = p.idle_periods;
+        self.budget.per_sec = f64::from(p.unverified_stamps_per_sec);
+    }
+
     /// The system-wide view in force.
     pub fn system(&self) -> System {
         self.system
