@@ -51,10 +51,32 @@ impl Drop for Stuck {
     }
 }
 
-/// The role the protected host runs: the victim with MiddlePolice, else a server that
-/// runs port policies only.
-fn server_role(capabilities: bool) -> &'static str {
-    if capabilities { "victim" } else { "server" }
+/// Start the protected host with `ports` (its `[ports]` lines) on `tcp_ports`, and the
+/// mbox in front of it: with `capabilities`, a victim behind a stamping mbox; without,
+/// a server (port policies only) behind an mbox that passes traffic on.
+fn start_pair(
+    tb: &Testbed,
+    capabilities: bool,
+    tcp_ports: &[u16],
+    ports: &str,
+) -> (EngineProcess, EngineProcess) {
+    let role = |r: &str, extra: &str| {
+        let base = RoleConfig {
+            tcp_ports: tcp_ports.to_vec(),
+            extra: extra.into(),
+            ..RoleConfig::default()
+        };
+        if capabilities {
+            base.with_capabilities(tb, r).unwrap()
+        } else {
+            base
+        }
+    };
+    let host = if capabilities { "victim" } else { "server" };
+    let victim =
+        EngineProcess::start(tb, Host::Victim, host, &bin(), &role("victim", ports)).unwrap();
+    let mbox = EngineProcess::start(tb, Host::Mbox, "mbox", &bin(), &role("mbox", "")).unwrap();
+    (victim, mbox)
 }
 
 /// Stop both engines; each exits cleanly and leaves no table behind.
@@ -111,35 +133,15 @@ fn forwarding(prefix: &str, capabilities: bool) {
     let _machine = exclusive();
     let tb = Testbed::up(prefix).unwrap();
     let _servers = servers(&tb, &[8081, 8082, 8083]);
-    let role = |r: &str| {
-        let base = RoleConfig::default();
-        RoleConfig {
-            tcp_ports: vec![8080, 9090, 8084],
-            extra: if r == "victim" {
-                "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
-             source = [{ from = \"198.18.1.0/24\", to = 8081 }]\n\
-             [[ports.forward]]\nport = 9090\ndefault = 8083\n\
-             dice = [{ percent = 50, to = 8081 }]\n"
-                    .into()
-            } else {
-                String::new()
-            },
-            ..if capabilities {
-                base.with_capabilities(&tb, r).unwrap()
-            } else {
-                base
-            }
-        }
-    };
-    let mut victim = EngineProcess::start(
+    let (mut victim, mut mbox) = start_pair(
         &tb,
-        Host::Victim,
-        server_role(capabilities),
-        &bin(),
-        &role("victim"),
-    )
-    .unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &role("mbox")).unwrap();
+        capabilities,
+        &[8080, 9090, 8084],
+        "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
+         source = [{ from = \"198.18.1.0/24\", to = 8081 }]\n\
+         [[ports.forward]]\nport = 9090\ndefault = 8083\n\
+         dice = [{ percent = 50, to = 8081 }]\n",
+    );
     let v4 = who_answers(&tb, VICTIM_V4, 8080, 3);
     let v6 = who_answers(&tb, &format!("[{VICTIM_V6}]"), 8080, 3);
     assert_eq!(
@@ -279,33 +281,13 @@ fn content(prefix: &str, capabilities: bool) {
     let big = tb.workdir().join("www8081/api/big.bin");
     mpolice::testbed::random_file(&big, 1 << 20).unwrap();
     let big_sha = mpolice::testbed::sha256(&big).unwrap();
-    let role = |r: &str| {
-        let base = RoleConfig::default();
-        RoleConfig {
-            tcp_ports: vec![8080],
-            extra: if r == "victim" {
-                "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
-                 content = [{ pattern = \" /api/\", to = 8081 }]\n"
-                    .into()
-            } else {
-                String::new()
-            },
-            ..if capabilities {
-                base.with_capabilities(&tb, r).unwrap()
-            } else {
-                base
-            }
-        }
-    };
-    let mut victim = EngineProcess::start(
+    let (mut victim, mut mbox) = start_pair(
         &tb,
-        Host::Victim,
-        server_role(capabilities),
-        &bin(),
-        &role("victim"),
-    )
-    .unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &role("mbox")).unwrap();
+        capabilities,
+        &[8080],
+        "[[ports.forward]]\nport = 8080\ndefault = 8082\n\
+         content = [{ pattern = \" /api/\", to = 8081 }]\n",
+    );
     let v6 = format!("[{VICTIM_V6}]");
     for addr in [VICTIM_V4, v6.as_str()] {
         let api = answers(&tb, &format!("http://{addr}:8080/api/who"), 3);
@@ -510,14 +492,7 @@ fn content_rules_wait_for_data_and_reset_what_no_server_takes() {
 /// Start a server (port policies only, `mpolice server`) with `ports` as its `[ports]`
 /// section, behind an mbox that passes traffic on.
 fn server_with(tb: &Testbed, ports: &str) -> (EngineProcess, EngineProcess) {
-    let cfg = |extra: &str| RoleConfig {
-        tcp_ports: vec![8080, 9090],
-        extra: extra.into(),
-        ..RoleConfig::default()
-    };
-    let victim = EngineProcess::start(tb, Host::Victim, "server", &bin(), &cfg(ports)).unwrap();
-    let mbox = EngineProcess::start(tb, Host::Mbox, "mbox", &bin(), &cfg("")).unwrap();
-    (victim, mbox)
+    start_pair(tb, false, &[8080, 9090], ports)
 }
 
 /// The group row of `what` on `port`, once the engine has counted `at_least` events.
@@ -691,15 +666,9 @@ fn an_ftp_output_group_holds_its_data_connections() {
         .spawn()
         .unwrap();
     mpolice::testbed::wait_listening(&tb, Host::Victim, 21).unwrap();
-    let cfg = |extra: &str| RoleConfig {
-        tcp_ports: [21].into_iter().chain(30000..30010).collect(),
-        extra: extra.into(),
-        ..RoleConfig::default()
-    };
+    let ports: Vec<u16> = [21].into_iter().chain(30000..30010).collect();
     let group = "[[ports.group]]\noutput_rate = 400000\nburst = 65536\nport = 21\nftp = true\n";
-    let mut victim =
-        EngineProcess::start(&tb, Host::Victim, "server", &bin(), &cfg(group)).unwrap();
-    let mut mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &cfg("")).unwrap();
+    let (mut victim, mut mbox) = start_pair(&tb, false, &ports, group);
     let got = tb.workdir().join("got.bin");
     let v6 = format!("[{VICTIM_V6}]");
     for (addr, how) in [(VICTIM_V4, "--disable-epsv"), (v6.as_str(), "--epsv")] {

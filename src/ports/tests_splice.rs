@@ -97,6 +97,32 @@ impl Run {
         self.s.take_actions().collect()
     }
 
+    /// The server's SYN-ACK to the released SYN.
+    fn server_joins(&mut self) -> Step {
+        self.outbound(to_client(
+            tcp::SYN | tcp::ACK,
+            SERVER_ISN,
+            CLIENT_ISN + 1,
+            &[],
+        ))
+        .0
+    }
+
+    /// The bytes of held packet `id`, the one packet the last step released (accepted,
+    /// unmarked).
+    fn released(&mut self, id: u32) -> Vec<u8> {
+        let actions = self.actions();
+        match &actions[..] {
+            [
+                Action::Release {
+                    id: got,
+                    verdict: Ok((bytes, None)),
+                },
+            ] if *got == id => bytes.clone(),
+            _ => panic!("{actions:?}"),
+        }
+    }
+
     /// SYN and ACK: the engine's initial sequence number, from its SYN-ACK.
     fn handshake(&mut self) -> u32 {
         assert_eq!(self.inbound(syn()).0, Step::Hold);
@@ -186,30 +212,15 @@ fn the_first_data_chooses_the_port_and_the_server_joins_with_translation() {
     assert!(checks(syn_out));
     // The server's SYN-ACK is the engine's to take; the data goes on acknowledging the
     // server's sequence numbers.
-    let (step, _) = r.outbound(to_client(
-        tcp::SYN | tcp::ACK,
-        SERVER_ISN,
-        CLIENT_ISN + 1,
-        &[],
-    ));
-    assert_eq!(step, Step::Drop(Reason::SpliceServerHandshake));
-    let actions = r.actions();
-    let [
-        Action::Release {
-            id: 3,
-            verdict: Ok((data, None)),
-        },
-    ] = &actions[..]
-    else {
-        panic!("{actions:?}")
-    };
-    let t = tcp_of(data);
+    assert_eq!(r.server_joins(), Step::Drop(Reason::SpliceServerHandshake));
+    let data = r.released(3);
+    let t = tcp_of(&data);
     assert_eq!((t.seq, t.ack), (CLIENT_ISN + 1, SERVER_ISN.wrapping_add(1)));
     assert_eq!(
-        wire::parse(data).unwrap().payload(data),
+        wire::parse(&data).unwrap().payload(&data),
         wire::parse(&request).unwrap().payload(&request)
     );
-    assert!(checks(data));
+    assert!(checks(&data));
     // From then on: the server's numbers move back, the client's acknowledgements on.
     let (step, reply) = r.outbound(to_client(
         tcp::ACK,
@@ -225,13 +236,7 @@ fn the_first_data_chooses_the_port_and_the_server_joins_with_translation() {
     assert_eq!(tcp_of(&ack).ack, SERVER_ISN.wrapping_add(7));
     assert!(checks(&ack));
     // A SYN-ACK the server sends again is the engine's too.
-    let (step, _) = r.outbound(to_client(
-        tcp::SYN | tcp::ACK,
-        SERVER_ISN,
-        CLIENT_ISN + 1,
-        &[],
-    ));
-    assert_eq!(step, Step::Drop(Reason::SpliceServerHandshake));
+    assert_eq!(r.server_joins(), Step::Drop(Reason::SpliceServerHandshake));
     let c = r.s.counts();
     assert_eq!(
         (c.answered, c.examined, c.joined, c.opening, c.open),
@@ -280,23 +285,9 @@ fn a_client_that_sends_nothing_is_opened_to_the_default_after_the_wait() {
         "{actions:?}"
     );
     // The held ACK completes the server's handshake.
-    r.outbound(to_client(
-        tcp::SYN | tcp::ACK,
-        SERVER_ISN,
-        CLIENT_ISN + 1,
-        &[],
-    ));
-    let actions = r.actions();
-    let [
-        Action::Release {
-            id: 2,
-            verdict: Ok((ack, None)),
-        },
-    ] = &actions[..]
-    else {
-        panic!("{actions:?}")
-    };
-    assert_eq!(tcp_of(ack).ack, SERVER_ISN.wrapping_add(1));
+    r.server_joins();
+    let ack = r.released(2);
+    assert_eq!(tcp_of(&ack).ack, SERVER_ISN.wrapping_add(1));
     // The server speaks first: its banner reaches the client in the client's numbers.
     let (_, banner) = r.outbound(to_client(
         tcp::ACK | tcp::PSH,
@@ -427,12 +418,7 @@ fn joined_connections_are_forgotten_once_closed_or_idle() {
     let mut r = Run::new();
     let isn = r.handshake();
     r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
-    r.outbound(to_client(
-        tcp::SYN | tcp::ACK,
-        SERVER_ISN,
-        CLIENT_ISN + 1,
-        &[],
-    ));
+    r.server_joins();
     r.inbound(to_server(tcp::ACK | tcp::FIN, CLIENT_ISN + 10, isn + 1, &[]).build());
     r.s.expire(&mut r.f, r.now + Duration::from_secs(120));
     assert_eq!(
@@ -453,12 +439,7 @@ fn joined_connections_are_forgotten_once_closed_or_idle() {
     let mut r = Run::new();
     let isn = r.handshake();
     r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
-    r.outbound(to_client(
-        tcp::SYN | tcp::ACK,
-        SERVER_ISN,
-        CLIENT_ISN + 1,
-        &[],
-    ));
+    r.server_joins();
     r.s.expire(&mut r.f, r.now + Duration::from_secs(3599));
     assert_eq!(r.s.counts().open, 1);
     // (Idleness is checked every 10 s.)

@@ -79,24 +79,42 @@ pub(super) fn parse(seg: &[u8], seg_offset: usize) -> Result<(TcpInfo, usize), W
     Ok((info, header_len))
 }
 
-/// Turn the options of `kinds` in `options` (well formed: see `walk_options`) into no-ops.
+/// Turn the options of `kinds` in `options` into no-ops (up to a broken one).
 pub(super) fn blank_options(options: &mut [u8], kinds: &[u8]) {
-    let mut i = 0;
-    while let Some(&kind) = options.get(i) {
-        match kind {
-            OPT_END => break,
-            OPT_NOP => i += 1,
-            _ => {
-                let len = usize::from(options.get(i + 1).copied().unwrap_or(0)).max(2);
-                if kinds.contains(&kind) {
-                    for b in options.iter_mut().skip(i).take(len) {
-                        *b = OPT_NOP;
-                    }
-                }
-                i += len;
-            }
-        }
+    let blanked: Vec<std::ops::Range<usize>> = each_option(options)
+        .map_while(Result::ok)
+        .filter(|(kind, _)| kinds.contains(kind))
+        .map(|(_, at)| at)
+        .collect();
+    for at in blanked {
+        options[at].fill(OPT_NOP);
     }
+}
+
+/// The options in `options`, in order: each kind and where it lies; an error for one
+/// whose length is broken, after which there are no more. The end-of-list option ends
+/// them.
+fn each_option(
+    options: &[u8],
+) -> impl Iterator<Item = Result<(u8, std::ops::Range<usize>), WireError>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let at = i;
+        let kind = *options.get(at)?;
+        let len = match kind {
+            OPT_END => return None,
+            OPT_NOP => 1,
+            _ => match options.get(at + 1).map(|&l| usize::from(l)) {
+                Some(len) if len >= 2 && at + len <= options.len() => len,
+                _ => {
+                    i = options.len();
+                    return Some(Err(WireError::BadTcpOptions));
+                }
+            },
+        };
+        i += len;
+        Some(Ok((kind, at..at + len)))
+    })
 }
 
 /// Check every option's length and return the offset of the MSS option within `options`.
@@ -105,25 +123,14 @@ pub(super) fn blank_options(options: &mut [u8], kinds: &[u8]) {
 #[inline]
 fn walk_options(options: &[u8]) -> Result<Option<usize>, WireError> {
     let mut mss = None;
-    let mut i = 0;
-    // Each step advances at least one byte, so this ends within 40 steps.
-    while let Some(&kind) = options.get(i) {
-        match kind {
-            OPT_END => break,
-            OPT_NOP => i += 1,
-            _ => {
-                let len = usize::from(*options.get(i + 1).ok_or(WireError::BadTcpOptions)?);
-                if len < 2 || i + len > options.len() {
-                    return Err(WireError::BadTcpOptions);
-                }
-                if kind == OPT_MSS {
-                    if len != 4 || mss.is_some() {
-                        return Err(WireError::BadTcpOptions);
-                    }
-                    mss = Some(i);
-                }
-                i += len;
+    // Each option is at least one byte, so this ends within 40 steps.
+    for option in each_option(options) {
+        let (kind, at) = option?;
+        if kind == OPT_MSS {
+            if at.len() != 4 || mss.is_some() {
+                return Err(WireError::BadTcpOptions);
             }
+            mss = Some(at.start);
         }
     }
     Ok(mss)

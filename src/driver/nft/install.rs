@@ -203,14 +203,7 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         objects::add_channel(&mut batch, &table, &table_name, ch, &mut steps);
     }
     for chain_spec in &spec.chains {
-        let mut chain = Chain::new(c_name(&chain_spec.name)?, &table);
-        chain.set_type(if chain_spec.nat {
-            ChainType::Nat
-        } else {
-            ChainType::Filter
-        });
-        chain.set_hook(nft_hook(chain_spec.hook), chain_spec.priority);
-        chain.set_policy(Policy::Accept);
+        let chain = base_chain(&table, chain_spec)?;
         batch.add(&chain, MsgType::Add);
         steps.push(format!("add chain {}", chain_spec.name));
         add_rules(
@@ -222,6 +215,19 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         )?;
     }
     send_batch(batch, &steps, &rule_steps)
+}
+
+/// The base chain of `chain_spec` in `table`: its type, hook, priority, policy accept.
+fn base_chain<'a>(table: &'a Table, chain_spec: &ChainSpec) -> Result<Chain<'a>, RulesError> {
+    let mut chain = Chain::new(c_name(&chain_spec.name)?, table);
+    chain.set_type(if chain_spec.nat {
+        ChainType::Nat
+    } else {
+        ChainType::Filter
+    });
+    chain.set_hook(nft_hook(chain_spec.hook), chain_spec.priority);
+    chain.set_policy(Policy::Accept);
+    Ok(chain)
 }
 
 /// Add the rules of `chain_spec` to `batch`, in order, each with its step (and the queue
@@ -333,7 +339,7 @@ pub fn replace_chains(
     let (mut steps, mut rule_steps) = (Vec::new(), Vec::new());
     let mut now = new.clone();
     for chain_spec in &new.chains {
-        let mut chain = Chain::new(c_name(&chain_spec.name)?, &table);
+        let chain = base_chain(&table, chain_spec)?;
         match old.chains.iter().find(|c| c.name == chain_spec.name) {
             Some(was)
                 if (was.hook, was.priority, was.nat)
@@ -350,13 +356,6 @@ pub fn replace_chains(
                 steps.push(format!("flush chain {}", chain_spec.name));
             }
             None => {
-                chain.set_type(if chain_spec.nat {
-                    ChainType::Nat
-                } else {
-                    ChainType::Filter
-                });
-                chain.set_hook(nft_hook(chain_spec.hook), chain_spec.priority);
-                chain.set_policy(Policy::Accept);
                 batch.add(&chain, MsgType::Add);
                 steps.push(format!("add chain {}", chain_spec.name));
             }
