@@ -506,9 +506,32 @@ struct RawControl {
 
 /// Read and validate the config file for a role (`mbox` or `victim`).
 pub fn load(path: &Path, role: &str) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("config {}: cannot read: {e}", path.display())))?;
+    let text =
+        read_settled(path).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))?;
     parse(&text, role).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))
+}
+
+/// The file's text once two reads in a row agree: one read while an editor writes it
+/// could see half a file that still parses (a reload would then apply it).
+fn read_settled(path: &Path) -> Result<String, String> {
+    settled(|| std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}")))
+}
+
+/// What `read` gives twice in a row, within four tries.
+fn settled(mut read: impl FnMut() -> Result<String, String>) -> Result<String, String> {
+    let mut text = read()?;
+    for _ in 0..3 {
+        let again = read()?;
+        if again == text {
+            return Ok(text);
+        }
+        text = again;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(
+        "it kept changing while being read; write it whole (e.g. to a new file, then rename it)"
+            .into(),
+    )
 }
 
 /// Parse and validate config text; errors name the key at fault.
@@ -1362,6 +1385,19 @@ mod tests {
         ] {
             load(&dir.join(file), role).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
+    }
+
+    /// A file is taken once two reads in a row agree; one that keeps changing is refused.
+    #[test]
+    fn a_config_changing_while_read_is_read_again_or_refused() {
+        let script = |reads: &[&str]| {
+            let mut it = reads.iter().map(|s| Ok(s.to_string()));
+            settled(move || it.next().unwrap())
+        };
+        assert_eq!(script(&["a", "a"]), Ok("a".into()));
+        assert_eq!(script(&["half", "whole", "whole"]), Ok("whole".into()));
+        let e = script(&["1", "2", "3", "4", "5"]).unwrap_err();
+        assert!(e.contains("kept changing while being read"), "{e}");
     }
 
     /// A server runs port policies without MiddlePolice: it needs `[ports]` and takes
