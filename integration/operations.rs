@@ -468,3 +468,152 @@ fn the_police_changes_on_reload() {
     drop((victim, mbox));
     assert!(tb.nft_tables(Host::Mbox).unwrap().is_empty());
 }
+
+/// The Grafana dashboard (`examples/grafana/mpolice-dashboard.json`) against a real
+/// Prometheus (Debian's `prometheus` package) scraping both engines' endpoints while a
+/// download and a UDP flood run: Prometheus ingests both endpoints' OpenMetrics text
+/// (`up` is 1 for each; `promtool check metrics` lints only the older text format), and
+/// every panel's query is valid and returns series (the attack-only ones may be empty
+/// when the police dropped nothing). Needs `prometheus`, so it does not run in
+/// CI: `cargo test --release --test operations -- --ignored --nocapture dashboard`.
+#[test]
+#[ignore = "needs Debian's prometheus package; run by hand (see the README)"]
+fn the_dashboards_queries_return_data_from_a_real_prometheus() {
+    assert!(root(), "run as root");
+    let _machine = exclusive();
+    let tb = Testbed::up("mpgraf").unwrap();
+    let served = ServedFile::start(&tb, 20 << 20).unwrap();
+    let victim_cfg = RoleConfig {
+        extra: "[[ports.forward]]\nport = 9090\ndefault = 8080\n\
+                [metrics]\nlisten = \"127.0.0.1:9464\"\n"
+            .into(),
+        tcp_ports: vec![8080, 9090],
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "victim")
+            .unwrap()
+    };
+    let mbox_cfg = RoleConfig {
+        extra: "[police]\npolicy = \"fair_share\"\n[metrics]\nlisten = \"198.18.2.1:9464\"\n"
+            .into(),
+        tcp_ports: vec![8080, 9090],
+        ..RoleConfig::default()
+            .with_capabilities(&tb, "mbox")
+            .unwrap()
+    };
+    let victim = EngineProcess::start(&tb, Host::Victim, "victim", &bin(), &victim_cfg).unwrap();
+    let mbox = EngineProcess::start(&tb, Host::Mbox, "mbox", &bin(), &mbox_cfg).unwrap();
+    // Prometheus beside the victim: its own endpoint on loopback, the mbox's over the link.
+    let dir = tb.workdir().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mpolice\n    \
+         static_configs:\n      - targets: ['127.0.0.1:9464', '198.18.2.1:9464']\n",
+    )
+    .unwrap();
+    let mut prometheus = tb
+        .command(
+            Host::Victim,
+            &[
+                "prometheus",
+                &format!("--config.file={}", config.display()),
+                &format!("--storage.tsdb.path={}", dir.join("data").display()),
+                "--web.listen-address=127.0.0.1:9090",
+            ],
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Traffic for 8 s: downloads, and bursts of a UDP flood to the protected server.
+    let until = Instant::now() + Duration::from_secs(8);
+    let flood = mpolice::testbed::UdpBurst {
+        to: format!("{VICTIM_V4}:9000").parse().unwrap(),
+        count: 20_000,
+        len: 512,
+        dest_opts: false,
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while Instant::now() < until {
+                flood.send(&tb, Host::Client).unwrap();
+            }
+        });
+        while Instant::now() < until {
+            served.fetch(&tb, VICTIM_V4).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/grafana/mpolice-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let query = |expr: &str| -> serde_json::Value {
+        let out = tb
+            .exec(
+                Host::Victim,
+                &[
+                    "curl",
+                    "-sS",
+                    "--data-urlencode",
+                    &format!("query={expr}"),
+                    "http://127.0.0.1:9090/api/v1/query",
+                ],
+            )
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(answer["status"], "success", "{expr}: {out}");
+        answer["data"]["result"].clone()
+    };
+    let up = query("up");
+    let up: Vec<(String, String)> = up
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["instance"].to_string(),
+                s["value"][1].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(up.len(), 2, "{up:?}");
+    assert!(up.iter().all(|(_, v)| v == "\"1\""), "{up:?}");
+    let attack_only = ["police_", "capabilities_rejected"];
+    let mut empty = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "15s");
+            let out = tb
+                .exec(
+                    Host::Victim,
+                    &[
+                        "curl",
+                        "-sS",
+                        "--data-urlencode",
+                        &format!("query={expr}"),
+                        "http://127.0.0.1:9090/api/v1/query",
+                    ],
+                )
+                .unwrap();
+            let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(answer["status"], "success", "{expr}: {out}");
+            let series = answer["data"]["result"].as_array().map_or(0, Vec::len);
+            eprintln!("{series:>3} series  {}: {expr}", panel["title"]);
+            if series == 0 && !attack_only.iter().any(|a| expr.contains(a)) {
+                empty.push(expr);
+            }
+        }
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    drop((victim, mbox));
+    assert!(empty.is_empty(), "queries without data: {empty:#?}");
+}
