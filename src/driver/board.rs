@@ -103,6 +103,15 @@ impl Board {
     }
 
     /// Withhold feedback from `p` (`add`) or no longer; true if that changed the list.
+    /// Withhold feedback from exactly `list` (a reload); whether that changed it.
+    pub fn set_withheld(&self, list: Vec<Prefix>) -> bool {
+        self.withheld.update(|now| {
+            let changed = *now != list;
+            *now = list;
+            (changed, changed)
+        })
+    }
+
     pub fn change_withheld(&self, p: Prefix, add: bool) -> bool {
         self.withheld.update(|list| {
             let at = list.iter().position(|q| *q == p);

@@ -106,6 +106,17 @@ impl Reloader {
                 (true, ())
             });
         }
+        // The config's list replaces the run-time changes (`mpolice withhold`).
+        if self.cfg.capabilities.is_some() && self.board.set_withheld(withheld(&new)) {
+            let said =
+                "capabilities.withhold_feedback: the config's list replaces the run-time changes";
+            if !changed
+                .iter()
+                .any(|c| c.starts_with("capabilities.withhold_feedback"))
+            {
+                changed.push(said.into());
+            }
+        }
         if new.police != self.cfg.police {
             self.board.police().update(|p| {
                 *p = Some(Arc::new(new.police.clone()));
@@ -159,7 +170,10 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     check(old.queue != new.queue, "[queue]");
     check(old.control_socket != new.control_socket, "control.socket");
     check(old.metrics != new.metrics, "[metrics]");
-    check(old.capabilities != new.capabilities, "[capabilities]");
+    check(
+        fixed_caps(old) != fixed_caps(new),
+        "[capabilities] (but withhold_feedback)",
+    );
     check(old.tunnel != new.tunnel, "[tunnel]");
     check(old.redirect != new.redirect, "[redirect]");
     check(
@@ -185,6 +199,21 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     fixed
 }
 
+/// The capability settings that cannot change live: all but `withhold_feedback`.
+fn fixed_caps(cfg: &Config) -> Option<config::CapSettings> {
+    cfg.capabilities.clone().map(|c| config::CapSettings {
+        withhold_feedback: Vec::new(),
+        ..c
+    })
+}
+
+/// The senders `cfg` withholds feedback from.
+fn withheld(cfg: &Config) -> Vec<nft::Prefix> {
+    cfg.capabilities
+        .as_ref()
+        .map_or_else(Vec::new, |c| c.withhold_feedback.clone())
+}
+
 /// Each section `new` changes (of those that change live), with what it is now.
 pub fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
     let mut changed = Vec::new();
@@ -205,6 +234,13 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
                 .join(", "),
             list(&p.tcp_ports),
             list(&p.udp_ports)
+        ));
+    }
+    if withheld(old) != withheld(new) {
+        let list: Vec<String> = withheld(new).iter().map(ToString::to_string).collect();
+        changed.push(format!(
+            "capabilities.withhold_feedback: [{}]",
+            list.join(", ")
         ));
     }
     if old.police != new.police {
@@ -283,6 +319,27 @@ mod tests {
             [
                 "police.unverified_* and police.policy to or from \"off\" (the kernel's channel for unverified senders)"
             ]
+        );
+    }
+
+    #[test]
+    fn of_the_capabilities_only_the_withheld_senders_change_live() {
+        let caps = |extra: &str| {
+            victim(&format!(
+                "[capabilities]\nmbox_interfaces = [\"eth1\"]\n{extra}"
+            ))
+        };
+        let old = caps("");
+        let new = caps("withhold_feedback = [\"198.18.66.0/24\"]\n");
+        assert!(fixed_changes(Role::Victim, &old, &new).is_empty());
+        assert_eq!(
+            changed_sections(&old, &new),
+            ["capabilities.withhold_feedback: [198.18.66.0/24]"]
+        );
+        let mtu = caps("path_mtu = 1400\n");
+        assert_eq!(
+            fixed_changes(Role::Victim, &old, &mtu),
+            ["[capabilities] (but withhold_feedback)"]
         );
     }
 
