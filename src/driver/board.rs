@@ -9,8 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::PoliceSettings;
-use crate::driver::nft::{Prefix, Selection};
+use crate::config::Config;
+use crate::driver::nft::Prefix;
 use crate::police::{Figures, PoliceReport, System};
 use crate::ports::Policies;
 
@@ -23,11 +23,9 @@ pub struct Board {
     withheld: Versioned<Vec<Prefix>>,
     /// victim: the port policies in force.
     policies: Versioned<Arc<Policies>>,
-    /// The protected selection in force, once a reload changed it (version 0: the
-    /// config's at start, which every pipeline starts with).
-    selection: Versioned<Arc<Selection>>,
-    /// mbox: the police settings a reload put in force (None: the config's at start).
-    police: Versioned<Option<Arc<PoliceSettings>>>,
+    /// The config a reload put in force (None, version 0: the one at start, which every
+    /// pipeline starts with).
+    config: Versioned<Option<Arc<Config>>>,
 }
 
 /// A value the control socket changes and the workers pick up: the version is bumped
@@ -81,20 +79,14 @@ impl Board {
             min_sample,
             withheld: Versioned::new(withheld),
             policies: Versioned::new(Arc::new(Policies::default())),
-            selection: Versioned::new(Arc::new(Selection::default())),
-            police: Versioned::new(None),
+            config: Versioned::new(None),
         }
     }
 
-    /// The police settings: every change a reload makes.
-    pub fn police(&self) -> &Versioned<Option<Arc<PoliceSettings>>> {
-        &self.police
-    }
-
-    /// The protected selection: every change a reload makes (the workers start with
-    /// the config's).
-    pub fn selection(&self) -> &Versioned<Arc<Selection>> {
-        &self.selection
+    /// The config in force: every reload's (the workers take from it what changes
+    /// live; see `Pipeline::reconfigure`).
+    pub fn config(&self) -> &Versioned<Option<Arc<Config>>> {
+        &self.config
     }
 
     /// The senders feedback is withheld from.

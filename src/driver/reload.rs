@@ -100,12 +100,11 @@ impl Reloader {
             *installed = nft::replace_chains(&installed, &spec, self.kind)
                 .map_err(|e| refused(format!("the kernel refused the new rules: {e}")))?;
         }
-        if new.protect != self.cfg.protect {
-            self.board.selection().update(|s| {
-                *s = Arc::new(new.protect.clone());
-                (true, ())
-            });
-        }
+        // The workers take what changes live from it before their next packet.
+        self.board.config().update(|c| {
+            *c = Some(Arc::new(new.clone()));
+            (true, ())
+        });
         // The config's list replaces the run-time changes (`mpolice withhold`).
         if self.cfg.capabilities.is_some() && self.board.set_withheld(withheld(&new)) {
             let said =
@@ -116,12 +115,6 @@ impl Reloader {
             {
                 changed.push(said.into());
             }
-        }
-        if new.police != self.cfg.police {
-            self.board.police().update(|p| {
-                *p = Some(Arc::new(new.police.clone()));
-                (true, ())
-            });
         }
         if new.port_policies && self.put_policies(&new) {
             changed
@@ -172,7 +165,7 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     check(old.metrics != new.metrics, "[metrics]");
     check(
         fixed_caps(old) != fixed_caps(new),
-        "[capabilities] (but withhold_feedback)",
+        "[capabilities] (but withhold_feedback, feedback_per_ack, kept_per_sender)",
     );
     check(old.tunnel != new.tunnel, "[tunnel]");
     check(old.redirect != new.redirect, "[redirect]");
@@ -199,10 +192,13 @@ pub fn fixed_changes(role: Role, old: &Config, new: &Config) -> Vec<&'static str
     fixed
 }
 
-/// The capability settings that cannot change live: all but `withhold_feedback`.
+/// The capability settings that cannot change live: all but the victim's
+/// `withhold_feedback`, `feedback_per_ack` and `kept_per_sender`.
 fn fixed_caps(cfg: &Config) -> Option<config::CapSettings> {
     cfg.capabilities.clone().map(|c| config::CapSettings {
         withhold_feedback: Vec::new(),
+        feedback_per_ack: 0,
+        kept_per_sender: 0,
         ..c
     })
 }
@@ -235,6 +231,14 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
             list(&p.tcp_ports),
             list(&p.udp_ports)
         ));
+    }
+    if let (Some(o), Some(n)) = (&old.capabilities, &new.capabilities) {
+        if (o.feedback_per_ack, o.kept_per_sender) != (n.feedback_per_ack, n.kept_per_sender) {
+            changed.push(format!(
+                "capabilities: feedback_per_ack {}, kept_per_sender {}",
+                n.feedback_per_ack, n.kept_per_sender
+            ));
+        }
     }
     if withheld(old) != withheld(new) {
         let list: Vec<String> = withheld(new).iter().map(ToString::to_string).collect();
@@ -336,10 +340,17 @@ mod tests {
             changed_sections(&old, &new),
             ["capabilities.withhold_feedback: [198.18.66.0/24]"]
         );
+        let per_ack = caps("feedback_per_ack = 2\n");
+        assert!(fixed_changes(Role::Victim, &old, &per_ack).is_empty());
+        let said = changed_sections(&old, &per_ack);
+        assert!(
+            said[0].starts_with("capabilities: feedback_per_ack 2, kept_per_sender"),
+            "{said:?}"
+        );
         let mtu = caps("path_mtu = 1400\n");
         assert_eq!(
             fixed_changes(Role::Victim, &old, &mtu),
-            ["[capabilities] (but withhold_feedback)"]
+            ["[capabilities] (but withhold_feedback, feedback_per_ack, kept_per_sender)"]
         );
     }
 

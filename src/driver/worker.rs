@@ -243,10 +243,8 @@ struct Loop {
     withheld_seen: u64,
     /// The version of the board's port policies the pipeline has.
     policies_seen: u64,
-    /// The version of the board's protected selection the pipeline has.
-    selection_seen: u64,
-    /// The version of the board's police settings the pipeline has.
-    police_seen: u64,
+    /// The version of the board's reloaded config the pipeline has.
+    config_seen: u64,
     /// The kernel's sets of verified senders (the channel that bypasses the kernel's
     /// limits on unverified ones), if installed.
     verified: Option<VerifiedSet>,
@@ -279,8 +277,7 @@ impl Loop {
             send_errors: 0,
             withheld_seen: 0,
             policies_seen: 0,
-            selection_seen: 0,
-            police_seen: 0,
+            config_seen: 0,
             verified: None,
             depth,
             tracer: None,
@@ -315,12 +312,10 @@ impl Loop {
                     if let Some(p) = board.0.policies().since(&mut self.policies_seen) {
                         self.pipeline.set_port_policies(&p);
                     }
-                    // So does a reload's selection: the rules that queue it are in force.
-                    if let Some(s) = board.0.selection().since(&mut self.selection_seen) {
-                        self.pipeline.set_selection((*s).clone());
-                    }
-                    if let Some(Some(p)) = board.0.police().since(&mut self.police_seen) {
-                        self.pipeline.set_police(&p);
+                    // So does a reload's config: the rules that queue its selection are
+                    // in force.
+                    if let Some(Some(c)) = board.0.config().since(&mut self.config_seen) {
+                        self.pipeline.reconfigure(&c);
                     }
                     match incoming {
                         Incoming::Packet(msg) => self.process(&msg, now),

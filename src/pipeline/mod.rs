@@ -159,9 +159,16 @@ impl Pipeline {
         }
     }
 
-    /// Take the protected selection a reload put in force.
-    pub fn set_selection(&mut self, selection: Selection) {
-        self.selection = selection;
+    /// Take what changes live of the config a reload put in force: the protected
+    /// selection, the police (mbox), the feedback limits (victim). Every sender's and
+    /// connection's state stays.
+    pub fn reconfigure(&mut self, cfg: &crate::config::Config) {
+        self.selection.clone_from(&cfg.protect);
+        match (self.stages.as_mut(), &cfg.capabilities) {
+            (Some(Stages::Mbox(m)), _) => m.set_police(&cfg.police),
+            (Some(Stages::Victim(v)), Some(caps)) => v.set_feedback(caps),
+            _ => {}
+        }
     }
 
     /// The per-port statistics (None: off).
@@ -212,13 +219,6 @@ impl Pipeline {
         match self.stages.as_mut()? {
             Stages::Mbox(m) => Some(m.on_timer(now, &mut self.caps)),
             Stages::Victim(_) => None,
-        }
-    }
-
-    /// mbox: police by `p` from now on (a reload); every sender's state stays.
-    pub fn set_police(&mut self, p: &crate::config::PoliceSettings) {
-        if let Some(Stages::Mbox(m)) = self.stages.as_mut() {
-            m.set_police(p);
         }
     }
 

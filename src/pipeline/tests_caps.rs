@@ -1799,6 +1799,40 @@ fn super_packet(
         .build()
 }
 
+/// A reload's feedback limit holds from the next ACK: of three capabilities kept, an
+/// ACK returns one; reconfigured to three per ACK, the next returns the other two.
+#[test]
+fn a_reload_changes_how_many_capabilities_an_ack_returns() {
+    let (client, server) = CLIENT_SERVER[0];
+    let one = CapSettings {
+        feedback_per_ack: 1,
+        ..settings()
+    };
+    let mut path = Path::with_victim(Victim::new(&one, vec![MBOX_IF]));
+    for i in 0..3 {
+        let mut pkt = data(client, server, 10);
+        path.mbox(&mut pkt, i);
+        path.victim(&mut pkt, i);
+    }
+    let mut a = ack(server, client);
+    path.victim(&mut a, 5);
+    assert!(matches!(marker(&a), Marker::Feedback(k) if k.get() == 1));
+    let mut cfg = crate::config::parse(
+        "[protect]\naddresses = [\"198.18.2.2\"]\ntcp_ports = [80]\n",
+        "victim",
+    )
+    .unwrap();
+    cfg.protect = selection();
+    cfg.capabilities = Some(CapSettings {
+        feedback_per_ack: 3,
+        ..settings()
+    });
+    path.victim_p.reconfigure(&cfg);
+    let mut a = ack(server, client);
+    path.victim(&mut a, 6);
+    assert!(matches!(marker(&a), Marker::Feedback(k) if k.get() == 2));
+}
+
 const GSO: PacketMeta = PacketMeta {
     hook: 0,
     indev: MBOX_IF,

@@ -66,6 +66,12 @@ impl Victim {
         self.path_mtu
     }
 
+    /// Return and keep capabilities as `s` says from now on (a reload); those kept stay.
+    pub fn set_feedback(&mut self, s: &CapSettings) {
+        self.per_ack = usize::from(s.feedback_per_ack);
+        self.kept_per_sender = s.kept_per_sender;
+    }
+
     /// Build the victim stages; `mbox_ifindexes` are the resolved `mbox_interfaces`.
     pub fn new(s: &CapSettings, mbox_ifindexes: Vec<u32>) -> Self {
         Victim {
