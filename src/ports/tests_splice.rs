@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::splice::{MAX_OPENING, WAIT_FOR_DATA, WAIT_FOR_SERVER};
+use super::splice::{IDLE, LINGER, MAX_OPENING, WAIT_FOR_DATA, WAIT_FOR_SERVER};
 use super::*;
 use crate::pipeline::Reason;
 use crate::wire::build::Builder;
@@ -121,6 +121,18 @@ impl Run {
             ] if *got == id => bytes.clone(),
             _ => panic!("{actions:?}"),
         }
+    }
+
+    /// A connection examined (`/api/`) and joined; the engine's initial sequence number.
+    fn joined(&mut self) -> u32 {
+        let isn = self.handshake();
+        self.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
+        assert_eq!(
+            self.server_joins(),
+            Step::Drop(Reason::SpliceServerHandshake)
+        );
+        self.actions();
+        isn
     }
 
     /// SYN and ACK: the engine's initial sequence number, from its SYN-ACK.
@@ -445,4 +457,124 @@ fn joined_connections_are_forgotten_once_closed_or_idle() {
     // (Idleness is checked every 10 s.)
     r.s.expire(&mut r.f, r.now + Duration::from_secs(3611));
     assert_eq!((r.s.counts().open, r.s.counts().expired), (0, 1));
+}
+
+#[test]
+fn data_both_ways_closes_nothing_a_reset_does_and_linger_ends_exactly() {
+    let mut r = Run::new();
+    let isn = r.joined();
+    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 10, isn + 1, b"more").build());
+    r.outbound(to_client(
+        tcp::ACK,
+        SERVER_ISN.wrapping_add(1),
+        CLIENT_ISN + 14,
+        b"ok",
+    ));
+    r.s.expire(&mut r.f, r.now + LINGER + Duration::from_secs(1));
+    assert_eq!(r.s.counts().open, 1, "no FIN, no reset: still open");
+    // A reset without ACK passes as it is, and closes the connection: forgotten exactly
+    // `LINGER` after it.
+    let mut r = Run::new();
+    r.joined();
+    let rst = to_server(tcp::RST, CLIENT_ISN + 10, 0, &[]).build();
+    assert_eq!(r.inbound(rst.clone()), (Step::Pass, rst));
+    r.s.expire(&mut r.f, r.now + LINGER);
+    assert_eq!((r.s.counts().open, r.s.counts().expired), (0, 0));
+    // Idle exactly `IDLE`: forgotten.
+    let mut r = Run::new();
+    r.joined();
+    r.s.expire(&mut r.f, r.now + IDLE);
+    assert_eq!((r.s.counts().open, r.s.counts().expired), (0, 1));
+}
+
+#[test]
+fn idleness_is_checked_every_ten_seconds_not_at_every_tick() {
+    let mut r = Run::new();
+    r.joined();
+    r.s.expire(&mut r.f, r.now + IDLE - Duration::from_secs(1));
+    // Past `IDLE`, but within ten seconds of the last check: kept until the next one.
+    r.s.expire(&mut r.f, r.now + IDLE + Duration::from_secs(1));
+    assert_eq!(r.s.counts().open, 1);
+    r.s.expire(&mut r.f, r.now + IDLE + Duration::from_secs(9));
+    assert_eq!(r.s.counts().open, 0);
+}
+
+#[test]
+fn while_the_server_is_opened_only_its_syn_ack_or_reset_counts() {
+    let mut r = Run::new();
+    let isn = r.handshake();
+    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
+    r.actions();
+    // A stray segment from the server's port changes nothing.
+    let stray = to_client(tcp::ACK, 5, CLIENT_ISN + 1, &[]);
+    assert_eq!(r.outbound(stray.clone()), (Step::Pass, stray));
+    assert!(r.actions().is_empty());
+    assert_eq!(r.s.counts().opening, 1);
+    // The client resets: it passes (the server has the SYN), the held data goes.
+    let rst = to_server(tcp::RST, CLIENT_ISN + 1, 0, &[]).build();
+    assert_eq!(r.inbound(rst).0, Step::Pass);
+    let actions = r.actions();
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Release {
+                id: 3,
+                verdict: Err(Reason::SpliceWaiting)
+            }]
+        ),
+        "{actions:?}"
+    );
+    let c = r.s.counts();
+    assert_eq!((c.abandoned, c.opening, c.open), (1, 0, 0));
+}
+
+#[test]
+fn only_a_bare_syn_starts_a_connection() {
+    let mut r = Run::new();
+    for flags in [tcp::SYN | tcp::ACK, tcp::SYN | tcp::RST, tcp::ACK] {
+        let pkt = to_server(flags, CLIENT_ISN, 0, &[]).build();
+        assert_eq!(r.inbound(pkt.clone()), (Step::Pass, pkt), "{flags:#x}");
+    }
+    assert!(r.actions().is_empty() && r.s.is_empty());
+}
+
+#[test]
+fn the_held_syn_loses_accecn_too() {
+    let mut r = Run::new();
+    let syn = to_server(tcp::SYN | tcp::ECE | tcp::CWR, CLIENT_ISN, 0, &[])
+        .reserved(1)
+        .mss(1460)
+        .build();
+    assert_eq!(r.inbound(syn).0, Step::Hold);
+    r.s.expire(&mut r.f, r.now + WAIT_FOR_DATA);
+    let actions = r.actions();
+    let held = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Release {
+                id: 1,
+                verdict: Ok((bytes, _)),
+            } => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("the SYN released");
+    let t = tcp_of(&held);
+    assert_eq!((t.reserved, t.flags), (0, tcp::SYN));
+}
+
+#[test]
+fn data_that_does_not_acknowledge_the_engines_syn_ack_waits() {
+    let mut r = Run::new();
+    let isn = r.handshake();
+    // The ACK flag with another number, and the right number without the flag.
+    for (flags, ack) in [(tcp::ACK, isn + 2), (tcp::PSH, isn + 1)] {
+        let pkt = to_server(flags, CLIENT_ISN + 1, ack, b"GET /api/").build();
+        assert_eq!(
+            r.inbound(pkt).0,
+            Step::Drop(Reason::SpliceWaiting),
+            "{flags:#x}"
+        );
+    }
+    assert!(r.actions().is_empty());
+    assert_eq!(r.s.counts().examined, 0);
 }
