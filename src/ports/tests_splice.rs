@@ -510,6 +510,10 @@ fn while_the_server_is_opened_only_its_syn_ack_or_reset_counts() {
     assert_eq!(r.outbound(stray.clone()), (Step::Pass, stray));
     assert!(r.actions().is_empty());
     assert_eq!(r.s.counts().opening, 1);
+    // The client sends its data again: it waits, the first copy is the one held.
+    let again = to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build();
+    assert_eq!(r.inbound(again).0, Step::Drop(Reason::SpliceWaiting));
+    assert_eq!(r.s.counts().opening, 1);
     // The client resets: it passes (the server has the SYN), the held data goes.
     let rst = to_server(tcp::RST, CLIENT_ISN + 1, 0, &[]).build();
     assert_eq!(r.inbound(rst).0, Step::Pass);
