@@ -640,6 +640,64 @@ fn police_table(s: &mut String, p: &PoliceReport) {
 mod tests {
     use super::*;
 
+    /// The content rules' and FTP groups' counts of every queue add up in the total,
+    /// field by field, and show in the table.
+    #[test]
+    fn content_and_ftp_counts_add_up_across_queues() {
+        let queue = |num: u16, n: u64| QueueStats {
+            engine: QueueCounters {
+                splice: Some(SpliceCounts {
+                    answered: n,
+                    examined: n,
+                    waited: n,
+                    joined: n,
+                    failed: n,
+                    abandoned: n,
+                    full: n,
+                    expired: n,
+                    opening: n,
+                    open: n,
+                }),
+                ftp: Some(FtpCounts {
+                    announced: n,
+                    unprotected: n,
+                    untracked: n,
+                }),
+                ..QueueCounters::new(num)
+            },
+            ..Default::default()
+        };
+        let s = EngineStats {
+            queues: vec![queue(0, 2), queue(1, 3)],
+            ..Default::default()
+        };
+        let t = s.total().engine;
+        let c = t.splice.unwrap();
+        assert_eq!(
+            [
+                c.answered,
+                c.examined,
+                c.waited,
+                c.joined,
+                c.failed,
+                c.abandoned,
+                c.full,
+                c.expired,
+                c.opening,
+                c.open
+            ],
+            [5; 10]
+        );
+        let f = t.ftp.unwrap();
+        assert_eq!([f.announced, f.unprotected, f.untracked], [5; 3]);
+        let table = s.table();
+        assert!(table.contains("content: answered=5 examined=5"), "{table}");
+        assert!(
+            table.contains("ftp: data_connections=5 unprotected=5 untracked=5"),
+            "{table}"
+        );
+    }
+
     fn sample() -> EngineStats {
         let mut a = QueueCounters::new(0);
         a.received = 10;

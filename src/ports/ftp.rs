@@ -253,6 +253,9 @@ mod tests {
         for port in 0..MAX_DATA as u16 {
             f.follow((client, End::Server, port), 21, now);
         }
+        // A port it follows already is still followed (announced again), a new one not.
+        f.reply((client, 21), b"229 (|||7|)", |_| true, now);
+        assert_eq!(f.counts().untracked, 0);
         f.reply((client, 21), b"229 (|||60000|)", |_| true, now);
         assert_eq!(f.counts().untracked, 1);
         assert_eq!(f.control_of(client, (60000, 1), now), None);
