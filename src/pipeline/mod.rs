@@ -452,7 +452,7 @@ impl Pipeline {
         }
         let edit = match self.role_stages(meta, buf, (parsed, dir), now, t) {
             Ok(e) if dir == Some(Direction::ToProtected) => {
-                self.splice_inbound(meta, buf, e, now, t)
+                self.splice_inbound(meta, buf, (parsed, e), now, t)
             }
             Ok(e) => Ok(e),
             Err(v) => return v,
@@ -568,16 +568,25 @@ impl Pipeline {
         &mut self,
         meta: &PacketMeta,
         buf: &mut Vec<u8>,
-        edit: Edit,
+        (parsed, edit): (Parsed, Edit),
         now: Instant,
         t: T,
     ) -> Result<Edit, Verdict> {
         let (Some(s), Some(f)) = (self.splicer.as_mut(), self.forward.as_mut()) else {
             return Ok(edit);
         };
-        // Only a connection it holds, or a SYN to a content rule's port, is its concern.
-        let Ok(parsed) = wire::parse(buf) else {
+        // Without content rules or connections held, nothing here (no per-packet parse).
+        if s.is_empty() && !f.examines_any() {
             return Ok(edit);
+        }
+        // Only a connection it holds, or a SYN to a content rule's port, is its concern;
+        // `parsed` still describes the buffer unless a stage rewrote it.
+        let parsed = match edit {
+            Edit::Unchanged => parsed,
+            Edit::Changed => match wire::parse(buf) {
+                Ok(p) => p,
+                Err(_) => return Ok(edit),
+            },
         };
         let Some(tcp) = parsed.tcp() else {
             return Ok(edit);

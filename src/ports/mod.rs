@@ -220,6 +220,11 @@ impl Forwarder {
         self.rules.iter().any(|r| r.port == port && r.examines())
     }
 
+    /// Whether any rule waits for the first data.
+    pub fn examines_any(&self) -> bool {
+        self.rules.iter().any(ForwardRule::examines)
+    }
+
     /// A connection to `port` whose first data is `payload` (empty: none came): the mark
     /// its SYN leaves with, as [`Forwarder::syn`].
     pub fn content(&mut self, port: u16, payload: &[u8]) -> Option<u32> {
