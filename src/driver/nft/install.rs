@@ -128,9 +128,7 @@ pub fn flush_rules(spec: &RulesetSpec) -> Result<(), RulesError> {
     let mut steps = Vec::new();
     for chain_spec in &spec.chains {
         let chain = Chain::new(c_name(&chain_spec.name)?, &table);
-        // A rule message without a handle deletes every rule of its chain.
-        batch.add(&Rule::new(&chain), MsgType::Del);
-        steps.push(format!("flush chain {}", chain_spec.name));
+        flush_chain(&mut batch, &chain, &chain_spec.name, &mut steps);
     }
     send_batch(batch, &steps, &[])?.map_err(Failure::into_error)
 }
@@ -215,6 +213,12 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         )?;
     }
     send_batch(batch, &steps, &rule_steps)
+}
+
+/// Delete every rule of `chain` in `batch` (a rule message without a handle does).
+fn flush_chain(batch: &mut Batch, chain: &Chain, name: &str, steps: &mut Vec<String>) {
+    batch.add(&Rule::new(chain), MsgType::Del);
+    steps.push(format!("flush chain {name}"));
 }
 
 /// The base chain of `chain_spec` in `table`: its type, hook, priority, policy accept.
@@ -303,10 +307,8 @@ pub fn replace_rules(
     let table = Table::new(&c_name(table)?, ProtoFamily::Inet);
     let chain = Chain::new(c_name(&chain_spec.name)?, &table);
     let mut batch = Batch::new();
-    // A rule message without a handle deletes every rule of its chain.
-    batch.add(&Rule::new(&chain), MsgType::Del);
-    let (mut steps, mut rule_steps) =
-        (vec![format!("flush chain {}", chain_spec.name)], Vec::new());
+    let (mut steps, mut rule_steps) = (Vec::new(), Vec::new());
+    flush_chain(&mut batch, &chain, &chain_spec.name, &mut steps);
     add_rules(
         &mut batch,
         &chain,
@@ -350,11 +352,7 @@ pub fn replace_chains(
                     chain_spec.name
                 )));
             }
-            Some(_) => {
-                // A rule message without a handle deletes every rule of its chain.
-                batch.add(&Rule::new(&chain), MsgType::Del);
-                steps.push(format!("flush chain {}", chain_spec.name));
-            }
+            Some(_) => flush_chain(&mut batch, &chain, &chain_spec.name, &mut steps),
             None => {
                 batch.add(&chain, MsgType::Add);
                 steps.push(format!("add chain {}", chain_spec.name));
@@ -374,8 +372,7 @@ pub fn replace_chains(
         .filter(|c| !new.chains.iter().any(|n| n.name == c.name))
     {
         let chain = Chain::new(c_name(&gone.name)?, &table);
-        batch.add(&Rule::new(&chain), MsgType::Del);
-        steps.push(format!("flush chain {}", gone.name));
+        flush_chain(&mut batch, &chain, &gone.name, &mut steps);
         now.chains.push(ChainSpec {
             rules: Vec::new(),
             ..gone.clone()
