@@ -123,10 +123,18 @@ impl Run {
         }
     }
 
+    /// A connection whose first data `payload` was read (the SYN released); the
+    /// engine's initial sequence number.
+    fn examined(&mut self, payload: &[u8]) -> u32 {
+        let isn = self.handshake();
+        self.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, payload).build());
+        self.actions();
+        isn
+    }
+
     /// A connection examined (`/api/`) and joined; the engine's initial sequence number.
     fn joined(&mut self) -> u32 {
-        let isn = self.handshake();
-        self.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
+        let isn = self.examined(b"GET /api/");
         assert_eq!(
             self.server_joins(),
             Step::Drop(Reason::SpliceServerHandshake)
@@ -315,9 +323,7 @@ fn a_client_that_sends_nothing_is_opened_to_the_default_after_the_wait() {
 fn a_server_that_refuses_or_never_answers_resets_the_client() {
     // Nothing listens on the chosen port: its reset reaches the client in its numbers.
     let mut r = Run::new();
-    let isn = r.handshake();
-    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/ HTTP/1.1").build());
-    r.actions();
+    let isn = r.examined(b"GET /api/ HTTP/1.1");
     let (step, rst) = r.outbound(to_client(tcp::RST | tcp::ACK, 0, CLIENT_ISN + 1, &[]));
     assert_eq!(step, Step::Edited);
     assert_eq!(tcp_of(&rst).seq, isn + 1);
@@ -334,9 +340,7 @@ fn a_server_that_refuses_or_never_answers_resets_the_client() {
     );
     // No answer at all: the engine resets the client itself.
     let mut r = Run::new();
-    let isn = r.handshake();
-    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/ HTTP/1.1").build());
-    r.actions();
+    let isn = r.examined(b"GET /api/ HTTP/1.1");
     r.s.expire(&mut r.f, r.now + WAIT_FOR_SERVER);
     let actions = r.actions();
     let [
@@ -428,9 +432,7 @@ fn other_ports_and_protocols_pass_untouched() {
 #[test]
 fn joined_connections_are_forgotten_once_closed_or_idle() {
     let mut r = Run::new();
-    let isn = r.handshake();
-    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
-    r.server_joins();
+    let isn = r.joined();
     r.inbound(to_server(tcp::ACK | tcp::FIN, CLIENT_ISN + 10, isn + 1, &[]).build());
     r.s.expire(&mut r.f, r.now + Duration::from_secs(120));
     assert_eq!(
@@ -449,9 +451,7 @@ fn joined_connections_are_forgotten_once_closed_or_idle() {
     assert_eq!(r.s.counts().expired, 0);
     // A connection nobody closes is forgotten after an hour without packets.
     let mut r = Run::new();
-    let isn = r.handshake();
-    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
-    r.server_joins();
+    r.joined();
     r.s.expire(&mut r.f, r.now + Duration::from_secs(3599));
     assert_eq!(r.s.counts().open, 1);
     // (Idleness is checked every 10 s.)
@@ -502,9 +502,7 @@ fn idleness_is_checked_every_ten_seconds_not_at_every_tick() {
 #[test]
 fn while_the_server_is_opened_only_its_syn_ack_or_reset_counts() {
     let mut r = Run::new();
-    let isn = r.handshake();
-    r.inbound(to_server(tcp::ACK, CLIENT_ISN + 1, isn + 1, b"GET /api/").build());
-    r.actions();
+    let isn = r.examined(b"GET /api/");
     // A stray segment from the server's port changes nothing.
     let stray = to_client(tcp::ACK, 5, CLIENT_ISN + 1, &[]);
     assert_eq!(r.outbound(stray.clone()), (Step::Pass, stray));
