@@ -332,3 +332,46 @@ fn stale_parsed_is_refused() {
     append_trailer(&mut a, &pa, b"x").unwrap();
     assert_eq!(strip_trailer(&mut a, &pa, 1), Err(WireError::StaleParsed));
 }
+
+/// The splice's header edits (sequence, acknowledgement, flags, options turned into
+/// no-ops) keep every packet valid, IPv6 extension headers and routing headers
+/// included; the options left are the ones not named, and an edit of a UDP packet is
+/// refused with the buffer untouched.
+#[test]
+fn tcp_header_edits_keep_checksums_behind_extension_headers() {
+    for (name, mut buf) in [
+        ("tcp4", tcp4()),
+        ("syn4", syn4()),
+        ("syn6 odd mss", syn6_odd_mss()),
+        ("tcp6 ext", tcp6_ext()),
+        ("tcp6 srh", tcp6_srh()),
+    ] {
+        let p = parse(&buf).unwrap();
+        let mss = tcp_mss(&buf, &p);
+        let edits = [
+            TcpEdit::Seq(0xdead_beef),
+            TcpEdit::Ack(7),
+            TcpEdit::ClearFlags(tcp::ECE | tcp::CWR),
+            TcpEdit::BlankOptions(&[tcp::OPT_WINDOW_SCALE, tcp::OPT_TIMESTAMPS]),
+        ];
+        let p2 = edit_tcp(&mut buf, &p, &edits).unwrap();
+        assert_consistent(&buf, &p2, name);
+        let t = p2.tcp().unwrap();
+        assert_eq!((t.seq, t.ack), (0xdead_beef, 7), "{name}");
+        assert_eq!(tcp_mss(&buf, &p2), mss, "{name}");
+        assert_eq!(p2.l4_header_len, p.l4_header_len, "{name}");
+        if name == "syn4" {
+            // MSS, SACK permitted kept; the window scale option now no-ops.
+            let options = &buf[p2.l4_offset + 20..p2.payload_offset];
+            assert_eq!(&options[4..10], &[4, 2, 1, 1, 1, 1], "{options:?}");
+        }
+    }
+    let mut udp = udp6();
+    let orig = udp.clone();
+    let p = parse(&udp).unwrap();
+    assert_eq!(
+        edit_tcp(&mut udp, &p, &[TcpEdit::Ack(1)]),
+        Err(WireError::Unsupported)
+    );
+    assert_eq!(udp, orig);
+}
