@@ -1521,7 +1521,8 @@ fn traced_download(prefix: &str, hybrid: bool) {
     ] {
         tb.exec(Host::Mbox, &["nft", cmd]).unwrap();
     }
-    let served = ServedFile::start(&tb, 2 << 20).unwrap();
+    const DOWNLOAD: usize = 2 << 20;
+    let served = ServedFile::start(&tb, DOWNLOAD).unwrap();
     let victim_link = testbed::Capture::start(&tb, Host::Mbox, &tb.link("m1")).unwrap();
     for addr in [VICTIM_V4.to_string(), format!("[{VICTIM_V6}]")] {
         served.fetch(&tb, &addr).unwrap();
@@ -1686,7 +1687,15 @@ fn traced_download(prefix: &str, hybrid: bool) {
                     || r["dst"].as_str().unwrap().ends_with(":8080"))
         })
         .collect();
-    assert!(rows.len() > 500, "{} rows", rows.len());
+    // The capture covers both downloads: at least one row for every 64 KiB of them,
+    // the most one super-packet carries on the hybrid path (how many of the 2 MiB
+    // each the stack merges varies with timing; the precise path shows every segment).
+    let least = 2 * DOWNLOAD / 65_536;
+    assert!(
+        rows.len() >= least,
+        "{} rows, fewer than {least}",
+        rows.len()
+    );
     let change = |r: &serde_json::Value, role: &str| {
         r["seen"]
             .as_array()
