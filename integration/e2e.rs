@@ -1037,7 +1037,8 @@ fn start_up_errors_name_the_problem_and_leave_no_rule() {
     }
     let _machine = exclusive();
     let tb = Testbed::up("mperr").unwrap();
-    let good = RoleConfig::default().toml(&tb.workdir().join("a.sock"));
+    let sock = tb.workdir().join("a.sock");
+    let good = RoleConfig::default().toml(&sock);
     let mut cases = vec![
         (
             "unknown key",
@@ -1058,6 +1059,13 @@ fn start_up_errors_name_the_problem_and_leave_no_rule() {
             "trace file in a missing directory",
             format!("{good}\n[trace]\nfile = \"/nonexistent-mpolice/t.trace\"\n"),
             "trace file /nonexistent-mpolice/t.trace",
+        ),
+        // A missing directory is made (as systemd's RuntimeDirectory would); one that
+        // cannot be made is named.
+        (
+            "control socket where no directory can be made",
+            good.replace(sock.to_str().unwrap(), "/proc/mpolice-none/a.sock"),
+            "control socket directory /proc/mpolice-none",
         ),
     ];
     // On a kernel without nft_queue (these machines), forcing the native expression must
@@ -1356,6 +1364,75 @@ fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in
         (s.unverified_over_source, s.unverified_over_total),
         (0, 0),
         "{}",
+        s.table()
+    );
+    stop_clean(
+        &tb,
+        &mut [(&mut mbox, Host::Mbox), (&mut victim, Host::Victim)],
+    );
+}
+
+/// A client's first capabilities lost (its SYNs to a port the victim's firewall drops),
+/// then a download begun after its period's stamping stretch: under `natural_share`, two
+/// unreturned capabilities once made that period a total loss (LLR 0.2 from one period),
+/// and the next period dropped every ACK beyond a window of nothing; the download stalled
+/// in retransmission backoff for about a minute. A sample that small no longer moves the
+/// LLR: the police drops nothing and the download arrives. A 10 s period with a 5 s
+/// stamping stretch gives the download 5 s to begin in the stretch's shadow.
+#[test]
+fn a_few_lost_syns_do_not_get_a_clients_download_policed_away() {
+    if !root() {
+        return;
+    }
+    let _machine = exclusive();
+    let tb = Testbed::up("mpfew").unwrap();
+    let periods = "period_ms = 10000\nrtt_ms = 5000\n";
+    let role = |r: &str| {
+        let mut cfg = RoleConfig::default().with_capabilities(&tb, r).unwrap();
+        if let Some(c) = cfg.capabilities.as_mut() {
+            c.push_str(periods);
+            if r == "mbox" {
+                c.push_str("\n[police]\npolicy = \"natural_share\"\n");
+            }
+        }
+        cfg
+    };
+    let (mut victim, mut mbox) = start_both(&tb, &role("victim"), &role("mbox"));
+    // The victim's own firewall, before the engine: port 5201 is closed to the world.
+    for cmd in [
+        "add table inet firewall",
+        "add chain inet firewall input { type filter hook prerouting priority -400; }",
+        "add rule inet firewall input tcp dport 5201 drop",
+    ] {
+        tb.exec(Host::Victim, &["nft", cmd]).unwrap();
+    }
+    let served = ServedFile::start(&tb, 30 << 20).unwrap();
+    // The client's first packets, and the start of its first period: a SYN and its
+    // retransmission, stamped, dropped by the firewall.
+    let first = Instant::now();
+    let url = format!("http://{VICTIM_V4}:5201/");
+    let refused = tb.exec(
+        Host::Client,
+        &["curl", "-sS", "--connect-timeout", "2", &url],
+    );
+    assert!(refused.is_err(), "port 5201 is firewalled");
+    // Past the stamping stretch (5 s), well before the period ends (10 s); at 5 MB/s
+    // the download runs across the period's end.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(first.elapsed()));
+    served.fetch_at(&tb, VICTIM_V4, "5M").unwrap();
+    let s = mbox.senders().unwrap();
+    let police = s.police.as_ref().expect("a police report");
+    let row = police
+        .senders
+        .iter()
+        .find(|r| r.address.to_string() == CLIENT_V4)
+        .unwrap_or_else(|| panic!("the client listed: {}", s.table()));
+    let t = s.total().engine;
+    assert_eq!(t.dropped, 0, "nothing policed away: {}", s.table());
+    assert!(row.llr <= 0.05, "{row:?}");
+    assert!(
+        t.caps.issued > t.caps.returned,
+        "the SYNs' stamps were lost: {}",
         s.table()
     );
     stop_clean(

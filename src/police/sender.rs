@@ -13,6 +13,13 @@ use crate::capability::ReturnWindow;
 /// Below this many packets in a period, its loss is too noisy to move the LLR.
 pub const MIN_PACKETS_FOR_LOSS: u32 = 5;
 
+/// Below this many capabilities issued in a period, the share that never came back says
+/// too little of the period's other packets to move the LLR: with fewer, one capability
+/// lost alone (a SYN to a port that never answers) adds at least (1 − β)/4 to it, the
+/// 5 % threshold at the defaults, and the sender's next period would drop all beyond a
+/// window it could not earn. What the mbox dropped itself counts whatever the sample.
+pub const MIN_CAPS_FOR_LOSS: u32 = 5;
+
 /// What the mbox knows of one sender.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -127,7 +134,12 @@ impl Sender {
         } else {
             f64::from(self.issued - self.window.returned()) / f64::from(self.issued)
         };
-        let loss = (self.nr > 0).then(|| nd / nr + ((nr - nd) / nr) * cap_loss);
+        // A sender never verified that was stamped with none is a source losing them all
+        // (SPEC.md); one verified before whose packets all came after the period's
+        // stamping stretch proves nothing either way.
+        let sampled = self.issued >= MIN_CAPS_FOR_LOSS || (self.issued == 0 && !self.verified);
+        let lost_beyond = if sampled { cap_loss } else { 0.0 };
+        let loss = (self.nr > 0).then(|| nd / nr + ((nr - nd) / nr) * lost_beyond);
         let delivered = ((nr - nd) * (1.0 - cap_loss)).round() as u32;
         self.llr *= beta;
         if let (Some(l), true) = (loss, self.nr >= MIN_PACKETS_FOR_LOSS) {
@@ -189,6 +201,43 @@ mod tests {
         assert_eq!(s.wr, 40, "natural share: what it delivered");
         assert_eq!((s.nr, s.nd, s.issued, s.window.returned()), (0, 0, 0, 0));
         assert_eq!(s.last_nr, 100);
+    }
+
+    /// The trap a lone download fell into: four SYNs to a port that never answered, then
+    /// a download begun after the period's stamping stretch. Four unreturned
+    /// capabilities do not put the sender over the threshold for all its other packets;
+    /// five do, and what the mbox dropped counts whatever the sample.
+    #[test]
+    fn a_few_capabilities_lost_alone_do_not_move_the_llr() {
+        let mut s = sender();
+        (s.nr, s.issued) = (300, MIN_CAPS_FOR_LOSS - 1);
+        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+        assert_eq!(c.loss, Some(0.0));
+        assert_eq!(s.llr, 0.0);
+        assert_eq!(c.delivered, 0, "delivery is still only what came back");
+        (s.nr, s.nd, s.issued) = (300, 150, MIN_CAPS_FOR_LOSS - 1);
+        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+        assert_eq!(c.loss, Some(0.5), "the mbox's own drops");
+        (s.nr, s.nd, s.issued) = (300, 0, MIN_CAPS_FOR_LOSS);
+        s.llr = 0.0;
+        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+        assert_eq!(c.loss, Some(1.0));
+        assert!(s.llr > 0.05);
+    }
+
+    /// A verified sender whose packets all came after the stamping stretch proves
+    /// nothing either way; one never verified and never stamped is losing them all.
+    #[test]
+    fn unstamped_periods_count_as_loss_only_for_senders_never_verified() {
+        let mut s = sender();
+        s.verified = true;
+        s.nr = 300;
+        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+        assert_eq!((c.loss, c.delivered, s.llr), (Some(0.0), 0, 0.0));
+        s.verified = false;
+        s.nr = 300;
+        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+        assert_eq!(c.loss, Some(1.0));
     }
 
     #[test]
