@@ -16,8 +16,9 @@ pub const MIN_PACKETS_FOR_LOSS: u32 = 5;
 /// Below this many capabilities issued in a period, the share that never came back says
 /// too little of the period's other packets to move the LLR: with fewer, one capability
 /// lost alone (a SYN to a port that never answers) adds at least (1 − β)/4 to it, the
-/// 5 % threshold at the defaults, and the sender's next period would drop all beyond a
-/// window it could not earn. What the mbox dropped itself counts whatever the sample.
+/// whole 5 % threshold at the defaults, and two put it over; the sender's next period
+/// would drop all beyond a window it could not earn. What the mbox dropped itself
+/// counts whatever the sample.
 pub const MIN_CAPS_FOR_LOSS: u32 = 5;
 
 /// What the mbox knows of one sender.
@@ -136,7 +137,8 @@ impl Sender {
         };
         // A sender never verified that was stamped with none is a source losing them all
         // (SPEC.md); one verified before whose packets all came after the period's
-        // stamping stretch proves nothing either way.
+        // stamping stretch proves nothing either way. (An attacker gains nothing by it:
+        // one early packet, stamped and returned, always gave it a clean period.)
         let sampled = self.issued >= MIN_CAPS_FOR_LOSS || (self.issued == 0 && !self.verified);
         let lost_beyond = if sampled { cap_loss } else { 0.0 };
         let loss = (self.nr > 0).then(|| nd / nr + ((nr - nd) / nr) * lost_beyond);
