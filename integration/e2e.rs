@@ -1377,8 +1377,9 @@ fn a_policing_mbox_lets_transfers_through_and_lists_their_senders_as_verified_in
 ///   drops): two unreturned capabilities once made that period a total loss (LLR 0.2
 ///   from one period), and the next period dropped every ACK beyond a window of
 ///   nothing; the download stalled in retransmission backoff for about a minute;
-/// - after an idle stretch, the client verified by then: a period with no stamp at all
-///   was a total loss too.
+/// - after an idle stretch (the client verified by then, unless its first download's
+///   packets on the wire all fell before the first period's end): a period with no
+///   stamp at all was a total loss too, and the download stalled the same way.
 ///
 /// Neither moves the LLR now: the police drops nothing and both downloads arrive. A 10 s
 /// period with a 5 s stamping stretch gives each download 5 s to begin in the stretch's
@@ -1410,7 +1411,7 @@ fn downloads_begun_after_the_stamping_stretch_are_not_policed_away() {
     ] {
         tb.exec(Host::Victim, &["nft", cmd]).unwrap();
     }
-    let served = ServedFile::start(&tb, 30 << 20).unwrap();
+    let served = ServedFile::start(&tb, 40 << 20).unwrap();
     // The client's first packets, and the start of its first period: a SYN and its
     // retransmission, stamped, dropped by the firewall.
     let first = Instant::now();
@@ -1425,6 +1426,8 @@ fn downloads_begun_after_the_stamping_stretch_are_not_policed_away() {
     let download_at = |at: u64| {
         std::thread::sleep(Duration::from_secs(at).saturating_sub(first.elapsed()));
         served.fetch_at(&tb, VICTIM_V4, "5M").unwrap();
+        // Workers post their sender reports every second: one from after the end.
+        std::thread::sleep(Duration::from_millis(1_500));
         let s = mbox.senders().unwrap();
         let police = s.police.as_ref().expect("a police report");
         let row = police
@@ -1440,17 +1443,16 @@ fn downloads_begun_after_the_stamping_stretch_are_not_policed_away() {
             s.table()
         );
         assert!(row.llr <= 0.05, "{row:?}");
-        (s, row)
+        s
     };
-    let (s, row) = download_at(6);
+    let s = download_at(6);
     let caps = s.total().engine.caps;
     assert!(
         caps.issued > caps.returned,
         "the SYNs' stamps were lost: {}",
         s.table()
     );
-    assert!(row.verified, "{row:?}");
-    // Idle from about 12 s through the third period's stretch (20 to 25 s).
+    // Idle from about 15 s through the third period's stretch (20 to 25 s).
     download_at(26);
     stop_clean(
         &tb,

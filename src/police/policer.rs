@@ -286,7 +286,11 @@ impl Policer {
             return Stamp::No;
         };
         let stamp_end = s.period_start + period - rtt;
-        if s.issued >= per_period || now >= stamp_end {
+        if now >= stamp_end {
+            return Stamp::No;
+        }
+        s.stampable = s.stampable.saturating_add(segments);
+        if s.issued >= per_period {
             return Stamp::No;
         }
         // Packets per second: at least last period's, more if it sends faster now.

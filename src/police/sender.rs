@@ -32,6 +32,9 @@ pub struct Sender {
     pub nd: u32,
     /// Capabilities issued this period (their ids are 0..issued).
     pub issued: u32,
+    /// TCP packets admitted this period while it could still stamp them (its first
+    /// P − Th_rtt): the ones the sample was drawn from.
+    pub stampable: u32,
     /// WV: ids returned this period, each counted once.
     pub window: ReturnWindow,
     /// WR: TCP packets per period that are privileged (never dropped by the mbox).
@@ -78,6 +81,7 @@ impl Sender {
             nr: 0,
             nd: 0,
             issued: 0,
+            stampable: 0,
             window,
             wr: 0,
             privileged: 0,
@@ -135,11 +139,13 @@ impl Sender {
         } else {
             f64::from(self.issued - self.window.returned()) / f64::from(self.issued)
         };
-        // A sender never verified that was stamped with none is a source losing them all
-        // (SPEC.md); one verified before whose packets all came after the period's
-        // stamping stretch proves nothing either way. (An attacker gains nothing by it:
+        // A sender never verified that sent while it could be stamped and was stamped
+        // with none (the budget for unverified senders spent) is a source losing them
+        // all (SPEC.md). One whose packets all came after the stamping stretch, or one
+        // verified before, proves nothing either way. (An attacker gains nothing by it:
         // one early packet, stamped and returned, always gave it a clean period.)
-        let sampled = self.issued >= MIN_CAPS_FOR_LOSS || (self.issued == 0 && !self.verified);
+        let starved = self.issued == 0 && self.stampable > 0 && !self.verified;
+        let sampled = self.issued >= MIN_CAPS_FOR_LOSS || starved;
         let lost_beyond = if sampled { cap_loss } else { 0.0 };
         let loss = (self.nr > 0).then(|| nd / nr + ((nr - nd) / nr) * lost_beyond);
         let delivered = ((nr - nd) * (1.0 - cap_loss)).round() as u32;
@@ -158,6 +164,7 @@ impl Sender {
         self.nd = 0;
         self.privileged = 0;
         self.issued = 0;
+        self.stampable = 0;
         self.other = 0;
         self.other_dropped = 0;
         self.window.reset();
@@ -227,25 +234,34 @@ mod tests {
         assert!(s.llr > 0.05);
     }
 
-    /// A verified sender whose packets all came after the stamping stretch proves
-    /// nothing either way; one never verified and never stamped is losing them all.
+    /// A period with no stamp is a total loss only for a sender never verified that
+    /// sent while it could be stamped (the unverified budget spent on it); all its
+    /// packets after the stamping stretch, or a sender verified before: nothing proven
+    /// either way, and still no delivery.
     #[test]
-    fn unstamped_periods_count_as_loss_only_for_senders_never_verified() {
+    fn unstamped_periods_are_a_loss_only_for_unverified_senders_the_sample_passed_over() {
         let mut s = sender();
-        s.verified = true;
-        s.nr = 300;
-        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
-        assert_eq!((c.loss, c.delivered, s.llr), (Some(0.0), 0, 0.0));
-        s.verified = false;
-        s.nr = 300;
-        let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
-        assert_eq!(c.loss, Some(1.0));
+        for (verified, stampable, loss) in [
+            (false, 0, 0.0),
+            (true, 0, 0.0),
+            (true, 100, 0.0),
+            (false, 100, 1.0),
+        ] {
+            (s.nr, s.stampable, s.verified) = (300, stampable, verified);
+            let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
+            assert_eq!(
+                (c.loss, c.delivered),
+                (Some(loss), 0),
+                "{verified} {stampable}"
+            );
+            assert_eq!(s.stampable, 0);
+        }
     }
 
     #[test]
     fn a_sender_never_stamped_proves_nothing() {
         let mut s = sender();
-        s.nr = 50;
+        (s.nr, s.stampable) = (50, 50);
         let c = s.close(0.8, 0, &Policy::FairShare, &Totals::default());
         assert_eq!((c.delivered, s.wr), (0, 0));
         assert!((c.loss.unwrap() - 1.0).abs() < 1e-9);

@@ -260,6 +260,25 @@ fn a_sender_that_paces_its_first_packets_and_floods_the_rest_shows_its_loss() {
     }
 }
 
+/// A verified client back from an idle stretch whose packets all come after its
+/// period's stamping stretch: none is stamped, and that period costs it nothing; the
+/// next period passes its packets (best-effort, no delivery proven). Taken as a total
+/// loss, it had an LLR of 0.2 and the next period dropped them all.
+#[test]
+fn packets_after_the_stamping_stretch_cost_a_verified_sender_nothing() {
+    let (mut p, t0) = policer(Policy::NaturalShare);
+    let s = ip(1);
+    let (ids, _) = send(&mut p, t0, s, 100, (0, 2_000));
+    give_back(&mut p, t0, s, &ids);
+    // The second period's stretch ends at P + 3,000 ms (Th_rtt 1 s).
+    let (late, dropped) = send(&mut p, t0, s, 300, (P + 3_100, 2 * P - 10));
+    assert_eq!((late.len(), dropped), (0, 0));
+    let (_, dropped) = send(&mut p, t0, s, 300, (2 * P + 10, 2 * P + 900));
+    assert_eq!(dropped, 0);
+    let row = &p.report(1)[0];
+    assert!(row.llr < 0.05 && row.verified, "{row:?}");
+}
+
 #[test]
 fn stamps_on_unverified_senders_are_held_to_their_budget() {
     // A spoofed-source flood: 100,000 new sources in one second, one SYN each.
