@@ -286,11 +286,7 @@ impl Policer {
             return Stamp::No;
         };
         let stamp_end = s.period_start + period - rtt;
-        if now >= stamp_end {
-            return Stamp::No;
-        }
-        s.stampable = s.stampable.saturating_add(segments);
-        if s.issued >= per_period {
+        if s.issued >= per_period || now >= stamp_end {
             return Stamp::No;
         }
         // Packets per second: at least last period's, more if it sends faster now.
@@ -307,6 +303,7 @@ impl Policer {
         }
         if !s.verified && !self.budget.take(now) {
             self.counters.stamps_over_budget += 1;
+            s.refused = s.refused.saturating_add(1);
             return Stamp::No;
         }
         let id = s.issued;

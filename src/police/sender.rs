@@ -32,9 +32,8 @@ pub struct Sender {
     pub nd: u32,
     /// Capabilities issued this period (their ids are 0..issued).
     pub issued: u32,
-    /// TCP packets admitted this period while it could still stamp them (its first
-    /// P − Th_rtt): the ones the sample was drawn from.
-    pub stampable: u32,
+    /// Stamps the sample chose this period but the budget for unverified senders refused.
+    pub refused: u32,
     /// WV: ids returned this period, each counted once.
     pub window: ReturnWindow,
     /// WR: TCP packets per period that are privileged (never dropped by the mbox).
@@ -81,7 +80,7 @@ impl Sender {
             nr: 0,
             nd: 0,
             issued: 0,
-            stampable: 0,
+            refused: 0,
             window,
             wr: 0,
             privileged: 0,
@@ -139,12 +138,12 @@ impl Sender {
         } else {
             f64::from(self.issued - self.window.returned()) / f64::from(self.issued)
         };
-        // A sender never verified that sent while it could be stamped and was stamped
-        // with none (the budget for unverified senders spent) is a source losing them
-        // all (SPEC.md). One whose packets all came after the stamping stretch, or one
-        // verified before, proves nothing either way. (An attacker gains nothing by it:
-        // one early packet, stamped and returned, always gave it a clean period.)
-        let starved = self.issued == 0 && self.stampable > 0 && !self.verified;
+        // A sender stamped with none because the budget for unverified senders was
+        // spent (a spoofed flood's sources) is a source losing them all (SPEC.md). One
+        // whose packets all came after the stamping stretch, or that the sample passed
+        // over, proves nothing either way. (An attacker gains nothing by it: one early
+        // packet, stamped and returned, always gave it a clean period.)
+        let starved = self.issued == 0 && self.refused > 0;
         let sampled = self.issued >= MIN_CAPS_FOR_LOSS || starved;
         let lost_beyond = if sampled { cap_loss } else { 0.0 };
         let loss = (self.nr > 0).then(|| nd / nr + ((nr - nd) / nr) * lost_beyond);
@@ -164,7 +163,7 @@ impl Sender {
         self.nd = 0;
         self.privileged = 0;
         self.issued = 0;
-        self.stampable = 0;
+        self.refused = 0;
         self.other = 0;
         self.other_dropped = 0;
         self.window.reset();
@@ -234,34 +233,25 @@ mod tests {
         assert!(s.llr > 0.05);
     }
 
-    /// A period with no stamp is a total loss only for a sender never verified that
-    /// sent while it could be stamped (the unverified budget spent on it); all its
-    /// packets after the stamping stretch, or a sender verified before: nothing proven
-    /// either way, and still no delivery.
+    /// A period with no stamp is a total loss only for a sender the budget for
+    /// unverified senders refused; one whose packets all came after the stamping
+    /// stretch, or that the sample passed over, proves nothing either way, and
+    /// delivers nothing either.
     #[test]
-    fn unstamped_periods_are_a_loss_only_for_unverified_senders_the_sample_passed_over() {
+    fn unstamped_periods_are_a_loss_only_for_senders_the_budget_refused() {
         let mut s = sender();
-        for (verified, stampable, loss) in [
-            (false, 0, 0.0),
-            (true, 0, 0.0),
-            (true, 100, 0.0),
-            (false, 100, 1.0),
-        ] {
-            (s.nr, s.stampable, s.verified) = (300, stampable, verified);
+        for (refused, loss) in [(0, 0.0), (3, 1.0)] {
+            (s.nr, s.refused) = (300, refused);
             let c = s.close(0.8, 0, &Policy::NaturalShare, &Totals::default());
-            assert_eq!(
-                (c.loss, c.delivered),
-                (Some(loss), 0),
-                "{verified} {stampable}"
-            );
-            assert_eq!(s.stampable, 0);
+            assert_eq!((c.loss, c.delivered), (Some(loss), 0), "{refused}");
+            assert_eq!(s.refused, 0);
         }
     }
 
     #[test]
     fn a_sender_never_stamped_proves_nothing() {
         let mut s = sender();
-        (s.nr, s.stampable) = (50, 50);
+        (s.nr, s.refused) = (50, 1);
         let c = s.close(0.8, 0, &Policy::FairShare, &Totals::default());
         assert_eq!((c.delivered, s.wr), (0, 0));
         assert!((c.loss.unwrap() - 1.0).abs() < 1e-9);

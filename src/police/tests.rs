@@ -279,6 +279,28 @@ fn packets_after_the_stamping_stretch_cost_a_verified_sender_nothing() {
     assert!(row.llr < 0.05 && row.verified, "{row:?}");
 }
 
+/// A sender the stamp budget refused (a spoofed flood's source: never verified, stamped
+/// with none) is losing them all; one stamped once, the stamp never back, proves too
+/// little to judge by.
+#[test]
+fn a_sender_the_stamp_budget_refused_has_a_period_of_total_loss() {
+    let t0 = Instant::now();
+    let settings = PoliceSettings {
+        unverified_stamps_per_sec: 1,
+        ..PoliceSettings::with_policy(Policy::NaturalShare)
+    };
+    let mut p = Policer::new(&CapSettings::default(), &settings, t0);
+    // The one token banked goes to the first sender's first packet.
+    let (once, _) = send(&mut p, t0, ip(1), 10, (0, 10));
+    let (none, _) = send(&mut p, t0, ip(2), 10, (20, 30));
+    assert_eq!((once.len(), none.len()), (1, 0));
+    p.on_timer(at(t0, P + 50));
+    let rows = p.report(10);
+    let llr = |s: IpAddr| rows.iter().find(|r| r.address == s).unwrap().llr;
+    assert_eq!(llr(ip(1)), 0.0);
+    assert!(llr(ip(2)) > 0.05, "{rows:?}");
+}
+
 #[test]
 fn stamps_on_unverified_senders_are_held_to_their_budget() {
     // A spoofed-source flood: 100,000 new sources in one second, one SYN each.
