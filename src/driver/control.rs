@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -78,8 +78,6 @@ pub struct Withheld {
     pub changed: bool,
 }
 
-/// How long the server waits between checks of the stop flag.
-const POLL: Duration = Duration::from_millis(50);
 /// How long a client may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -127,26 +125,11 @@ impl ControlSocket {
     where
         F: Fn(&Request) -> Result<serde_json::Value, String> + Send + 'static,
     {
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match self.listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = answer(stream, &handle) {
-                                tracing::debug!("control client: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(POLL)
-                        }
-                        Err(e) => {
-                            tracing::warn!("control socket: {e}");
-                            std::thread::sleep(POLL)
-                        }
-                    }
-                }
-            })
+        // The socket moves into the thread: its file goes when the thread ends.
+        let accept = move || self.listener.accept().map(|(stream, _)| stream);
+        super::serve::serve(("control", "control socket"), stop, accept, move |s| {
+            answer(s, &handle)
+        })
     }
 }
 
@@ -209,6 +192,7 @@ pub fn query(path: &Path, senders: bool) -> Result<EngineStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("mpolice-test-{}-{name}.sock", std::process::id()))

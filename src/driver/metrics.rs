@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,8 +14,6 @@ use anyhow::{Context, Result};
 
 use crate::stats::EngineStats;
 
-/// How long the server waits between checks of the stop flag.
-const POLL: Duration = Duration::from_millis(50);
 /// How long a client may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request head read: a scraper's is a few hundred bytes.
@@ -44,26 +42,10 @@ impl MetricsEndpoint {
     where
         F: Fn() -> EngineStats + Send + 'static,
     {
-        std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match self.listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = answer(stream, &stats) {
-                                tracing::debug!("metrics client: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(POLL)
-                        }
-                        Err(e) => {
-                            tracing::warn!("metrics endpoint: {e}");
-                            std::thread::sleep(POLL)
-                        }
-                    }
-                }
-            })
+        let accept = move || self.listener.accept().map(|(stream, _)| stream);
+        super::serve::serve(("metrics", "metrics endpoint"), stop, accept, move |s| {
+            answer(s, &stats)
+        })
     }
 }
 
@@ -115,6 +97,7 @@ fn answer(stream: TcpStream, stats: &dyn Fn() -> EngineStats) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod policies;
 pub mod reload;
 pub mod route;
+pub mod serve;
 pub mod sockdiag;
 #[cfg(test)]
 mod testns;

@@ -123,6 +123,18 @@ impl Run {
         }
     }
 
+    /// The one action of the last step: held packet `id` dropped for `reason`.
+    fn dropped(&mut self, id: u32, reason: Reason) {
+        let actions = self.actions();
+        assert!(
+            matches!(
+                &actions[..],
+                [Action::Release { id: got, verdict: Err(why) }] if *got == id && *why == reason
+            ),
+            "{actions:?}"
+        );
+    }
+
     /// A connection whose first data `payload` was read (the SYN released); the
     /// engine's initial sequence number.
     fn examined(&mut self, payload: &[u8]) -> u32 {
@@ -327,17 +339,7 @@ fn a_server_that_refuses_or_never_answers_resets_the_client() {
     let (step, rst) = r.outbound(to_client(tcp::RST | tcp::ACK, 0, CLIENT_ISN + 1, &[]));
     assert_eq!(step, Step::Edited);
     assert_eq!(tcp_of(&rst).seq, isn + 1);
-    let actions = r.actions();
-    assert!(
-        matches!(
-            &actions[..],
-            [Action::Release {
-                id: 3,
-                verdict: Err(Reason::SpliceFailed)
-            }]
-        ),
-        "{actions:?}"
-    );
+    r.dropped(3, Reason::SpliceFailed);
     // No answer at all: the engine resets the client itself.
     let mut r = Run::new();
     let isn = r.examined(b"GET /api/ HTTP/1.1");
@@ -515,17 +517,7 @@ fn while_the_server_is_opened_only_its_syn_ack_or_reset_counts() {
     // The client resets: it passes (the server has the SYN), the held data goes.
     let rst = to_server(tcp::RST, CLIENT_ISN + 1, 0, &[]).build();
     assert_eq!(r.inbound(rst).0, Step::Pass);
-    let actions = r.actions();
-    assert!(
-        matches!(
-            &actions[..],
-            [Action::Release {
-                id: 3,
-                verdict: Err(Reason::SpliceWaiting)
-            }]
-        ),
-        "{actions:?}"
-    );
+    r.dropped(3, Reason::SpliceWaiting);
     let c = r.s.counts();
     assert_eq!((c.abandoned, c.opening, c.open), (1, 0, 0));
 }

@@ -202,8 +202,7 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
     }
     for chain_spec in &spec.chains {
         let chain = base_chain(&table, chain_spec)?;
-        batch.add(&chain, MsgType::Add);
-        steps.push(format!("add chain {}", chain_spec.name));
+        add_chain(&mut batch, &chain, &chain_spec.name, &mut steps);
         add_rules(
             &mut batch,
             &chain,
@@ -213,6 +212,12 @@ fn try_install(spec: &RulesetSpec, kind: QueueKind) -> Result<Result<(), Failure
         )?;
     }
     send_batch(batch, &steps, &rule_steps)
+}
+
+/// Add `chain` in `batch`.
+fn add_chain(batch: &mut Batch, chain: &Chain, name: &str, steps: &mut Vec<String>) {
+    batch.add(chain, MsgType::Add);
+    steps.push(format!("add chain {name}"));
 }
 
 /// Delete every rule of `chain` in `batch` (a rule message without a handle does).
@@ -353,10 +358,7 @@ pub fn replace_chains(
                 )));
             }
             Some(_) => flush_chain(&mut batch, &chain, &chain_spec.name, &mut steps),
-            None => {
-                batch.add(&chain, MsgType::Add);
-                steps.push(format!("add chain {}", chain_spec.name));
-            }
+            None => add_chain(&mut batch, &chain, &chain_spec.name, &mut steps),
         }
         add_rules(
             &mut batch,
